@@ -1,0 +1,57 @@
+# dpact: two commands do all the set-up on a fresh machine.
+#   make book   -- execute every notebook with papermill (PROFILE=small by default) and render the Jupyter Book
+#   make test   -- unit tests, notebook smoke runs at the tiny profile, and a tiny build of the book
+# Both create .venv (Python 3.11) and install the pinned stack (requirements.lock) on first use.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.dpact-installed
+PROFILE ?= small
+DATASET ?= auto
+FORCE ?= 0
+EPSILONS ?=
+PYTEST_ARGS ?=
+
+# LFW location: $DPACT_LFW_DIR if set, else data/lfw, else a shared copy beside the checkout (this workplace).
+ifeq ($(strip $(DPACT_LFW_DIR)),)
+  ifneq ($(wildcard data/lfw),)
+    export DPACT_LFW_DIR := $(abspath data/lfw)
+  else ifneq ($(wildcard ../shared/data/lfw),)
+    export DPACT_LFW_DIR := $(abspath ../shared/data/lfw)
+  endif
+endif
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONUNBUFFERED := 1
+
+.PHONY: all test book book-html clean-book venv benchmark help
+
+help:
+	@echo "make book [PROFILE=tiny|small|paper] [DATASET=auto|lfw|synthetic] [FORCE=1]  -- reproduce and render"
+	@echo "make test                                                                -- tests (tiny profile)"
+	@echo "make benchmark                                                           -- split-overhead benchmark"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --prefix $(VENV) --name python3 --display-name "Python 3 (dpact)" >/dev/null
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+book: $(STAMP)
+	$(PY) -m dpact_tf.book run --profile $(PROFILE) --dataset $(DATASET) $(if $(filter 1,$(FORCE)),--force,) $(if $(EPSILONS),--epsilons $(EPSILONS),)
+	$(PY) -m dpact_tf.book build --profile $(PROFILE)
+
+clean-book:
+	rm -rf _build build/notebooks
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/split_overhead.py

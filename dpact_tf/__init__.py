@@ -1,0 +1,42 @@
+"""dpact_tf: learning from differentially private neural activations (Mao et al., SEC 2018) in Keras.
+
+Public API (one module per concept):
+
+* :mod:`dpact_tf.privacy`  -- sigma from (epsilon, delta) and back; pure NumPy/SciPy.
+* :class:`DPActivation`    -- clip -> Eq. (1) LRN -> Gaussian noise, a Keras layer.
+* :func:`build_split_vggface` -- VGG-Face split into client and server.
+* :class:`SplitTrainer`    -- the two-party training protocol.
+* :mod:`dpact_tf.data`     -- LFW with the paper's protocol; :mod:`dpact_tf.synthetic` the offline stand-in.
+* :mod:`dpact_tf.config`   -- the ``tiny`` / ``small`` / ``paper`` profiles.
+
+TensorFlow is imported lazily: ``import dpact_tf.privacy`` (or the config) does not load it, so the
+maths can be used where TensorFlow is absent (e.g. beside the TFLite runtime).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+from dpact_tf.privacy import PAPER_SENSITIVITY, epsilon_for_sigma, gaussian_sigma, noise_std  # noqa: F401
+from dpact_tf.config import DEFAULT_EPSILONS, PROFILES, Profile, get_profile  # noqa: F401
+
+_LAZY = {
+    "DPActivation": "dpact_tf.layers",
+    "SplitModel": "dpact_tf.vggface",
+    "build_split_vggface": "dpact_tf.vggface",
+    "ActivationMessage": "dpact_tf.split",
+    "GradientMessage": "dpact_tf.split",
+    "SplitTrainer": "dpact_tf.split",
+    "TrainingConfig": "dpact_tf.split",
+}
+
+__all__ = ["PAPER_SENSITIVITY", "epsilon_for_sigma", "gaussian_sigma", "noise_std", "DEFAULT_EPSILONS",
+           "PROFILES", "Profile", "get_profile", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dpact_tf' has no attribute {name!r}")

@@ -1,0 +1,86 @@
+"""Run profiles: one frozen config class, three instances (``tiny``, ``small``, ``paper``).
+
+* ``tiny``  -- seconds; for tests and notebook smoke runs (32x32 faces, a sliver of VGG-Face).
+* ``small`` -- the default; the whole book on a 2-core CPU (64x64 faces, 1/8 of VGG-Face's channels).
+* ``paper`` -- the paper's settings: 224x224 inputs, full VGG-Face (width 1, fc 4096), batch 64,
+  SGD momentum 0.9, lr 0.01 decayed by 0.1; for GPU users.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Optional, Tuple
+
+__all__ = ["Profile", "PROFILES", "get_profile", "DEFAULT_EPSILONS"]
+
+# The paper's sweep (Figs 2-4): epsilon from 1 to 20; None is the no-noise baseline.
+DEFAULT_EPSILONS: Tuple[Optional[float], ...] = (None, 1.0, 2.0, 3.0, 5.0, 10.0, 14.0, 20.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """Sizes and schedules of one reproduction profile."""
+
+    name: str
+    image_size: int                 # side of the square network input, pixels
+    crop_fraction: float            # centre crop of the 250x250 LFW image (fraction of its side) before resizing
+    width: float                    # channel multiplier of VGG-Face's conv layers (1 = paper)
+    fc_units: int                   # units of fc6 and fc7 (4096 = paper)
+    batch_size: int                 # minibatch size (64 = paper)
+    learning_rate: float            # initial SGD learning rate (0.01 = paper)
+    momentum: float                 # SGD momentum (0.9 = paper)
+    lr_decay_rate: float            # the learning rate decays by this factor over the run (0.1 = paper)
+    epochs: int                     # epochs of training from scratch (Fig 3)
+    finetune_epochs: int            # epochs of output-layer fine-tuning (Fig 4)
+    pretrain_epochs: int            # epochs of pre-training on the public (disjoint) identities
+    partition_epochs: int           # epochs per run of the partition-position study
+    partition_cuts: Tuple[str, ...]                 # cut layers compared in the partition study
+    partition_epsilons: Tuple[Optional[float], ...]  # epsilons of the partition study (None = no noise)
+    synthetic_identities: int       # identities of the synthetic stand-in (dataset="synthetic")
+    synthetic_images_per_identity: int  # images per synthetic identity
+    benchmark_repeats: int          # timed repetitions in the mobile-cost benchmark
+
+    def __post_init__(self) -> None:
+        if self.image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32 (got {self.image_size})")
+        for field in ("epochs", "finetune_epochs", "pretrain_epochs", "partition_epochs", "batch_size"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be >= 1 (got {getattr(self, field)})")
+
+    def model_kwargs(self) -> Dict[str, object]:
+        """Keyword arguments of :func:`dpact_tf.build_split_vggface` for this profile."""
+        return {"input_shape": (self.image_size, self.image_size, 3), "width": self.width,
+                "fc_units": self.fc_units}
+
+    def to_dict(self) -> Dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+_PARTITION_CUTS = ("conv1_1", "conv1_2", "pool1", "conv2_2", "pool2")
+
+PROFILES: Dict[str, Profile] = {
+    "tiny": Profile(name="tiny", image_size=32, crop_fraction=0.6, width=1 / 16, fc_units=32, batch_size=32,
+                    learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=3, finetune_epochs=2,
+                    pretrain_epochs=2, partition_epochs=1, partition_cuts=_PARTITION_CUTS,
+                    partition_epsilons=(None, 1.0), synthetic_identities=6, synthetic_images_per_identity=12,
+                    benchmark_repeats=3),
+    "small": Profile(name="small", image_size=64, crop_fraction=0.6, width=1 / 8, fc_units=256, batch_size=64,
+                     learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=15, finetune_epochs=10,
+                     pretrain_epochs=30, partition_epochs=10, partition_cuts=_PARTITION_CUTS,
+                     partition_epsilons=(None, 5.0, 1.0), synthetic_identities=40,
+                     synthetic_images_per_identity=30, benchmark_repeats=10),
+    "paper": Profile(name="paper", image_size=224, crop_fraction=224 / 250, width=1.0, fc_units=4096,
+                     batch_size=64, learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=30,
+                     finetune_epochs=10, pretrain_epochs=30, partition_epochs=30, partition_cuts=_PARTITION_CUTS,
+                     partition_epsilons=(None, 1.0, 3.0, 5.0, 10.0, 20.0), synthetic_identities=158,
+                     synthetic_images_per_identity=27, benchmark_repeats=20),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """The profile called ``name`` ("tiny", "small" or "paper")."""
+    if isinstance(name, Profile):
+        return name
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}") from None

@@ -1,0 +1,122 @@
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dpact_tf import DPActivation, privacy
+from dpact_tf.layers import normalize_activations
+
+
+def _lrn_reference(a):
+    """Eq. (1) by hand: f_i = a_i / (2 + sum_{|j-i|<=2} a_j^2)^0.5 over the channel axis."""
+    a = np.clip(a, 0.0, 1.0)
+    out = np.zeros_like(a)
+    c = a.shape[-1]
+    for i in range(c):
+        window = a[..., max(0, i - 2): min(c, i + 3)]
+        out[..., i] = a[..., i] / np.sqrt(2.0 + np.sum(window ** 2, axis=-1))
+    return out
+
+
+def test_lrn_hand_values():
+    # channels a = [1, 0.5, 0]: every window covers all three, sum a^2 = 1.25
+    #   f = [1, 0.5, 0] / sqrt(3.25) = [0.5547002, 0.2773501, 0]
+    x = tf.constant([[[[1.0, 0.5, 0.0]]]])
+    layer = DPActivation(epsilon=None)
+    np.testing.assert_allclose(layer(x).numpy().ravel(), [0.5547002, 0.2773501, 0.0], atol=1e-6)
+    # a single channel at its maximum: 1 / sqrt(2 + 1) = 0.5773503 (the sensitivity bound 1/sqrt(3))
+    np.testing.assert_allclose(DPActivation(epsilon=None)(tf.ones((1, 1, 1, 1))).numpy(), [[[[0.5773503]]]], atol=1e-6)
+
+
+def test_lrn_matches_reference_on_random_input():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(-0.5, 1.5, size=(2, 4, 4, 9)).astype(np.float32)
+    np.testing.assert_allclose(DPActivation(epsilon=None)(a).numpy(), _lrn_reference(a), atol=1e-6)
+
+
+def test_clipping():
+    # inputs above 1 act as 1, below 0 as 0: [3, -2] -> [1, 0] / sqrt(2 + 1)
+    out = DPActivation(epsilon=None)(tf.constant([[[[3.0, -2.0]]]])).numpy().ravel()
+    np.testing.assert_allclose(out, [1 / math.sqrt(3), 0.0], atol=1e-6)
+
+
+def test_output_bounded_by_sensitivity_without_noise():
+    x = tf.random.uniform((4, 8, 8, 16), -5, 5, seed=1)
+    out = DPActivation(epsilon=None)(x).numpy()
+    assert out.min() >= 0 and out.max() <= 1 / math.sqrt(3) + 1e-7
+
+
+@pytest.mark.parametrize("eps", [1.0, 5.0, 20.0])
+def test_noise_std_statistical(eps):
+    n = 200 * 200 * 2  # 80,000 coordinates
+    x = tf.zeros((1, 200, 200, 2))  # clean activation is exactly 0
+    layer = DPActivation(epsilon=eps, seed=123)
+    noise = layer(x).numpy().ravel()
+    expected = privacy.noise_std(eps, 1e-5)
+    # std of a sample std ~ sigma / sqrt(2n); 4 of those is a 1-in-15,000 tolerance
+    assert abs(noise.std() - expected) < 4 * expected / math.sqrt(2 * n)
+    assert abs(noise.mean()) < 4 * expected / math.sqrt(n)
+
+
+def test_noise_in_training_and_inference():
+    x = tf.random.uniform((2, 4, 4, 8), seed=2)
+    layer = DPActivation(epsilon=5.0, seed=7)
+    clean = layer.normalize(x).numpy()
+    for training in (True, False, None):
+        diff = layer(x, training=training).numpy() - clean
+        assert np.abs(diff).max() > 0.01, f"no noise with training={training}"
+
+
+def test_seeds():
+    x = tf.zeros((1, 8, 8, 4))
+    a1, a2 = DPActivation(epsilon=2.0, seed=5), DPActivation(epsilon=2.0, seed=5)
+    b = DPActivation(epsilon=2.0, seed=6)
+    first = a1(x).numpy()
+    np.testing.assert_array_equal(first, a2(x).numpy())
+    assert not np.allclose(first, b(x).numpy())
+    assert not np.allclose(first, a1(x).numpy()), "a second release must get fresh noise"
+    # seed=None draws from OS entropy: two layers differ
+    assert not np.allclose(DPActivation(epsilon=2.0)(x).numpy(), DPActivation(epsilon=2.0)(x).numpy())
+
+
+def test_no_noise_baseline():
+    x = tf.random.uniform((2, 4, 4, 8), seed=3)
+    layer = DPActivation(epsilon=None)
+    np.testing.assert_array_equal(layer(x).numpy(), layer(x).numpy())
+    np.testing.assert_array_equal(DPActivation(epsilon=float("inf"))(x).numpy(), layer(x).numpy())
+    np.testing.assert_allclose(layer(x).numpy(), normalize_activations(x).numpy())
+
+
+def test_config_round_trip_and_tf_function():
+    layer = DPActivation(epsilon=3.0, delta=1e-6, method="analytic", seed=9, name="dp")
+    config = layer.get_config()
+    assert config["epsilon"] == 3.0 and config["delta"] == 1e-6 and config["method"] == "analytic"
+    clone = DPActivation.from_config(config)
+    x = tf.zeros((1, 4, 4, 4))
+    np.testing.assert_array_equal(layer(x).numpy(), clone(x).numpy())
+    assert clone.stddev == pytest.approx(privacy.noise_std(3.0, 1e-6, method="analytic"))
+    fn = tf.function(lambda t: clone(t))
+    out1, out2 = fn(x).numpy(), fn(x).numpy()
+    assert not np.allclose(out1, out2)
+    assert tf.keras.utils.get_registered_object("dpact>DPActivation") is DPActivation
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"epsilon": 0.0}, "epsilon must be > 0"),
+    ({"epsilon": -3.0}, "epsilon must be > 0"),
+    ({"epsilon": 1.0, "delta": 2.0}, "delta must be in"),
+    ({"epsilon": None, "delta": 0.0}, "delta must be in"),
+    ({"epsilon": 1.0, "sensitivity": -1.0}, "sensitivity must be > 0"),
+    ({"epsilon": 1.0, "method": "bogus"}, "method must be one of"),
+    ({"epsilon": 1.0, "seed": -1}, "seed must be"),
+    ({"epsilon": 1.0, "seed": 1.5}, "seed must be"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DPActivation(**kwargs)
+
+
+def test_epsilon_is_keyword_only():
+    with pytest.raises(TypeError):
+        DPActivation(1.0)  # noqa

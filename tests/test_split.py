@@ -1,0 +1,119 @@
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dpact_tf import ActivationMessage, SplitTrainer, TrainingConfig, build_split_vggface
+from dpact_tf.split import make_optimizer
+
+SHAPE = (32, 32, 3)
+
+
+def _data(n=16, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(size=(n,) + SHAPE).astype(np.float32), rng.integers(0, classes, n).astype(np.int32))
+
+
+def _split(epsilon=None, seed=0, **kw):
+    tf.keras.utils.set_random_seed(seed)
+    return build_split_vggface(SHAPE, 3, width=1 / 16, fc_units=8, epsilon=epsilon, noise_seed=1, **kw)
+
+
+def test_split_step_equals_monolithic_step():
+    x, y = _data()
+    cfg = TrainingConfig(lr_decay_steps=10)
+    split = _split()
+    reference = _split()  # same seed -> identical initial weights
+    mono = reference.monolithic()
+    for a, b in zip(split.client.weights + split.server.weights, reference.client.weights + reference.server.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+    # Monolithic reference gradients and loss.
+    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+        ref_loss = loss_fn(y, mono(x, training=True))
+    ref_grads = tape.gradient(ref_loss, mono.trainable_variables)
+
+    trainer = SplitTrainer(split, cfg)
+    msg = trainer.train_step(tf.constant(x), tf.constant(y))
+    np.testing.assert_allclose(float(msg.loss), float(ref_loss), rtol=1e-5)
+    split_grads = list(trainer.client.last_gradients) + list(trainer.server.last_gradients)
+    assert len(split_grads) == len(ref_grads)
+    for g, r in zip(split_grads, ref_grads):
+        np.testing.assert_allclose(g.numpy(), r.numpy(), atol=1e-5, rtol=1e-5)
+
+    # Same step through Keras' own training loop.
+    mono.compile(optimizer=make_optimizer(cfg, 10), loss=loss_fn)
+    mono.train_on_batch(x, y)
+    for a, b in zip(split.client.trainable_weights + split.server.trainable_weights, mono.trainable_weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+def test_server_bound_message_has_no_pixels():
+    x, y = _data()
+    split = _split(epsilon=5.0)
+    trainer = SplitTrainer(split, TrainingConfig(lr_decay_steps=10))
+    msg = trainer.client.forward(tf.constant(x), tf.constant(y))
+    assert [f.name for f in dataclasses.fields(ActivationMessage)] == ["activations", "labels"]
+    assert tuple(msg.activations.shape) == (16,) + split.activation_shape
+    np.testing.assert_array_equal(msg.labels.numpy(), y)
+    # The activation is noisy: it is neither the input nor the clean activation.
+    clean = split.clean_client()(x).numpy()
+    assert np.abs(msg.activations.numpy() - clean).std() > 0.1
+    for value in (msg.activations, msg.labels):
+        assert value.shape != x.shape
+
+
+def test_frozen_client_and_output_only_server():
+    x, y = _data()
+    split = _split()
+    before_client = [w.numpy().copy() for w in split.client.weights]
+    before_server = {w.name: w.numpy().copy() for w in split.server.weights}
+    trainer = SplitTrainer(split, TrainingConfig(lr_decay_steps=10, train_client=False, server_trainable="output"))
+    trainer.train_step(tf.constant(x), tf.constant(y))
+    for b, w in zip(before_client, split.client.weights):
+        np.testing.assert_array_equal(b, w.numpy())
+    changed = {w.name for w in split.server.weights if not np.array_equal(before_server[w.name], w.numpy())}
+    assert changed and all(name.startswith("fc8") for name in changed)
+
+
+def test_fit_history_json_and_determinism(tmp_path):
+    x, y = _data(n=24)
+
+    def run(path):
+        split = _split(epsilon=3.0, seed=0)
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+        trainer = SplitTrainer(split, TrainingConfig(), total_steps=6)
+        return trainer.fit(ds, 2, validation_data=ds, history_path=str(path), progress=False,
+                           metadata={"epsilon": 3.0})
+
+    h1 = run(tmp_path / "a.json")
+    h2 = run(tmp_path / "b.json")
+    assert h1["epoch"] == [1, 2] and len(h1["test_accuracy"]) == 2
+    assert h1["loss"] == h2["loss"] and h1["test_accuracy"] == h2["test_accuracy"]
+    saved = json.loads((tmp_path / "a.json").read_text())
+    assert saved["epsilon"] == 3.0 and saved["history"]["loss"] == h1["loss"]
+    # lr decays by 0.1 over the 6 steps of the run; the 6th step (step index 5) uses 0.01 * 0.1 ** (5 / 6)
+    assert saved["history"]["learning_rate"][-1] == pytest.approx(0.01 * 0.1 ** (5 / 6), rel=1e-5)
+
+
+def test_training_reduces_loss_without_noise():
+    x, y = _data(n=24, seed=3)
+    split = _split()
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    trainer = SplitTrainer(split, TrainingConfig(learning_rate=0.05, lr_decay_rate=1.0), total_steps=60)
+    hist = trainer.fit(ds, 20, progress=False)
+    assert hist["loss"][-1] < hist["loss"][0]
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="server_trainable"):
+        TrainingConfig(server_trainable="fc7")
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainingConfig(learning_rate=0)
+    with pytest.raises(ValueError, match="total_steps"):
+        SplitTrainer(_split(), TrainingConfig())
+    with pytest.raises(ValueError, match="epochs"):
+        SplitTrainer(_split(), TrainingConfig(lr_decay_steps=1)).fit([], 0)
