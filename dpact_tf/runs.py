@@ -1,0 +1,146 @@
+"""Training runs of the experiments, cached on disk by a hash of their configuration.
+
+A :class:`RunSpec` names everything that determines a run (task, profile, dataset, epsilon, cut, epochs,
+seed, ...).  :func:`run_training` trains it with :class:`SplitTrainer` unless
+``<results_dir>/<profile>/<dataset>/<task>/<hash>.json`` already holds a complete run, so re-rendering the
+book does not retrain (``force=True`` does).  Weights are saved beside the JSON (client and server
+separately, HDF5, loadable by layer name).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Any, Dict, Optional
+
+from dpact_tf.config import Profile, get_profile
+from dpact_tf.data import FaceSplit
+
+__all__ = ["RunSpec", "RunResult", "load_faces", "run_training", "TASKS"]
+
+TASKS = ("scratch", "finetune", "pretrain")
+_CACHE_VERSION = 1  # bump when a change to the library invalidates cached results
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines one training run."""
+
+    task: str                        # "scratch" (Fig 3), "finetune" (Fig 4) or "pretrain" (public identities)
+    profile: str                     # profile name ("tiny", "small", "paper")
+    dataset: str                     # "lfw" or "synthetic"
+    epsilon: Optional[float]         # per-coordinate epsilon; None = no noise
+    epochs: int                      # training epochs
+    cut: str = "conv1_1"             # last client layer
+    seed: int = 0                    # seeds weights, shuffling and noise
+    delta: float = 1e-5              # delta of (epsilon, delta)-DP
+    method: str = "classic"          # sigma calibration ("classic" = the paper's)
+    init: Optional[str] = None       # key of the run whose weights initialize this one (fine-tuning)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS} (got {self.task!r})")
+        if self.dataset not in ("lfw", "synthetic"):
+            raise ValueError(f"dataset must be 'lfw' or 'synthetic' (got {self.dataset!r})")
+        if self.task == "finetune" and self.init is None:
+            raise ValueError("a finetune run needs init=<key of the pretrain run>")
+        get_profile(self.profile)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        payload = json.dumps({**self.to_dict(), "_v": _CACHE_VERSION}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        return "no noise" if self.epsilon is None else f"ε = {self.epsilon:g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    spec: RunSpec
+    history: Dict[str, Any]     # per-epoch loss / train_accuracy / test_accuracy / ...
+    info: Dict[str, Any]        # data summary, noise std, model sizes, wall time
+    path: str                   # the JSON file
+    client_weights: str         # HDF5 weights of the client
+    server_weights: str         # HDF5 weights of the server
+    cached: bool                # True when loaded from disk
+
+
+def load_faces(profile: Profile, dataset: str, *, public: bool = False, seed: int = 0,
+               progress: bool = True) -> FaceSplit:
+    """The evaluation set (or, with ``public=True``, the disjoint pre-training set) at ``profile``'s size."""
+    if dataset == "lfw":
+        from dpact_tf.data import load_lfw, load_lfw_public
+
+        loader = load_lfw_public if public else load_lfw
+        return loader(image_size=profile.image_size, crop_fraction=profile.crop_fraction, seed=seed, progress=progress)
+    if dataset == "synthetic":
+        from dpact_tf.synthetic import synthetic_faces
+
+        n_img = profile.synthetic_images_per_identity
+        return synthetic_faces(profile.synthetic_identities, n_img if not public else max(2, n_img // 2),
+                               profile.image_size, seed=seed + (7919 if public else 0),
+                               prefix="synthetic_public" if public else "synthetic")
+    raise ValueError(f"dataset must be 'lfw' or 'synthetic' (got {dataset!r})")
+
+
+def _paths(spec: RunSpec, results_dir: str):
+    base = os.path.join(results_dir, spec.profile, spec.dataset, spec.task, spec.key())
+    return base + ".json", base + ".client.h5", base + ".server.h5"
+
+
+def run_training(spec: RunSpec, *, results_dir: str, force: bool = False, progress: bool = True,
+                 data: Optional[FaceSplit] = None) -> RunResult:
+    """Train ``spec`` (or load its cached result). ``data`` may be passed to avoid reloading images."""
+    path, cpath, spath = _paths(spec, results_dir)
+    if not force and os.path.exists(path):
+        with open(path) as fh:
+            saved = json.load(fh)
+        if saved.get("complete") and os.path.exists(cpath) and os.path.exists(spath):
+            return RunResult(spec, saved["history"], saved["info"], path, cpath, spath, cached=True)
+
+    import numpy as np
+    import tensorflow as tf
+
+    from dpact_tf.data import make_dataset
+    from dpact_tf.split import SplitTrainer, TrainingConfig, _write_json
+    from dpact_tf.vggface import build_split_vggface
+
+    prof = get_profile(spec.profile)
+    if data is None:
+        data = load_faces(prof, spec.dataset, public=spec.task == "pretrain", seed=spec.seed, progress=progress)
+    tf.keras.utils.set_random_seed(spec.seed)
+    split = build_split_vggface(num_classes=data.num_classes, cut=spec.cut, epsilon=spec.epsilon, delta=spec.delta,
+                                method=spec.method, noise_seed=spec.seed + 1, **prof.model_kwargs())
+    config = TrainingConfig(learning_rate=prof.learning_rate, momentum=prof.momentum,
+                            lr_decay_rate=prof.lr_decay_rate)
+    if spec.task == "finetune":
+        init_dir = os.path.join(results_dir, spec.profile, spec.dataset, "pretrain", spec.init)
+        if not os.path.exists(init_dir + ".client.h5"):
+            raise FileNotFoundError(f"the pre-trained weights {init_dir}.*.h5 are missing; run the pretrain task first")
+        split.client.load_weights(init_dir + ".client.h5", by_name=True)
+        split.server.load_weights(init_dir + ".server.h5", by_name=True, skip_mismatch=True)
+        config = dataclasses.replace(config, train_client=False, server_trainable="output")
+    train = make_dataset(data.train_images, data.train_labels, batch_size=prof.batch_size, shuffle=True,
+                         seed=spec.seed)
+    test = make_dataset(data.test_images, data.test_labels, batch_size=max(256, prof.batch_size))
+    trainer = SplitTrainer(split, config, total_steps=spec.epochs * len(train))
+    info = {"data": data.summary(), "synthetic": data.is_synthetic, "noise_std": float(split.dp_layer.stddev),
+            "activation_shape": list(split.activation_shape), "client_flops": split.client_flops,
+            "client_params": split.client_params, "num_classes": data.num_classes,
+            "majority_class_test_accuracy": float(np.max(np.bincount(data.test_labels)) / len(data.test_labels)),
+            "profile": prof.to_dict()}
+    meta = {"spec": spec.to_dict(), "key": spec.key(), "info": info, "complete": False}
+    desc = f"{spec.task} {spec.label()}" + (f" cut {spec.cut}" if spec.cut != "conv1_1" else "")
+    start = time.perf_counter()
+    history = trainer.fit(train, spec.epochs, validation_data=test, history_path=path, progress=progress,
+                          description=desc, metadata=meta)
+    info["wall_seconds"] = time.perf_counter() - start
+    split.client.save_weights(cpath)
+    split.server.save_weights(spath)
+    _write_json(path, {**meta, "info": info, "history": history, "complete": True})
+    return RunResult(spec, history, info, path, cpath, spath, cached=False)

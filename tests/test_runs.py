@@ -1,0 +1,50 @@
+import json
+import os
+
+import pytest
+
+from dpact_tf.pretrain import pretrain, pretrain_spec
+from dpact_tf.runs import RunSpec, run_training
+
+
+def test_scratch_run_is_cached(tmp_path):
+    spec = RunSpec(task="scratch", profile="tiny", dataset="synthetic", epsilon=5.0, epochs=1)
+    first = run_training(spec, results_dir=str(tmp_path), progress=False)
+    assert not first.cached and os.path.exists(first.client_weights)
+    saved = json.loads(open(first.path).read())
+    assert saved["complete"] and saved["info"]["synthetic"] is True
+    assert saved["spec"]["epsilon"] == 5.0 and len(saved["history"]["test_accuracy"]) == 1
+    assert "SYNTHETIC" in saved["info"]["data"]["description"]
+    second = run_training(spec, results_dir=str(tmp_path), progress=False)
+    assert second.cached and second.history == first.history
+    third = run_training(spec, results_dir=str(tmp_path), progress=False, force=True)
+    assert not third.cached
+
+
+def test_keys_differ_by_configuration():
+    a = RunSpec(task="scratch", profile="tiny", dataset="synthetic", epsilon=5.0, epochs=1)
+    assert a.key() == RunSpec(task="scratch", profile="tiny", dataset="synthetic", epsilon=5.0, epochs=1).key()
+    assert a.key() != RunSpec(task="scratch", profile="tiny", dataset="synthetic", epsilon=3.0, epochs=1).key()
+    assert a.key() != RunSpec(task="scratch", profile="tiny", dataset="synthetic", epsilon=5.0, epochs=1, cut="pool1").key()
+
+
+def test_finetune_from_pretrained(tmp_path):
+    pre = pretrain("tiny", "synthetic", results_dir=str(tmp_path), progress=False)
+    assert pre.spec == pretrain_spec("tiny", "synthetic") and pre.info["data"]["people"] == 6
+    spec = RunSpec(task="finetune", profile="tiny", dataset="synthetic", epsilon=None, epochs=1, init=pre.spec.key())
+    result = run_training(spec, results_dir=str(tmp_path), progress=False)
+    import h5py
+    # the client (conv1_1) was frozen: its saved weights equal the pre-trained ones
+    with h5py.File(pre.client_weights) as a, h5py.File(result.client_weights) as b:
+        ka = a["conv1_1"]["conv1_1"]["kernel:0"][()]
+        kb = b["conv1_1"]["conv1_1"]["kernel:0"][()]
+    assert (ka == kb).all()
+
+
+def test_bad_specs():
+    with pytest.raises(ValueError, match="init"):
+        RunSpec(task="finetune", profile="tiny", dataset="synthetic", epsilon=None, epochs=1)
+    with pytest.raises(ValueError, match="task"):
+        RunSpec(task="other", profile="tiny", dataset="synthetic", epsilon=None, epochs=1)
+    with pytest.raises(ValueError, match="profile"):
+        RunSpec(task="scratch", profile="huge", dataset="synthetic", epsilon=None, epochs=1)
