@@ -32,6 +32,7 @@ class Profile:
     epochs: int                     # epochs of training from scratch (Fig 3)
     finetune_epochs: int            # epochs of output-layer fine-tuning (Fig 4)
     pretrain_epochs: int            # epochs of pre-training on the public (disjoint) identities
+    pretrain_min_images: int        # pre-train on the public people with at least this many images (2..9)
     partition_epochs: int           # epochs per run of the partition-position study
     partition_cuts: Tuple[str, ...]                 # cut layers compared in the partition study
     partition_epsilons: Tuple[Optional[float], ...]  # epsilons of the partition study (None = no noise)
@@ -60,17 +61,17 @@ _PARTITION_CUTS = ("conv1_1", "conv1_2", "pool1", "conv2_2", "pool2")
 PROFILES: Dict[str, Profile] = {
     "tiny": Profile(name="tiny", image_size=32, crop_fraction=0.6, width=1 / 16, fc_units=32, batch_size=32,
                     learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=3, finetune_epochs=2,
-                    pretrain_epochs=2, partition_epochs=1, partition_cuts=_PARTITION_CUTS,
+                    pretrain_epochs=2, pretrain_min_images=2, partition_epochs=1, partition_cuts=_PARTITION_CUTS,
                     partition_epsilons=(None, 1.0), synthetic_identities=6, synthetic_images_per_identity=12,
                     benchmark_repeats=3),
     "small": Profile(name="small", image_size=64, crop_fraction=0.6, width=1 / 8, fc_units=256, batch_size=64,
                      learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=15, finetune_epochs=10,
-                     pretrain_epochs=30, partition_epochs=10, partition_cuts=_PARTITION_CUTS,
+                     pretrain_epochs=60, pretrain_min_images=5, partition_epochs=10, partition_cuts=_PARTITION_CUTS,
                      partition_epsilons=(None, 5.0, 1.0), synthetic_identities=40,
                      synthetic_images_per_identity=30, benchmark_repeats=10),
     "paper": Profile(name="paper", image_size=224, crop_fraction=224 / 250, width=1.0, fc_units=4096,
                      batch_size=64, learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=30,
-                     finetune_epochs=10, pretrain_epochs=30, partition_epochs=30, partition_cuts=_PARTITION_CUTS,
+                     finetune_epochs=10, pretrain_epochs=30, pretrain_min_images=5, partition_epochs=30, partition_cuts=_PARTITION_CUTS,
                      partition_epsilons=(None, 1.0, 3.0, 5.0, 10.0, 20.0), synthetic_identities=158,
                      synthetic_images_per_identity=27, benchmark_repeats=20),
 }

@@ -52,7 +52,9 @@ class RunSpec:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        payload = json.dumps({**self.to_dict(), "_v": _CACHE_VERSION}, sort_keys=True)
+        # The profile's settings are part of the key: editing a profile invalidates its cached runs.
+        payload = json.dumps({**self.to_dict(), "profile_settings": get_profile(self.profile).to_dict(),
+                              "_v": _CACHE_VERSION}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def label(self) -> str:
@@ -76,8 +78,11 @@ def load_faces(profile: Profile, dataset: str, *, public: bool = False, seed: in
     if dataset == "lfw":
         from dpact_tf.data import load_lfw, load_lfw_public
 
-        loader = load_lfw_public if public else load_lfw
-        return loader(image_size=profile.image_size, crop_fraction=profile.crop_fraction, seed=seed, progress=progress)
+        common = dict(image_size=profile.image_size, crop_fraction=profile.crop_fraction, seed=seed, progress=progress)
+        if public:
+            # A classifier learns little from people with 2-4 images: pre-train on those with more.
+            return load_lfw_public(min_images_per_person=profile.pretrain_min_images, **common)
+        return load_lfw(**common)
     if dataset == "synthetic":
         from dpact_tf.synthetic import synthetic_faces
 
