@@ -1,6 +1,6 @@
 """Run profiles: one frozen config class, three instances (``tiny``, ``small``, ``paper``).
 
-* ``tiny``  -- seconds; for tests and notebook smoke runs (32x32 faces, a sliver of VGG-Face).
+* ``tiny``  -- seconds; for tests and notebook smoke runs (32x32 faces, 1/8 of VGG-Face's channels).
 * ``small`` -- the default; the whole book on a 2-core CPU (64x64 faces, 1/8 of VGG-Face's channels).
 * ``paper`` -- the paper's settings: 224x224 inputs, full VGG-Face (width 1, fc 4096), batch 64,
   SGD momentum 0.9, lr 0.01 decayed by 0.1; for GPU users.
@@ -59,10 +59,10 @@ class Profile:
 _PARTITION_CUTS = ("conv1_1", "conv1_2", "pool1", "conv2_2", "pool2")
 
 PROFILES: Dict[str, Profile] = {
-    "tiny": Profile(name="tiny", image_size=32, crop_fraction=0.6, width=1 / 16, fc_units=32, batch_size=32,
-                    learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=3, finetune_epochs=2,
-                    pretrain_epochs=2, pretrain_min_images=2, partition_epochs=1, partition_cuts=_PARTITION_CUTS,
-                    partition_epsilons=(None, 1.0), synthetic_identities=6, synthetic_images_per_identity=12,
+    "tiny": Profile(name="tiny", image_size=32, crop_fraction=0.6, width=1 / 8, fc_units=64, batch_size=32,
+                    learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=8, finetune_epochs=4,
+                    pretrain_epochs=6, pretrain_min_images=5, partition_epochs=2, partition_cuts=_PARTITION_CUTS,
+                    partition_epsilons=(None, 1.0), synthetic_identities=8, synthetic_images_per_identity=30,
                     benchmark_repeats=3),
     "small": Profile(name="small", image_size=64, crop_fraction=0.6, width=1 / 8, fc_units=256, batch_size=64,
                      learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=15, finetune_epochs=10,

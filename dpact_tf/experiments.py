@@ -1,0 +1,262 @@
+"""The book's studies, one function per notebook: each trains (or loads cached) runs, draws its figures
+with :mod:`dpact_tf.plots` and records its metrics as JSON under ``<results_dir>/<profile>/<dataset>/``.
+
+Notebooks only narrate and call these functions.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from dpact_tf import plots, privacy
+from dpact_tf.config import DEFAULT_EPSILONS, get_profile
+from dpact_tf.runs import RunSpec, load_faces, run_training
+
+__all__ = ["study_dir", "resolve_epsilons", "record_metrics", "load_metrics", "activation_study", "scratch_study",
+           "finetune_study", "partition_study", "mobile_study", "runs_table"]
+
+
+def study_dir(results_dir: str, profile: str, dataset: str, *parts: str) -> str:
+    path = os.path.join(results_dir, get_profile(profile).name, dataset, *parts)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def resolve_epsilons(epsilons: Optional[Sequence[Optional[float]]]) -> List[Optional[float]]:
+    """``None`` -> the paper's sweep (no noise, 1, 2, 3, 5, 10, 14, 20); validates the values."""
+    values = list(DEFAULT_EPSILONS if epsilons is None else epsilons)
+    out: List[Optional[float]] = []
+    for e in values:
+        if privacy.is_no_noise(e):
+            out.append(None)
+        else:
+            e = float(e)
+            if not e > 0 or math.isnan(e):
+                raise ValueError(f"every epsilon must be > 0 or None for the baseline (got {e})")
+            out.append(e)
+    return out
+
+
+def record_metrics(results_dir: str, profile: str, dataset: str, name: str, payload: Dict[str, Any]) -> str:
+    path = os.path.join(study_dir(results_dir, profile, dataset, "metrics"), f"{name}.json")
+    payload = {"study": name, "profile": profile, "dataset": dataset, "synthetic": dataset == "synthetic", **payload}
+    with open(path, "w") as fh:
+        json.dump(payload, fh, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    return path
+
+
+def load_metrics(results_dir: str, profile: str, dataset: str, name: str) -> Optional[Dict[str, Any]]:
+    path = os.path.join(results_dir, get_profile(profile).name, dataset, "metrics", f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def runs_table(runs) -> List[Dict[str, Any]]:
+    """One row per run: final and best accuracies, noise std, wall time."""
+    rows = []
+    for r in runs:
+        h = r.history
+        rows.append({"epsilon": r.spec.epsilon, "cut": r.spec.cut, "epochs": len(h["epoch"]),
+                     "noise_std": r.info["noise_std"], "final_loss": h["loss"][-1],
+                     "final_train_accuracy": h["train_accuracy"][-1], "final_test_accuracy": h["test_accuracy"][-1],
+                     "best_test_accuracy": max(h["test_accuracy"]), "seconds": r.info.get("wall_seconds"),
+                     "cached": r.cached, "run": os.path.relpath(r.path)})
+    return rows
+
+
+def _run_dicts(runs) -> List[Dict[str, Any]]:
+    return [{"epsilon": r.spec.epsilon, "cut": r.spec.cut, "history": r.history} for r in runs]
+
+
+# --- Fig 2 ----------------------------------------------------------------------------------------------
+def activation_study(*, profile: str, dataset: str, results_dir: str, epsilons=None, seed: int = 0,
+                     n_faces: int = 3, n_channels: int = 3, force: bool = False, progress: bool = True) -> Dict[str, Any]:
+    """conv1_1 activations of real faces after the DP layer for each epsilon, and SSIM/PSNR vs the clean map.
+
+    The first layer is the one pre-trained on the public identities (the fine-tuning setting, where conv1
+    is public), applied to test faces of distinct evaluation identities.
+    """
+    import tensorflow as tf
+
+    from dpact_tf.layers import DPActivation
+    from dpact_tf.pretrain import pretrain
+    from dpact_tf.vggface import build_split_vggface
+
+    prof = get_profile(profile)
+    eps_list = [e for e in resolve_epsilons(epsilons) if e is not None]
+    pre = pretrain(prof.name, dataset, results_dir=results_dir, seed=seed, force=force, progress=progress)
+    data = load_faces(prof, dataset, seed=seed, progress=progress)
+    first_of_person = np.unique(data.test_labels, return_index=True)[1]
+    idx = first_of_person[np.linspace(0, len(first_of_person) - 1, n_faces).astype(int)]
+    faces = data.test_images[idx]
+    split = build_split_vggface(num_classes=2, **prof.model_kwargs())
+    split.client.load_weights(pre.client_weights, by_name=True)
+    conv = tf.keras.Model(split.client.input, split.client.get_layer("conv1_1").output)
+    pre_act = conv(faces.astype(np.float32) / 255.0)
+    clean = DPActivation(epsilon=None)(pre_act).numpy()
+    channels = [int(c) for c in np.argsort(-clean.mean(axis=(0, 1, 2)))[:n_channels]]
+    noisy, table = {}, []
+    shown_clean = np.clip(clean * 255.0, 0, 255)
+    maps_clean = np.transpose(shown_clean, (0, 3, 1, 2)).reshape(-1, *clean.shape[1:3], 1)
+    for k, eps in enumerate(eps_list):
+        layer = DPActivation(epsilon=eps, seed=seed + 100 + k)
+        noisy[eps] = layer(pre_act).numpy()
+        shown = np.clip(noisy[eps] * 255.0, 0, 255)
+        maps = np.transpose(shown, (0, 3, 1, 2)).reshape(-1, *clean.shape[1:3], 1)
+        ssim = float(tf.reduce_mean(tf.image.ssim(tf.constant(maps), tf.constant(maps_clean), max_val=255.0)))
+        psnr = float(tf.reduce_mean(tf.image.psnr(tf.constant(maps), tf.constant(maps_clean), max_val=255.0)))
+        table.append({"epsilon": eps, "noise_std": layer.stddev, "empirical_noise_std": float((noisy[eps] - clean).std()),
+                      "ssim": ssim, "psnr": psnr})
+    out_dir = study_dir(results_dir, prof.name, dataset, "figures")
+    fig_grid = plots.activation_grid(clean, noisy, faces, channels=channels, dataset=dataset)
+    plots.save_figure(fig_grid, out_dir, "fig2_activations", {"channels": channels, "faces": [data.test_files[i] for i in idx],
+                                                               "epsilons": eps_list})
+    fig_sim = plots.similarity_plot(table, dataset=dataset)
+    plots.save_figure(fig_sim, out_dir, "fig2_similarity", {"table": table})
+    record_metrics(results_dir, prof.name, dataset, "activations", {"table": table, "channels": channels,
+                                                                   "activation_shape": list(clean.shape[1:])})
+    return {"table": table, "figures": [fig_grid, fig_sim], "faces": [data.test_files[i] for i in idx],
+            "clean_max": float(clean.max())}
+
+
+# --- Fig 3 ----------------------------------------------------------------------------------------------
+def scratch_study(*, profile: str, dataset: str, results_dir: str, epsilons=None, epochs: Optional[int] = None,
+                  seed: int = 0, force: bool = False, progress: bool = True) -> Dict[str, Any]:
+    """Training from scratch, split at conv1_1, one run per epsilon (Fig. 3)."""
+    prof = get_profile(profile)
+    data = load_faces(prof, dataset, seed=seed, progress=progress)
+    runs = []
+    for eps in resolve_epsilons(epsilons):
+        spec = RunSpec(task="scratch", profile=prof.name, dataset=dataset, epsilon=eps, epochs=epochs or prof.epochs,
+                       seed=seed)
+        runs.append(run_training(spec, results_dir=results_dir, force=force, progress=progress, data=data))
+    chance = runs[0].info["majority_class_test_accuracy"]
+    out_dir = study_dir(results_dir, prof.name, dataset, "figures")
+    fig_c = plots.training_curves(_run_dicts(runs), title="Training from scratch with DP activations (Fig. 3)",
+                                  dataset=dataset, chance=chance)
+    plots.save_figure(fig_c, out_dir, "fig3_scratch_curves", {"runs": _run_dicts(runs)})
+    fig_f = plots.final_accuracy_plot(_run_dicts(runs), title="From scratch: final test accuracy", dataset=dataset)
+    plots.save_figure(fig_f, out_dir, "fig3_scratch_final", {"table": runs_table(runs)})
+    table = runs_table(runs)
+    record_metrics(results_dir, prof.name, dataset, "scratch", {"table": table, "histories": _run_dicts(runs),
+                                                               "majority_class_test_accuracy": chance,
+                                                               "data": runs[0].info["data"]})
+    return {"runs": runs, "table": table, "figures": [fig_c, fig_f], "chance": chance, "data": data.summary()}
+
+
+# --- Fig 4 ----------------------------------------------------------------------------------------------
+def finetune_claims(runs, chance: float, *, tolerance: float = 0.02) -> Dict[str, Any]:
+    """The paper's Fig. 4 claims, made checkable.
+
+    * "epsilon = 3 reaches the baseline's accuracy within 5 epochs": max test accuracy over epochs 1..5 at
+      epsilon 3 >= the baseline's final test accuracy - ``tolerance``.
+    * "epsilon <= 1 fails to converge": final test accuracy within ``tolerance`` + 3 points of the
+      majority-class rate (i.e. no better than always guessing the largest class).
+    """
+    by_eps = {r.spec.epsilon: r for r in runs}
+    out: Dict[str, Any] = {"tolerance": tolerance, "majority_class_test_accuracy": chance}
+    if None in by_eps and 3.0 in by_eps:
+        base = by_eps[None].history["test_accuracy"][-1]
+        early = max(by_eps[3.0].history["test_accuracy"][:5])
+        out["eps3_within_5_epochs"] = {"baseline_final": base, "eps3_best_first5": early,
+                                       "holds": bool(early >= base - tolerance)}
+    low = [e for e in by_eps if e is not None and e <= 1.0]
+    if low:
+        finals = {e: by_eps[e].history["test_accuracy"][-1] for e in low}
+        out["eps_le_1_fails"] = {"final_test_accuracy": {str(e): v for e, v in finals.items()},
+                                 "holds": bool(all(v <= chance + tolerance + 0.03 for v in finals.values()))}
+    return out
+
+
+def finetune_study(*, profile: str, dataset: str, results_dir: str, epsilons=None, epochs: Optional[int] = None,
+                   seed: int = 0, force: bool = False, progress: bool = True) -> Dict[str, Any]:
+    """Fine-tune only the output layer of the model pre-trained on the public identities (Fig. 4)."""
+    from dpact_tf.pretrain import pretrain
+
+    prof = get_profile(profile)
+    pre = pretrain(prof.name, dataset, results_dir=results_dir, seed=seed, force=force, progress=progress)
+    data = load_faces(prof, dataset, seed=seed, progress=progress)
+    runs = []
+    for eps in resolve_epsilons(epsilons):
+        spec = RunSpec(task="finetune", profile=prof.name, dataset=dataset, epsilon=eps,
+                       epochs=epochs or prof.finetune_epochs, seed=seed, init=pre.spec.key())
+        runs.append(run_training(spec, results_dir=results_dir, force=force, progress=progress, data=data))
+    chance = runs[0].info["majority_class_test_accuracy"]
+    out_dir = study_dir(results_dir, prof.name, dataset, "figures")
+    fig_c = plots.training_curves(_run_dicts(runs), title="Fine-tuning the output layer on DP activations (Fig. 4)",
+                                  dataset=dataset, chance=chance)
+    plots.save_figure(fig_c, out_dir, "fig4_finetune_curves", {"runs": _run_dicts(runs)})
+    claims = finetune_claims(runs, chance)
+    table = runs_table(runs)
+    pre_h = pre.history
+    pretrain_info = {"people": pre.info["data"]["people"], "images": pre.info["data"]["images"],
+                     "epochs": len(pre_h["epoch"]), "final_train_accuracy": pre_h["train_accuracy"][-1],
+                     "final_heldout_accuracy": pre_h["test_accuracy"][-1]}
+    record_metrics(results_dir, prof.name, dataset, "finetune", {"table": table, "histories": _run_dicts(runs),
+                                                                "claims": claims, "pretrain": pretrain_info,
+                                                                "majority_class_test_accuracy": chance})
+    return {"runs": runs, "table": table, "figures": [fig_c], "claims": claims, "pretrain": pretrain_info}
+
+
+# --- partition position ----------------------------------------------------------------------------------
+def partition_study(*, profile: str, dataset: str, results_dir: str, epsilons=None, cuts: Optional[Sequence[str]] = None,
+                    epochs: Optional[int] = None, seed: int = 0, force: bool = False,
+                    progress: bool = True) -> Dict[str, Any]:
+    """Accuracy vs epsilon for each cut layer, and the client's cost per cut."""
+    from dpact_tf.vggface import build_split_vggface
+
+    prof = get_profile(profile)
+    eps_list = resolve_epsilons(prof.partition_epsilons if epsilons is None else epsilons)
+    cuts = list(cuts or prof.partition_cuts)
+    data = load_faces(prof, dataset, seed=seed, progress=progress)
+    costs, rows, runs = [], [], []
+    for cut in cuts:
+        split = build_split_vggface(num_classes=data.num_classes, cut=cut, **prof.model_kwargs())
+        costs.append({"cut": cut, "client_mflops": split.client_flops / 1e6, "client_params": split.client_params,
+                      "activation_shape": list(split.activation_shape), "activation_kib": split.activation_bytes / 1024})
+        for eps in eps_list:
+            spec = RunSpec(task="scratch", profile=prof.name, dataset=dataset, epsilon=eps, cut=cut,
+                           epochs=epochs or prof.partition_epochs, seed=seed)
+            run = run_training(spec, results_dir=results_dir, force=force, progress=progress, data=data)
+            runs.append(run)
+            rows.append({"cut": cut, "epsilon": eps, "test_accuracy": run.history["test_accuracy"][-1],
+                         "train_accuracy": run.history["train_accuracy"][-1], "noise_std": run.info["noise_std"]})
+    # cost at the paper's size too (no training needed)
+    paper_costs = []
+    for cut in cuts:
+        s = build_split_vggface((224, 224, 3), 2, width=1.0, fc_units=8, cut=cut)
+        paper_costs.append({"cut": cut, "client_mflops": s.client_flops / 1e6, "client_params": s.client_params,
+                            "activation_shape": list(s.activation_shape), "activation_kib": s.activation_bytes / 1024})
+    fig = plots.partition_plot(rows, costs, dataset=dataset)
+    plots.save_figure(fig, study_dir(results_dir, prof.name, dataset, "figures"), "partition",
+                      {"rows": rows, "costs": costs, "paper_costs": paper_costs})
+    record_metrics(results_dir, prof.name, dataset, "partition", {"rows": rows, "costs": costs,
+                                                                 "paper_costs": paper_costs,
+                                                                 "majority_class_test_accuracy":
+                                                                     runs[0].info["majority_class_test_accuracy"]})
+    return {"rows": rows, "costs": costs, "paper_costs": paper_costs, "figures": [fig], "runs": runs}
+
+
+# --- mobile cost -------------------------------------------------------------------------------------------
+def mobile_study(*, profile: str, results_dir: str, force: bool = False, repeats: Optional[int] = None,
+                 include_paper_size: bool = True) -> Dict[str, Any]:
+    """The TFLite head's cost (LiteRT vs Keras, this CPU) beside the paper's Nexus 6P numbers; cached."""
+    from dpact_tf.mobile import run_mobile_benchmark
+
+    prof = get_profile(profile)
+    out_dir = os.path.join(results_dir, prof.name, "mobile")
+    path = os.path.join(out_dir, "mobile_cost.json")
+    if force or not os.path.exists(path):
+        configs = ([("paper", 224, 1.0)] if include_paper_size else []) + [(prof.name, prof.image_size, prof.width)]
+        run_mobile_benchmark(configs, out_dir=out_dir, repeats=repeats or prof.benchmark_repeats)
+    with open(path) as fh:
+        results = json.load(fh)
+    fig = plots.mobile_cost_plot(results)
+    plots.save_figure(fig, out_dir, "mobile_cost", results)
+    return {"results": results, "figures": [fig]}

@@ -1,0 +1,183 @@
+"""Every figure of the book: each function draws one figure, saves it as PNG + SVG next to the JSON of
+the numbers behind it, and returns the matplotlib figure (the notebook displays it).
+
+Figures made from the synthetic stand-in say so in their title.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["save_figure", "eps_label", "activation_grid", "similarity_plot", "training_curves",
+           "final_accuracy_plot", "partition_plot", "mobile_cost_plot"]
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 130, "font.size": 10, "axes.grid": True,
+                         "grid.alpha": 0.3, "svg.hashsalt": "dpact",
+                         "svg.fonttype": "none"})  # keep SVG text as text (searchable, accessible)
+    return plt
+
+
+def eps_label(eps: Optional[float]) -> str:
+    return "no noise" if eps is None else f"ε = {eps:g}"
+
+
+def _title(text: str, dataset: str) -> str:
+    return text + ("\n[SYNTHETIC data, not LFW]" if dataset == "synthetic" else "")
+
+
+def _colors(n: int):
+    plt = _plt()
+    cmap = plt.get_cmap("viridis")
+    return ["black"] + [cmap(i / max(1, n - 2)) for i in range(n - 1)]
+
+
+def save_figure(fig, out_dir: str, name: str, data: Dict[str, Any]) -> Dict[str, str]:
+    """Write ``name``.png, .svg and .json (the numbers) into ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {ext: os.path.join(out_dir, f"{name}.{ext}") for ext in ("png", "svg", "json")}
+    fig.savefig(paths["png"], bbox_inches="tight")
+    fig.savefig(paths["svg"], bbox_inches="tight", metadata={"Date": None})
+    _plt().close(fig)  # the notebook displays the returned figure explicitly
+    with open(paths["json"], "w") as fh:
+        json.dump(data, fh, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    return paths
+
+
+def activation_grid(clean: np.ndarray, noisy: Dict[Any, np.ndarray], faces: np.ndarray, *, channels: Sequence[int],
+                    dataset: str):
+    """Fig. 2: rows = (face, channel), columns = input, no noise, each epsilon; activation x 255, negatives removed."""
+    plt = _plt()
+    eps_keys = list(noisy)
+    n_faces = clean.shape[0]
+    rows = n_faces * len(channels)
+    cols = 2 + len(eps_keys)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows), squeeze=False)
+    for f in range(n_faces):
+        for ci, ch in enumerate(channels):
+            r = f * len(channels) + ci
+            panels = [faces[f]] + [clean[f, ..., ch]] + [noisy[e][f, ..., ch] for e in eps_keys]
+            titles = ["input", "no noise"] + [eps_label(e) for e in eps_keys]
+            for c, (panel, title) in enumerate(zip(panels, titles)):
+                ax = axes[r, c]
+                if c == 0:
+                    ax.imshow(panel if ci == 0 else np.ones_like(panel) * 255)
+                else:
+                    ax.imshow(np.clip(panel * 255.0, 0, 255), cmap="gray", vmin=0, vmax=255)
+                ax.set_xticks([]), ax.set_yticks([])
+                ax.grid(False)
+                if r == 0:
+                    ax.set_title(title, fontsize=8)
+                if c == 1:
+                    ax.set_ylabel(f"ch {ch}", fontsize=7)
+    fig.suptitle(_title("conv1_1 activations after the DP layer (×255, negatives removed)", dataset), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def similarity_plot(table: List[Dict[str, Any]], *, dataset: str):
+    plt = _plt()
+    eps = [r["epsilon"] for r in table]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a1.plot(eps, [r["ssim"] for r in table], "o-")
+    a1.set_xlabel("ε (per coordinate)"), a1.set_ylabel("SSIM noisy vs clean"), a1.set_ylim(0, 1)
+    a2.plot(eps, [r["psnr"] for r in table], "o-", color="C1")
+    a2.set_xlabel("ε (per coordinate)"), a2.set_ylabel("PSNR noisy vs clean (dB)")
+    fig.suptitle(_title("How much of the activation map survives the noise", dataset), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(runs: List[Dict[str, Any]], *, title: str, dataset: str, chance: Optional[float] = None):
+    """Loss, training and test accuracy per epoch, one line per epsilon (Figs 3 and 4)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    colors = _colors(len(runs))
+    for run, color in zip(runs, colors):
+        h = run["history"]
+        style = dict(color=color, lw=2 if run["epsilon"] is None else 1.3, label=eps_label(run["epsilon"]),
+                     ls="--" if run["epsilon"] is None else "-")
+        axes[0].plot(h["epoch"], h["loss"], **style)
+        axes[1].plot(h["epoch"], h["train_accuracy"], **style)
+        axes[2].plot(h["epoch"], h["test_accuracy"], **style)
+    for ax, lab in zip(axes, ["training loss", "training accuracy", "test accuracy"]):
+        ax.set_xlabel("epoch"), ax.set_ylabel(lab)
+    if chance is not None:
+        for ax in axes[1:]:
+            ax.axhline(chance, color="grey", ls=":", lw=1, label="majority class")
+    axes[2].legend(fontsize=7, loc="best")
+    fig.suptitle(_title(title, dataset), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def final_accuracy_plot(runs: List[Dict[str, Any]], *, title: str, dataset: str):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    noisy = [r for r in runs if r["epsilon"] is not None]
+    base = [r for r in runs if r["epsilon"] is None]
+    ax.plot([r["epsilon"] for r in noisy], [r["history"]["test_accuracy"][-1] for r in noisy], "o-", label="with DP noise")
+    for b in base:
+        ax.axhline(b["history"]["test_accuracy"][-1], color="black", ls="--", label="no noise")
+    ax.set_xlabel("ε (per coordinate)"), ax.set_ylabel("final test accuracy"), ax.legend(fontsize=8)
+    ax.set_title(_title(title, dataset), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def partition_plot(rows: List[Dict[str, Any]], costs: List[Dict[str, Any]], *, dataset: str):
+    """Accuracy vs epsilon per cut, and the client's cost per cut."""
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 3.8))
+    cuts = list(dict.fromkeys(r["cut"] for r in rows))
+    eps_values = sorted({r["epsilon"] for r in rows if r["epsilon"] is not None}, reverse=True)
+    xs = ["no noise"] + [eps_label(e) for e in eps_values]
+    for i, cut in enumerate(cuts):
+        acc = {r["epsilon"]: r["test_accuracy"] for r in rows if r["cut"] == cut}
+        ys = [acc.get(None, math.nan)] + [acc.get(e, math.nan) for e in eps_values]
+        a1.plot(xs, ys, "o-", label=cut)
+    a1.set_ylabel("final test accuracy"), a1.set_xlabel("noise level (decreasing ε →)"), a1.legend(fontsize=8)
+    a1.set_title("accuracy by cut layer", fontsize=10)
+    names = [c["cut"] for c in costs]
+    x = np.arange(len(names))
+    a2.bar(x - 0.2, [c["client_mflops"] for c in costs], 0.4, label="client MFLOPs / image")
+    ax2 = a2.twinx()
+    ax2.bar(x + 0.2, [c["activation_kib"] for c in costs], 0.4, color="C1", label="upload KiB / image (float32)")
+    ax2.grid(False)
+    a2.set_xticks(x, names)
+    a2.set_ylabel("client MFLOPs per image"), ax2.set_ylabel("upload KiB per image")
+    a2.legend(loc="upper left", fontsize=8), ax2.legend(loc="upper right", fontsize=8)
+    a2.set_title("client cost by cut layer", fontsize=10)
+    fig.suptitle(_title("Where to split the network", dataset), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def mobile_cost_plot(results: Dict[str, Any]):
+    plt = _plt()
+    paper = results["paper_nexus6p"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    metrics = [("load_s", "model load (s)"), ("forward_s", "forward, batch of 8 (s)"),
+               ("backward_s_per_sample", "backward per sample (s)")]
+    for ax, (key, label) in zip(axes, metrics):
+        names, values, colors = ["paper: Nexus 6P\n(upper bound)"], [paper[key]], ["grey"]
+        for c in results["configs"]:
+            for rt, col in (("litert", "C0"), ("keras", "C1")):
+                if key in c[rt]:
+                    names.append(f"{c['label']}\n{rt}")
+                    values.append(c[rt][key])
+                    colors.append(col)
+        ax.bar(range(len(values)), values, color=colors)
+        ax.set_xticks(range(len(values)), names, fontsize=7)
+        ax.set_yscale("log"), ax.set_ylabel(label)
+    fig.suptitle(f"Client cost, ours on {results['hardware']['cpu']} ({results['hardware']['cores']} cores) "
+                 "vs the paper's phone — different hardware", fontsize=10)
+    fig.tight_layout()
+    return fig

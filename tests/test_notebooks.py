@@ -1,0 +1,112 @@
+"""Smoke runs of every notebook at the tiny profile (papermill), assertions on what they recorded, and a
+build of the book from those executed notebooks with warnings as errors."""
+import json
+import math
+import os
+import shutil
+
+import pytest
+
+from dpact_tf import privacy
+from dpact_tf.book import NOTEBOOKS, REPO, build_book, run_notebooks
+
+EPSILONS = [None, 1.0, 3.0, 20.0]
+
+
+@pytest.fixture(scope="module")
+def tiny_book(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tinybook")
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(os.path.join(REPO, name), root / name)
+    shutil.copytree(os.path.join(REPO, "book"), root / "book", ignore=shutil.ignore_patterns("executed", "_build"))
+    results = root / "results"
+    run_notebooks(profile="tiny", dataset="synthetic", out_dir=str(root / "book" / "executed"),
+                  results_dir=str(results), epsilons=EPSILONS)
+    return root, results / "tiny" / "synthetic"
+
+
+def _metrics(base, name):
+    with open(base / "metrics" / f"{name}.json") as fh:
+        return json.load(fh)
+
+
+def test_activation_notebook(tiny_book):
+    _, base = tiny_book
+    m = _metrics(base, "activations")
+    assert m["synthetic"] is True
+    table = {r["epsilon"]: r for r in m["table"]}
+    assert sorted(table) == [1.0, 3.0, 20.0]
+    n = 3 * 32 * 32 * 8  # 3 faces x 32 x 32 x 8 channels of noise
+    for eps, row in table.items():
+        expected = privacy.noise_std(eps, 1e-5)
+        assert row["noise_std"] == pytest.approx(expected, rel=1e-12)
+        assert abs(row["empirical_noise_std"] - expected) < 4 * expected / math.sqrt(2 * n)
+    assert table[20.0]["ssim"] > table[1.0]["ssim"]
+    assert table[20.0]["psnr"] > table[1.0]["psnr"]
+
+
+def test_scratch_notebook(tiny_book):
+    _, base = tiny_book
+    m = _metrics(base, "scratch")
+    hist = {h["epsilon"]: h["history"] for h in m["histories"]}
+    assert list(hist) == EPSILONS and all(len(h["epoch"]) == 8 for h in hist.values())
+    base_acc = hist[None]["train_accuracy"]
+    assert base_acc[-1] > base_acc[0] + 0.2, f"the no-noise baseline did not learn: {base_acc}"
+    for row in m["table"]:
+        expected = 0.0 if row["epsilon"] is None else privacy.noise_std(row["epsilon"], 1e-5)
+        assert row["noise_std"] == pytest.approx(expected)
+    svg = (base / "figures" / "fig3_scratch_curves.svg").read_text()
+    assert "SYNTHETIC" in svg
+
+
+def test_finetune_notebook(tiny_book):
+    _, base = tiny_book
+    m = _metrics(base, "finetune")
+    assert {"eps3_within_5_epochs", "eps_le_1_fails"} <= set(m["claims"])
+    assert isinstance(m["claims"]["eps3_within_5_epochs"]["holds"], bool)
+    assert m["pretrain"]["people"] == 8 and len(m["histories"]) == len(EPSILONS)
+
+
+def test_partition_notebook(tiny_book):
+    _, base = tiny_book
+    m = _metrics(base, "partition")
+    cuts = [c["cut"] for c in m["costs"]]
+    assert cuts == ["conv1_1", "conv1_2", "pool1", "conv2_2", "pool2"]
+    assert len(m["rows"]) == len(cuts) * len(EPSILONS)
+    cost = {c["cut"]: c for c in m["paper_costs"]}
+    assert cost["conv1_1"]["client_mflops"] < cost["conv1_2"]["client_mflops"] < cost["conv2_2"]["client_mflops"]
+    assert cost["pool1"]["activation_kib"] == cost["conv1_2"]["activation_kib"] / 4
+    assert cost["conv1_1"]["activation_shape"] == [224, 224, 64]
+
+
+def test_mobile_notebook(tiny_book):
+    root, _ = tiny_book
+    with open(root / "results" / "tiny" / "mobile" / "mobile_cost.json") as fh:
+        res = json.load(fh)
+    (conf,) = res["configs"]
+    assert conf["label"] == "tiny" and conf["litert"]["tensorflow_imported"] is False
+    assert conf["litert"]["forward_s"] > 0 and conf["upload_bytes_per_image"]["float32"] == 4 * 32 * 32 * 8
+
+
+def test_discussion_notebook(tiny_book):
+    root, _ = tiny_book
+    with open(root / "book" / "executed" / "06_discussion.ipynb") as fh:
+        text = fh.read()
+    assert "SYNTHETIC data, not LFW" in text and "not run" not in text
+
+
+def test_every_notebook_ran(tiny_book):
+    root, _ = tiny_book
+    for name in NOTEBOOKS:
+        nb = json.loads((root / "book" / "executed" / f"{name}.ipynb").read_text())
+        assert nb["metadata"]["papermill"]["parameters"]["profile"] == "tiny"
+        errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors
+
+
+def test_book_builds_with_warnings_as_errors(tiny_book):
+    root, _ = tiny_book
+    html = build_book(root=str(root))
+    assert os.path.exists(os.path.join(html, "book", "executed", "02_scratch.html"))
+    page = open(os.path.join(html, "book", "executed", "06_discussion.html")).read()
+    assert "Fig. " in page or "Figure" in page
