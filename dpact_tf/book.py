@@ -20,7 +20,7 @@ __all__ = ["NOTEBOOKS", "run_notebooks", "build_book", "resolve_dataset", "main"
 
 # Execution order matters: the fine-tuning notebook uses the pre-trained model, the cost chapter the benchmark.
 NOTEBOOKS: List[str] = ["01_activations", "02_scratch", "03_finetune", "04_partition", "05_mobile_cost",
-                         "06_discussion"]
+                         "06_accounting", "07_attacks", "08_discussion"]
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 

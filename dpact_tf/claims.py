@@ -100,11 +100,38 @@ def claims_table(*, results_dir: str, profile: str, dataset: str) -> List[Dict[s
     else:
         rows.append(_row("Sec. VI (cost)", "The client runs on a phone within the stated bounds", "not run", "—", ""))
 
-    rows.append(_row("Sec. IV", "Each activation coordinate is (ε, δ)-DP with the classic Gaussian mechanism",
-                     "implemented exactly (σ = √(2 ln(1.25/δ))/ε, S_f = 1/√2, clipping makes the bound hold); "
-                     "the classic proof covers ε < 1 only",
-                     "holds per coordinate for ε < 1",
-                     "see the accounting chapter for what it means per image and per training run"))
+    acc = load_metrics(results_dir, profile, dataset, "accounting")
+    coord = "implemented exactly (σ = √(2 ln(1.25/δ))/ε, S_f = 1/√2, clipping makes the bound hold)"
+    if acc:
+        label, rows_acc = next(iter(acc["tables"].items()))
+        lo = rows_acc[0]
+        rows.append(_row("Sec. IV", "Each activation coordinate is (ε, δ)-DP (classic Gaussian mechanism)",
+                         coord + "; the classic proof covers ε < 1 only",
+                         "holds per coordinate (ε < 1)", "the formula and the sensitivity bound are tested"))
+        rows.append(_row("Sec. IV", "The released activations protect the client's images",
+                         f"per image ({label}): ε = {lo['image_epsilon_exact']:,.0f} for one release at per-coordinate "
+                         f"ε = {lo['epsilon_per_coordinate']:g}, {lo['run_epsilon_exact']:,.0f} over {lo['epochs']} epochs",
+                         "not as a DP guarantee", "per-image ε of the same noise (analytic Gaussian; PLD/RDP agree)"))
+    else:
+        rows.append(_row("Sec. IV", "Each activation coordinate is (ε, δ)-DP", coord, "holds per coordinate (ε < 1)", ""))
+
+    att = load_metrics(results_dir, profile, dataset, "attacks")
+    if att:
+        noisy = sorted((r for r in att["rows"] if r["epsilon"] is not None), key=lambda r: r["epsilon"])
+        best = {r["epsilon"]: max(r["inversion_known_ssim"], r["decoder_known_ssim"]) for r in noisy}
+        blocked = [e for e, v in best.items() if v < 0.2]
+        rows.append(_row("Sec. III", "A curious server cannot reconstruct the images from the noisy activations",
+                         "best SSIM of inversion/decoder with a public conv1: " +
+                         ", ".join(f"ε={e:g}: {v:.2f}" for e, v in best.items()),
+                         ("reconstruction fails (SSIM < 0.2) for ε ≤ " + f"{max(blocked):g}") if blocked
+                         else "reconstruction succeeds at every ε",
+                         "empirical, for these two attackers; SSIM < 0.2 taken as failure"))
+        aucs = {r["epsilon"]: max(r["mia_threshold_attack_auc"], r["mia_logistic_regression_auc"]) for r in att["rows"]}
+        rows.append(_row("Sec. III", "The trained model does not reveal its training images",
+                         "membership-inference AUC: " + ", ".join(
+                             f"{'no noise' if e is None else f'ε={e:g}'}: {v:.3f}" for e, v in aucs.items()),
+                         "weak leakage (AUC ≤ 0.6)" if max(aucs.values()) <= 0.6 else "leaks membership (AUC > 0.6)",
+                         "TF Privacy threshold and logistic-regression attacks"))
     return rows
 
 

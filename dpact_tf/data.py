@@ -161,11 +161,13 @@ def _load_images(root: str, files: Sequence[str], *, image_size: int, crop_fract
         arr = np.load(path)
         if arr.shape == (len(files), image_size, image_size, 3):
             return arr
-    from tqdm.auto import tqdm
+    import sys
+
+    from tqdm import tqdm
 
     out = np.empty((len(files), image_size, image_size, 3), dtype=np.uint8)
     for i, rel in enumerate(tqdm(files, desc=f"decoding {len(files)} LFW images (first load; cached after)",
-                                 disable=not progress)):
+                                 disable=not progress, file=sys.__stderr__, mininterval=1.0)):
         with open(os.path.join(root, rel), "rb") as fh:
             out[i] = preprocess_image(fh.read(), image_size=image_size, crop_fraction=crop_fraction, name=rel)
     os.makedirs(os.path.dirname(path), exist_ok=True)

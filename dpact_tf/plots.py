@@ -12,7 +12,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["save_figure", "eps_label", "activation_grid", "similarity_plot", "training_curves",
+__all__ = ["save_figure", "eps_label", "activation_grid", "similarity_plot", "training_curves", "accounting_plot",
+           "reconstruction_grid", "attack_curves",
            "final_accuracy_plot", "partition_plot", "mobile_cost_plot"]
 
 
@@ -179,5 +180,79 @@ def mobile_cost_plot(results: Dict[str, Any]):
         ax.set_yscale("log"), ax.set_ylabel(label)
     fig.suptitle(f"Client cost, ours on {results['hardware']['cpu']} ({results['hardware']['cores']} cores) "
                  "vs the paper's phone — different hardware", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def accounting_plot(tables: Dict[str, List[Dict[str, Any]]], *, dataset: str):
+    """Per-coordinate epsilon vs what it means per image and per training run (log scale)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 3.8), squeeze=False)
+    for ax, (label, rows) in zip(axes[0], tables.items()):
+        eps = [r["epsilon_per_coordinate"] for r in rows]
+        ax.plot(eps, eps, "k--", label="paper: per coordinate")
+        ax.plot(eps, [r["paper_composition_epsilon"] for r in rows], "o-", label="paper: composed over 3×3 positions")
+        ax.plot(eps, [r["image_epsilon_exact"] for r in rows], "s-", label="per image, one release")
+        ax.plot(eps, [r["run_epsilon_exact"] for r in rows], "^-", label=f"per image, {rows[0]['epochs']} epochs")
+        ax.plot(eps, [r["run_epsilon_rdp"] for r in rows], "x", color="grey", label="(RDP bound)")
+        ax.set_yscale("log"), ax.set_xlabel("ε per coordinate (the paper's)"), ax.set_ylabel("ε at δ = 1e-5")
+        ax.set_title(label, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.suptitle(_title("The same noise, accounted per coordinate, per image and per training run", dataset),
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def reconstruction_grid(faces: np.ndarray, recs: Dict[str, Dict[Any, np.ndarray]], *, dataset: str):
+    """Rows: faces x attack; columns: the true face, then the reconstruction per epsilon."""
+    plt = _plt()
+    attacks = list(recs)
+    eps_keys = list(next(iter(recs.values())))
+    rows, cols = len(faces) * len(attacks), 1 + len(eps_keys)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.25 * cols, 1.3 * rows), squeeze=False)
+    for f in range(len(faces)):
+        for a, attack in enumerate(attacks):
+            r = f * len(attacks) + a
+            panels = [faces[f]] + [recs[attack][e][f] for e in eps_keys]
+            for c, panel in enumerate(panels):
+                ax = axes[r, c]
+                ax.imshow(np.clip(panel, 0, 1))
+                ax.set_xticks([]), ax.set_yticks([])
+                ax.grid(False)
+                if r == 0:
+                    ax.set_title("true" if c == 0 else eps_label(eps_keys[c - 1]), fontsize=7)
+                if c == 0:
+                    ax.set_ylabel(attack.split(" ")[0], fontsize=6)
+    fig.suptitle(_title("What the server reconstructs (" + "; ".join(attacks) + ")", dataset), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def attack_curves(rows: List[Dict[str, Any]], *, chance: float, dataset: str):
+    plt = _plt()
+    noisy = [r for r in rows if r["epsilon"] is not None]
+    base = next((r for r in rows if r["epsilon"] is None), None)
+    eps = [r["epsilon"] for r in noisy]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for key, lab in (("inversion_known_ssim", "inversion, public conv1"), ("decoder_known_ssim", "decoder, public conv1"),
+                     ("inversion_unknown_ssim", "inversion, private conv1"), ("decoder_unknown_ssim", "decoder, private conv1")):
+        line, = axes[0].plot(eps, [r[key] for r in noisy], "o-", label=lab)
+        if base:
+            axes[0].axhline(base[key], color=line.get_color(), ls=":", lw=1)
+    axes[0].set_ylabel("SSIM to the true face"), axes[0].set_title("reconstruction (dotted: no noise)", fontsize=9)
+    axes[1].plot(eps, [r["reidentification_accuracy"] for r in noisy], "o-", label="re-identification")
+    axes[1].plot(eps, [r["model_test_accuracy"] for r in noisy], "s-", label="the trained model itself")
+    axes[1].axhline(chance, color="grey", ls=":", label="majority class")
+    if base:
+        axes[1].axhline(base["reidentification_accuracy"], color="C0", ls="--", lw=1, label="re-id., no noise")
+    axes[1].set_ylabel("accuracy"), axes[1].set_title("who is in the picture?", fontsize=9)
+    for attack, marker in (("threshold_attack", "o"), ("logistic_regression", "s")):
+        axes[2].plot(eps, [r[f"mia_{attack}_auc"] for r in noisy], marker + "-", label=f"{attack.replace('_', ' ')} AUC")
+    axes[2].axhline(0.5, color="grey", ls=":")
+    axes[2].set_ylabel("membership-inference AUC"), axes[2].set_title("membership inference", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("ε (per coordinate)"), ax.legend(fontsize=7)
+    fig.suptitle(_title("What a curious server recovers", dataset), fontsize=10)
     fig.tight_layout()
     return fig

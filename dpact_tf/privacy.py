@@ -147,7 +147,7 @@ def epsilon_for_sigma(sigma: float, delta: float, *, sensitivity: float = 1.0,
         return analytic_gaussian_delta(math.exp(log_eps), multiplier) - delta
 
     # delta(eps) decreases in eps; if even a tiny epsilon meets delta, report that floor.
-    lo, hi = -30.0, 10.0
+    lo, hi = -30.0, 40.0
     if excess(lo) <= 0:
         return math.exp(lo)
     if excess(hi) > 0:

@@ -71,6 +71,19 @@ class RunResult:
     server_weights: str         # HDF5 weights of the server
     cached: bool                # True when loaded from disk
 
+    def load_split(self, *, epsilon: Optional[float] = "same", noise_seed: Optional[int] = None):
+        """Rebuild the trained :class:`SplitModel` (weights loaded) -- with this run's epsilon by default."""
+        from dpact_tf.vggface import build_split_vggface
+
+        prof = get_profile(self.spec.profile)
+        eps = self.spec.epsilon if epsilon == "same" else epsilon
+        split = build_split_vggface(num_classes=self.info["num_classes"], cut=self.spec.cut, epsilon=eps,
+                                    delta=self.spec.delta, method=self.spec.method, noise_seed=noise_seed,
+                                    **prof.model_kwargs())
+        split.client.load_weights(self.client_weights, by_name=True)
+        split.server.load_weights(self.server_weights, by_name=True)
+        return split
+
 
 def load_faces(profile: Profile, dataset: str, *, public: bool = False, seed: int = 0,
                progress: bool = True) -> FaceSplit:

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -206,7 +207,11 @@ class SplitTrainer:
         """
         if int(epochs) != epochs or epochs < 1:
             raise ValueError(f"epochs must be a positive integer (got {epochs})")
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
+
+        # Progress goes to the process's real stderr: the terminal of `make book` (papermill passes the
+        # kernel's stderr through), not the executed notebook.
+        stream = sys.__stderr__
 
         history: Dict[str, Any] = {"epoch": [], "loss": [], "train_accuracy": [], "test_accuracy": [],
                                    "test_loss": [], "learning_rate": [], "seconds": []}
@@ -218,14 +223,14 @@ class SplitTrainer:
             start = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0.0, 0
             bar = tqdm(train, total=n_batches, desc=f"{description} epoch {epoch}/{epochs}",
-                       disable=not progress, leave=False)
+                       disable=not progress, leave=False, file=stream, mininterval=1.0)
             for images, labels in bar:
                 msg = self.train_step(images, labels)
                 n = int(labels.shape[0])
                 loss_sum += float(msg.loss) * n
                 correct += float(msg.correct)
                 seen += n
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
             if seen == 0:
                 raise ValueError("the training dataset yielded no batches")
             history["epoch"].append(epoch)
@@ -242,7 +247,7 @@ class SplitTrainer:
                 test = f", test acc {history['test_accuracy'][-1]:.3f}" if validation_data is not None else ""
                 print(f"{description} epoch {epoch}/{epochs}: loss {history['loss'][-1]:.4f}, "
                       f"train acc {history['train_accuracy'][-1]:.3f}{test} "
-                      f"({history['seconds'][-1]:.1f} s)", flush=True)
+                      f"({history['seconds'][-1]:.1f} s)", file=stream, flush=True)
             if history_path:
                 _write_json(history_path, {**(metadata or {}), "history": history})
         return history

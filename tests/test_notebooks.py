@@ -88,9 +88,37 @@ def test_mobile_notebook(tiny_book):
     assert conf["litert"]["forward_s"] > 0 and conf["upload_bytes_per_image"]["float32"] == 4 * 32 * 32 * 8
 
 
+def test_accounting_notebook(tiny_book):
+    _, base = tiny_book
+    m = _metrics(base, "accounting")
+    paper, tiny = m["tables"].values()
+    assert [r["epsilon_per_coordinate"] for r in paper] == [1.0, 3.0, 20.0]
+    assert paper[0]["activation_coordinates"] == 224 * 224 * 64 and tiny[0]["activation_coordinates"] == 32 * 32 * 8
+    for r in paper + tiny:
+        assert r["image_epsilon_exact"] <= r["image_epsilon_rdp"]
+        if not math.isnan(r["image_epsilon_pld"]):  # PLD is skipped above 1e6
+            assert r["image_epsilon_exact"] <= r["image_epsilon_pld"] * (1 + 1e-6) <= r["image_epsilon_rdp"] * (1 + 1e-6)
+        assert r["run_epsilon_exact"] > r["image_epsilon_exact"] > r["epsilon_per_coordinate"]
+    assert not math.isnan(tiny[0]["image_epsilon_pld"])
+
+
+def test_attacks_notebook(tiny_book):
+    _, base = tiny_book
+    m = _metrics(base, "attacks")
+    rows = {r["epsilon"]: r for r in m["rows"]}
+    assert list(rows) == EPSILONS
+    # without noise the server reconstructs better than at epsilon = 1
+    assert rows[None]["decoder_known_psnr"] > rows[1.0]["decoder_known_psnr"]
+    assert rows[None]["inversion_known_psnr"] > rows[1.0]["inversion_known_psnr"]
+    for r in rows.values():
+        for attack in ("threshold_attack", "logistic_regression"):
+            assert 0.0 <= r[f"mia_{attack}_auc"] <= 1.0
+        assert 0.0 <= r["reidentification_accuracy"] <= 1.0
+
+
 def test_discussion_notebook(tiny_book):
     root, _ = tiny_book
-    with open(root / "book" / "executed" / "06_discussion.ipynb") as fh:
+    with open(root / "book" / "executed" / "08_discussion.ipynb") as fh:
         text = fh.read()
     assert "SYNTHETIC data, not LFW" in text and "not run" not in text
 
@@ -108,5 +136,5 @@ def test_book_builds_with_warnings_as_errors(tiny_book):
     root, _ = tiny_book
     html = build_book(root=str(root))
     assert os.path.exists(os.path.join(html, "book", "executed", "02_scratch.html"))
-    page = open(os.path.join(html, "book", "executed", "06_discussion.html")).read()
+    page = open(os.path.join(html, "book", "executed", "08_discussion.html")).read()
     assert "Fig. " in page or "Figure" in page

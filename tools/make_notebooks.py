@@ -198,14 +198,75 @@ by 2× or 4×. Note the size of the upload itself: at the paper's resolution one
 activations, 12.8 MB as float32 — about 85 times the 150 KB of a 224×224 RGB image."""),
 ]
 
-NOTEBOOKS["06_discussion"] = [
+NOTEBOOKS["06_accounting"] = [
+    new_markdown_cell("""# What guarantee does a user actually get?
+
+The paper proves $(\\epsilon, \\delta)$-DP **per activation coordinate**, and bounds the composition over
+the $p \\times q = 3 \\times 3$ positions a kernel sees. But the server receives every coordinate of an
+image's activation volume at once, and — during training — the same image again every epoch, with fresh
+noise. This chapter computes what the same noise guarantees per image and per training run:
+
+* **per image:** two images can differ in every coordinate, by at most $S_f$ each, so the volume's L2
+  sensitivity is $S_f\\sqrt{d}$ with $d = H W C$; with per-coordinate std $S_f\\sigma$ the release is a single
+  Gaussian mechanism with noise multiplier $z = \\sigma/\\sqrt{d}$;
+* **per training run:** $E$ releases compose; for Gaussians exactly, to multiplier $z/\\sqrt{E}$.
+
+Each is computed exactly (analytic Gaussian mechanism) and with dp-accounting's PLD and RDP
+accountants, which bound it from above."""),
+    new_code_cell("import pandas as pd\nfrom IPython.display import Markdown, display\n\nfrom dpact_tf import privacy_truth"),
+    params_cell(),
+    new_code_cell("study = privacy_truth.accounting_study(profile=profile, dataset=dataset, results_dir=results_dir,\n"
+                  "                                       epsilons=epsilons)"),
+    fig_cell('display(study["figures"][0])', "fig-accounting",
+             "The paper's per-coordinate epsilon against the epsilon of the same noise per image and per training run."),
+    new_markdown_cell("The numbers (ε at δ = 10⁻⁵; `exact` = analytic Gaussian, `pld`/`rdp` = dp-accounting bounds):"),
+    table_cell('cols = ["epsilon_per_coordinate", "noise_std", "paper_composition_epsilon", "image_noise_multiplier",\n'
+               '        "image_epsilon_exact", "image_epsilon_pld", "image_epsilon_rdp", "epochs", "run_epsilon_exact",\n'
+               '        "run_epsilon_pld", "run_epsilon_rdp"]\n'
+               'pd.concat({k: pd.DataFrame(v)[cols] for k, v in study["tables"].items()}).applymap(lambda v: f"{v:.4g}")'),
+    new_code_cell('display(Markdown(privacy_truth.accounting_summary(study["tables"])))',
+                  metadata={"tags": ["remove-input"]}),
+]
+
+NOTEBOOKS["07_attacks"] = [
+    new_markdown_cell("""# What does a curious server recover?
+
+The paper names two threats: the server copying or reconstructing the client's images from what it
+receives, and inferring the training images from the learned model. We measure both against $\\epsilon$:
+
+1. **Reconstruction**, when the server knows `conv1_1` (fine-tuning: the first layer is public) —
+   (a) optimization-based inversion with a smoothness prior, (b) a decoder the server trains on public
+   faces (disjoint identities), simulating the client's noise — and when it does not (training from
+   scratch, `conv1_1` private), with a surrogate first layer.
+2. **Identity leakage**: the server embeds each noisy activation with the public pre-trained model and
+   matches a client's new, unlabelled activation to the labelled activations it received in training.
+3. **Membership inference** on the model trained from scratch (TF Privacy's threshold and
+   logistic-regression attacks), with its AUC, attacker advantage and empirical $\\epsilon$ lower bound."""),
+    new_code_cell("import pandas as pd\nfrom IPython.display import Markdown, display\n\nfrom dpact_tf import privacy_truth"),
+    params_cell(),
+    new_code_cell("study = privacy_truth.attack_study(profile=profile, dataset=dataset, results_dir=results_dir,\n"
+                  "                                   epsilons=epsilons, seed=seed, force=force)"),
+    fig_cell('display(study["figures"][0])', "fig-reconstructions",
+             "True test faces and what the server reconstructs from their noisy activations, per epsilon."),
+    fig_cell('display(study["figures"][1])', "fig-attacks",
+             "Reconstruction quality, identity leakage and membership inference against epsilon."),
+    table_cell('pd.DataFrame(study["rows"]).set_index("epsilon").T.applymap(lambda v: f"{v:.3f}" if isinstance(v, float) else v)'),
+    new_code_cell('display(Markdown(privacy_truth.attack_summary(study["rows"], study["chance"])))',
+                  metadata={"tags": ["remove-input"]}),
+    new_markdown_cell("""**Formal guarantee vs empirical leakage.** The accounting chapter shows that the per-image
+guarantee is formally vacuous at every $\\epsilon$ of the sweep. The measurements above are what these
+particular attackers achieve on these faces; they are lower bounds on leakage, not guarantees. Both are
+reported side by side in the discussion chapter."""),
+]
+
+NOTEBOOKS["08_discussion"] = [
     new_markdown_cell("""# Discussion: which of the paper's claims reproduce
 
 Each row is a claim of the paper, the number our runs give (read from the metrics the other notebooks
 recorded — nothing here is typed in by hand), and whether it reproduces at this profile. A claim that
 does not reproduce is a finding, not a bug to tune away. The evidence is in {numref}`fig-activations`,
-{numref}`fig-scratch-curves`, {numref}`fig-finetune-curves`, {numref}`fig-partition` and
-{numref}`fig-mobile-cost`."""),
+{numref}`fig-scratch-curves`, {numref}`fig-finetune-curves`, {numref}`fig-partition`,
+{numref}`fig-mobile-cost`, {numref}`fig-accounting` and {numref}`fig-attacks`."""),
     new_code_cell("import pandas as pd\nfrom IPython.display import Markdown, display\n\nfrom dpact_tf import claims"),
     params_cell(),
     table_cell("table = claims.claims_table(results_dir=results_dir, profile=profile, dataset=dataset)\n"
