@@ -55,6 +55,16 @@ class Profile:
     def to_dict(self) -> Dict[str, object]:
         return dataclasses.asdict(self)
 
+    def training_settings(self) -> Dict[str, object]:
+        """The fields that change what a training run computes (the cache key of a run includes them).
+
+        Schedules of the studies (how many epochs, which cuts or epsilons to sweep) are part of each run's
+        own spec instead, so editing a sweep does not invalidate the runs it shares with other studies.
+        """
+        keys = ("image_size", "crop_fraction", "width", "fc_units", "batch_size", "learning_rate", "momentum",
+                "lr_decay_rate", "pretrain_min_images", "synthetic_identities", "synthetic_images_per_identity")
+        return {k: getattr(self, k) for k in keys}
+
 
 _PARTITION_CUTS = ("conv1_1", "conv1_2", "pool1", "conv2_2", "pool2")
 
@@ -67,7 +77,7 @@ PROFILES: Dict[str, Profile] = {
     "small": Profile(name="small", image_size=64, crop_fraction=0.6, width=1 / 8, fc_units=256, batch_size=64,
                      learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=15, finetune_epochs=10,
                      pretrain_epochs=60, pretrain_min_images=5, partition_epochs=10, partition_cuts=_PARTITION_CUTS,
-                     partition_epsilons=(None, 5.0, 1.0), synthetic_identities=40,
+                     partition_epsilons=(None, 10.0), synthetic_identities=40,
                      synthetic_images_per_identity=30, benchmark_repeats=10),
     "paper": Profile(name="paper", image_size=224, crop_fraction=224 / 250, width=1.0, fc_units=4096,
                      batch_size=64, learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=30,

@@ -74,6 +74,23 @@ def _run_dicts(runs) -> List[Dict[str, Any]]:
     return [{"epsilon": r.spec.epsilon, "cut": r.spec.cut, "history": r.history} for r in runs]
 
 
+def _sweep(task: str, prof, dataset: str, epsilons, *, epochs: int, seed: int, results_dir: str, force: bool,
+           progress: bool, data, init: Optional[str] = None):
+    """One cached run per epsilon."""
+    runs = []
+    for eps in resolve_epsilons(epsilons):
+        spec = RunSpec(task=task, profile=prof.name, dataset=dataset, epsilon=eps, epochs=epochs, seed=seed, init=init)
+        runs.append(run_training(spec, results_dir=results_dir, force=force, progress=progress, data=data))
+    return runs
+
+
+def _curves(runs, *, prof, dataset: str, results_dir: str, name: str, title: str):
+    chance = runs[0].info["majority_class_test_accuracy"]
+    fig = plots.training_curves(_run_dicts(runs), title=title, dataset=dataset, chance=chance)
+    plots.save_figure(fig, study_dir(results_dir, prof.name, dataset, "figures"), name, {"runs": _run_dicts(runs)})
+    return fig, chance
+
+
 # --- Fig 2 ----------------------------------------------------------------------------------------------
 def activation_study(*, profile: str, dataset: str, results_dir: str, epsilons=None, seed: int = 0,
                      n_faces: int = 3, n_channels: int = 3, force: bool = False, progress: bool = True) -> Dict[str, Any]:
@@ -131,16 +148,11 @@ def scratch_study(*, profile: str, dataset: str, results_dir: str, epsilons=None
     """Training from scratch, split at conv1_1, one run per epsilon (Fig. 3)."""
     prof = get_profile(profile)
     data = load_faces(prof, dataset, seed=seed, progress=progress)
-    runs = []
-    for eps in resolve_epsilons(epsilons):
-        spec = RunSpec(task="scratch", profile=prof.name, dataset=dataset, epsilon=eps, epochs=epochs or prof.epochs,
-                       seed=seed)
-        runs.append(run_training(spec, results_dir=results_dir, force=force, progress=progress, data=data))
-    chance = runs[0].info["majority_class_test_accuracy"]
+    runs = _sweep("scratch", prof, dataset, epsilons, epochs=epochs or prof.epochs, seed=seed, results_dir=results_dir,
+                  force=force, progress=progress, data=data)
+    fig_c, chance = _curves(runs, prof=prof, dataset=dataset, results_dir=results_dir, name="fig3_scratch_curves",
+                            title="Training from scratch with DP activations (Fig. 3)")
     out_dir = study_dir(results_dir, prof.name, dataset, "figures")
-    fig_c = plots.training_curves(_run_dicts(runs), title="Training from scratch with DP activations (Fig. 3)",
-                                  dataset=dataset, chance=chance)
-    plots.save_figure(fig_c, out_dir, "fig3_scratch_curves", {"runs": _run_dicts(runs)})
     fig_f = plots.final_accuracy_plot(_run_dicts(runs), title="From scratch: final test accuracy", dataset=dataset)
     plots.save_figure(fig_f, out_dir, "fig3_scratch_final", {"table": runs_table(runs)})
     table = runs_table(runs)
@@ -182,16 +194,10 @@ def finetune_study(*, profile: str, dataset: str, results_dir: str, epsilons=Non
     prof = get_profile(profile)
     pre = pretrain(prof.name, dataset, results_dir=results_dir, seed=seed, force=force, progress=progress)
     data = load_faces(prof, dataset, seed=seed, progress=progress)
-    runs = []
-    for eps in resolve_epsilons(epsilons):
-        spec = RunSpec(task="finetune", profile=prof.name, dataset=dataset, epsilon=eps,
-                       epochs=epochs or prof.finetune_epochs, seed=seed, init=pre.spec.key())
-        runs.append(run_training(spec, results_dir=results_dir, force=force, progress=progress, data=data))
-    chance = runs[0].info["majority_class_test_accuracy"]
-    out_dir = study_dir(results_dir, prof.name, dataset, "figures")
-    fig_c = plots.training_curves(_run_dicts(runs), title="Fine-tuning the output layer on DP activations (Fig. 4)",
-                                  dataset=dataset, chance=chance)
-    plots.save_figure(fig_c, out_dir, "fig4_finetune_curves", {"runs": _run_dicts(runs)})
+    runs = _sweep("finetune", prof, dataset, epsilons, epochs=epochs or prof.finetune_epochs, seed=seed,
+                  results_dir=results_dir, force=force, progress=progress, data=data, init=pre.spec.key())
+    fig_c, chance = _curves(runs, prof=prof, dataset=dataset, results_dir=results_dir, name="fig4_finetune_curves",
+                            title="Fine-tuning the output layer on DP activations (Fig. 4)")
     claims = finetune_claims(runs, chance)
     table = runs_table(runs)
     pre_h = pre.history

@@ -218,10 +218,10 @@ def client_for_export(*, image_size: int, cut: str = "conv1_1", width: float = 1
     without ``weights``, freshly initialized from ``seed``."""
     from dpact_tf.vggface import build_split_vggface
 
-    if weights and weights.endswith(".keras"):
+    if weights and (weights.endswith(".keras") or os.path.isdir(weights)):  # a saved model (.keras or SavedModel)
         client = tf.keras.models.load_model(weights)
-        if client.get_layer("dp_activation") is None:
-            raise ValueError(f"{weights} is not a dpact client (no dp_activation layer)")
+        if "dp_activation" not in [layer.name for layer in client.layers]:
+            raise ValueError(f"{weights} is not a dpact client (it has no 'dp_activation' layer)")
         return client
     if seed is not None:
         tf.keras.utils.set_random_seed(seed)

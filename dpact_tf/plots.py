@@ -69,7 +69,10 @@ def activation_grid(clean: np.ndarray, noisy: Dict[Any, np.ndarray], faces: np.n
             for c, (panel, title) in enumerate(zip(panels, titles)):
                 ax = axes[r, c]
                 if c == 0:
-                    ax.imshow(panel if ci == 0 else np.ones_like(panel) * 255)
+                    if ci == 0:
+                        ax.imshow(panel)
+                    else:
+                        ax.axis("off")
                 else:
                     ax.imshow(np.clip(panel * 255.0, 0, 255), cmap="gray", vmin=0, vmax=255)
                 ax.set_xticks([]), ax.set_yticks([])
@@ -108,12 +111,13 @@ def training_curves(runs: List[Dict[str, Any]], *, title: str, dataset: str, cha
         axes[0].plot(h["epoch"], h["loss"], **style)
         axes[1].plot(h["epoch"], h["train_accuracy"], **style)
         axes[2].plot(h["epoch"], h["test_accuracy"], **style)
-    for ax, lab in zip(axes, ["training loss", "training accuracy", "test accuracy"]):
+    for ax, lab in zip(axes, ["training loss (log scale)", "training accuracy", "test accuracy"]):
         ax.set_xlabel("epoch"), ax.set_ylabel(lab)
+    axes[0].set_yscale("log")
     if chance is not None:
         for ax in axes[1:]:
             ax.axhline(chance, color="grey", ls=":", lw=1, label="majority class")
-    axes[2].legend(fontsize=7, loc="best")
+    axes[2].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(_title(title, dataset), fontsize=10)
     fig.tight_layout()
     return fig

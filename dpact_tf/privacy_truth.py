@@ -4,7 +4,10 @@ are saved as JSON and figures under ``<results_dir>/<profile>/<dataset>/``.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -42,7 +45,11 @@ def _faces_of_distinct_people(data, n: int):
 def attack_study(*, profile: str, dataset: str, results_dir: str, epsilons=None, seed: int = 0, n_faces: int = 8,
                  inversion_steps: int = 200, decoder_epochs: int = 3, force: bool = False,
                  progress: bool = True) -> Dict[str, Any]:
-    """Reconstruction (known / unknown first layer), identity leakage and membership inference per epsilon."""
+    """Reconstruction (known / unknown first layer), identity leakage and membership inference per epsilon.
+
+    Results (rows and the reconstructions shown) are cached under ``attacks/<hash>`` of the settings, so a
+    re-render does not re-run the attacks; ``force=True`` does.
+    """
     import tensorflow as tf
 
     from dpact_tf import attacks
@@ -52,10 +59,22 @@ def attack_study(*, profile: str, dataset: str, results_dir: str, epsilons=None,
     prof = get_profile(profile)
     eps_list = resolve_epsilons(epsilons)
     data = load_faces(prof, dataset, seed=seed, progress=progress)
-    public = load_faces(prof, dataset, public=True, seed=seed, progress=progress)
-    public_x = public.train_images
     pre = pretrain(prof.name, dataset, results_dir=results_dir, seed=seed, force=force, progress=progress)
     faces = _faces_of_distinct_people(data, n_faces)
+    chance = float(np.max(np.bincount(data.test_labels)) / len(data.test_labels))
+    cache = _attack_cache_path(results_dir, prof, dataset, {
+        "epsilons": eps_list, "seed": seed, "n_faces": n_faces, "inversion_steps": inversion_steps,
+        "decoder_epochs": decoder_epochs, "pretrain": pre.spec.key(), "profile": prof.training_settings(),
+        "scratch_epochs": prof.epochs, "_v": 1})
+    if not force and os.path.exists(cache + ".json") and os.path.exists(cache + ".npz"):
+        with open(cache + ".json") as fh:
+            saved = json.load(fh)
+        arrays = np.load(cache + ".npz")
+        shown = {name: {e: arrays[f"{tag}_{i}"] for i, e in enumerate(eps_list)}
+                 for name, tag in _SHOWN.items()}
+        return _attack_outputs(saved["rows"], shown, faces, chance, prof, dataset, results_dir, saved["public_images"])
+    public = load_faces(prof, dataset, public=True, seed=seed, progress=progress)
+    public_x = public.train_images
     embed_split = pre.load_split(epsilon=None)
     embed = tf.keras.Model(embed_split.server.input, embed_split.server.get_layer("fc7").output)
     tf.keras.utils.set_random_seed(seed + 999)
@@ -109,7 +128,22 @@ def attack_study(*, profile: str, dataset: str, results_dir: str, epsilons=None,
             row.update({f"mia_{attack.lower()}_{m}": v for m, v in res.items()})
         row["model_test_accuracy"] = scratch.history["test_accuracy"][-1]
         rows.append(row)
-    chance = float(np.max(np.bincount(data.test_labels)) / len(data.test_labels))
+    with open(cache + ".json", "w") as fh:
+        json.dump({"rows": rows, "public_images": int(len(public_x))}, fh, indent=2)
+    np.savez_compressed(cache + ".npz", **{f"{tag}_{i}": shown[name][e] for name, tag in _SHOWN.items() for i, e in enumerate(eps_list)})
+    return _attack_outputs(rows, shown, faces, chance, prof, dataset, results_dir, len(public_x))
+
+
+_SHOWN = {"inversion (public conv1)": "inversion", "decoder (public conv1)": "decoder"}
+
+
+def _attack_cache_path(results_dir: str, prof, dataset: str, settings: Dict[str, Any]) -> str:
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return os.path.join(study_dir(results_dir, prof.name, dataset, "attacks"), key)
+
+
+def _attack_outputs(rows, shown, faces, chance, prof, dataset, results_dir, n_public) -> Dict[str, Any]:
+    eps_list = [r["epsilon"] for r in rows]
     out_dir = study_dir(results_dir, prof.name, dataset, "figures")
     fig_grid = plots.reconstruction_grid(faces[:4], {k: {e: v[:4] for e, v in d.items()} for k, d in shown.items()},
                                          dataset=dataset)
@@ -118,7 +152,7 @@ def attack_study(*, profile: str, dataset: str, results_dir: str, epsilons=None,
     plots.save_figure(fig_curves, out_dir, "attack_curves", {"rows": rows})
     record_metrics(results_dir, prof.name, dataset, "attacks", {"rows": rows, "majority_class_test_accuracy": chance,
                                                                "n_faces": int(len(faces)),
-                                                               "public_images": int(len(public_x))})
+                                                               "public_images": int(n_public)})
     return {"rows": rows, "figures": [fig_grid, fig_curves], "chance": chance}
 
 

@@ -52,8 +52,8 @@ class RunSpec:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        # The profile's settings are part of the key: editing a profile invalidates its cached runs.
-        payload = json.dumps({**self.to_dict(), "profile_settings": get_profile(self.profile).to_dict(),
+        # The profile's training settings are part of the key: editing them invalidates the cached runs.
+        payload = json.dumps({**self.to_dict(), "profile_settings": get_profile(self.profile).training_settings(),
                               "_v": _CACHE_VERSION}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

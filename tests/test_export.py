@@ -157,3 +157,27 @@ def test_analytic_method_rejected(tmp_path):
     split = build_split_vggface(SHAPE, 3, width=1 / 16, fc_units=8, epsilon=2.0, method="analytic")
     with pytest.raises(ValueError, match="classic"):
         convert_client_head(split.client, str(tmp_path / "x.tflite"))
+
+
+def test_client_for_export_from_weights(tmp_path):
+    from dpact_tf.export import client_for_export
+
+    split = build_split_vggface(SHAPE, 3, width=1 / 8, fc_units=8, epsilon=2.0, noise_seed=0)
+    split.client.save_weights(str(tmp_path / "client.h5"))
+    split.client.save(str(tmp_path / "client.keras"))
+    for path in ("client.h5", "client.keras"):
+        client = client_for_export(image_size=32, width=1 / 8, weights=str(tmp_path / path))
+        np.testing.assert_array_equal(client.get_layer("conv1_1").get_weights()[0],
+                                      split.client.get_layer("conv1_1").get_weights()[0])
+    with pytest.raises(FileNotFoundError):
+        client_for_export(image_size=32, width=1 / 8, weights=str(tmp_path / "missing.h5"))
+
+
+def test_convert_cli(tmp_path):
+    out = tmp_path / "head.tflite"
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "tflite", "convert.py")
+    res = subprocess.run([sys.executable, script, "--seed", "0", "--image-size", "32", "--width", "0.125",
+                          "--precision", "both", "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert out.exists() and (tmp_path / "head_fp16.tflite").exists() and (tmp_path / "head.json").exists()
+    assert "signatures ['infer', 'train']" in res.stdout

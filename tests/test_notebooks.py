@@ -138,3 +138,25 @@ def test_book_builds_with_warnings_as_errors(tiny_book):
     assert os.path.exists(os.path.join(html, "book", "executed", "02_scratch.html"))
     page = open(os.path.join(html, "book", "executed", "08_discussion.html")).read()
     assert "Fig. " in page or "Figure" in page
+
+
+def test_book_stops_without_lfw(tmp_path, monkeypatch):
+    from dpact_tf.book import resolve_dataset
+    monkeypatch.delenv("DPACT_LFW_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="DATASET=synthetic"):
+        resolve_dataset("auto")
+    assert resolve_dataset("synthetic") == "synthetic"
+
+
+def test_attacks_are_cached(tiny_book, monkeypatch):
+    from dpact_tf import attacks, privacy_truth
+    root, base = tiny_book
+
+    def boom(*a, **k):
+        raise AssertionError("the attacks ran again although cached")
+
+    monkeypatch.setattr(attacks, "invert", boom)
+    study = privacy_truth.attack_study(profile="tiny", dataset="synthetic", results_dir=str(root / "results"),
+                                       epsilons=EPSILONS, progress=False)
+    assert study["rows"] == _metrics(base, "attacks")["rows"]

@@ -30,7 +30,7 @@ def test_keys_differ_by_configuration():
 
 def test_finetune_from_pretrained(tmp_path):
     pre = pretrain("tiny", "synthetic", results_dir=str(tmp_path), progress=False)
-    assert pre.spec == pretrain_spec("tiny", "synthetic") and pre.info["data"]["people"] == 6
+    assert pre.spec == pretrain_spec("tiny", "synthetic") and pre.info["data"]["people"] == 8
     spec = RunSpec(task="finetune", profile="tiny", dataset="synthetic", epsilon=None, epochs=1, init=pre.spec.key())
     result = run_training(spec, results_dir=str(tmp_path), progress=False)
     import h5py
@@ -48,3 +48,16 @@ def test_bad_specs():
         RunSpec(task="other", profile="tiny", dataset="synthetic", epsilon=None, epochs=1)
     with pytest.raises(ValueError, match="profile"):
         RunSpec(task="scratch", profile="huge", dataset="synthetic", epsilon=None, epochs=1)
+
+
+def test_sweep_settings_do_not_invalidate_runs(monkeypatch):
+    import dataclasses
+
+    from dpact_tf import config
+    spec = RunSpec(task="scratch", profile="tiny", dataset="synthetic", epsilon=5.0, epochs=1)
+    key = spec.key()
+    tiny = config.PROFILES["tiny"]
+    monkeypatch.setitem(config.PROFILES, "tiny", dataclasses.replace(tiny, partition_epsilons=(None, 3.0)))
+    assert spec.key() == key
+    monkeypatch.setitem(config.PROFILES, "tiny", dataclasses.replace(tiny, learning_rate=0.02))
+    assert spec.key() != key
