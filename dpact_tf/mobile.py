@@ -66,6 +66,7 @@ def measure_litert(path: str, *, batch: int = 8, repeats: int = 10, epsilon: flo
 
     load_times = []
     for _ in range(max(3, repeats // 2)):
+        # load = read the flatbuffer, build the interpreter and allocate its tensors (ready to run)
         start = time.perf_counter()
         runner = HeadRunner(path, num_threads=num_threads)
         load_times.append(time.perf_counter() - start)

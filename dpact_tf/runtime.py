@@ -27,6 +27,7 @@ class HeadRunner:
         sidecar = os.path.splitext(path)[0] + ".json"
         self.meta: Dict[str, Any] = json.load(open(sidecar)) if os.path.exists(sidecar) else {}
         self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
+        self.interpreter.allocate_tensors()  # ready to run: what "loading the model" costs on a device
         self.signatures = self.interpreter.get_signature_list()
         if "infer" not in self.signatures:
             raise ValueError(f"{path} has no 'infer' signature (signatures: {list(self.signatures)})")
