@@ -15,7 +15,7 @@ __all__ = ["claims_table", "summary_text"]
 
 
 def _row(figure: str, claim: str, ours: str, verdict: str, rule: str) -> Dict[str, str]:
-    return {"figure": figure, "paper's claim": claim, "ours": ours, "verdict": verdict, "rule": rule}
+    return {"in the paper": figure, "paper's claim": claim, "ours": ours, "verdict": verdict, "rule": rule}
 
 
 def _final(histories: List[Dict[str, Any]], eps: Optional[float]) -> Optional[float]:

@@ -280,6 +280,8 @@ does not reproduce is a finding, not a bug to tune away. The evidence is in {num
 def main() -> None:
     os.makedirs(OUT, exist_ok=True)
     for name, cells in NOTEBOOKS.items():
+        for i, cell in enumerate(cells):
+            cell["id"] = f"{name}-{i:02d}"  # stable ids: regenerating gives no spurious diff
         nbformat.write(notebook(cells), os.path.join(OUT, f"{name}.ipynb"))
         print(f"wrote notebooks/{name}.ipynb")
 
