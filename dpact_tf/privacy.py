@@ -85,6 +85,11 @@ def _check_method(method: str) -> str:
     return method
 
 
+def _classic_constant(delta: float) -> float:
+    """sqrt(2 ln(1.25/delta)): the classic sigma is this constant over epsilon."""
+    return math.sqrt(2.0 * math.log(1.25 / delta))
+
+
 def analytic_gaussian_delta(epsilon: float, sigma: float, sensitivity: float = 1.0) -> float:
     """Exact delta of the Gaussian mechanism with noise std ``sigma`` (Balle & Wang 2018, Thm 8).
 
@@ -109,7 +114,7 @@ def gaussian_sigma(epsilon: float, delta: float, *, method: str = "classic") -> 
     delta = _check_delta(delta)
     method = _check_method(method)
     if method == "classic":
-        return math.sqrt(2.0 * math.log(1.25 / delta)) / epsilon
+        return _classic_constant(delta) / epsilon
 
     def excess(log_sigma: float) -> float:
         return analytic_gaussian_delta(epsilon, math.exp(log_sigma)) - delta
@@ -141,7 +146,7 @@ def epsilon_for_sigma(sigma: float, delta: float, *, sensitivity: float = 1.0,
     method = _check_method(method)
     multiplier = sigma / sensitivity
     if method == "classic":
-        return math.sqrt(2.0 * math.log(1.25 / delta)) / multiplier
+        return _classic_constant(delta) / multiplier
 
     def excess(log_eps: float) -> float:
         return analytic_gaussian_delta(math.exp(log_eps), multiplier) - delta
