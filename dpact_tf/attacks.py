@@ -16,7 +16,7 @@ Threats named by the paper (Sec. III), measured against epsilon:
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import numpy as np
 import tensorflow as tf
@@ -121,7 +121,7 @@ def membership_inference(logits_train: np.ndarray, labels_train: np.ndarray, log
                               attack_types=(AttackType.THRESHOLD_ATTACK, AttackType.LOGISTIC_REGRESSION))
     out: Dict[str, Dict[str, Any]] = {}
     for r in results.single_attack_results:
-        bounds = [float(b) for b in r.get_epsilon_lower_bound()] if hasattr(r, "get_epsilon_lower_bound") else []
+        bounds = [float(b) for b in r.get_epsilon_lower_bound()]
         out[r.attack_type.name] = {"auc": float(r.get_auc()), "attacker_advantage": float(r.get_attacker_advantage()),
                                    "epsilon_lower_bound": max(bounds) if bounds else None}
     return out

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from dpact_tf.config import DEFAULT_EPSILONS, get_profile
+from dpact_tf.config import get_profile
 
 __all__ = ["NOTEBOOKS", "run_notebooks", "build_book", "resolve_dataset", "main"]
 

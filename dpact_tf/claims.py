@@ -5,11 +5,13 @@ a study that has not been run shows as "not run".  The verdict rules are written
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from dpact_tf.experiments import load_metrics
+from dpact_tf.experiments import load_metrics, mobile_results_path
 
 __all__ = ["claims_table", "summary_text"]
 
@@ -136,12 +138,7 @@ def claims_table(*, results_dir: str, profile: str, dataset: str) -> List[Dict[s
 
 
 def _mobile(results_dir: str, profile: str):
-    import json
-    import os
-
-    from dpact_tf.config import get_profile
-
-    path = os.path.join(results_dir, get_profile(profile).name, "mobile", "mobile_cost.json")
+    path = mobile_results_path(results_dir, profile)
     if not os.path.exists(path):
         return None
     with open(path) as fh:

@@ -67,6 +67,16 @@ class FaceSplit:
     def is_synthetic(self) -> bool:
         return self.source == "synthetic"
 
+    @property
+    def majority_class_rate(self) -> float:
+        """Test accuracy of always predicting the largest class (the floor every accuracy is read against)."""
+        return float(np.max(np.bincount(self.test_labels)) / len(self.test_labels))
+
+    def distinct_people_test_indices(self, n: int) -> np.ndarray:
+        """Indices of ``n`` test images of different people, spread over the identities."""
+        first = np.unique(self.test_labels, return_index=True)[1]
+        return first[np.linspace(0, len(first) - 1, min(n, len(first))).astype(int)]
+
     def summary(self) -> Dict[str, object]:
         return {"source": self.source, "people": self.num_classes,
                 "images": int(len(self.train_labels) + len(self.test_labels)),

@@ -14,6 +14,7 @@ import numpy as np
 
 from dpact_tf import plots, privacy
 from dpact_tf.config import DEFAULT_EPSILONS, get_profile
+from dpact_tf.jsonio import write_json
 from dpact_tf.runs import RunSpec, load_faces, run_training
 
 __all__ = ["study_dir", "resolve_epsilons", "record_metrics", "load_metrics", "activation_study", "scratch_study",
@@ -41,12 +42,15 @@ def resolve_epsilons(epsilons: Optional[Sequence[Optional[float]]]) -> List[Opti
     return out
 
 
+def mobile_results_path(results_dir: str, profile: str) -> str:
+    """Where the mobile-cost benchmark of a profile is stored (it does not depend on the dataset)."""
+    return os.path.join(results_dir, get_profile(profile).name, "mobile", "mobile_cost.json")
+
+
 def record_metrics(results_dir: str, profile: str, dataset: str, name: str, payload: Dict[str, Any]) -> str:
     path = os.path.join(study_dir(results_dir, profile, dataset, "metrics"), f"{name}.json")
     payload = {"study": name, "profile": profile, "dataset": dataset, "synthetic": dataset == "synthetic", **payload}
-    with open(path, "w") as fh:
-        json.dump(payload, fh, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
-    return path
+    return write_json(path, payload)
 
 
 def load_metrics(results_dir: str, profile: str, dataset: str, name: str) -> Optional[Dict[str, Any]]:
@@ -109,8 +113,7 @@ def activation_study(*, profile: str, dataset: str, results_dir: str, epsilons=N
     eps_list = [e for e in resolve_epsilons(epsilons) if e is not None]
     pre = pretrain(prof.name, dataset, results_dir=results_dir, seed=seed, force=force, progress=progress)
     data = load_faces(prof, dataset, seed=seed, progress=progress)
-    first_of_person = np.unique(data.test_labels, return_index=True)[1]
-    idx = first_of_person[np.linspace(0, len(first_of_person) - 1, n_faces).astype(int)]
+    idx = data.distinct_people_test_indices(n_faces)
     faces = data.test_images[idx]
     split = build_split_vggface(num_classes=2, **prof.model_kwargs())
     split.client.load_weights(pre.client_weights, by_name=True)
@@ -177,12 +180,15 @@ def finetune_claims(runs, chance: float, *, tolerance: float = 0.02) -> Dict[str
         base = by_eps[None].history["test_accuracy"][-1]
         early = max(by_eps[3.0].history["test_accuracy"][:5])
         out["eps3_within_5_epochs"] = {"baseline_final": base, "eps3_best_first5": early,
-                                       "holds": bool(early >= base - tolerance)}
+                                       "holds": bool(early >= base - tolerance),
+                                       "rule": f"best test accuracy of epochs 1-5 >= baseline final - {tolerance:g}"}
     low = [e for e in by_eps if e is not None and e <= 1.0]
     if low:
         finals = {e: by_eps[e].history["test_accuracy"][-1] for e in low}
+        margin = tolerance + 0.03
         out["eps_le_1_fails"] = {"final_test_accuracy": {str(e): v for e, v in finals.items()},
-                                 "holds": bool(all(v <= chance + tolerance + 0.03 for v in finals.values()))}
+                                 "holds": bool(all(v <= chance + margin for v in finals.values())),
+                                 "rule": f"final test accuracy <= majority-class rate + {margin:g}"}
     return out
 
 
@@ -256,8 +262,8 @@ def mobile_study(*, profile: str, results_dir: str, force: bool = False, repeats
     from dpact_tf.mobile import run_mobile_benchmark
 
     prof = get_profile(profile)
-    out_dir = os.path.join(results_dir, prof.name, "mobile")
-    path = os.path.join(out_dir, "mobile_cost.json")
+    path = mobile_results_path(results_dir, prof.name)
+    out_dir = os.path.dirname(path)
     if force or not os.path.exists(path):
         configs = ([("paper", 224, 1.0)] if include_paper_size else []) + [(prof.name, prof.image_size, prof.width)]
         run_mobile_benchmark(configs, out_dir=out_dir, repeats=repeats or prof.benchmark_repeats)

@@ -19,7 +19,6 @@ LRN has a float32 kernel only, so a full-int8 head is not a goal.  Quantizing th
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from typing import Any, Dict, List, Optional, Tuple
@@ -28,7 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from dpact_tf import __version__, privacy
-from dpact_tf.layers import DPActivation
+from dpact_tf.jsonio import write_json
+from dpact_tf.layers import DPActivation, normalize_activations
 
 __all__ = ["ClientHead", "convert_client_head", "head_layers", "weights_hash", "ConversionError"]
 
@@ -122,8 +122,8 @@ class ClientHead(tf.Module):
                 ci += 1
             else:
                 x = tf.nn.max_pool2d(x, 2, 2, "VALID")
-        clipped = tf.clip_by_value(x, 0.0, 1.0)
-        return tf.nn.local_response_normalization(clipped, **self.lrn), clipped, pre
+        # the same clip + Eq. (1) as the Keras layer; the clipped value is kept for the hand-written backward
+        return normalize_activations(x, **self.lrn), tf.clip_by_value(x, 0.0, 1.0), pre
 
     def _infer(self, image: tf.Tensor, epsilon: tf.Tensor) -> Dict[str, tf.Tensor]:
         clean, _, _ = self._features(image)
@@ -206,8 +206,7 @@ def convert_client_head(client: tf.keras.Model, out_path: str, *, precision: str
         "signatures": sorted(signatures), "train_optimizer": {"type": "SGD", "momentum": head.momentum} if train else None,
         "dpact_version": __version__, "weights_sha256": weights_hash(head.layers),
     }
-    with open(os.path.splitext(out_path)[0] + ".json", "w") as fh:
-        json.dump(sidecar, fh, indent=2)
+    write_json(os.path.splitext(out_path)[0] + ".json", sidecar)
     return sidecar
 
 

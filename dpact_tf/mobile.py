@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from dpact_tf.jsonio import write_json
+
 __all__ = ["PAPER_NEXUS6P", "upload_bytes", "measure_litert", "measure_keras", "run_mobile_benchmark"]
 
 # Mao et al. (2018), Sec. VI-D: the client on a Nexus 6P, batch of 8 images (upper bounds read from the paper).
@@ -160,8 +162,7 @@ def run_mobile_benchmark(configs: Sequence[Tuple[str, int, float]], *, out_dir: 
               f"{lite['peak_rss_mb']:.0f} MB | Keras forward {keras['forward_s'] * 1e3:.1f} ms | "
               f"LiteRT/Keras forward {r['forward_s']:.2f}, backward {r.get('backward_s_per_sample', float('nan')):.2f}",
               flush=True)
-    with open(os.path.join(out_dir, "mobile_cost.json"), "w") as fh:
-        json.dump(results, fh, indent=2)
+    write_json(os.path.join(out_dir, "mobile_cost.json"), results)
     return results
 
 

@@ -5,12 +5,13 @@ Figures made from the synthetic stand-in say so in their title.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+
+from dpact_tf.jsonio import write_json
 
 __all__ = ["save_figure", "eps_label", "activation_grid", "similarity_plot", "training_curves", "accounting_plot",
            "reconstruction_grid", "attack_curves",
@@ -47,8 +48,7 @@ def save_figure(fig, out_dir: str, name: str, data: Dict[str, Any]) -> Dict[str,
     fig.savefig(paths["png"], bbox_inches="tight")
     fig.savefig(paths["svg"], bbox_inches="tight", metadata={"Date": None})
     _plt().close(fig)  # the notebook displays the returned figure explicitly
-    with open(paths["json"], "w") as fh:
-        json.dump(data, fh, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    write_json(paths["json"], data)
     return paths
 
 

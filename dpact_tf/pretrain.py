@@ -9,7 +9,6 @@ notebook loads its weights.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 
 from dpact_tf import accounting, plots
 from dpact_tf.config import get_profile
 from dpact_tf.experiments import record_metrics, resolve_epsilons, study_dir
+from dpact_tf.jsonio import write_json
 from dpact_tf.runs import RunSpec, load_faces, run_training
 
 __all__ = ["accounting_study", "attack_study"]
@@ -22,24 +22,20 @@ __all__ = ["accounting_study", "attack_study"]
 
 def accounting_study(*, profile: str, dataset: str, results_dir: str, epsilons=None, delta: float = 1e-5) -> Dict[str, Any]:
     """Per-coordinate, paper-composed, per-image and per-run epsilon at the paper's size and this profile's."""
+    from dpact_tf.vggface import layer_plan
+
     prof = get_profile(profile)
     eps_list = [e for e in resolve_epsilons(epsilons) if e is not None]
-    paper = get_profile("paper")
-    sizes = [("paper 224×224×64", (224, 224, 64), paper.epochs),
-             (f"{prof.name} {prof.image_size}×{prof.image_size}×{max(1, round(64 * prof.width))}",
-              (prof.image_size, prof.image_size, max(1, int(round(64 * prof.width)))), prof.epochs)]
+    sizes = []
+    for p in (get_profile("paper"), prof):
+        shape = (p.image_size, p.image_size, layer_plan(p.width)[0][2])  # conv1_1's activation
+        sizes.append((f"{p.name} {'×'.join(map(str, shape))}", shape, p.epochs))
     tables = {label: accounting.accounting_table(eps_list, delta=delta, activation_shape=shape, epochs=epochs)
               for label, shape, epochs in sizes}
     fig = plots.accounting_plot(tables, dataset=dataset)
     plots.save_figure(fig, study_dir(results_dir, prof.name, dataset, "figures"), "accounting", {"tables": tables})
     record_metrics(results_dir, prof.name, dataset, "accounting", {"tables": tables, "delta": delta})
     return {"tables": tables, "figures": [fig]}
-
-
-def _faces_of_distinct_people(data, n: int):
-    first = np.unique(data.test_labels, return_index=True)[1]
-    idx = first[np.linspace(0, len(first) - 1, min(n, len(first))).astype(int)]
-    return data.test_images[idx].astype(np.float32) / 255.0
 
 
 def attack_study(*, profile: str, dataset: str, results_dir: str, epsilons=None, seed: int = 0, n_faces: int = 8,
@@ -60,8 +56,8 @@ def attack_study(*, profile: str, dataset: str, results_dir: str, epsilons=None,
     eps_list = resolve_epsilons(epsilons)
     data = load_faces(prof, dataset, seed=seed, progress=progress)
     pre = pretrain(prof.name, dataset, results_dir=results_dir, seed=seed, force=force, progress=progress)
-    faces = _faces_of_distinct_people(data, n_faces)
-    chance = float(np.max(np.bincount(data.test_labels)) / len(data.test_labels))
+    faces = data.test_images[data.distinct_people_test_indices(n_faces)].astype(np.float32) / 255.0
+    chance = data.majority_class_rate
     cache = _attack_cache_path(results_dir, prof, dataset, {
         "epsilons": eps_list, "seed": seed, "n_faces": n_faces, "inversion_steps": inversion_steps,
         "decoder_epochs": decoder_epochs, "pretrain": pre.spec.key(), "profile": prof.training_settings(),
@@ -128,8 +124,7 @@ def attack_study(*, profile: str, dataset: str, results_dir: str, epsilons=None,
             row.update({f"mia_{attack.lower()}_{m}": v for m, v in res.items()})
         row["model_test_accuracy"] = scratch.history["test_accuracy"][-1]
         rows.append(row)
-    with open(cache + ".json", "w") as fh:
-        json.dump({"rows": rows, "public_images": int(len(public_x))}, fh, indent=2)
+    write_json(cache + ".json", {"rows": rows, "public_images": int(len(public_x))})
     np.savez_compressed(cache + ".npz", **{f"{tag}_{i}": shown[name][e] for name, tag in _SHOWN.items() for i, e in enumerate(eps_list)})
     return _attack_outputs(rows, shown, faces, chance, prof, dataset, results_dir, len(public_x))
 

@@ -121,11 +121,11 @@ def run_training(spec: RunSpec, *, results_dir: str, force: bool = False, progre
         if saved.get("complete") and os.path.exists(cpath) and os.path.exists(spath):
             return RunResult(spec, saved["history"], saved["info"], path, cpath, spath, cached=True)
 
-    import numpy as np
     import tensorflow as tf
 
     from dpact_tf.data import make_dataset
-    from dpact_tf.split import SplitTrainer, TrainingConfig, _write_json
+    from dpact_tf.jsonio import write_json
+    from dpact_tf.split import SplitTrainer, TrainingConfig
     from dpact_tf.vggface import build_split_vggface
 
     prof = get_profile(spec.profile)
@@ -150,7 +150,7 @@ def run_training(spec: RunSpec, *, results_dir: str, force: bool = False, progre
     info = {"data": data.summary(), "synthetic": data.is_synthetic, "noise_std": float(split.dp_layer.stddev),
             "activation_shape": list(split.activation_shape), "client_flops": split.client_flops,
             "client_params": split.client_params, "num_classes": data.num_classes,
-            "majority_class_test_accuracy": float(np.max(np.bincount(data.test_labels)) / len(data.test_labels)),
+            "majority_class_test_accuracy": data.majority_class_rate,
             "profile": prof.to_dict()}
     meta = {"spec": spec.to_dict(), "key": spec.key(), "info": info, "complete": False}
     desc = f"{spec.task} {spec.label()}" + (f" cut {spec.cut}" if spec.cut != "conv1_1" else "")
@@ -160,5 +160,5 @@ def run_training(spec: RunSpec, *, results_dir: str, force: bool = False, progre
     info["wall_seconds"] = time.perf_counter() - start
     split.client.save_weights(cpath)
     split.server.save_weights(spath)
-    _write_json(path, {**meta, "info": info, "history": history, "complete": True})
+    write_json(path, {**meta, "info": info, "history": history, "complete": True})
     return RunResult(spec, history, info, path, cpath, spath, cached=False)

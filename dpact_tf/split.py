@@ -15,16 +15,13 @@ client's update is exact.  Each side owns its optimizer; the defaults are the pa
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import os
 import sys
 import time
 from typing import Any, Dict, Iterable, List, Optional
 
-import numpy as np
 import tensorflow as tf
 
+from dpact_tf.jsonio import write_json
 from dpact_tf.vggface import SplitModel
 
 __all__ = ["ActivationMessage", "GradientMessage", "TrainingConfig", "SplitClient", "EdgeServer",
@@ -249,21 +246,5 @@ class SplitTrainer:
                       f"train acc {history['train_accuracy'][-1]:.3f}{test} "
                       f"({history['seconds'][-1]:.1f} s)", file=stream, flush=True)
             if history_path:
-                _write_json(history_path, {**(metadata or {}), "history": history})
+                write_json(history_path, {**(metadata or {}), "history": history})
         return history
-
-
-def _write_json(path: str, payload: Dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=2, default=_json_default)
-    os.replace(tmp, path)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, float) and math.isinf(obj):
-        return "inf"
-    raise TypeError(f"not JSON serializable: {type(obj)}")

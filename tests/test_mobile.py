@@ -2,8 +2,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from dpact_tf import build_split_vggface
 from dpact_tf.export import convert_client_head
 from dpact_tf.mobile import PAPER_NEXUS6P, measure_keras, upload_bytes

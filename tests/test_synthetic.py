@@ -33,3 +33,11 @@ def test_bad_arguments():
         synthetic_faces(1, 10)
     with pytest.raises(ValueError, match="images_per_identity"):
         synthetic_faces(3, 1)
+
+
+def test_majority_rate_and_distinct_people():
+    s = synthetic_faces(5, 10, 16)
+    assert s.majority_class_rate == pytest.approx(1 / 5)  # one test image per identity
+    idx = s.distinct_people_test_indices(3)
+    assert len(set(s.test_labels[idx])) == 3
+    assert len(s.distinct_people_test_indices(99)) == 5
