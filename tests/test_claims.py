@@ -119,13 +119,14 @@ def test_rules_state_the_thresholds_they_apply():
 
 # --- why (not) reproduced ------------------------------------------------------------------------------------
 def _conv(base_best, rel3, rel5, rel10=None):
-    rows = [{"epsilon": None, "best_test_accuracy": base_best, "relative_to_baseline": 1.0, "epochs_trained": 30,
+    rows = [{"epsilon": None, "best_test_accuracy": base_best, "retained_gain": 1.0, "epochs_trained": 30,
              "stopped_early": True, "epochs_to_90%": 20}]
     for e, r in ((3.0, rel3), (5.0, rel5), (10.0, rel10)):
         if r is not None:
-            rows.append({"epsilon": e, "best_test_accuracy": r * base_best, "relative_to_baseline": r,
+            rows.append({"epsilon": e, "best_test_accuracy": r * base_best, "retained_gain": r,
                          "epochs_trained": 40, "stopped_early": False, "epochs_to_90%": None})
-    return {"rows": rows, "baseline_best": base_best, "max_epochs": 40, "reach_fractions": [0.5, 0.9]}
+    return {"rows": rows, "baseline_best": base_best, "max_epochs": 40, "reach_fractions": [0.5, 0.9],
+            "majority_class_test_accuracy": 0.1}
 
 
 def _ladder(pred3, pred5, half=0.1):
@@ -150,7 +151,7 @@ def test_fig3_budget_artefact_flips_at_the_gap():
 
 def test_fig3_eps20_uses_the_ladder_but_is_never_contradicted_by_noisier_runs():
     base = 0.6
-    required = 1 - c.FIG3_GAP_AT_EPS20 / base
+    required = 1 - c.FIG3_GAP_AT_EPS20 / (base - _sweep()["majority_class_test_accuracy"])
     conv = _conv(base, 0.3, 0.4, rel10=0.5)
     assert c.claim_fig3(_sweep(), conv, _ladder(0.5, required + 0.001))["verdict"] == c.CONSISTENT
     row = c.claim_fig3(_sweep(), conv, _ladder(0.5, required - 0.3))

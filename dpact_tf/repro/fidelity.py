@@ -8,7 +8,7 @@ public model of Fig. 4.  This module holds the studies that separate them:
   common budget, and how many epochs each epsilon needs to reach a fraction of the baseline ("more epochs with
   higher noise", the paper's wording);
 * :func:`ladder_study` -- utility at a fixed per-coordinate epsilon as the released activation grows (conv1
-  channels, then input size) under the same small server, with a straight-line fit of the relative accuracy
+  channels, then input size) under the same small server, with a straight-line fit of the retained gain
   against log10(coordinates) and its prediction interval at the paper's size (:func:`fit_trend`);
 * :func:`gpu_estimates` -- the ``paper`` profile's wall time per study on this CPU and on one GPU, estimated from
   the networks' FLOPs and the throughput measured here (labelled as estimates).
@@ -26,7 +26,7 @@ from dpact_tf.repro.profiles import get_profile
 from dpact_tf.repro.results import record_metrics, relative_to_repo, study_dir
 from dpact_tf.repro.runs import RunSpec, load_faces, run_training
 
-__all__ = ["convergence_study", "ladder_study", "fit_trend", "epochs_to_reach", "training_flops_per_image",
+__all__ = ["convergence_study", "ladder_study", "fit_trend", "epochs_to_reach", "retained_gain", "training_flops_per_image",
            "gpu_estimates", "profile_workload", "PAPER_COORDINATES", "REACH_FRACTIONS", "PREDICTION_LEVEL", "GPU_SUSTAINED_TFLOPS"]
 
 #: coordinates the paper's client releases per image: conv1_1 of VGG-Face on 224x224 inputs
@@ -42,6 +42,13 @@ GPU_SUSTAINED_TFLOPS = 25.0
 
 def _histories(runs) -> List[Dict[str, Any]]:
     return [{"epsilon": r.spec.epsilon, "history": r.history} for r in runs]
+
+
+def retained_gain(accuracy: float, baseline: float, chance: float) -> float:
+    """The share of the no-noise run's gain over chance that a noisy run keeps: (acc - chance) / (baseline -
+    chance); 1 = as good as no noise, 0 = no better than always guessing the largest class (NaN if the baseline
+    itself is at chance)."""
+    return (accuracy - chance) / (baseline - chance) if baseline > chance else float("nan")
 
 
 def epochs_to_reach(values: Sequence[float], target: float) -> Optional[int]:
@@ -63,7 +70,7 @@ def convergence_study(faces=None, *, profile: str, dataset: str, epsilons: Optio
     and stops when its test accuracy has not improved by more than ``min_delta`` for ``patience`` epochs
     (:class:`dpact_tf.callbacks.EarlyStopping`), never before the profile's sweep budget (``epochs``) + patience.  Reported per epsilon: epochs trained, whether it stopped
     (converged by the rule) or ran out of budget, best and final test accuracy, and the epochs needed to reach
-    each of :data:`REACH_FRACTIONS` of the baseline's best test accuracy.
+    each of :data:`REACH_FRACTIONS` of the baseline's best test accuracy, and :func:`retained_gain` of the best.
     """
     from dpact_tf.repro.studies import resolve_epsilons
 
@@ -85,6 +92,7 @@ def convergence_study(faces=None, *, profile: str, dataset: str, epsilons: Optio
             for eps in eps_list]
     base = next(r for r in runs if r.spec.epsilon is None)
     base_best = max(base.history["test_accuracy"])
+    chance = runs[0].info["majority_class_test_accuracy"]
     rows = []
     for r in runs:
         acc = r.history["test_accuracy"]
@@ -92,12 +100,11 @@ def convergence_study(faces=None, *, profile: str, dataset: str, epsilons: Optio
         row = {"epsilon": r.spec.epsilon, "epochs_trained": n, "stopped_early": n < max_epochs,
                "best_test_accuracy": max(acc), "best_epoch": int(np.argmax(acc)) + 1, "final_test_accuracy": acc[-1],
                "final_train_accuracy": r.history["train_accuracy"][-1],
-               "relative_to_baseline": max(acc) / base_best if base_best > 0 else float("nan"),
+               "retained_gain": retained_gain(max(acc), base_best, chance),
                "seconds": r.info.get("wall_seconds"), "run": relative_to_repo(r.path)}
         for f in REACH_FRACTIONS:
             row[f"epochs_to_{round(f * 100)}%"] = epochs_to_reach(acc, f * base_best)
         rows.append(row)
-    chance = runs[0].info["majority_class_test_accuracy"]
     fig = plots.training_curves(_histories(runs), dataset=dataset, chance=chance,
                                 title=f"Trained to convergence: early stopping (patience {patience} epochs), "
                                       f"budget {max_epochs} epochs")
@@ -156,8 +163,8 @@ def ladder_study(*, profile: str, dataset: str, points: Optional[Sequence[Tuple[
 
     ``points``: (input side in pixels, conv1_1 channels) pairs, e.g. ``[(64, 8), (64, 16), (64, 32), (64, 64)]``;
     every other layer keeps the profile's width.  Every point trains the no-noise baseline and each epsilon for
-    the same ``epochs``; utility is the final test accuracy relative to the no-noise run at the same point, and
-    :func:`fit_trend` extrapolates it to the paper's :data:`PAPER_COORDINATES` per epsilon.
+    the same ``epochs``; utility is :func:`retained_gain` of the final test accuracy against the no-noise run at
+    the same point, and :func:`fit_trend` extrapolates it to the paper's :data:`PAPER_COORDINATES` per epsilon.
     """
     from dpact_tf.repro.studies import resolve_epsilons
 
@@ -187,8 +194,9 @@ def ladder_study(*, profile: str, dataset: str, points: Optional[Sequence[Tuple[
                                "final_train_accuracy": run.history["train_accuracy"][-1],
                                "seconds": run.info.get("wall_seconds"), "run": relative_to_repo(run.path)})
         base = next(r["final_test_accuracy"] for r in point_rows if r["epsilon"] is None)
+        chance = faces_by_size[size].majority_class_rate
         for r in point_rows:
-            r["relative_accuracy"] = r["final_test_accuracy"] / base if base > 0 else float("nan")
+            r["retained_gain"] = retained_gain(r["final_test_accuracy"], base, chance)
         rows.extend(point_rows)
     trends = {}
     for eps in eps_list:
@@ -196,7 +204,7 @@ def ladder_study(*, profile: str, dataset: str, points: Optional[Sequence[Tuple[
             continue
         sel = [r for r in rows if r["epsilon"] == eps]
         if len({r["coordinates"] for r in sel}) >= 2:
-            trends[f"{eps:g}"] = fit_trend([r["coordinates"] for r in sel], [r["relative_accuracy"] for r in sel])
+            trends[f"{eps:g}"] = fit_trend([r["coordinates"] for r in sel], [r["retained_gain"] for r in sel])
     chance = faces_by_size[points[0][0]].majority_class_rate
     fig = plots.ladder_plot(rows, trends, paper_coordinates=PAPER_COORDINATES, dataset=dataset, epochs=epochs)
     plots.save_figure(fig, study_dir(results_dir, prof.name, dataset, "figures"), "ladder",

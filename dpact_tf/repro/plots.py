@@ -295,7 +295,7 @@ def attack_curves(rows: List[Dict[str, Any]], *, chance: float, baselines: Dict[
 
 def ladder_plot(rows: List[Dict[str, Any]], trends: Dict[str, Dict[str, Any]], *, paper_coordinates: int,
                 dataset: str, epochs: int):
-    """The scale ladder: accuracy (left) and accuracy relative to no noise (right) against the coordinates an
+    """The scale ladder: accuracy (left) and the share of no noise's gain over chance kept (right) against the coordinates an
     image releases; the right panel extends each epsilon's fitted line to the paper's size, with its prediction
     interval there."""
     plt = _plt()
@@ -309,7 +309,7 @@ def ladder_plot(rows: List[Dict[str, Any]], trends: Dict[str, Dict[str, Any]], *
         axes[0].plot(x, [r["final_test_accuracy"] for r in sel], **style)
         if eps is None:
             continue
-        axes[1].plot(x, [r["relative_accuracy"] for r in sel], **{**style, "ls": "none"})
+        axes[1].plot(x, [r["retained_gain"] for r in sel], **{**style, "ls": "none"})
         t = trends.get(f"{eps:g}")
         if t:
             xs = np.logspace(math.log10(min(x)), math.log10(paper_coordinates), 50)
@@ -326,8 +326,9 @@ def ladder_plot(rows: List[Dict[str, Any]], trends: Dict[str, Dict[str, Any]], *
     axes[0].text(paper_coordinates, axes[0].get_ylim()[1], " paper\n 224×224×64", fontsize=7, va="top",
                  ha="right", color="grey")
     axes[1].axhline(1.0, color="black", ls="--", lw=1)
+    axes[1].axhline(0.0, color="grey", ls=":", lw=1)
     axes[0].set_ylabel(f"final test accuracy ({epochs} epochs)")
-    axes[1].set_ylabel("accuracy ÷ no-noise accuracy at the same size")
+    axes[1].set_ylabel("(acc − chance) ÷ (no-noise acc − chance)")
     axes[0].legend(fontsize=8)
     axes[1].set_title("dotted: fitted trend; square: its prediction at the paper's size "
                       f"({round(100 * next(iter(trends.values()))['level']) if trends else 90}% interval)",
