@@ -218,8 +218,8 @@ def ladder_study(*, profile: str, dataset: str, points: Optional[Sequence[Tuple[
 # --- paper profile on a GPU -----------------------------------------------------------------------------------
 def training_flops_per_image(*, image_size: int, width: float, fc_units: int, num_classes: int,
                              conv1_channels: Optional[int] = None, trainable: str = "all") -> float:
-    """FLOPs of one training step per image: forward, plus backward (2x forward) for ``trainable="all"``;
-    ``"output"`` (fine-tuning fc8 only) adds just the output layer's backward."""
+    """FLOPs of one training step per image (2 per multiply-add; conv and dense layers): forward, plus backward
+    (2x forward) for ``trainable="all"``; ``"output"`` (fine-tuning fc8 only) adds just fc8's weight gradient."""
     from dpact_tf.vggface import layer_plan
 
     if trainable not in ("all", "output"):
@@ -236,7 +236,8 @@ def training_flops_per_image(*, image_size: int, width: float, fc_units: int, nu
     fc = 2 * (flat * fc_units + fc_units * fc_units)
     out = 2 * fc_units * num_classes
     fwd += fc + out
-    return 3 * fwd if trainable == "all" else fwd + 2 * out
+    # backward: 2x forward (gradients of inputs and weights); fc8 alone: its weight gradient only (1x its forward)
+    return 3 * fwd if trainable == "all" else fwd + out
 
 
 def gpu_estimates(*, measured_runs: Sequence[Dict[str, Any]], studies: Sequence[Dict[str, Any]],
