@@ -30,7 +30,7 @@ class RunSpec:
     """Everything that determines one training run."""
 
     task: str                        # "scratch" (Fig 3), "finetune" (Fig 4) or "pretrain" (public identities)
-    profile: str                     # profile name ("tiny", "small", "paper")
+    profile: str                     # profile name ("tiny", "small", "medium", "paper")
     dataset: str                     # "lfw" or "synthetic"
     epsilon: Optional[float]         # per-coordinate epsilon; None = no noise
     epochs: int                      # training epochs
