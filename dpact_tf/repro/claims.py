@@ -372,5 +372,6 @@ def summary_text(rows: List[Row], *, profile: str, dataset: str) -> str:
     parts = ", ".join(f"{n} {v}" for v, n in counts.items())
     note = (" **These results come from SYNTHETIC data, not LFW.**" if dataset == "synthetic" else "")
     return (f"At the `{profile}` profile on `{dataset}`: {parts}.{note} The `small` profile is a reduced "
-            "network (1/8 of VGG-Face's channels, 64×64 inputs) trained for few epochs on a CPU; the `paper` "
-            "profile reruns every study at the paper's exact settings on a GPU.")
+            "network (1/8 of VGG-Face's channels, 64×64 inputs) trained for few epochs on a CPU: the \"why\" column "
+            "and the chapter \"Why (not) reproduced\" separate what the budget, the activation's size and the public "
+            "model explain; the `paper` profile reruns every study at the paper's exact settings on a GPU.")
