@@ -327,6 +327,10 @@ def ladder_plot(rows: List[Dict[str, Any]], trends: Dict[str, Dict[str, Any]], *
                  ha="right", color="grey")
     axes[1].axhline(1.0, color="black", ls="--", lw=1)
     axes[1].axhline(0.0, color="grey", ls=":", lw=1)
+    # keep the measured points readable: an interval wider than the plot is cut at its edge (the table has it)
+    measured = [r["retained_gain"] for r in rows if r["epsilon"] is not None and r["retained_gain"] == r["retained_gain"]]
+    lo, hi = min(measured + [0.0]), max(measured + [1.0])
+    axes[1].set_ylim(max(-1.0, lo - 0.3), min(2.0, hi + 0.3))
     axes[0].set_ylabel(f"final test accuracy ({epochs} epochs)")
     axes[1].set_ylabel("(acc − chance) ÷ (no-noise acc − chance)")
     axes[0].legend(fontsize=8)
