@@ -169,10 +169,18 @@ def test_fig3_mid_threshold(delta, verdict):
 
 def test_fig3_mid_ladder_consistent_contradicted_inconclusive():
     t = c.FIG3_TRAINS_WELL_RELATIVE
-    conv = _conv(0.5, 0.3, 0.4)
-    assert c.claim_fig3_mid(conv, _ladder(t + 0.01, t + 0.2))["verdict"] == c.CONSISTENT
-    assert c.claim_fig3_mid(conv, _ladder(t - 0.11, t + 0.2, half=0.1))["verdict"] == c.CONTRADICTED
-    assert c.claim_fig3_mid(conv, _ladder(t - 0.09, t + 0.2, half=0.1))["verdict"] == c.INCONCLUSIVE
+    conv = {**_conv(0.5, 0.3, 0.4), "baseline_converged": True, "baseline_epochs": 30}
+
+    def ladder(p3, p5, half=0.1, epochs=30):
+        return {**_ladder(p3, p5, half), "epochs": epochs}
+
+    assert c.claim_fig3_mid(conv, ladder(t + 0.01, t + 0.2))["verdict"] == c.CONSISTENT
+    assert c.claim_fig3_mid(conv, ladder(t - 0.11, t + 0.2, half=0.1))["verdict"] == c.CONTRADICTED
+    assert c.claim_fig3_mid(conv, ladder(t - 0.09, t + 0.2, half=0.1))["verdict"] == c.INCONCLUSIVE
+    # a ladder shorter than the baseline's convergence, or an unconverged baseline, cannot contradict
+    assert c.claim_fig3_mid(conv, ladder(t - 0.11, t + 0.2, epochs=29))["verdict"] == c.INCONCLUSIVE
+    unconverged = {**conv, "baseline_converged": False}
+    assert c.claim_fig3_mid(unconverged, ladder(t - 0.11, t + 0.2))["verdict"] == c.INCONCLUSIVE
     no_interval = _ladder(t - 0.3, t - 0.3)
     for tr in no_interval["trends"].values():
         tr["lower"] = tr["upper"] = None

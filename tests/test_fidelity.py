@@ -87,3 +87,15 @@ def test_profile_workload_counts_the_profiles_runs():
     with_public = f.profile_workload("small", train_images=3890, num_classes=158, public_images=1000,
                                      public_classes=265)
     assert any("pre-training" in r["study"] for r in with_public)
+
+
+def test_a_ladder_point_at_the_profiles_shape_is_the_sweeps_run():
+    from dpact_tf.repro.runs import RunSpec
+
+    # RunSpec.activation_size agrees with the ladder's coordinates, and default fields keep the sweep's key
+    spec = RunSpec(task="scratch", profile="small", dataset="lfw", epsilon=3.0, epochs=15)
+    assert spec.activation_size() == 64 * 64 * 8
+    wide = RunSpec(task="scratch", profile="small", dataset="lfw", epsilon=3.0, epochs=15, conv1_channels=64,
+                   image_size=96)
+    assert wide.activation_size() == 96 * 96 * 64 and wide.key() != spec.key()
+    assert wide.model_kwargs()["channels"] == {"conv1_1": 64} and wide.model_kwargs()["input_shape"] == (96, 96, 3)

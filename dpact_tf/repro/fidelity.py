@@ -175,20 +175,29 @@ def ladder_study(*, profile: str, dataset: str, points: Optional[Sequence[Tuple[
         raise ValueError("the ladder compares each epsilon with the no-noise run: epsilons must include None and "
                          "at least one epsilon")
     epochs = int(epochs or prof.ladder_epochs)
+    from dpact_tf.vggface import layer_plan
+
+    default_channels = layer_plan(prof.width)[0][2]
+
+    def shape_fields(size: int, channels: int) -> Dict[str, Optional[int]]:
+        # the profile's own shape is spelled as the defaults, so the point shares the Fig. 3 sweep's cached runs
+        return {"image_size": None if size == prof.image_size else size,
+                "conv1_channels": None if channels == default_channels else channels}
+
     faces_by_size: Dict[int, Any] = {}
     rows: List[Dict[str, Any]] = []
     for size, channels in points:
         spec0 = RunSpec(task="scratch", profile=prof.name, dataset=dataset, epsilon=None, epochs=epochs, seed=seed,
-                        conv1_channels=channels, image_size=size)
+                        **shape_fields(size, channels))
         if size not in faces_by_size:
             faces_by_size[size] = load_faces(spec0.profile_obj(), dataset, seed=seed, progress=progress)
         point_rows = []
         for eps in eps_list:
             spec = RunSpec(task="scratch", profile=prof.name, dataset=dataset, epsilon=eps, epochs=epochs, seed=seed,
-                           conv1_channels=channels, image_size=size)
+                           **shape_fields(size, channels))
             run = run_training(spec, results_dir=results_dir, force=force, progress=progress,
                                data=faces_by_size[size])
-            point_rows.append({"image_size": size, "conv1_channels": channels, "coordinates": spec.activation_size(),
+            point_rows.append({"image_size": size, "conv1_channels": channels, "coordinates": size * size * channels,
                                "epsilon": eps, "final_test_accuracy": run.history["test_accuracy"][-1],
                                "best_test_accuracy": max(run.history["test_accuracy"]),
                                "final_train_accuracy": run.history["train_accuracy"][-1],
