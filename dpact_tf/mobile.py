@@ -51,8 +51,8 @@ PAPER_NEXUS6P: Dict[str, float] = {"load_s": 0.4, "forward_s": 0.6, "backward_s_
 # Exports compared by the benchmark.  "before": the head as first exported (TFLite's RANDOM_STANDARD_NORMAL and
 # reference LOCAL_RESPONSE_NORMALIZATION kernels, the whole batch in one call, infer and train in one model);
 # "after": the deployable `release` (Box-Muller of the app's AES-CTR uniforms), Eq. (1) as square -> 1x1 conv ->
-# rsqrt -> mul (XNNPACK ops), conv1_1 as im2col + matmul (XNNPACK with variable weights), each image streamed in
-# strips of rows; "after, inference only": the same with constant weights (no train; conv1_1 as CONV_2D).
+# rsqrt -> mul (XNNPACK ops), each image streamed in strips of rows; "after, inference only": the same with
+# constant weights (no train), which XNNPACK's CONV_2D takes (variable weights run TFLite's own conv kernel).
 VARIANTS: Dict[str, Dict[str, Any]] = {
     "before": {"noise": "standard_normal", "lrn": "lrn_kernel", "with_train": True, "max_batch": 8},
     "after": {"noise": "box_muller", "lrn": "builtin_ops", "with_train": True, "max_batch": 1},
