@@ -267,12 +267,6 @@ class ClientHead(tf.Module):
         c = tf.minimum(x, upper)  # x >= 0 after ReLU: the clip to [0, 1] of the Keras layer
         return self._normalize(c), c, pre
 
-    def _patches(self, x: tf.Tensor) -> tf.Tensor:
-        """im2col of a 3x3 SAME convolution of the (N, H, W, 3) input: (N, H, W, 27) ordered (kh, kw, c_in)."""
-        h, w = tf.shape(x)[1], tf.shape(x)[2]  # any number of rows (release takes strips)
-        xp = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
-        return tf.concat([xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)
-
     def _box_muller(self, v1: tf.Tensor, u2: tf.Tensor, std: tf.Tensor, two_pi: tf.Tensor) -> tf.Tensor:
         """N(0, std^2) pairs from uniforms: z1 = r cos(2 pi u2), z2 = r sin(2 pi u2), r = std sqrt(-2 ln v1), with
         v1 in (0, 1] and u2 uniform; concatenated along the channels (cos first), cut to the head's channels.
@@ -355,8 +349,11 @@ class ClientHead(tf.Module):
         # clip to [0, 1] after ReLU: the gradient passes where 0 < z <= 1 (as TF's clip and ReLU gradients)
         gz = gc * tf.cast(tf.logical_and(z > 0.0, z <= 1.0), tf.float32)
         # conv1_1 weight gradient: im2col patches (kh, kw, c_in) x gz, summed over N, H, W
+        h, w, _ = self.image_shape
+        xp = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+        patches = tf.concat([xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)
         cout = self.output_channels
-        gk = tf.matmul(tf.reshape(self._patches(x), [-1, 27]), tf.reshape(gz, [-1, cout]), transpose_a=True)
+        gk = tf.matmul(tf.reshape(patches, [-1, 27]), tf.reshape(gz, [-1, cout]), transpose_a=True)
         return tf.reshape(gk, [3, 3, 3, cout]), tf.reduce_sum(tf.reshape(gz, [-1, cout]), axis=0)
 
     def _apply(self, gk: tf.Tensor, gb: tf.Tensor, learning_rate: tf.Tensor) -> Dict[str, tf.Tensor]:
@@ -452,8 +449,9 @@ def convert_client_head(client: tf.keras.Model, out_path: str, *, precision: str
                           "valid": f"0 < epsilon <= {head.max_epsilon:g}, or inf"},
         "output": {"name": "activation", "shape": [head.batch] + list(probe.shape[1:]), "dtype": "float32"},
         "valid_output": {"name": "valid", "dtype": "int32",
-                         "meaning": "1 = released with the noise of epsilon; 0 = invalid epsilon, activation is all "
-                                    "zeros (nothing of the image) and must not be sent"},
+                         "meaning": "1 = released with the noise of epsilon; 0 = invalid epsilon (or, in release, "
+                                    "invalid entropy), activation is all zeros (nothing of the image) and must not "
+                                    "be sent"},
         "noise": "replayable (TEST ONLY)" if replayable_noise_for_tests else "fresh per interpreter",
         "entropy_input": ({"name": "entropy", "signature": "release", "dtype": "float32",
                            "range": "(0, 1]: (k + 1) / 2^24 for k uniform in 0 .. 2^24 - 1",

@@ -53,7 +53,8 @@ class Worker:
         if not line:
             self._proc.wait(timeout=60)
             self._log.seek(0)
-            raise RuntimeError(f"{' '.join(self._cmd[1:3])} exited ({self._proc.returncode}):\n{self._log.read()[-3000:]}")
+            raise RuntimeError(f"{' '.join(self._cmd[1:3])} exited ({self._proc.returncode}):\n"
+                               f"{self._log.read()[-3000:]}")
         out = json.loads(line)
         if "error" in out:
             raise RuntimeError(out["error"])

@@ -30,7 +30,7 @@ __all__ = ["HeadRunner", "TrainResult", "EntropyStream", "uniforms_from_words"]
 
 # Without a sidecar: dpact_tf.privacy.MAX_EPSILON (the graph still applies the head's own, smaller limit).
 _DEFAULT_MAX_EPSILON = 1000.0
-# Box-Muller computes -2 std^2 ln(1 - u) with -ln(1 - u) <= ~16.6 in float32: the largest noise std that stays
+# Box-Muller computes -2 std^2 ln(v) with -ln(v) <= 24 ln 2 ~ 16.6 for v >= 2^-24: the largest noise std that stays
 # finite (the review found epsilon ~2e-19 passing "std^2 finite" and releasing inf).  The head's graph uses it too.
 MAX_BOX_MULLER_STD = float(np.sqrt(np.finfo(np.float32).max / 34.0))
 # The most bytes of one strip's activation (HeadRunner's rows_per_call=None): its tensors stay in the CPU's cache.
@@ -142,7 +142,8 @@ class TrainResult(float):
 
 
 class HeadRunner:
-    """The ``infer`` (and, if exported, ``train``) signature of a dpact head.tflite."""
+    """A dpact head.tflite: releases through ``release`` (or, for runtime-only heads, ``infer``) and, if exported,
+    on-device updates through ``train`` / ``gradient`` + ``apply_gradient``."""
 
     def __init__(self, path: str, *, num_threads: Optional[int] = None, max_batch: int = 1,
                  rows_per_call: Optional[int] = None, allow_replayable_noise_for_tests: bool = False,
@@ -215,7 +216,8 @@ class HeadRunner:
             if not self._halo:
                 return height
             row_bytes = 4 * self._entropy_width * self._entropy_channels
-            fits = [r for r in range(1, height + 1) if height % r == 0 and (r + 2 * self._halo) * row_bytes <= _STRIP_BYTES]
+            fits = [r for r in range(1, height + 1)
+                    if height % r == 0 and (r + 2 * self._halo) * row_bytes <= _STRIP_BYTES]
             return max(fits) if fits else 1
         if int(rows) != rows or rows < 1 or height % rows:
             raise ValueError(f"rows_per_call must be a positive divisor of the image height {height} (got {rows})")
