@@ -22,7 +22,8 @@ __all__ = ["serve", "Worker", "interleave"]
 
 def serve(info: Dict[str, Any], ops: Mapping[str, Callable[[], Any]], finish: Callable[[], Dict[str, Any]]) -> None:
     """The measuring process's side: print ``info`` (one JSON line: "ready"), then for every command line on stdin
-    run ``ops[command]`` once and print ``{"seconds": ...}``; on ``done`` print ``finish()`` and return."""
+    run ``ops[command]`` once and print ``{"seconds": wall time, "cpu_seconds": CPU time of all its threads}``;
+    on ``done`` print ``finish()`` and return."""
     print(json.dumps(info), flush=True)
     for line in sys.stdin:
         cmd = line.strip()
@@ -31,9 +32,10 @@ def serve(info: Dict[str, Any], ops: Mapping[str, Callable[[], Any]], finish: Ca
         if cmd not in ops:
             print(json.dumps({"error": f"unknown command {cmd!r} (known: {sorted(ops)})"}), flush=True)
             continue
-        start = time.perf_counter()
+        cpu, start = time.process_time(), time.perf_counter()
         ops[cmd]()
-        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        print(json.dumps({"seconds": wall, "cpu_seconds": cpu}), flush=True)
     print(json.dumps(finish()), flush=True)
 
 
@@ -65,9 +67,10 @@ class Worker:
         self._proc.stdin.flush()
         return self._read()
 
-    def time(self, cmd: str) -> float:
-        """Run ``cmd`` once in the process; its wall time in seconds."""
-        return float(self._send(cmd)["seconds"])
+    def time(self, cmd: str) -> Tuple[float, float]:
+        """Run ``cmd`` once in the process; its wall time and its CPU time (all threads) in seconds."""
+        out = self._send(cmd)
+        return float(out["seconds"]), float(out["cpu_seconds"])
 
     def finish(self) -> Dict[str, Any]:
         """End the process; what its ``finish`` reported (peak memory, load average...)."""
@@ -84,14 +87,17 @@ class Worker:
 
 
 def interleave(workers: Mapping[str, Worker], schedule: Sequence[Tuple[str, str]], rounds: int, *,
-               gap_s: float = 0.05) -> Dict[Tuple[str, str], List[float]]:
+               gap_s: float = 0.05) -> Tuple[Dict[Tuple[str, str], List[float]], Dict[Tuple[str, str], List[float]]]:
     """Run every (worker, command) of ``schedule`` once per round, ``rounds`` times, alternating the order;
-    returns the wall times per (worker, command), round by round.  ``gap_s`` separates two calls, so that one
-    runtime's threads, spinning down, do not eat into the next one's time."""
-    times: Dict[Tuple[str, str], List[float]] = {key: [] for key in schedule}
+    returns the wall times and the CPU times per (worker, command), round by round.  ``gap_s`` separates two
+    calls, so that one runtime's threads, spinning down, do not eat into the next one's time."""
+    wall: Dict[Tuple[str, str], List[float]] = {key: [] for key in schedule}
+    cpu: Dict[Tuple[str, str], List[float]] = {key: [] for key in schedule}
     for r in range(rounds):
         for key in (schedule if r % 2 == 0 else list(reversed(schedule))):
             time.sleep(gap_s)
-            times[key].append(workers[key[0]].time(key[1]))
-    return times
+            w, c = workers[key[0]].time(key[1])
+            wall[key].append(w)
+            cpu[key].append(c)
+    return wall, cpu
 

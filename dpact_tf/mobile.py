@@ -243,14 +243,18 @@ def _once(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def _summary(op: str, times: Sequence[float], batch: int) -> Dict[str, Any]:
-    """Median, interquartile range and every repeat of ``forward`` (s per batch) or ``backward`` (s per sample)."""
+def _summary(op: str, times: Sequence[float], batch: int, cpu: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+    """Median, interquartile range and every repeat of ``forward`` (s per batch) or ``backward`` (s per sample),
+    and the median CPU time of all the process's threads when measured."""
     per = 1.0 if op == "forward" else float(batch)
     times = [t / per for t in times]
     q = np.percentile(times, [25, 75])
     key = "forward_s" if op == "forward" else "backward_s_per_sample"
     base = "forward" if op == "forward" else "backward"
-    return {key: statistics.median(times), f"{base}_iqr_s": [float(q[0]), float(q[1])], f"{base}_all_s": times}
+    out = {key: statistics.median(times), f"{base}_iqr_s": [float(q[0]), float(q[1])], f"{base}_all_s": times}
+    if cpu is not None:
+        out[f"{base}_cpu_s"] = statistics.median(cpu) / per
+    return out
 
 
 def bare_process_mb() -> float:
@@ -328,20 +332,23 @@ def run_mobile_benchmark(configs: Sequence[Tuple[str, int, float]], *, out_dir: 
                                            os.path.join(tmp, "client.keras")] + common)
                 schedule += [("keras", "forward"), ("keras", "backward")]
                 say(f"[{label}] {repeats} interleaved rounds of {len(schedule)} timings ...")
-                times = interleave(workers, schedule, repeats)
+                times, cpu = interleave(workers, schedule, repeats)
                 finals = {key: w.finish() for key, w in workers.items()}
             finally:
                 for w in workers.values():
                     w.kill()
-        keras = {**workers["keras"].info, **finals["keras"], **_summary("forward", times[("keras", "forward")], batch),
-                 **_summary("backward", times[("keras", "backward")], batch)}
+        keras = {**workers["keras"].info, **finals["keras"],
+                 **_summary("forward", times[("keras", "forward")], batch, cpu[("keras", "forward")]),
+                 **_summary("backward", times[("keras", "backward")], batch, cpu[("keras", "backward")])}
         for name in names:
             info, meta = workers[f"{name}/infer"].info, metas[name]
-            lite = {**info, **_summary("forward", times[(f"{name}/infer", "forward")], batch)}
+            lite = {**info, **_summary("forward", times[(f"{name}/infer", "forward")], batch,
+                                       cpu[(f"{name}/infer", "forward")])}
             lite["infer_memory_mb"] = finals[f"{name}/infer"]["peak_rss_mb_process"] - bare
             lite.update({k: finals[f"{name}/infer"][k] for k in ("tensorflow_imported", "dpact_package_imported")})
             if f"{name}/train" in workers:
-                lite.update(_summary("backward", times[(f"{name}/train", "backward")], batch),
+                lite.update(_summary("backward", times[(f"{name}/train", "backward")], batch,
+                                     cpu[(f"{name}/train", "backward")]),
                             train_memory_mb=finals[f"{name}/train"]["peak_rss_mb_process"] - bare)
             lite.update({"memory_mb": max(lite["infer_memory_mb"], lite.get("train_memory_mb", 0.0)),
                          "builtin_ops_only": True, "random_ops": meta["random_ops"], "noise": meta["noise"],
@@ -357,7 +364,8 @@ def run_mobile_benchmark(configs: Sequence[Tuple[str, int, float]], *, out_dir: 
         entry["ratio_litert_over_keras"] = {
             name: {**{k: lite[k] / keras[k] for k in ("forward_s", "backward_s_per_sample", "model_load_s")
                       if lite.get(k) and keras.get(k)},
-                   "forward_paired": _paired(lite["forward_all_s"], keras["forward_all_s"])}
+                   "forward_paired": _paired(lite["forward_all_s"], keras["forward_all_s"]),
+                   "forward_cpu": lite["forward_cpu_s"] / keras["forward_cpu_s"]}
             for name, lite in entry["variants"].items()}
         results["configs"].append(entry)
         for name, r in entry["ratio_litert_over_keras"].items():

@@ -33,7 +33,7 @@ def test_rounds_alternate_and_time_each_call(tmp_path):
     workers = {"a": _worker("a", log), "b": _worker("b", log)}
     try:
         assert workers["a"].info == {"name": "a", "ready": True}
-        times = interleave(workers, [("a", "fast"), ("b", "slow")], 3, gap_s=0.0)
+        times, cpu = interleave(workers, [("a", "fast"), ("b", "slow")], 3, gap_s=0.0)
         assert [w.finish() for w in workers.values()] == [{"finished": "a"}, {"finished": "b"}]
     finally:
         for w in workers.values():
@@ -42,6 +42,7 @@ def test_rounds_alternate_and_time_each_call(tmp_path):
     assert log.read_text().split() == ["a:fast", "b:slow", "b:slow", "a:fast", "a:fast", "b:slow"]
     assert len(times[("a", "fast")]) == len(times[("b", "slow")]) == 3
     assert min(times[("b", "slow")]) >= 0.05 > 0.01 <= min(times[("a", "fast")])
+    assert 0 <= max(cpu[("b", "slow")]) < 0.04  # sleeping is wall time, not CPU time
 
 
 def test_unknown_command_and_a_dying_process_raise(tmp_path):

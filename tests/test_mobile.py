@@ -63,6 +63,8 @@ def test_benchmark_compares_variants_fairly(tmp_path):
     paired = conf["ratio_litert_over_keras"]["after"]["forward_paired"]
     ratios = sorted(a / b for a, b in zip(conf["litert"]["forward_all_s"], conf["keras"]["forward_all_s"]))
     assert paired["median"] == pytest.approx(sum(ratios) / 2) and paired["iqr"][0] <= paired["median"]
+    assert conf["ratio_litert_over_keras"]["after"]["forward_cpu"] == pytest.approx(
+        conf["litert"]["forward_cpu_s"] / conf["keras"]["forward_cpu_s"])
     assert conf["litert"]["tensorflow_imported"] is False and conf["variants"]["before"]["rows_per_call"] == 32
     assert res["bare_process_mb"] > 0 and "load_avg_start" in res
     assert set(PAPER_NEXUS6P) == {"load_s", "forward_s", "backward_s_per_sample", "memory_mb"}

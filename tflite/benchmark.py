@@ -55,7 +55,7 @@ def main() -> int:
                   f"{lite['infer_memory_mb']:.0f} MB / train {lite.get('train_memory_mb', float('nan')):.0f} MB | "
                   f"LiteRT/Keras forward {r.get('forward_s', float('nan')):.2f} (round by round "
                   f"{r['forward_paired']['median']:.2f}, IQR {r['forward_paired']['iqr'][0]:.2f}-"
-                  f"{r['forward_paired']['iqr'][1]:.2f}), "
+                  f"{r['forward_paired']['iqr'][1]:.2f}; CPU time {r['forward_cpu']:.2f}), "
                   f"backward {r.get('backward_s_per_sample', float('nan')):.2f}")
         print(f"[{c['label']}] upload per image: " + ", ".join(f"{e} {b:,} B" for e, b in c["upload_bytes_per_image"].items()))
     return 0
