@@ -20,19 +20,26 @@ Signatures of the exported model:
   kernels for TensorFlow's gradient ops (LRNGrad, Conv2DBackpropFilter, ReluGrad).  Available when the cut is
   conv1_1.
 
-* ``release(image, epsilon, entropy: float32 [N, H', W', 2 ceil(C/2)] in [0, 1)) -> activation, valid``: the
-  deployable path (Box-Muller heads).  The same as ``infer``, but each uniform the noise is made of is
-  ``frac(u + entropy)``: ``u`` from the head's random op, ``entropy`` from the app's cryptographic generator
-  (``HeadRunner`` uses NumPy's Philox keyed with 128 bits from ``secrets``; an Android app, ``SecureRandom``).
-  Either alone makes the uniform uniform, so the noise is exact; an attacker must know both to remove it.
-  ``entropy`` outside [0, 1) (or NaN) gives ``valid = 0`` and an all-zero activation.
+* ``release(image: uint8 [N, R, W, 3], epsilon, entropy: float32 [N, R', W', 2 ceil(C/2)]) -> activation,
+  valid``: the deployable path (Box-Muller heads).  The same as ``infer``, but the noise is drawn from the app's
+  ``entropy`` alone: 24-bit uniforms (k + 1) / 2^24 in (0, 1] from a cryptographic generator (``HeadRunner``:
+  AES-128-CTR keyed with 128 bits from ``secrets``; an Android app: ``javax.crypto`` AES/CTR keyed from
+  ``SecureRandom``).  Channel c < C/2 of the noise is r cos(2 pi u2), channel C/2 + c is r sin(2 pi u2), with
+  r = std sqrt(-2 ln u1), u1 = entropy[..., c] and u2 = entropy[..., C/2 + c] (Box-Muller: exactly N(0, std^2)
+  up to float32, |z| <= 5.77 std as with TensorFlow's own sampler).  ``valid = 0`` and an all-zero activation
+  when ``entropy`` has an entry outside [2^-24, 1] (a zero -- an unfilled buffer or a gap in one --, NaN, inf),
+  another shape than the activation's, or a mean or variance no 24-bit uniform tensor has (a constant fill).
+  ``R`` is any number of rows (``R' = R`` for a conv1_1 head, whose sidecar says ``release_strip_halo_rows:
+  1``): an app can release an image in strips of rows, each with one row of its neighbours above and below
+  (zero rows at the image's border: conv1_1's own SAME padding) whose outputs it drops -- the same release,
+  with tensors small enough to stay in the CPU's cache (what ``HeadRunner`` does).
 
-The head's random op carries the seed options (0, 0): each interpreter seeds it from the OS.  The converter
-reads the seeds back from the written flatbuffer (:mod:`dpact_tf.tflite_inspect`) and refuses a fixed seed
-unless ``replayable_noise_for_tests=True``.  Fresh is not secret, though: LiteRT seeds that op from a
+The head's random op (``infer`` only) carries the seed options (0, 0): each interpreter seeds it from the OS.
+The converter reads the seeds back from the written flatbuffer (:mod:`dpact_tf.tflite_inspect`) and refuses a
+fixed seed unless ``replayable_noise_for_tests=True``.  Fresh is not secret, though: LiteRT seeds that op from a
 per-process ``mt19937_64`` started from 32 bits of ``/dev/urandom``, and an adversarial review recovered the
 exact noise of an ``infer`` release by searching those 2^32 seeds (about 40 core-minutes).  ``infer`` is kept
-for tests and benchmarks; a deployed app calls ``release``, whose noise also depends on the app's entropy.
+for tests and benchmarks; a deployed app calls ``release``, whose noise depends on the app's secret entropy only.
 
 Quantizing the *already-noisy* output (float16, uint8: :mod:`dpact_tf.encoding`) is post-processing and keeps
 the DP guarantee.
@@ -140,16 +147,20 @@ class ClientHead(tf.Module):
       momentum: the SGD momentum of the on-device update.
       replayable_noise_for_tests: write fixed seeds into the random op, so every interpreter replays the same
         noise.  For tests only: whoever holds such a model file can regenerate and subtract the noise.
-      noise: ``"box_muller"`` draws N(0, 1) from one ``RANDOM_UNIFORM`` (Box-Muller transform, both outputs
-        used); ``"standard_normal"`` uses ``RANDOM_STANDARD_NORMAL``.  Both are exact N(0, 1) up to float32
-        (|z| <= ~5.7, as TensorFlow's own Box-Muller sampler).
+      noise: ``"box_muller"``: ``infer`` draws N(0, 1) from one ``RANDOM_UNIFORM`` (Box-Muller transform, both
+        outputs used) and the head gets ``release`` (Box-Muller of the app's uniforms); ``"standard_normal"``:
+        ``infer`` uses ``RANDOM_STANDARD_NORMAL`` and there is no ``release``.  Both are exact N(0, 1) up to
+        float32 (|z| <= ~5.7, as TensorFlow's own Box-Muller sampler).
       lrn: ``"builtin_ops"`` writes Eq. (1) as square -> 1x1 conv with a banded 0/1 kernel -> rsqrt -> mul
         (ops XNNPACK accelerates); ``"lrn_kernel"`` uses TFLite's reference LOCAL_RESPONSE_NORMALIZATION.
       batch: a fixed batch size for the signatures (``None``, the default: any batch size).
+      with_train: give a conv1_1-only head the ``train``, ``gradient`` and ``apply_gradient`` signatures (its
+        weights stay variables).  ``False``: the weights are frozen into constants at conversion.
     """
 
     def __init__(self, client: tf.keras.Model, *, momentum: float = 0.9, replayable_noise_for_tests: bool = False,
-                 noise: str = "box_muller", lrn: str = "builtin_ops", batch: Optional[int] = None) -> None:
+                 noise: str = "box_muller", lrn: str = "builtin_ops", batch: Optional[int] = None,
+                 with_train: bool = True) -> None:
         super().__init__(name="client_head")
         if noise not in NOISE_KINDS:
             raise ValueError(f"noise must be one of {NOISE_KINDS} (got {noise!r})")
@@ -177,7 +188,7 @@ class ClientHead(tf.Module):
             if kind == "conv":
                 self.kernels.append(tf.Variable(kernel, name=f"{name}_kernel"))
                 self.biases.append(tf.Variable(bias, name=f"{name}_bias"))
-        self.trainable_head = [kind for _, kind, _, _ in self.layers] == ["conv"]
+        self.trainable_head = with_train and [kind for _, kind, _, _ in self.layers] == ["conv"]
         if self.trainable_head:
             self.velocity = [tf.Variable(tf.zeros_like(v), name=v.name.split(":")[0] + "_velocity")
                              for v in (self.kernels[0], self.biases[0])]
@@ -206,17 +217,19 @@ class ClientHead(tf.Module):
 
         eps_spec = tf.TensorSpec([], tf.float32, name="epsilon")
         self.infer = tf.function(infer, input_signature=[spec, eps_spec])
-        act_h, act_w = (int(d) for d in client.output_shape[1:3])
-        self.act_shape = (act_h, act_w)
+        act_w = int(client.output_shape[2])
         self.entropy_channels = 2 * ((n + 1) // 2)
         self.has_release = noise == "box_muller"
+        # `release` takes any number of image rows: a whole image, or (conv1_1 heads) a strip of rows with one row
+        # of its neighbours above and below, whose tensors stay in the CPU's cache (HeadRunner streams strips).
+        self.strip_halo_rows = 1 if [kind for _, kind, _, _ in self.layers] == ["conv"] else None
         if self.has_release:
             def release(image, epsilon, entropy):
                 return self._infer(image, epsilon, entropy)
 
             self.release = tf.function(release, input_signature=[
-                spec, eps_spec, tf.TensorSpec([batch, act_h, act_w, self.entropy_channels], tf.float32,
-                                              name="entropy")])
+                tf.TensorSpec([batch, None, w, 3], tf.uint8, name="image"), eps_spec,
+                tf.TensorSpec([batch, None, act_w, self.entropy_channels], tf.float32, name="entropy")])
         if self.trainable_head:
             grad_spec = tf.TensorSpec([batch, h, w, n], tf.float32, name="grad_activation")
             lr_spec = tf.TensorSpec([], tf.float32, name="learning_rate")
@@ -254,31 +267,45 @@ class ClientHead(tf.Module):
         c = tf.minimum(x, upper)  # x >= 0 after ReLU: the clip to [0, 1] of the Keras layer
         return self._normalize(c), c, pre
 
-    def _noise(self, shape: tf.Tensor, std: tf.Tensor, entropy: Optional[tf.Tensor] = None) -> tf.Tensor:
-        """N(0, std^2) noise of ``shape`` from the head's unseeded (or, for tests, seeded) random op, its
-        uniforms shifted modulo 1 by the app's ``entropy`` when given (Box-Muller only)."""
+    def _box_muller(self, v1: tf.Tensor, u2: tf.Tensor, std: tf.Tensor, two_pi: tf.Tensor) -> tf.Tensor:
+        """N(0, std^2) pairs from uniforms: z1 = r cos(2 pi u2), z2 = r sin(2 pi u2), r = std sqrt(-2 ln v1), with
+        v1 in (0, 1] and u2 uniform; concatenated along the channels (cos first), cut to the head's channels.
+        std enters under the square root (-2 std^2 ln v1): no full-size multiplication by std."""
+        r = tf.sqrt(tf.math.log(v1) * (-2.0 * std * std))
+        theta = u2 * two_pi
+        z = tf.concat([r * tf.cos(theta), r * tf.sin(theta)], axis=-1)
+        c = self.output_channels
+        return z if z.shape[-1] == c else z[..., :c]
+
+    def _noise(self, shape: tf.Tensor, std: tf.Tensor, two_pi: tf.Tensor) -> tf.Tensor:
+        """``infer``'s N(0, std^2) noise of ``shape`` from the head's unseeded (or, for tests, seeded) random op."""
         seed, seed2 = self.seeds
         if self.noise_kind == "standard_normal":
             # raw op: its seed attributes are written verbatim, whatever global seed Python has set
             return tf.raw_ops.RandomStandardNormal(shape=shape, dtype=tf.float32, seed=seed, seed2=seed2) * std
-        # Box-Muller from ONE uniform draw (a second op with the same fixed seeds would replay the first):
-        # z1 = r cos(2 pi u2), z2 = r sin(2 pi u2), r = std sqrt(-2 ln(1 - u1)), u in [0, 1) -> 1 - u1 in (0, 1].
-        # std enters under the square root (-2 std^2 ln(1 - u1)): no full-size multiplication by std.
-        c = self.output_channels
-        half = (c + 1) // 2
+        # Box-Muller from ONE uniform draw (a second op with the same fixed seeds would replay the first);
+        # u in [0, 1) -> 1 - u1 in (0, 1].
+        half = (self.output_channels + 1) // 2
         u = tf.raw_ops.RandomUniform(shape=tf.concat([[2], shape[:-1], [half]], 0), dtype=tf.float32,
                                      seed=seed, seed2=seed2)
-        if entropy is not None:
-            # u + e mod 1 is uniform on [0, 1) when either is, and independent of the other: the app's entropy
-            # keeps the noise secret even from someone who can replay the runtime's generator.
-            u = u + tf.stack([entropy[..., :half], entropy[..., half:]])
-            u = u - tf.floor(u)
-        r = tf.sqrt(tf.math.log(1.0 - u[0]) * (-2.0 * std * std))
-        # 2 pi as a float16-exact high part plus a low part: a float16 head (its constants stored as float16)
-        # would otherwise use 6.28125 and never draw an angle in a wedge of 0.002 rad (the re-review: delta > 1e-5)
-        theta = u[1] * _TWO_PI_HI + u[1] * _TWO_PI_LO
-        z = tf.concat([r * tf.cos(theta), r * tf.sin(theta)], axis=-1)
-        return z if 2 * half == c else z[..., :c]
+        return self._box_muller(1.0 - u[0], u[1], std, two_pi)
+
+    def _entropy_ok(self, entropy: tf.Tensor, act_shape: tf.Tensor) -> tf.Tensor:
+        """True iff ``entropy`` is what ``release`` needs: the whole [N, H', W', 2 ceil(C/2)] tensor of the
+        activation's shape ``act_shape`` (LiteRT would broadcast a [1, 1, 1, C] one: C values for a whole image),
+        every entry on the 24-bit grid's range [2^-24, 1] (a zero -- an unfilled buffer, or a gap in one --, NaN,
+        inf or a negative value fails), and plausibly uniform (a constant fill): mean 1/2 and variance 1/12 within
+        15 standard errors."""
+        expected = tf.concat([act_shape[:3], [self.entropy_channels]], 0)
+        shape_ok = tf.reduce_all(tf.equal(tf.shape(entropy), expected))
+        # 2^-24 as 4096^-2: every constant stays exact in a float16 head
+        in_range = tf.logical_and(tf.reduce_min(entropy) * 4096.0 * 4096.0 >= 1.0, tf.reduce_max(entropy) <= 1.0)
+        mean = tf.reduce_mean(entropy)  # NaN and inf make the mean NaN or inf: not plausible
+        var = tf.reduce_mean(entropy * entropy) - mean * mean
+        n = tf.cast(tf.size(entropy), tf.float32)
+        plausible = tf.logical_and(tf.abs(mean - 0.5) < 15.0 * 0.2887 / tf.sqrt(n) + 1e-3,
+                                   tf.abs(var - 1.0 / 12.0) < 15.0 * 0.0745 / tf.sqrt(n) + 1e-3)
+        return tf.logical_and(shape_ok, tf.logical_and(in_range, plausible))
 
     def _infer(self, image: tf.Tensor, epsilon: tf.Tensor, entropy: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
         # valid: 0 < epsilon <= max_epsilon, or epsilon = +inf (no noise), and a finite std; NaN fails every test.
@@ -287,27 +314,26 @@ class ClientHead(tf.Module):
         valid = tf.logical_and(
             tf.logical_and(epsilon > 0.0, tf.logical_or(epsilon <= self.max_epsilon,
                                                         _is_pos_inf(epsilon, self.max_epsilon))),
-            std < MAX_BOX_MULLER_STD)  # -2 std^2 ln(1 - u) must be finite: epsilon > ~1.1e-18
+            std < MAX_BOX_MULLER_STD)  # -2 std^2 ln(v) must be finite for v >= 2^-24: epsilon > ~1.1e-18
         if entropy is not None:
-            in_range = tf.logical_and(entropy >= 0.0, entropy < 1.0)  # NaN fails both
-            entropy = tf.where(in_range, entropy, 0.0)
-            # the whole [N, H', W', 2 ceil(C/2)] tensor (LiteRT would broadcast a [1, 1, 1, C] one: C shifts for a
-            # whole image), and plausibly uniform (an unfilled, all-zero buffer would leave only the runtime's
-            # generator): mean 1/2 and variance 1/12 within 15 standard errors of a tensor this size
-            expected = tf.concat([tf.shape(image)[:1], [self.act_shape[0], self.act_shape[1], self.entropy_channels]], 0)
-            shape_ok = tf.reduce_all(tf.equal(tf.shape(entropy), expected))
-            mean = tf.reduce_mean(entropy)
-            var = tf.reduce_mean(tf.square(entropy - mean))
-            n = tf.cast(tf.size(entropy), tf.float32)
-            plausible = tf.logical_and(tf.abs(mean - 0.5) < 15.0 * 0.2887 / tf.sqrt(n) + 1e-3,
-                                       tf.abs(var - 1.0 / 12.0) < 15.0 * 0.0745 / tf.sqrt(n) + 1e-3)
-            valid = tf.logical_and(valid, tf.logical_and(tf.reduce_all(in_range),
-                                                         tf.logical_and(shape_ok, plausible)))
+            clean, _, _ = self._features(image)
+            valid = tf.logical_and(valid, self._entropy_ok(entropy, tf.shape(clean)))
         std = tf.where(valid, std, 0.0)
-        # An invalid epsilon clips every activation to [0, 0]: the output is exactly 0, with no trace of the image.
-        clean, _, _ = self._features(image, upper=tf.cast(valid, tf.float32))
-        noisy = clean + self._noise(tf.shape(clean), std, entropy)
-        return {"activation": noisy, "valid": tf.cast(valid, tf.int32)}
+        # 2 pi as a float16-exact high part plus a low part, added at run time (the sum depends on `valid`, so the
+        # converter cannot fold it into one constant): a float16 head would otherwise use 6.28125 and never draw
+        # an angle in a wedge of 0.002 rad (the re-review: delta > 1e-5).  An invalid release's angle is unused.
+        two_pi = _TWO_PI_HI + _TWO_PI_LO * tf.cast(valid, tf.float32)
+        if entropy is None:
+            # An invalid epsilon clips every activation to [0, 0]: the output is exactly 0, no trace of the image.
+            clean, _, _ = self._features(image, upper=tf.cast(valid, tf.float32))
+            noisy = clean + self._noise(tf.shape(clean), std, two_pi)
+            return {"activation": noisy, "valid": tf.cast(valid, tf.int32)}
+        # release: the noise is Box-Muller of the app's uniforms alone -- radius from the first half of the
+        # channels, angle from the second.  Invalid entropy may be NaN or out of range: the release is selected
+        # to exactly 0 at the end (one select with a scalar condition, instead of sanitizing the whole input).
+        half = self.entropy_channels // 2
+        noisy = clean + self._box_muller(entropy[..., :half], entropy[..., half:], std, two_pi)
+        return {"activation": tf.where(valid, noisy, 0.0), "valid": tf.cast(valid, tf.int32)}
 
     def _weight_gradient(self, image: tf.Tensor, grad_activation: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
         """dL/d(conv1_1 kernel, bias) from the server's dL/d(activation), summed over the batch."""
@@ -391,8 +417,8 @@ def convert_client_head(client: tf.keras.Model, out_path: str, *, precision: str
     if precision not in ("float32", "float16"):
         raise ValueError(f"precision must be 'float32' or 'float16' (got {precision!r})")
     head = ClientHead(client, momentum=momentum, replayable_noise_for_tests=replayable_noise_for_tests,
-                      noise=noise, lrn=lrn, batch=batch)
-    train = with_train and head.trainable_head and precision == "float32"
+                      noise=noise, lrn=lrn, batch=batch, with_train=with_train and precision == "float32")
+    train = head.trainable_head
     signatures = {"infer": head.infer}
     if head.has_release:
         signatures["release"] = head.release
@@ -423,14 +449,18 @@ def convert_client_head(client: tf.keras.Model, out_path: str, *, precision: str
                           "valid": f"0 < epsilon <= {head.max_epsilon:g}, or inf"},
         "output": {"name": "activation", "shape": [head.batch] + list(probe.shape[1:]), "dtype": "float32"},
         "valid_output": {"name": "valid", "dtype": "int32",
-                         "meaning": "1 = released with the noise of epsilon; 0 = invalid epsilon, activation is all "
-                                    "zeros (nothing of the image) and must not be sent"},
+                         "meaning": "1 = released with the noise of epsilon; 0 = invalid epsilon (or, in release, "
+                                    "invalid entropy), activation is all zeros (nothing of the image) and must not "
+                                    "be sent"},
         "noise": "replayable (TEST ONLY)" if replayable_noise_for_tests else "fresh per interpreter",
-        "entropy_input": ({"name": "entropy", "signature": "release", "dtype": "float32", "range": "[0, 1)",
+        "entropy_input": ({"name": "entropy", "signature": "release", "dtype": "float32",
+                           "range": "(0, 1]: (k + 1) / 2^24 for k uniform in 0 .. 2^24 - 1",
                            "shape": [head.batch] + list(probe.shape[1:3]) + [head.entropy_channels],
-                           "meaning": "uniforms from the app's cryptographic generator, mixed into the noise "
-                                      "(use release, not infer, in a deployed app)"}
+                           "meaning": "24-bit uniforms from the app's cryptographic generator, the only source of "
+                                      "release's noise (use release, not infer, in a deployed app); rows: those "
+                                      "of the activation of the image rows passed"}
                           if head.has_release else None),
+        "release_strip_halo_rows": head.strip_halo_rows if head.has_release else None,
         "random_ops": [dataclasses.asdict(op) for op in rand], "noise_sampler": head.noise_kind,
         "lrn_implementation": head.lrn_kind,
         "cut": [n for n, _, _, _ in head.layers][-1], "layers": [n for n, _, _, _ in head.layers],

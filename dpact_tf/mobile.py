@@ -9,16 +9,20 @@ the app stays under 500 MB.  Measured here, per batch of 8:
 * **model load** -- everything before the first result (read the flatbuffer, build the interpreter, allocate,
   first call); the same for Keras (load the .keras model, trace, first call).  This first call is the warm-up
   and is reported, never mixed into the timed repeats;
-* **forward** -- ``infer`` with noise (both runtimes at the same epsilon and thread count), median and
+* **forward** -- the deployable release with noise (``HeadRunner.infer``: the ``release`` signature with the
+  app's AES-CTR uniforms, in strips of rows; both runtimes at the same epsilon and thread count), median and
   interquartile range of the repeats, with the achieved GFLOP/s of conv1_1 (2 H W 27 C FLOPs per image);
 * **backward** -- the on-device update (LiteRT ``gradient`` + ``apply_gradient``; Keras GradientTape + SGD);
 * **memory** -- the peak resident size of the LiteRT process minus that of a bare interpreter process that
   imported only NumPy, PIL and LiteRT (reported beside it), for ``infer`` and ``train`` in separate processes.
 
-The LiteRT numbers come from ``python dpact_tf/mobile.py litert ...`` run as a *script*: it loads
-``runtime.py`` and ``data.py`` by file path, so neither TensorFlow nor the ``dpact_tf`` package (whose
-``__init__`` imports SciPy) is in the measured process.  This module writes nothing but ``run_mobile_benchmark``'s
-JSON and prints nothing: progress goes to an optional callback.
+Every runtime runs in its own process, loaded and warm, and the repeats are interleaved
+(:mod:`dpact_tf.interleave`): each round times one forward or backward of every process in turn, so a busy
+CPU slows both sides alike; the LiteRT/Keras ratio is also reported round by round (median and IQR).
+The LiteRT processes run ``python dpact_tf/mobile.py litert ...`` as a *script*: it loads ``runtime.py`` and
+``data.py`` by file path, so neither TensorFlow nor the ``dpact_tf`` package (whose ``__init__`` imports SciPy)
+is in the measured process.  This module writes nothing but ``run_mobile_benchmark``'s JSON and prints nothing:
+progress goes to an optional callback.
 """
 from __future__ import annotations
 
@@ -37,8 +41,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["PAPER_NEXUS6P", "VARIANTS", "upload_bytes", "measure_litert", "measure_keras", "bare_process_mb",
-           "run_mobile_benchmark"]
+__all__ = ["PAPER_NEXUS6P", "VARIANTS", "upload_bytes", "litert_session", "keras_session", "measure_litert",
+           "bare_process_mb", "run_mobile_benchmark"]
 
 # Mao et al. (2018), Sec. VI-D: the client on a Nexus 6P, batch of 8 images (upper bounds read from the paper).
 # load_s is the paper's batch load (8 LFW images decoded and resized), not the model's.
@@ -46,8 +50,9 @@ PAPER_NEXUS6P: Dict[str, float] = {"load_s": 0.4, "forward_s": 0.6, "backward_s_
 
 # Exports compared by the benchmark.  "before": the head as first exported (TFLite's RANDOM_STANDARD_NORMAL and
 # reference LOCAL_RESPONSE_NORMALIZATION kernels, the whole batch in one call, infer and train in one model);
-# "after": Box-Muller noise from RANDOM_UNIFORM, Eq. (1) as square -> 1x1 conv -> rsqrt -> mul (XNNPACK ops),
-# the batch streamed one image per call; "after, inference only": the same with constant weights (no train).
+# "after": the deployable `release` (Box-Muller of the app's AES-CTR uniforms), Eq. (1) as square -> 1x1 conv ->
+# rsqrt -> mul (XNNPACK ops), each image streamed in strips of rows; "after, inference only": the same with
+# constant weights (no train), which XNNPACK's CONV_2D takes (variable weights run TFLite's own conv kernel).
 VARIANTS: Dict[str, Dict[str, Any]] = {
     "before": {"noise": "standard_normal", "lrn": "lrn_kernel", "with_train": True, "max_batch": 8},
     "after": {"noise": "box_muller", "lrn": "builtin_ops", "with_train": True, "max_batch": 1},
@@ -85,12 +90,8 @@ def _status_mb(field: str) -> float:
 
 
 def _timed(fn: Callable[[], Any], repeats: int) -> Dict[str, Any]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    q = np.percentile(times, [25, 75]) if len(times) > 1 else (times[0], times[0])
+    times = [_once(fn) for _ in range(repeats)]
+    q = np.percentile(times, [25, 75])
     return {"median": statistics.median(times), "iqr": [float(q[0]), float(q[1])], "all": times}
 
 
@@ -116,11 +117,14 @@ def _jpegs(jpeg_dir: Optional[str], batch: int, tmp: str) -> List[str]:
     return paths
 
 
-def measure_litert(path: str, *, mode: str = "infer", batch: int = 8, repeats: int = 10, epsilon: float = 5.0,
+def litert_session(path: str, *, mode: str = "infer", batch: int = 8, repeats: int = 10, epsilon: float = 5.0,
                    num_threads: Optional[int] = None, max_batch: int = 1,
-                   jpeg_dir: Optional[str] = None) -> Dict[str, Any]:
-    """Batch load, model load, forward (``mode="infer"``) or backward (``mode="train"``) and memory of a head
-    in LiteRT.  Call it in a TF-free process (``python dpact_tf/mobile.py litert ...``)."""
+                   jpeg_dir: Optional[str] = None) -> Tuple[Dict[str, Any], Dict[str, Callable[[], Any]],
+                                                            Callable[[], Dict[str, Any]]]:
+    """Load a head in LiteRT and warm it up: (what setup measured, the timed operation -- ``forward`` for
+    ``mode="infer"``, ``backward`` for ``"train"`` --, a function reporting memory at the end).  Setup measures
+    the batch load (``repeats`` times) and the model load (everything up to the first result).  Run it in a
+    TF-free process (``python dpact_tf/mobile.py litert ...``)."""
     if mode not in ("infer", "train"):
         raise ValueError(f"mode must be 'infer' or 'train' (got {mode!r})")
     num_threads = num_threads or os.cpu_count()
@@ -142,51 +146,42 @@ def measure_litert(path: str, *, mode: str = "infer", batch: int = 8, repeats: i
         images = load_batch()
         first_load = time.perf_counter() - start
         load_batch_t = _timed(load_batch, repeats)
-    out: Dict[str, Any] = {"runtime": "litert", "mode": mode, "batch": batch, "num_threads": num_threads,
-                           "max_batch": max_batch, "epsilon": epsilon, "jpegs": "LFW" if jpeg_dir else "synthetic",
-                           "batch_load_s": load_batch_t["median"], "batch_load_iqr_s": load_batch_t["iqr"],
-                           "batch_load_first_s": first_load,
-                           "tflite_bytes": os.path.getsize(path), "load_avg_before": os.getloadavg()[0]}
+    info: Dict[str, Any] = {"runtime": "litert", "mode": mode, "batch": batch, "num_threads": num_threads,
+                            "max_batch": max_batch, "rows_per_call": runner.rows_per_call, "epsilon": epsilon,
+                            "jpegs": "LFW" if jpeg_dir else "synthetic", "batch_load_s": load_batch_t["median"],
+                            "batch_load_iqr_s": load_batch_t["iqr"], "batch_load_first_s": first_load,
+                            "tflite_bytes": os.path.getsize(path), "rss_before_model_mb": rss_before,
+                            "load_avg_before": os.getloadavg()[0]}
     if mode == "infer":
         start = time.perf_counter()
         act = runner.infer(images, epsilon)  # the first result: allocation + warm-up
-        out["model_load_s"] = create_s + time.perf_counter() - start
-        fwd = _timed(lambda: runner.infer(images, epsilon), repeats)
-        out.update(forward_s=fwd["median"], forward_iqr_s=fwd["iqr"], activation_shape=list(act.shape[1:]))
+        info["model_load_s"] = create_s + time.perf_counter() - start
         h, w, c = act.shape[1:]
-        out["conv1_1_gflop_per_s"] = batch * 2 * h * w * 27 * c / fwd["median"] / 1e9 if h == size else None
+        info["activation_shape"] = [h, w, c]
+        info["conv1_1_gflop_per_batch"] = batch * 2 * h * w * 27 * c / 1e9 if h == size else None
+        ops = {"forward": lambda: runner.infer(images, epsilon)}
     else:
         if not runner.has_train:
             raise ValueError(f"{path} has no train signature")
-        shape = runner.grad_shape(batch)
-        grad = np.random.default_rng(1).normal(0, 1e-3, shape).astype(np.float32)
+        grad = np.random.default_rng(1).normal(0, 1e-3, runner.grad_shape(batch)).astype(np.float32)
         start = time.perf_counter()
         runner.train(images, grad, 1e-6)
-        out["first_step_s"] = time.perf_counter() - start
-        step = _timed(lambda: runner.train(images, grad, 1e-6), repeats)
-        out.update(backward_s_per_sample=step["median"] / batch, backward_iqr_s=[t / batch for t in step["iqr"]])
-    out["peak_rss_mb_process"] = _status_mb("VmHWM")
-    out["rss_before_model_mb"] = rss_before
-    out["load_avg_after"] = os.getloadavg()[0]
-    out["tensorflow_imported"] = "tensorflow" in sys.modules
-    out["dpact_package_imported"] = "dpact_tf" in sys.modules
-    return out
+        info["first_step_s"] = time.perf_counter() - start
+        ops = {"backward": lambda: runner.train(images, grad, 1e-6)}
+
+    def finish() -> Dict[str, Any]:
+        return {"peak_rss_mb_process": _status_mb("VmHWM"), "load_avg_after": os.getloadavg()[0],
+                "tensorflow_imported": "tensorflow" in sys.modules, "dpact_package_imported": "dpact_tf" in sys.modules}
+
+    return info, ops, finish
 
 
-def bare_process_mb() -> float:
-    """Peak resident size of a bare interpreter that imported only NumPy, PIL and LiteRT (the baseline)."""
-    code = ("import numpy, PIL.Image, ai_edge_litert.interpreter\n"
-            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0])")
-    return int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                              timeout=120).stdout.split()[-1]) / 1024.0
-
-
-def measure_keras(client_path: str, *, batch: int = 8, repeats: int = 10, num_threads: Optional[int] = None,
-                  jpeg_dir: Optional[str] = None) -> Dict[str, Any]:
-    """The same quantities for the Keras client saved at ``client_path`` (noise on, as saved).
-
-    Call it in a fresh process (``python -m dpact_tf.mobile keras ...``) so the thread count applies.
-    """
+def keras_session(client_path: str, *, batch: int = 8, num_threads: Optional[int] = None,
+                  jpeg_dir: Optional[str] = None) -> Tuple[Dict[str, Any], Dict[str, Callable[[], Any]],
+                                                           Callable[[], Dict[str, Any]]]:
+    """The same for the Keras client saved at ``client_path`` (noise on, as saved): ``forward`` and ``backward``
+    (GradientTape + SGD on conv1_1).  Run it in a fresh process (``python -m dpact_tf.mobile keras ...``) so the
+    thread count applies."""
     import tensorflow as tf
 
     import dpact_tf.layers  # noqa: F401  (registers DPActivation for load_model)
@@ -204,52 +199,93 @@ def measure_keras(client_path: str, *, batch: int = 8, repeats: int = 10, num_th
                            for p in paths])
     x = tf.constant(images.astype(np.float32) / 255.0)
     fwd = tf.function(lambda t: client(t, training=False))
-    fwd(x).numpy()  # the first result: model load + tracing
+    out = fwd(x).numpy()  # the first result: model load + tracing
     model_load = time.perf_counter() - start
-    forward = _timed(lambda: fwd(x).numpy(), repeats)
     variables = [client.get_layer("conv1_1").kernel, client.get_layer("conv1_1").bias]
     opt = tf.keras.optimizers.SGD(1e-6, momentum=0.9)
-    grad = tf.constant(np.random.default_rng(1).normal(0, 1e-3, fwd(x).shape).astype(np.float32))
+    grad = tf.constant(np.random.default_rng(1).normal(0, 1e-3, out.shape).astype(np.float32))
 
     @tf.function
     def step(t, g):
         with tf.GradientTape() as tape:
-            out = client(t, training=True)
-        grads = tape.gradient(out, variables, output_gradients=g)
+            act = client(t, training=True)
+        grads = tape.gradient(act, variables, output_gradients=g)
         opt.apply_gradients(zip(grads, variables))
         return grads[0]
 
-    step(x, grad).numpy()
-    back = _timed(lambda: step(x, grad).numpy(), repeats)
-    h, w, c = fwd(x).shape[1:]
+    step(x, grad).numpy()  # traced and warm
+    h, w, c = out.shape[1:]
     dp = client.get_layer("dp_activation")
-    return {"runtime": "keras", "batch": batch, "num_threads": num_threads, "epsilon": dp.epsilon,
+    info = {"runtime": "keras", "batch": batch, "num_threads": num_threads, "epsilon": dp.epsilon,
             "model_load_s": model_load,
-            "forward_s": forward["median"], "forward_iqr_s": forward["iqr"],
-            "backward_s_per_sample": back["median"] / batch, "backward_iqr_s": [t / batch for t in back["iqr"]],
-            "conv1_1_gflop_per_s": batch * 2 * h * w * 27 * c / forward["median"] / 1e9 if h == shape[0] else None,
-            "peak_rss_mb_process": _status_mb("VmHWM"), "load_avg_after": os.getloadavg()[0]}
+            "conv1_1_gflop_per_batch": batch * 2 * h * w * 27 * c / 1e9 if h == shape[0] else None}
+
+    def finish() -> Dict[str, Any]:
+        return {"peak_rss_mb_process": _status_mb("VmHWM"), "load_avg_after": os.getloadavg()[0]}
+
+    return info, {"forward": lambda: fwd(x).numpy(), "backward": lambda: step(x, grad).numpy()}, finish
 
 
-def _run_json(args: List[str], *, module: bool = False) -> Dict[str, Any]:
-    cmd = [sys.executable] + (["-m", "dpact_tf.mobile"] if module else [os.path.abspath(__file__)]) + args
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[1:3])} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+def measure_litert(path: str, *, mode: str = "infer", batch: int = 8, repeats: int = 10, epsilon: float = 5.0,
+                   num_threads: Optional[int] = None, max_batch: int = 1,
+                   jpeg_dir: Optional[str] = None) -> Dict[str, Any]:
+    """Batch load, model load, forward (``mode="infer"``) or backward (``mode="train"``) and memory of a head in
+    LiteRT, its ``repeats`` one after the other (:func:`run_mobile_benchmark` interleaves them with Keras')."""
+    info, ops, finish = litert_session(path, mode=mode, batch=batch, repeats=repeats, epsilon=epsilon,
+                                       num_threads=num_threads, max_batch=max_batch, jpeg_dir=jpeg_dir)
+    (name, op), = ops.items()
+    return {**info, **_summary(name, [_once(op) for _ in range(repeats)], batch), **finish()}
+
+
+def _once(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _summary(op: str, times: Sequence[float], batch: int, cpu: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+    """Median, interquartile range and every repeat of ``forward`` (s per batch) or ``backward`` (s per sample),
+    and the median CPU time of all the process's threads when measured."""
+    per = 1.0 if op == "forward" else float(batch)
+    times = [t / per for t in times]
+    q = np.percentile(times, [25, 75])
+    key = "forward_s" if op == "forward" else "backward_s_per_sample"
+    base = "forward" if op == "forward" else "backward"
+    out = {key: statistics.median(times), f"{base}_iqr_s": [float(q[0]), float(q[1])], f"{base}_all_s": times}
+    if cpu is not None:
+        out[f"{base}_cpu_s"] = statistics.median(cpu) / per
+    return out
+
+
+def bare_process_mb() -> float:
+    """Peak resident size of a bare interpreter that imported only NumPy, PIL and LiteRT (the baseline)."""
+    code = ("import numpy, PIL.Image, ai_edge_litert.interpreter\n"
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0])")
+    return int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                              timeout=120).stdout.split()[-1]) / 1024.0
+
+
+def _paired(lite: Sequence[float], keras: Sequence[float]) -> Dict[str, Any]:
+    """LiteRT over Keras, round by round (the two were timed next to each other): median and IQR."""
+    ratios = [a / b for a, b in zip(lite, keras)]
+    q = np.percentile(ratios, [25, 75])
+    return {"median": statistics.median(ratios), "iqr": [float(q[0]), float(q[1])]}
 
 
 def run_mobile_benchmark(configs: Sequence[Tuple[str, int, float]], *, out_dir: str, batch: int = 8,
                          repeats: int = 10, epsilon: float = 5.0, num_threads: Optional[int] = None,
                          variants: Optional[Sequence[str]] = None, jpeg_dir: Optional[str] = None,
                          seed: int = 0, progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
-    """Export and measure each variant of one head per (label, image_size, width); writes ``mobile_cost.json``.
+    """Export each variant of one head per (label, image_size, width) and time it against the Keras client,
+    interleaved (:mod:`dpact_tf.interleave`: every process loaded and warm, then ``repeats`` rounds in which each
+    times one forward or backward in turn); writes ``mobile_cost.json``.
 
     ``jpeg_dir``: the LFW folder for the batch load (default ``$DPACT_LFW_DIR``; synthetic JPEGs without it).
     ``progress``: called with one line per step (the library prints nothing).
     """
     from dpact_tf import tflite_inspect
     from dpact_tf.export import client_for_export, convert_client_head
+    from dpact_tf.interleave import Worker, interleave
     from dpact_tf.jsonio import write_json
 
     say = progress or (lambda line: None)
@@ -259,50 +295,82 @@ def run_mobile_benchmark(configs: Sequence[Tuple[str, int, float]], *, out_dir: 
     os.makedirs(out_dir, exist_ok=True)
     bare = bare_process_mb()
     results: Dict[str, Any] = {"batch": batch, "repeats": repeats, "epsilon": epsilon, "num_threads": num_threads,
-                               "paper_nexus6p": PAPER_NEXUS6P, "hardware": _hardware(),
+                               "paper_nexus6p": PAPER_NEXUS6P, "hardware": _hardware(), "interleaved": True,
                                "bare_process_mb": bare, "load_avg_start": os.getloadavg()[0], "configs": []}
     common = ["--batch", str(batch), "--repeats", str(repeats), "--epsilon", str(epsilon),
-              "--threads", str(num_threads)] + (["--jpeg-dir", jpeg_dir] if jpeg_dir else [])
+              "--threads", str(num_threads), "--serve"] + (["--jpeg-dir", jpeg_dir] if jpeg_dir else [])
+    script = [sys.executable, os.path.abspath(__file__)]
     for label, size, width in configs:
         client = client_for_export(image_size=size, width=width, seed=seed)
-        entry: Dict[str, Any] = {"label": label, "image_size": size, "width": width, "variants": {}}
+        entry: Dict[str, Any] = {"label": label, "image_size": size, "width": width, "variants": {},
+                                 "load_avg_start": os.getloadavg()[0]}
+        workers: Dict[str, Worker] = {}
+        schedule: List[Tuple[str, str]] = []
+        metas: Dict[str, Dict[str, Any]] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                for name in names:
+                    v = VARIANTS[name]
+                    path = os.path.join(out_dir, f"head_{label}_{name.replace(', ', '_').replace(' ', '_')}.tflite")
+                    metas[name] = convert_client_head(client, path, noise=v["noise"], lrn=v["lrn"],
+                                                      with_train=v["with_train"])
+                    tflite_inspect.check_builtin_only(path)
+                    say(f"[{label}] {name}: loading LiteRT (TF-free processes) ...")
+                    lite = script + ["litert", path, "--max-batch", str(v["max_batch"])] + common
+                    workers[f"{name}/infer"] = Worker(lite + ["--mode", "infer"])
+                    schedule.append((f"{name}/infer", "forward"))
+                    if metas[name]["train_optimizer"]:
+                        workers[f"{name}/train"] = Worker(lite + ["--mode", "train"])
+                        schedule.append((f"{name}/train", "backward"))
+                from dpact_tf.vggface import build_split_vggface
+
+                noisy = build_split_vggface((size, size, 3), 2, width=width, fc_units=2, epsilon=epsilon)
+                noisy.client.set_weights(client.get_weights())
+                noisy.client.save(os.path.join(tmp, "client.keras"))
+                say(f"[{label}] loading the Keras client (noise at epsilon {epsilon:g}, {num_threads} threads) ...")
+                workers["keras"] = Worker([sys.executable, "-m", "dpact_tf.mobile", "keras",
+                                           os.path.join(tmp, "client.keras")] + common)
+                schedule += [("keras", "forward"), ("keras", "backward")]
+                say(f"[{label}] {repeats} interleaved rounds of {len(schedule)} timings ...")
+                times, cpu = interleave(workers, schedule, repeats)
+                finals = {key: w.finish() for key, w in workers.items()}
+            finally:
+                for w in workers.values():
+                    w.kill()
+        keras = {**workers["keras"].info, **finals["keras"],
+                 **_summary("forward", times[("keras", "forward")], batch, cpu[("keras", "forward")]),
+                 **_summary("backward", times[("keras", "backward")], batch, cpu[("keras", "backward")])}
         for name in names:
-            v = VARIANTS[name]
-            path = os.path.join(out_dir, f"head_{label}_{name.replace(', ', '_').replace(' ', '_')}.tflite")
-            meta = convert_client_head(client, path, noise=v["noise"], lrn=v["lrn"], with_train=v["with_train"])
-            tflite_inspect.check_builtin_only(path)
-            say(f"[{label}] {name}: LiteRT infer (TF-free process) ...")
-            lite = _run_json(["litert", path, "--mode", "infer", "--max-batch", str(v["max_batch"])] + common)
-            lite["infer_memory_mb"] = lite.pop("peak_rss_mb_process") - bare
-            if meta["train_optimizer"]:
-                say(f"[{label}] {name}: LiteRT train ...")
-                tr = _run_json(["litert", path, "--mode", "train", "--max-batch", str(v["max_batch"])] + common)
-                lite.update(backward_s_per_sample=tr["backward_s_per_sample"], backward_iqr_s=tr["backward_iqr_s"],
-                            train_memory_mb=tr["peak_rss_mb_process"] - bare, load_avg_train=tr["load_avg_after"])
+            info, meta = workers[f"{name}/infer"].info, metas[name]
+            lite = {**info, **_summary("forward", times[(f"{name}/infer", "forward")], batch,
+                                       cpu[(f"{name}/infer", "forward")])}
+            lite["infer_memory_mb"] = finals[f"{name}/infer"]["peak_rss_mb_process"] - bare
+            lite.update({k: finals[f"{name}/infer"][k] for k in ("tensorflow_imported", "dpact_package_imported")})
+            if f"{name}/train" in workers:
+                lite.update(_summary("backward", times[(f"{name}/train", "backward")], batch,
+                                     cpu[(f"{name}/train", "backward")]),
+                            train_memory_mb=finals[f"{name}/train"]["peak_rss_mb_process"] - bare)
             lite.update({"memory_mb": max(lite["infer_memory_mb"], lite.get("train_memory_mb", 0.0)),
                          "builtin_ops_only": True, "random_ops": meta["random_ops"], "noise": meta["noise"],
-                         "signatures": meta["signatures"], "noise_sampler": v["noise"],
-                         "lrn_implementation": v["lrn"], "with_train": v["with_train"]})
+                         "signatures": meta["signatures"], "noise_sampler": VARIANTS[name]["noise"],
+                         "lrn_implementation": VARIANTS[name]["lrn"], "with_train": VARIANTS[name]["with_train"]})
             entry["variants"][name] = lite
-        with tempfile.TemporaryDirectory() as tmp:
-            from dpact_tf.vggface import build_split_vggface
-
-            noisy = build_split_vggface((size, size, 3), 2, width=width, fc_units=2, epsilon=epsilon)
-            noisy.client.set_weights(client.get_weights())
-            noisy.client.save(os.path.join(tmp, "client.keras"))
-            say(f"[{label}] Keras client (noise at epsilon {epsilon:g}, {num_threads} threads) ...")
-            keras = _run_json(["keras", os.path.join(tmp, "client.keras")] + common, module=True)
+        for run in list(entry["variants"].values()) + [keras]:
+            flop = run.pop("conv1_1_gflop_per_batch", None)
+            run["conv1_1_gflop_per_s"] = flop / run["forward_s"] if flop else None
         after = entry["variants"].get("after") or next(iter(entry["variants"].values()))
         entry.update(keras=keras, litert=after, activation_shape=after["activation_shape"],
-                     upload_bytes_per_image=upload_bytes(after["activation_shape"]),
-                     ratio_litert_over_keras={name: {k: lite[k] / keras[k] for k in ("forward_s", "backward_s_per_sample",
-                                                                                   "model_load_s")
-                                                     if lite.get(k) and keras.get(k)}
-                                              for name, lite in entry["variants"].items()})
+                     upload_bytes_per_image=upload_bytes(after["activation_shape"]), load_avg_end=os.getloadavg()[0])
+        entry["ratio_litert_over_keras"] = {
+            name: {**{k: lite[k] / keras[k] for k in ("forward_s", "backward_s_per_sample", "model_load_s")
+                      if lite.get(k) and keras.get(k)},
+                   "forward_paired": _paired(lite["forward_all_s"], keras["forward_all_s"]),
+                   "forward_cpu": lite["forward_cpu_s"] / keras["forward_cpu_s"]}
+            for name, lite in entry["variants"].items()}
         results["configs"].append(entry)
         for name, r in entry["ratio_litert_over_keras"].items():
-            say(f"[{label}] {name}: LiteRT/Keras forward {r.get('forward_s', float('nan')):.2f}, "
-                f"backward {r.get('backward_s_per_sample', float('nan')):.2f}")
+            say(f"[{label}] {name}: LiteRT/Keras forward {r.get('forward_s', float('nan')):.2f} (paired "
+                f"{r['forward_paired']['median']:.2f}), backward {r.get('backward_s_per_sample', float('nan')):.2f}")
     results["load_avg_end"] = os.getloadavg()[0]
     write_json(os.path.join(out_dir, "mobile_cost.json"), results)
     return results
@@ -336,17 +404,26 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         p.add_argument("--epsilon", type=float, default=5.0)
         p.add_argument("--threads", type=int)
         p.add_argument("--jpeg-dir")
+        p.add_argument("--serve", action="store_true",
+                       help="load and warm up, then time one call per command on stdin (dpact_tf.interleave)")
         if name == "litert":
             p.add_argument("--mode", choices=["infer", "train"], default="infer")
             p.add_argument("--max-batch", type=int, default=1)
     args = parser.parse_args(argv)
     if args.cmd == "litert":
-        res = measure_litert(args.path, mode=args.mode, batch=args.batch, repeats=args.repeats, epsilon=args.epsilon,
-                             num_threads=args.threads, max_batch=args.max_batch, jpeg_dir=args.jpeg_dir)
+        if not args.serve:
+            print(json.dumps(measure_litert(args.path, mode=args.mode, batch=args.batch, repeats=args.repeats,
+                                            epsilon=args.epsilon, num_threads=args.threads, max_batch=args.max_batch,
+                                            jpeg_dir=args.jpeg_dir)))
+            return 0
+        session = litert_session(args.path, mode=args.mode, batch=args.batch, repeats=args.repeats,
+                                 epsilon=args.epsilon, num_threads=args.threads, max_batch=args.max_batch,
+                                 jpeg_dir=args.jpeg_dir)
     else:
-        res = measure_keras(args.path, batch=args.batch, repeats=args.repeats, num_threads=args.threads,
-                            jpeg_dir=args.jpeg_dir)
-    print(json.dumps(res))
+        if not args.serve:
+            raise SystemExit("keras: use --serve (run_mobile_benchmark interleaves it with LiteRT)")
+        session = keras_session(args.path, batch=args.batch, num_threads=args.threads, jpeg_dir=args.jpeg_dir)
+    _sibling("interleave").serve(*session)
     return 0
 
 

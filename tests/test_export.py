@@ -27,6 +27,11 @@ def _images(n=4, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n,) + SHAPE, dtype=np.uint8)
 
 
+def _uniforms(shape, seed=0):
+    """What `release` takes: (k + 1) / 2^24 for k uniform 24-bit, in (0, 1] (test draws, not an app's secret)."""
+    return ((np.random.default_rng(seed).integers(0, 2 ** 24, shape) + 1) * 2.0 ** -24).astype(np.float32)
+
+
 def test_sidecar(exported):
     split, path, meta = exported
     assert meta["signatures"] == ["apply_gradient", "gradient", "infer", "release", "train"] and meta["cut"] == "conv1_1"
@@ -478,12 +483,12 @@ def test_release_noise_depends_on_the_apps_entropy_even_if_the_runtime_generator
     image = _images(n=1, seed=5)
     clean = split.clean_client()(image.astype(np.float32) / 255.0).numpy()
     shape = (1, 32, 32, 8)
-    e1, e2 = (np.random.default_rng(s).random(shape, dtype=np.float32) for s in (1, 2))
+    e1, e2 = (_uniforms(shape, s) for s in (1, 2))
     a1, v1 = _release(path, image, 5.0, e1)
     a1_again, _ = _release(path, image, 5.0, e1)
     a2, _ = _release(path, image, 5.0, e2)
     assert v1 == 1
-    np.testing.assert_array_equal(a1, a1_again)  # same generator, same entropy: the same noise (test-only head)
+    np.testing.assert_array_equal(a1, a1_again)  # the same entropy: the same noise
     n1, n2 = (a1 - clean).ravel(), (a2 - clean).ravel()
     assert abs(np.corrcoef(n1, n2)[0, 1]) < 6 / math.sqrt(n1.size)  # another entropy: unrelated noise
     # knowing the runtime's generator (infer replays it) does not give the released noise
@@ -491,6 +496,26 @@ def test_release_noise_depends_on_the_apps_entropy_even_if_the_runtime_generator
     known = Interpreter(model_path=path).get_signature_runner("infer")(image=image, epsilon=np.float32(5.0))
     residual = (a1 - (known["activation"] - clean)) - clean
     assert residual.std() > 1.2 * privacy.noise_std(5.0, 1e-5)  # ~sqrt(2) noise stds left, not ~0
+
+
+def test_release_noise_is_box_muller_of_the_apps_entropy_alone(exported):
+    # a deployable head (its random op unseeded): two interpreters given the same entropy release the same noise,
+    # and it is Box-Muller of that entropy -- channel c < C/2: r cos(2 pi u2), c >= C/2: r sin(2 pi u2), with
+    # r = std sqrt(-2 ln u1), u1 = entropy[..., c], u2 = entropy[..., C/2 + c] -- so nothing else enters it
+    split, path, _ = exported
+    image = _images(n=2, seed=4)
+    clean = split.clean_client()(image.astype(np.float32) / 255.0).numpy()
+    e = _uniforms((2, 32, 32, 8), 6)
+    e[0, 0, 0, 0], e[0, 0, 0, 4] = 2.0 ** -24, 1.0  # the grid's ends: the largest radius, the angle 2 pi
+    a, valid = _release(path, image, 3.0, e)
+    b, _ = _release(path, image, 3.0, e)
+    assert valid == 1
+    np.testing.assert_array_equal(a, b)
+    u1, u2 = e[..., :4].astype(np.float64), e[..., 4:].astype(np.float64)
+    r = privacy.noise_std(3.0, 1e-5) * np.sqrt(-2.0 * np.log(u1))
+    expected = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)], axis=-1)
+    np.testing.assert_allclose(a - clean, expected, atol=2e-5 * r.max())  # float32 rounding only
+    assert r.max() == pytest.approx(privacy.noise_std(3.0, 1e-5) * math.sqrt(48 * math.log(2)))  # 5.77 std
 
 
 def test_release_noise_is_exact_gaussian(exported):
@@ -508,13 +533,16 @@ def test_release_noise_is_exact_gaussian(exported):
     assert stats.kstest(noise / std, "norm").pvalue > 1e-3
 
 
-@pytest.mark.parametrize("bad", [np.nan, 1.0, -0.25, np.inf])
-def test_release_refuses_entropy_outside_the_unit_interval(replayable, bad):
+@pytest.mark.parametrize("bad", [np.nan, 0.0, 2.0 ** -25, -0.25, np.nextafter(np.float32(1), np.float32(2)), np.inf])
+def test_release_refuses_entropy_outside_the_24_bit_grid(replayable, bad):
+    # a zero is an unfilled element (an app's buffer starts at 0): refused even when it is the only one
     _, path = replayable
-    entropy = np.random.default_rng(0).random((1, 32, 32, 8), dtype=np.float32)
+    entropy = _uniforms((1, 32, 32, 8))
     entropy[0, 3, 4, 5] = bad
     act, valid = _release(path, _images(n=1), 5.0, entropy)
     assert valid == 0 and not np.any(act)
+    entropy[0, 3, 4, 5], entropy[0, 3, 4, 6] = 2.0 ** -24, 1.0  # the grid's ends are uniforms like any other
+    assert _release(path, _images(n=1), 5.0, entropy)[1] == 1
 
 
 def test_headrunner_refuses_a_replayable_model_and_tiny_epsilon(replayable, exported):
@@ -525,7 +553,7 @@ def test_headrunner_refuses_a_replayable_model_and_tiny_epsilon(replayable, expo
     runner = HeadRunner(exported[1])
     with pytest.raises(ValueError, match="too small"):
         runner.infer(_images(n=1), 2e-19)  # the review: std^2 finite, but Box-Muller's -2 std^2 ln(1-u) is not
-    act, valid = _release(exported[1], _images(n=1), 2e-19, np.zeros((1, 32, 32, 8), np.float32))
+    act, valid = _release(exported[1], _images(n=1), 2e-19, _uniforms((1, 32, 32, 8)))
     assert valid == 0 and not np.any(act)
 
 
@@ -542,7 +570,7 @@ def test_headrunner_refuses_a_head_without_release(exported, tmp_path):
 @pytest.mark.parametrize("shape", [(1, 1, 1, 8), (1, 32, 1, 8)])
 def test_release_refuses_broadcast_entropy(replayable, shape):
     _, path = replayable
-    act, valid = _release(path, _images(n=1), 5.0, np.random.default_rng(0).random(shape, dtype=np.float32))
+    act, valid = _release(path, _images(n=1), 5.0, _uniforms(shape))
     assert valid == 0 and not np.any(act)
 
 
@@ -562,15 +590,19 @@ def test_float16_head_draws_every_angle(exported, tmp_path):
 
     run = Interpreter(model_path=path).get_signature_runner("release")
     image = np.zeros((1, 32, 32, 3), np.uint8)  # clean activation 0: the release is the noise itself
-    # entropy just below 1 in the sin/cos angle channels: u2 = frac(u + e) close to 1, angle close to 2 pi
-    rng = np.random.default_rng(3)
-    e = rng.random((1, 32, 32, 8), dtype=np.float32)
+    # angle uniforms u2 close to 1: angles close to 2 pi
+    e = _uniforms((1, 32, 32, 8), 3)
     out = run(image=image, epsilon=np.float32(1.0), entropy=e)
     noise = out["activation"][0]
     z_cos, z_sin = noise[..., :4].ravel(), noise[..., 4:].ravel()
     angle = np.mod(np.arctan2(z_sin, z_cos), 2 * np.pi)
     # every angle is reachable: the largest angle drawn exceeds 6.28125 (2 pi in float16) at this sample size
     assert angle.max() > 6.28125 and int(out["valid"]) == 1
+    # the grid's smallest uniform 2^-24 (a float16 subnormal) is accepted and half of it refused, as in float32
+    e[0, 0, 0, 0] = 2.0 ** -24
+    assert int(run(image=image, epsilon=np.float32(1.0), entropy=e)["valid"]) == 1
+    e[0, 0, 0, 0] = 2.0 ** -25
+    assert int(run(image=image, epsilon=np.float32(1.0), entropy=e)["valid"]) == 0
 
 
 def test_forked_processes_release_independent_noise(exported):

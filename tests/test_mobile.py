@@ -58,5 +58,13 @@ def test_benchmark_compares_variants_fairly(tmp_path):
         assert lite["infer_memory_mb"] > 0 and lite["train_memory_mb"] > 0 and lite["max_batch"] == VARIANTS[name]["max_batch"]
         assert {"forward_s", "backward_s_per_sample"} <= set(conf["ratio_litert_over_keras"][name])
     assert conf["keras"]["forward_s"] > 0 and conf["keras"]["num_threads"] == res["num_threads"]
+    # interleaved: every runtime timed once per round, the ratio also taken round by round
+    assert res["interleaved"] and len(conf["keras"]["forward_all_s"]) == len(conf["litert"]["forward_all_s"]) == 2
+    paired = conf["ratio_litert_over_keras"]["after"]["forward_paired"]
+    ratios = sorted(a / b for a, b in zip(conf["litert"]["forward_all_s"], conf["keras"]["forward_all_s"]))
+    assert paired["median"] == pytest.approx(sum(ratios) / 2) and paired["iqr"][0] <= paired["median"]
+    assert conf["ratio_litert_over_keras"]["after"]["forward_cpu"] == pytest.approx(
+        conf["litert"]["forward_cpu_s"] / conf["keras"]["forward_cpu_s"])
+    assert conf["litert"]["tensorflow_imported"] is False and conf["variants"]["before"]["rows_per_call"] == 32
     assert res["bare_process_mb"] > 0 and "load_avg_start" in res
     assert set(PAPER_NEXUS6P) == {"load_s", "forward_s", "backward_s_per_sample", "memory_mb"}

@@ -4,9 +4,10 @@
     python tflite/benchmark.py --profile tiny --no-paper --repeats 3
 
 Both runtimes add noise at the same epsilon with the same thread count; the first result (model load + warm-up)
-is reported apart from the timed repeats (median and interquartile range); the batch load is the paper's (8 LFW
-JPEGs decoded and resized, from $DPACT_LFW_DIR, else synthetic JPEGs); memory is the increase over a bare
-interpreter process.  Each export variant (before/after the speed-ups, see dpact_tf.mobile.VARIANTS) is measured.
+is reported apart from the timed repeats (median and interquartile range), which are interleaved: every runtime
+waits, loaded and warm, in its own process and each round times one call of each in turn; the batch load is the
+paper's (8 LFW JPEGs decoded and resized, from $DPACT_LFW_DIR, else synthetic JPEGs); memory is the increase over
+a bare interpreter process.  Each export variant (before/after the speed-ups, see dpact_tf.mobile.VARIANTS) is measured.
 Prints ratios beside the paper's Nexus 6P bounds (different hardware!) and writes <out>/mobile_cost.json.
 """
 import argparse
@@ -41,16 +42,20 @@ def main() -> int:
           f"{res['load_avg_start']:.2f} -> {res['load_avg_end']:.2f}")
     for c in res["configs"]:
         k = c["keras"]
-        print(f"[{c['label']}] Keras: model load {k['model_load_s']:.3f} s, forward {k['forward_s']:.3f} s, "
+        print(f"[{c['label']}] Keras: model load {k['model_load_s']:.3f} s, forward {k['forward_s']:.3f} s "
+              f"(IQR {k['forward_iqr_s'][0]:.3f}-{k['forward_iqr_s'][1]:.3f}), "
               f"backward {k['backward_s_per_sample']:.4f} s/sample")
         for name, lite in c["variants"].items():
             r = c["ratio_litert_over_keras"][name]
             print(f"[{c['label']}] LiteRT {name}: batch load {lite['batch_load_s']:.3f} s ({lite['jpegs']} JPEGs), "
                   f"model load {lite['model_load_s']:.3f} s, forward {lite['forward_s']:.3f} s "
-                  f"({lite['conv1_1_gflop_per_s'] or float('nan'):.1f} GFLOP/s), backward "
+                  f"(IQR {lite['forward_iqr_s'][0]:.3f}-{lite['forward_iqr_s'][1]:.3f}; "
+                  f"{lite['conv1_1_gflop_per_s'] or float('nan'):.1f} GFLOP/s), backward "
                   f"{lite.get('backward_s_per_sample', float('nan')):.4f} s/sample, memory infer "
                   f"{lite['infer_memory_mb']:.0f} MB / train {lite.get('train_memory_mb', float('nan')):.0f} MB | "
-                  f"LiteRT/Keras forward {r.get('forward_s', float('nan')):.2f}, "
+                  f"LiteRT/Keras forward {r.get('forward_s', float('nan')):.2f} (round by round "
+                  f"{r['forward_paired']['median']:.2f}, IQR {r['forward_paired']['iqr'][0]:.2f}-"
+                  f"{r['forward_paired']['iqr'][1]:.2f}; CPU time {r['forward_cpu']:.2f}), "
                   f"backward {r.get('backward_s_per_sample', float('nan')):.2f}")
         print(f"[{c['label']}] upload per image: " + ", ".join(f"{e} {b:,} B" for e, b in c["upload_bytes_per_image"].items()))
     return 0
