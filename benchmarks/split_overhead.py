@@ -129,7 +129,8 @@ def main() -> None:
           f"on {os.cpu_count()} CPUs")
     for name, s in stats.items():
         print(describe({"split": "SplitTrainer", "keras": "keras fit"}.get(name, name), s))
-    print(f"  split / Keras: ratio of medians {ratio:.3f} (target <= {TARGET}: {'met' if ratio <= TARGET else 'NOT met'})"
+    verdict = "met" if ratio <= TARGET else "NOT met"
+    print(f"  split / Keras: ratio of medians {ratio:.3f} (target <= {TARGET}: {verdict})"
           f", of minima {ratio_min:.3f}, per round median {statistics.median(per_round):.3f} "
           f"({min(per_round):.3f}..{max(per_round):.3f})")
     if args.edge_path:

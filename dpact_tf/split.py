@@ -122,6 +122,17 @@ def _all_finite(x: tf.Tensor) -> tf.Tensor:
     return tf.reduce_all(tf.math.is_finite(x))
 
 
+def _correct(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Number of correctly classified examples, as a float32 scalar."""
+    hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(labels, tf.int32))
+    return tf.reduce_sum(tf.cast(hits, tf.float32))
+
+
+def _int_labels(labels: Any) -> tf.Tensor:
+    labels = tf.convert_to_tensor(labels)
+    return labels if labels.dtype == tf.int32 else tf.cast(labels, tf.int32)
+
+
 def _float_images(images: Any) -> tf.Tensor:
     """The static part of :func:`check_images` (the dtype); the values are checked in the compiled steps."""
     images = tf.convert_to_tensor(images)
@@ -302,12 +313,10 @@ class EdgeServer:
         variables = self.model.trainable_variables
         grads = tape.gradient(loss, [activations] + variables)
         self.optimizer.apply_gradients(zip(grads[1:], variables))
-        correct = tf.reduce_sum(tf.cast(
-            tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(labels, tf.int32)), tf.float32))
-        return loss, grads[0], correct, grads[1:]
+        return loss, grads[0], _correct(logits, labels), grads[1:]
 
     def step(self, message: ActivationMessage) -> GradientMessage:
-        loss, grad_act, correct, grads = self._step(message.activations, tf.cast(message.labels, tf.int32))
+        loss, grad_act, correct, grads = self._step(message.activations, _int_labels(message.labels))
         self.last_gradients = grads
         return GradientMessage(grad_activations=grad_act, loss=loss, correct=correct)
 
@@ -350,7 +359,9 @@ class SplitTrainer:
                                   trainable=cfg.train_client)
         self.server = EdgeServer(self.split.server, make_optimizer(cfg, decay_steps), cfg.server_trainable)
         image_spec = tf.TensorSpec([None, *self.split.client.input_shape[1:]], tf.float32)
-        self._step = tf.function(self._step_in_process, input_signature=[image_spec, tf.TensorSpec([None], tf.int32)])
+        label_spec = tf.TensorSpec([None], tf.int32)
+        self._step = tf.function(self._step_in_process, input_signature=[image_spec, label_spec])
+        self._evaluate = tf.function(self._evaluate_step, input_signature=[image_spec, label_spec])
 
     def _require_built(self) -> None:
         if self.client is None:
@@ -361,11 +372,8 @@ class SplitTrainer:
         """One step of the protocol; raises the ``ValueError`` of :class:`SplitClient` on a refused batch or
         gradient (nothing changes then)."""
         self._require_built()
-        images = _float_images(images)
-        labels = tf.convert_to_tensor(labels)
-        if labels.dtype != tf.int32:
-            labels = tf.cast(labels, tf.int32)
-        stats, (loss, grad_act, correct, client_grads, server_grads, status) = self._step(images, labels)
+        outputs = self._step(_float_images(images), _int_labels(labels))
+        stats, (loss, grad_act, correct, client_grads, server_grads, status) = outputs
         status = int(status)
         if status == _IMAGES_REFUSED:
             _raise_for_image_stats(stats)
@@ -411,17 +419,29 @@ class SplitTrainer:
     def evaluate(self, dataset: Iterable) -> Dict[str, float]:
         """Accuracy and loss with the noise on (the activation leaves the device at test time too)."""
         self._require_built()
-        correct, total, loss_sum = 0.0, 0, 0.0
-        loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+        losses, corrects, total = [], [], 0
         for images, labels in dataset:
-            logits = self.server.predict(self.client.release(images))
-            loss_sum += float(loss_fn(labels, logits))
-            correct += float(tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                                            tf.cast(labels, tf.int32)), tf.float32)))
+            stats, ok, loss_sum, correct = self._evaluate(_float_images(images), _int_labels(labels))
+            if not ok:
+                _raise_for_image_stats(stats)
+            losses.append(loss_sum)
+            corrects.append(correct)
             total += int(labels.shape[0])
         if total == 0:
             raise ValueError("evaluate() got an empty dataset")
-        return {"loss": loss_sum / total, "accuracy": correct / total}
+        return {"loss": sum(float(v) for v in losses) / total, "accuracy": sum(float(v) for v in corrects) / total}
+
+    def _evaluate_step(self, images: tf.Tensor, labels: tf.Tensor):
+        """(image stats, verdict, summed loss, correct) of a batch: ``client.release`` -> ``server.predict``."""
+        stats = _image_stats(images)
+        ok = _images_ok(stats)
+
+        def run():
+            logits = self.server.model(self.client.model(images, training=False), training=False)
+            loss_sum = tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+            return loss_sum, _correct(logits, labels)
+
+        return (stats, ok) + tuple(tf.cond(ok, run, lambda: (tf.constant(0.0), tf.constant(0.0))))
 
     def fit(self, train: Iterable, epochs: int, *, validation_data: Optional[Iterable] = None,
             callbacks: Sequence[Callback] = ()) -> Dict[str, List[float]]:
