@@ -27,7 +27,7 @@ export PYTHONUNBUFFERED := 1
 .PHONY: test book clean-book venv benchmark help
 
 help:
-	@echo "make book [PROFILE=tiny|small|paper] [DATASET=auto|lfw|synthetic] [FORCE=1]  -- reproduce and render"
+	@echo "make book [PROFILE=tiny|small|medium|paper] [DATASET=auto|lfw|synthetic] [FORCE=1]  -- reproduce and render"
 	@echo "make test                                                                -- tests (tiny profile)"
 	@echo "make benchmark                                                           -- split-overhead benchmark"
 

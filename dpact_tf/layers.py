@@ -32,6 +32,7 @@ from __future__ import annotations
 import secrets
 from typing import Any, Dict, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from dpact_tf import privacy
@@ -44,10 +45,21 @@ LRN_DEFAULTS: Dict[str, float] = {"depth_radius": 2, "bias": 2.0, "alpha": 1.0, 
 
 def normalize_activations(x: tf.Tensor, *, depth_radius: int = 2, bias: float = 2.0,
                           alpha: float = 1.0, beta: float = 0.5) -> tf.Tensor:
-    """Clip to [0, 1] then apply Eq. (1) across channels (the noise-free part of the layer)."""
+    """Clip to [0, 1] then apply Eq. (1) across channels (the noise-free part of the layer).
+
+    The same function as ``tf.nn.local_response_normalization``, written as square -> 1x1 convolution with a
+    banded 0/1 kernel (the window sums) -> power -> multiply: on a CPU its backward is about twice as fast as
+    TensorFlow's LRNGrad kernel at 64 channels (tests compare the two).
+    """
     x = tf.clip_by_value(x, 0.0, 1.0)
-    return tf.nn.local_response_normalization(x, depth_radius=depth_radius, bias=bias,
-                                              alpha=alpha, beta=beta)
+    channels = x.shape[-1]
+    if channels is None:
+        raise ValueError("normalize_activations needs a known number of channels (the last axis)")
+    idx = np.arange(int(channels))
+    band = (np.abs(idx[:, None] - idx[None, :]) <= int(depth_radius)).astype(x.dtype.as_numpy_dtype)
+    window = tf.nn.conv2d(tf.square(x), tf.constant(band[None, None]), 1, "VALID")
+    scale = bias + alpha * window
+    return x * (tf.math.rsqrt(scale) if beta == 0.5 else tf.pow(scale, -beta))
 
 
 # The largest noise std a float32 release can carry (with room for the activation and the sum).

@@ -501,6 +501,8 @@ class SplitTrainer:
             history["seconds"].append(time.perf_counter() - start)
             for cb in callbacks:
                 cb.on_epoch_end(epoch, history)
+            if any(cb.stop_training for cb in callbacks):
+                break
         for cb in callbacks:
             cb.on_train_end(history)
         return history

@@ -115,3 +115,82 @@ def test_rules_state_the_thresholds_they_apply():
     assert f"{c.FIG4_FAIL_MARGIN * 100:g} points" in c.claim_fig4_low_eps(None)["rule"]
     assert f"{c.ATTACK_SSIM_MARGIN:g}" in c.claim_reconstruction(None)["rule"]
     assert f"{c.MIA_WEAK_AUC:g}" in c.claim_membership(None)["rule"]
+
+
+# --- why (not) reproduced ------------------------------------------------------------------------------------
+def _conv(base_best, rel3, rel5, rel10=None):
+    rows = [{"epsilon": None, "best_test_accuracy": base_best, "retained_gain": 1.0, "epochs_trained": 30,
+             "stopped_early": True, "epochs_to_90%": 20}]
+    for e, r in ((3.0, rel3), (5.0, rel5), (10.0, rel10)):
+        if r is not None:
+            rows.append({"epsilon": e, "best_test_accuracy": r * base_best, "retained_gain": r,
+                         "epochs_trained": 40, "stopped_early": False, "epochs_to_90%": None})
+    return {"rows": rows, "baseline_best": base_best, "max_epochs": 40, "reach_fractions": [0.5, 0.9],
+            "majority_class_test_accuracy": 0.1}
+
+
+def _ladder(pred3, pred5, half=0.1):
+    return {"trends": {k: {"slope_per_decade": 0.1, "prediction": p, "lower": p - half, "upper": p + half,
+                           "level": 0.9} for k, p in (("3", pred3), ("5", pred5))}}
+
+
+def _sweep(base=0.4, hi=0.2, lo=0.1):
+    return {"majority_class_test_accuracy": 0.1,
+            "histories": [_hist(None, [base]), _hist(20.0, [hi]), _hist(1.0, [lo])]}
+
+
+def test_fig3_budget_artefact_flips_at_the_gap():
+    base = 0.6
+    gap = c.FIG3_GAP_AT_EPS20
+    within = _conv(base, 0.5, 0.6, rel10=(base - gap + 0.001) / base)
+    outside = _conv(base, 0.5, 0.6, rel10=(base - gap - 0.001) / base)
+    assert c.claim_fig3(_sweep(), within, None)["verdict"] == c.BUDGET_ARTEFACT
+    assert c.claim_fig3(_sweep(), outside, None)["verdict"] == "not reproduced"
+    assert "convergence" in c.claim_fig3(_sweep(), outside, None)["why"]
+
+
+def test_fig3_eps20_uses_the_ladder_but_is_never_contradicted_by_noisier_runs():
+    base = 0.6
+    required = 1 - c.FIG3_GAP_AT_EPS20 / (base - _sweep()["majority_class_test_accuracy"])
+    conv = _conv(base, 0.3, 0.4, rel10=0.5)
+    assert c.claim_fig3(_sweep(), conv, _ladder(0.5, required + 0.001))["verdict"] == c.CONSISTENT
+    row = c.claim_fig3(_sweep(), conv, _ladder(0.5, required - 0.3))
+    assert row["verdict"] == c.INCONCLUSIVE and "scale ladder" in row["why"]
+    assert c.claim_fig3(_sweep(base=0.2, hi=0.2 - c.FIG3_GAP_AT_EPS20 + 0.001), conv,
+                        _ladder(0.1, 0.1))["verdict"] == "reproduced"
+
+
+@pytest.mark.parametrize("delta, verdict", [(0.001, "reproduced"), (-0.001, "not reproduced")])
+def test_fig3_mid_threshold(delta, verdict):
+    t = c.FIG3_TRAINS_WELL_RELATIVE
+    assert c.claim_fig3_mid(_conv(0.5, t + delta, 0.95))["verdict"] == verdict
+    assert c.claim_fig3_mid(_conv(0.5, 0.95, t + delta))["verdict"] == verdict
+
+
+def test_fig3_mid_ladder_consistent_contradicted_inconclusive():
+    t = c.FIG3_TRAINS_WELL_RELATIVE
+    conv = _conv(0.5, 0.3, 0.4)
+    assert c.claim_fig3_mid(conv, _ladder(t + 0.01, t + 0.2))["verdict"] == c.CONSISTENT
+    assert c.claim_fig3_mid(conv, _ladder(t - 0.11, t + 0.2, half=0.1))["verdict"] == c.CONTRADICTED
+    assert c.claim_fig3_mid(conv, _ladder(t - 0.09, t + 0.2, half=0.1))["verdict"] == c.INCONCLUSIVE
+    no_interval = _ladder(t - 0.3, t - 0.3)
+    for tr in no_interval["trends"].values():
+        tr["lower"] = tr["upper"] = None
+    assert c.claim_fig3_mid(conv, no_interval)["verdict"] == c.INCONCLUSIVE
+    assert c.claim_fig3_mid(conv, None)["verdict"] == "not reproduced"
+    missing = _conv(0.5, 0.3, None)
+    assert c.claim_fig3_mid(missing, None)["verdict"] == c.NOT_MEASURED
+
+
+def test_fig4_why_names_the_public_model():
+    ft = {"histories": [_hist(None, [0.1, 0.5]), _hist(3.0, [0.0] * 6)],
+          "pretrain": {"source": "lfw", "people": 1522, "final_heldout_accuracy": 0.2}}
+    row = c.claim_fig4_eps3(ft)
+    assert row["verdict"] == c.WEAK_PUBLIC_MODEL and "1522" in row["why"]
+    ft["pretrain"] = {"source": "vggface", "weights_sha256": "ab" * 32}
+    assert c.claim_fig4_eps3(ft)["verdict"] == "not reproduced"
+
+
+def test_every_row_has_a_why_column():
+    for _, fn in c.CLAIMS:
+        assert "why" in fn(None)

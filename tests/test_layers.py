@@ -185,3 +185,25 @@ def test_an_epsilon_whose_noise_is_not_representable_is_refused(eps):
     # the adversarial review: DPActivation(epsilon=5e-324) had stddev inf, a release of inf/NaN
     with pytest.raises(ValueError, match="too small"):
         DPActivation(epsilon=eps)
+
+
+@pytest.mark.parametrize("channels,radius,bias,alpha,beta", [(8, 2, 2.0, 1.0, 0.5), (64, 2, 2.0, 1.0, 0.5),
+                                                             (5, 1, 1.0, 0.3, 0.75), (3, 4, 2.0, 1.0, 0.5)])
+def test_normalize_activations_is_tensorflow_lrn_in_value_and_gradient(channels, radius, bias, alpha, beta):
+    from dpact_tf.layers import normalize_activations
+
+    x = tf.constant(np.random.default_rng(channels).uniform(-0.5, 1.5, (2, 5, 4, channels)).astype(np.float32))
+    w = tf.constant(np.random.default_rng(1).normal(size=x.shape).astype(np.float32))
+
+    def both(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+            loss = tf.reduce_sum(y * w)
+        return y.numpy(), tape.gradient(loss, x).numpy()
+
+    ours = both(lambda v: normalize_activations(v, depth_radius=radius, bias=bias, alpha=alpha, beta=beta))
+    ref = both(lambda v: tf.nn.local_response_normalization(tf.clip_by_value(v, 0.0, 1.0), depth_radius=radius,
+                                                            bias=bias, alpha=alpha, beta=beta))
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ours[1], ref[1], rtol=1e-5, atol=1e-6)

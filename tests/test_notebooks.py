@@ -145,9 +145,36 @@ def test_attacks_notebook(tiny_book):
     assert m["true_face_identity_accuracy"] > m["identity_chance"]
     assert rows[None]["inversion_known_identity_accuracy"] > m["baselines"]["grey"]["identity_accuracy"]
 
+def test_fidelity_notebook(tiny_book):
+    from dpact_tf.callbacks import stopping_epoch
+    from dpact_tf.repro.profiles import get_profile
+
+    prof = get_profile("tiny")
+    _, base = tiny_book
+    conv = _metrics(base, "convergence")
+    rows = {r["epsilon"]: r for r in conv["rows"]}
+    assert list(rows) == list(prof.convergence_epsilons)
+    for h in conv["histories"]:
+        acc = h["history"]["test_accuracy"]
+        stop = stopping_epoch(acc, patience=conv["patience"], min_delta=conv["min_delta"],
+                              start_from_epoch=conv["start_from_epoch"])
+        # a run ends exactly where the stated rule says, or at the budget
+        assert len(acc) == (stop if stop is not None else conv["max_epochs"])
+        assert rows[h["epsilon"]]["best_test_accuracy"] == max(acc)
+    ladder = _metrics(base, "ladder")
+    sizes = {(r["image_size"], r["conv1_channels"]): r["coordinates"] for r in ladder["rows"]}
+    assert sizes == {(s, c): s * s * c for s, c in prof.ladder_points}
+    for r in ladder["rows"]:  # the no-noise run keeps all of its own gain (undefined when it is at chance)
+        if r["epsilon"] is None:
+            at_chance = r["final_test_accuracy"] <= ladder["majority_class_test_accuracy"]
+            assert (math.isnan(r["retained_gain"]) if at_chance else r["retained_gain"] == pytest.approx(1.0))
+    assert set(ladder["trends"]) == {f"{e:g}" for e in prof.ladder_epsilons if e is not None}
+    assert ladder["paper_coordinates"] == 224 * 224 * 64
+
+
 def test_discussion_notebook(tiny_book):
     root, _ = tiny_book
-    with open(root / "book" / "executed" / "08_discussion.ipynb") as fh:
+    with open(root / "book" / "executed" / "09_discussion.ipynb") as fh:
         text = fh.read()
     assert "SYNTHETIC data, not LFW" in text and "not run" not in text
 
@@ -204,8 +231,9 @@ def test_book_builds_with_warnings_as_errors(tiny_book):
     root, _ = tiny_book
     html = build_book(root=str(root))
     assert os.path.exists(os.path.join(html, "book", "executed", "02_scratch.html"))
-    page = open(os.path.join(html, "book", "executed", "08_discussion.html")).read()
-    for name in ("fig-activations", "fig-scratch-curves", "fig-finetune-curves", "fig-accounting", "fig-attacks"):
+    page = open(os.path.join(html, "book", "executed", "09_discussion.html")).read()
+    for name in ("fig-activations", "fig-scratch-curves", "fig-finetune-curves", "fig-accounting", "fig-attacks",
+                 "fig-convergence", "fig-ladder"):
         assert f'#{name}"' in page, f"numref to {name} not resolved into a link"
 
 

@@ -15,7 +15,7 @@ from dpact_tf.jsonio import write_json
 
 __all__ = ["save_figure", "eps_label", "activation_grid", "similarity_plot", "training_curves", "accounting_plot",
            "reconstruction_grid", "attack_curves",
-           "final_accuracy_plot", "partition_plot", "mobile_cost_plot"]
+           "final_accuracy_plot", "partition_plot", "mobile_cost_plot", "ladder_plot"]
 
 
 def _plt():
@@ -289,5 +289,54 @@ def attack_curves(rows: List[Dict[str, Any]], *, chance: float, baselines: Dict[
     for ax in axes:
         ax.set_xlabel("ε (per coordinate)"), ax.legend(fontsize=6)
     fig.suptitle(_title("What a curious server recovers", dataset), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def ladder_plot(rows: List[Dict[str, Any]], trends: Dict[str, Dict[str, Any]], *, paper_coordinates: int,
+                dataset: str, epochs: int):
+    """The scale ladder: accuracy (left) and the share of no noise's gain over chance kept (right) against the coordinates an
+    image releases; the right panel extends each epsilon's fitted line to the paper's size, with its prediction
+    interval there."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    eps_values = sorted({r["epsilon"] for r in rows}, key=lambda e: -1 if e is None else e)
+    colors = dict(zip(eps_values, _colors(len(eps_values))))
+    for eps in eps_values:
+        sel = sorted((r for r in rows if r["epsilon"] == eps), key=lambda r: r["coordinates"])
+        x = [r["coordinates"] for r in sel]
+        style = dict(color=colors[eps], label=eps_label(eps), marker="o", ls="--" if eps is None else "-")
+        axes[0].plot(x, [r["final_test_accuracy"] for r in sel], **style)
+        if eps is None:
+            continue
+        axes[1].plot(x, [r["retained_gain"] for r in sel], **{**style, "ls": "none"})
+        t = trends.get(f"{eps:g}")
+        if t:
+            xs = np.logspace(math.log10(min(x)), math.log10(paper_coordinates), 50)
+            axes[1].plot(xs, t["intercept"] + t["slope_per_decade"] * np.log10(xs), color=colors[eps], lw=1,
+                         ls=":")
+            if t["lower"] is not None:
+                axes[1].errorbar([paper_coordinates], [t["prediction"]],
+                                 yerr=[[t["prediction"] - t["lower"]], [t["upper"] - t["prediction"]]],
+                                 color=colors[eps], marker="s", capsize=4, ls="none")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.axvline(paper_coordinates, color="grey", ls="--", lw=1)
+        ax.set_xlabel("coordinates released per image (log scale)")
+    axes[0].text(paper_coordinates, axes[0].get_ylim()[1], " paper\n 224×224×64", fontsize=7, va="top",
+                 ha="right", color="grey")
+    axes[1].axhline(1.0, color="black", ls="--", lw=1)
+    axes[1].axhline(0.0, color="grey", ls=":", lw=1)
+    # keep the measured points readable: an interval wider than the plot is cut at its edge (the table has it)
+    measured = [r["retained_gain"] for r in rows if r["epsilon"] is not None and r["retained_gain"] == r["retained_gain"]]
+    lo, hi = min(measured + [0.0]), max(measured + [1.0])
+    axes[1].set_ylim(max(-1.0, lo - 0.3), min(2.0, hi + 0.3))
+    axes[0].set_ylabel(f"final test accuracy ({epochs} epochs)")
+    axes[1].set_ylabel("(acc − chance) ÷ (no-noise acc − chance)")
+    axes[0].legend(fontsize=8)
+    axes[1].set_title("dotted: fitted trend; square: its prediction at the paper's size "
+                      f"({round(100 * next(iter(trends.values()))['level']) if trends else 90}% interval)",
+                      fontsize=8)
+    fig.suptitle(_title("Scale ladder: utility at fixed ε as the released activation grows", dataset), fontsize=10)
     fig.tight_layout()
     return fig

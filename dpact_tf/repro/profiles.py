@@ -1,7 +1,9 @@
-"""Run profiles: one frozen config class, three instances (``tiny``, ``small``, ``paper``).
+"""Run profiles: one frozen config class, four instances (``tiny``, ``small``, ``medium``, ``paper``).
 
 * ``tiny``  -- seconds; for tests and notebook smoke runs (32x32 faces, 1/8 of VGG-Face's channels).
 * ``small`` -- the default; the whole book on a 2-core CPU (64x64 faces, 1/8 of VGG-Face's channels).
+* ``medium`` -- small's network with the budgets the fidelity questions want (longer runs, a bigger scale
+  ladder); hours on a 2-core CPU, not needed by the default book.
 * ``paper`` -- the paper's settings: 224x224 inputs, full VGG-Face (width 1, fc 4096), batch 64,
   SGD momentum 0.9, lr 0.01 decayed by 0.1; for GPU users.
 """
@@ -39,11 +41,20 @@ class Profile:
     synthetic_identities: int       # identities of the synthetic stand-in (dataset="synthetic")
     synthetic_images_per_identity: int  # images per synthetic identity
     benchmark_repeats: int          # timed repetitions in the mobile-cost benchmark
+    # "Why (not) reproduced" (dpact_tf.repro.fidelity)
+    convergence_max_epochs: int     # budget of the convergence study's runs (the learning rate decays over it)
+    convergence_patience: int       # early stopping: epochs without a better test accuracy before a run ends
+    convergence_min_delta: float    # early stopping: "better" = more than this above the best so far
+    convergence_epsilons: Tuple[Optional[float], ...]  # epsilons of the convergence study (None = no noise)
+    ladder_points: Tuple[Tuple[int, int], ...]         # scale ladder: (input side, conv1_1 channels) per point
+    ladder_epsilons: Tuple[Optional[float], ...]       # scale ladder: epsilons at every point (None = no noise)
+    ladder_epochs: int              # scale ladder: epochs of every run
 
     def __post_init__(self) -> None:
         if self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32 (got {self.image_size})")
-        for field in ("epochs", "finetune_epochs", "pretrain_epochs", "partition_epochs", "batch_size"):
+        for field in ("epochs", "finetune_epochs", "pretrain_epochs", "partition_epochs", "batch_size",
+                      "convergence_max_epochs", "convergence_patience", "ladder_epochs"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1 (got {getattr(self, field)})")
 
@@ -73,22 +84,41 @@ PROFILES: Dict[str, Profile] = {
                     learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=8, finetune_epochs=4,
                     pretrain_epochs=6, pretrain_min_images=5, partition_epochs=2, partition_cuts=_PARTITION_CUTS,
                     partition_epsilons=(None, 1.0), synthetic_identities=8, synthetic_images_per_identity=30,
-                    benchmark_repeats=3),
+                    benchmark_repeats=3, convergence_max_epochs=6, convergence_patience=2,
+                    convergence_min_delta=0.0, convergence_epsilons=(None, 3.0),
+                    ladder_points=((32, 4), (32, 8), (32, 16)), ladder_epsilons=(None, 5.0), ladder_epochs=2),
     "small": Profile(name="small", image_size=64, crop_fraction=0.6, width=1 / 8, fc_units=256, batch_size=64,
                      learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=15, finetune_epochs=10,
                      pretrain_epochs=60, pretrain_min_images=5, partition_epochs=10, partition_cuts=_PARTITION_CUTS,
                      partition_epsilons=(None, 10.0), synthetic_identities=40,
-                     synthetic_images_per_identity=30, benchmark_repeats=10),
+                     synthetic_images_per_identity=30, benchmark_repeats=10, convergence_max_epochs=40,
+                     convergence_patience=8, convergence_min_delta=0.005, convergence_epsilons=(None, 3.0, 5.0, 10.0),
+                     ladder_points=((64, 8), (64, 16), (64, 32), (64, 64)), ladder_epsilons=(None, 3.0, 5.0),
+                     ladder_epochs=10),
+    # Bigger budgets on small's network, for the fidelity questions (a few hours on 2 cores; see the README).
+    "medium": Profile(name="medium", image_size=64, crop_fraction=0.6, width=1 / 8, fc_units=256, batch_size=64,
+                      learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=30, finetune_epochs=10,
+                      pretrain_epochs=60, pretrain_min_images=5, partition_epochs=20, partition_cuts=_PARTITION_CUTS,
+                      partition_epsilons=(None, 10.0), synthetic_identities=40,
+                      synthetic_images_per_identity=30, benchmark_repeats=10, convergence_max_epochs=80,
+                      convergence_patience=10, convergence_min_delta=0.005,
+                      convergence_epsilons=(None, 2.0, 3.0, 5.0, 10.0, 20.0),
+                      ladder_points=((64, 8), (64, 16), (64, 32), (64, 64), (96, 64)),
+                      ladder_epsilons=(None, 3.0, 5.0), ladder_epochs=20),
     "paper": Profile(name="paper", image_size=224, crop_fraction=224 / 250, width=1.0, fc_units=4096,
                      batch_size=64, learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=30,
                      finetune_epochs=10, pretrain_epochs=30, pretrain_min_images=5, partition_epochs=30, partition_cuts=_PARTITION_CUTS,
                      partition_epsilons=(None, 1.0, 3.0, 5.0, 10.0, 20.0), synthetic_identities=158,
-                     synthetic_images_per_identity=27, benchmark_repeats=20),
+                     synthetic_images_per_identity=27, benchmark_repeats=20, convergence_max_epochs=100,
+                     convergence_patience=10, convergence_min_delta=0.005,
+                     convergence_epsilons=(None, 2.0, 3.0, 5.0, 10.0, 20.0),
+                     ladder_points=((224, 8), (224, 16), (224, 32), (224, 64)), ladder_epsilons=(None, 3.0, 5.0),
+                     ladder_epochs=30),
 }
 
 
 def get_profile(name: str) -> Profile:
-    """The profile called ``name`` ("tiny", "small" or "paper")."""
+    """The profile called ``name`` ("tiny", "small", "medium" or "paper")."""
     if isinstance(name, Profile):
         return name
     try:

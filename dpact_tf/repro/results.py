@@ -28,7 +28,8 @@ __all__ = ["REPO", "resolve_results_dir", "study_dir", "record_metrics", "load_m
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 
 # The modules whose code determines what a training run computes (their source is part of its cache key).
-TRAINING_MODULES = ("dpact_tf.privacy", "dpact_tf.layers", "dpact_tf.vggface", "dpact_tf.split", "dpact_tf.data",
+TRAINING_MODULES = ("dpact_tf.privacy", "dpact_tf.layers", "dpact_tf.vggface", "dpact_tf.split", "dpact_tf.callbacks",
+                    "dpact_tf.data",
                     "dpact_tf.synthetic", "dpact_tf.repro.profiles", "dpact_tf.repro.runs")
 
 

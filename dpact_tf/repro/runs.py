@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 from dpact_tf.repro.profiles import Profile, get_profile
 from dpact_tf.repro.results import REPO, TRAINING_MODULES, cache_key, resolve_results_dir
-from dpact_tf.callbacks import Callback, ProgressBar
+from dpact_tf.callbacks import Callback, EarlyStopping, ProgressBar
 from dpact_tf.data import FaceSplit
 from dpact_tf.jsonio import write_json
 
@@ -30,7 +30,7 @@ class RunSpec:
     """Everything that determines one training run."""
 
     task: str                        # "scratch" (Fig 3), "finetune" (Fig 4) or "pretrain" (public identities)
-    profile: str                     # profile name ("tiny", "small", "paper")
+    profile: str                     # profile name ("tiny", "small", "medium", "paper")
     dataset: str                     # "lfw" or "synthetic"
     epsilon: Optional[float]         # per-coordinate epsilon; None = no noise
     epochs: int                      # training epochs
@@ -40,6 +40,15 @@ class RunSpec:
     method: str = "classic"          # sigma calibration ("classic" = the paper's)
     init: Optional[str] = None       # key of the run whose weights initialize this one (fine-tuning)
     weights_sha256: Optional[str] = None  # pretrain only: taken from this public weights file, not trained
+    patience: Optional[int] = None   # early stopping: end after this many epochs without a better test accuracy
+    min_delta: float = 0.0           # early stopping: "better" = more than this above the best so far
+    start_from_epoch: int = 0        # early stopping: epochs not monitored at the start
+    conv1_channels: Optional[int] = None  # conv1_1's output channels (None: the profile's width); the scale ladder
+    image_size: Optional[int] = None      # input side in pixels (None: the profile's); the scale ladder
+
+    #: fields left out of the cache key while they have their default (so adding them kept earlier keys)
+    _KEY_DEFAULTS = {"patience": None, "min_delta": 0.0, "start_from_epoch": 0, "conv1_channels": None,
+                     "image_size": None}
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -49,6 +58,25 @@ class RunSpec:
         if self.task == "finetune" and self.init is None:
             raise ValueError("a finetune run needs init=<key of the pretrain run>")
         get_profile(self.profile)
+        if self.patience is not None and (int(self.patience) != self.patience or self.patience < 1):
+            raise ValueError(f"patience must be a positive number of epochs or None (got {self.patience})")
+        if self.conv1_channels is not None and (int(self.conv1_channels) != self.conv1_channels
+                                                or self.conv1_channels < 1):
+            raise ValueError(f"conv1_channels must be a positive integer or None (got {self.conv1_channels})")
+        if self.image_size is not None and (self.image_size < 32 or self.image_size % 32):
+            raise ValueError(f"image_size must be a positive multiple of 32 or None (got {self.image_size})")
+
+    def profile_obj(self) -> Profile:
+        """The profile, with this run's input size when it overrides it."""
+        prof = get_profile(self.profile)
+        return prof if self.image_size is None else dataclasses.replace(prof, image_size=self.image_size)
+
+    def model_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments of :func:`build_split_vggface` for this run's shapes."""
+        kwargs = self.profile_obj().model_kwargs()
+        if self.conv1_channels is not None:
+            kwargs["channels"] = {"conv1_1": int(self.conv1_channels)}
+        return kwargs
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -56,11 +84,21 @@ class RunSpec:
     def key(self) -> str:
         # The profile's training settings and the code that trains are part of the key: editing either
         # invalidates the cached runs.
-        return cache_key({**self.to_dict(), "profile_settings": get_profile(self.profile).training_settings()},
+        spec = {k: v for k, v in self.to_dict().items()
+                if not (k in self._KEY_DEFAULTS and v == self._KEY_DEFAULTS[k])}
+        return cache_key({**spec, "profile_settings": get_profile(self.profile).training_settings()},
                          modules=TRAINING_MODULES)
 
     def label(self) -> str:
         return "no noise" if self.epsilon is None else f"ε = {self.epsilon:g}"
+
+    def activation_size(self) -> int:
+        """Coordinates the client releases per image (conv1_1's output: H x W x channels)."""
+        from dpact_tf.vggface import layer_plan
+
+        prof = self.profile_obj()
+        plan = layer_plan(prof.width, {"conv1_1": self.conv1_channels} if self.conv1_channels else None)
+        return prof.image_size ** 2 * {name: ch for name, _, ch in plan}["conv1_1"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +115,10 @@ class RunResult:
         """Rebuild the trained :class:`SplitModel` (weights loaded) -- with this run's epsilon by default."""
         from dpact_tf.vggface import build_split_vggface
 
-        prof = get_profile(self.spec.profile)
         eps = self.spec.epsilon if epsilon == "same" else epsilon
         split = build_split_vggface(num_classes=self.info["num_classes"], cut=self.spec.cut, epsilon=eps,
                                     delta=self.spec.delta, method=self.spec.method, noise_seed=noise_seed,
-                                    **prof.model_kwargs())
+                                    **self.spec.model_kwargs())
         split.client.load_weights(self.client_weights, by_name=True)
         split.server.load_weights(self.server_weights, by_name=True)
         return split
@@ -149,12 +186,16 @@ def run_training(spec: RunSpec, *, results_dir: Optional[str] = None, force: boo
     from dpact_tf.split import SplitTrainer, TrainingConfig
     from dpact_tf.vggface import build_split_vggface
 
-    prof = get_profile(spec.profile)
+    prof = spec.profile_obj()
     if data is None:
         data = load_faces(prof, spec.dataset, public=spec.task == "pretrain", seed=spec.seed, progress=progress)
+    if tuple(data.train_images.shape[1:3]) != (prof.image_size, prof.image_size):
+        raise ValueError(f"the run needs {prof.image_size}x{prof.image_size} images but data holds "
+                         f"{data.train_images.shape[1]}x{data.train_images.shape[2]}; load them with "
+                         "load_faces(spec.profile_obj(), ...)")
     tf.keras.utils.set_random_seed(spec.seed)
     split = build_split_vggface(num_classes=data.num_classes, cut=spec.cut, epsilon=spec.epsilon, delta=spec.delta,
-                                method=spec.method, noise_seed=spec.seed + 1, **prof.model_kwargs())
+                                method=spec.method, noise_seed=spec.seed + 1, **spec.model_kwargs())
     config = TrainingConfig(learning_rate=prof.learning_rate, momentum=prof.momentum,
                             lr_decay_rate=prof.lr_decay_rate)
     if spec.task == "finetune":
@@ -176,6 +217,9 @@ def run_training(spec: RunSpec, *, results_dir: Optional[str] = None, force: boo
     meta = {"spec": spec.to_dict(), "key": spec.key(), "info": info, "complete": False}
     desc = f"{spec.task} {spec.label()}" + (f" cut {spec.cut}" if spec.cut != "conv1_1" else "")
     callbacks: List[Callback] = [HistoryWriter(path, meta)]
+    if spec.patience is not None:
+        callbacks.append(EarlyStopping(monitor="test_accuracy", patience=spec.patience, min_delta=spec.min_delta,
+                                       start_from_epoch=spec.start_from_epoch))
     if progress:
         callbacks.append(ProgressBar(desc))
     start = time.perf_counter()

@@ -1,0 +1,89 @@
+"""The fidelity chapter's maths: trend fit and prediction interval, retained gain, FLOPs and time estimates."""
+import math
+
+import numpy as np
+import pytest
+
+from dpact_tf.repro import fidelity as f
+
+
+def test_fit_trend_recovers_a_line_exactly_and_has_no_interval_with_two_points():
+    x = [1e4, 1e5, 1e6]
+    t = f.fit_trend(x, [0.1, 0.3, 0.5], at=1e7)
+    assert t["slope_per_decade"] == pytest.approx(0.2) and t["prediction"] == pytest.approx(0.7)
+    assert t["lower"] == pytest.approx(0.7) and t["upper"] == pytest.approx(0.7)  # no residual, no width
+    assert t["extrapolation_decades"] == pytest.approx(1.0)
+    two = f.fit_trend(x[:2], [0.1, 0.3], at=1e7)
+    assert two["prediction"] == pytest.approx(0.7) and two["lower"] is None
+    with pytest.raises(ValueError, match="two points"):
+        f.fit_trend([1e4, 1e4], [0.1, 0.2])
+
+
+def test_fit_trend_interval_matches_the_textbook_formula_and_covers():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    x = np.array([3e4, 6e4, 1.3e5, 2.6e5])
+    lx = np.log10(x)
+    covered, trials = 0, 400
+    for _ in range(trials):
+        y = 0.2 + 0.3 * lx + rng.normal(0, 0.05, lx.size)
+        t = f.fit_trend(x, y, at=3.2e6, level=0.9)
+        new = 0.2 + 0.3 * math.log10(3.2e6) + rng.normal(0, 0.05)
+        covered += t["lower"] <= new <= t["upper"]
+    assert 0.84 <= covered / trials <= 0.96  # a 90% prediction interval covers ~90% of new observations
+    # the half-width is t * s * sqrt(1 + 1/n + (x0 - mean)^2 / Sxx)
+    y = np.array([0.1, 0.25, 0.28, 0.5])
+    t = f.fit_trend(x, y, at=3.2e6, level=0.9)
+    b, a = np.polyfit(lx, y, 1)
+    s = math.sqrt(((y - a - b * lx) ** 2).sum() / 2)
+    half = stats.t.ppf(0.95, 2) * s * math.sqrt(1 + 1 / 4 + (math.log10(3.2e6) - lx.mean()) ** 2
+                                                  / ((lx - lx.mean()) ** 2).sum())
+    assert t["upper"] - t["prediction"] == pytest.approx(half)
+
+
+def test_retained_gain_and_epochs_to_reach():
+    assert f.retained_gain(0.5, 0.5, 0.1) == 1.0
+    assert f.retained_gain(0.1, 0.5, 0.1) == 0.0
+    assert f.retained_gain(0.3, 0.5, 0.1) == pytest.approx(0.5)
+    assert math.isnan(f.retained_gain(0.3, 0.1, 0.1))
+    assert f.epochs_to_reach([0.1, 0.2, 0.4, 0.3], 0.35) == 3
+    assert f.epochs_to_reach([0.1, 0.2], 0.35) is None
+
+
+def test_training_flops_of_vgg16_at_224():
+    # VGG-16's 13 conv layers: 15.35 G multiply-adds at 224x224 (the commonly quoted 15.5 G includes the fc layers)
+    fwd = f.training_flops_per_image(image_size=224, width=1.0, fc_units=4096, num_classes=2622) / 3
+    conv = fwd - 2 * (7 * 7 * 512 * 4096 + 4096 * 4096 + 4096 * 2622)
+    assert conv / 2 == pytest.approx(15.35e9, rel=0.01)
+    out = f.training_flops_per_image(image_size=224, width=1.0, fc_units=4096, num_classes=2622, trainable="output")
+    assert out == pytest.approx(fwd + 2 * 4096 * 2622)
+    wide = f.training_flops_per_image(image_size=64, width=1 / 8, fc_units=256, num_classes=158, conv1_channels=64)
+    narrow = f.training_flops_per_image(image_size=64, width=1 / 8, fc_units=256, num_classes=158)
+    assert wide > narrow
+
+
+def test_gpu_estimates_arithmetic():
+    measured = [{"flops_per_image": 1e9, "images": 1000, "seconds": 10.0}]  # 100 GFLOP/s
+    est = f.gpu_estimates(measured_runs=measured, gpu_tflops=10.0, studies=[
+        {"study": "a", "runs": 2, "epochs": 3, "images_per_epoch": 100, "flops_per_image": 6e9}])
+    assert est["cpu_gflops"] == pytest.approx(100.0)
+    row = est["rows"][0]
+    assert row["training TFLOP"] == pytest.approx(3.6)
+    assert row["this CPU (hours, estimate)"] == pytest.approx(36.0 / 3600)
+    assert row["one GPU (hours, estimate)"] == pytest.approx(0.36 / 3600)
+    with pytest.raises(ValueError):
+        f.gpu_estimates(measured_runs=[], studies=[])
+
+
+def test_profile_workload_counts_the_profiles_runs():
+    from dpact_tf.repro.profiles import DEFAULT_EPSILONS, get_profile
+
+    prof = get_profile("paper")
+    rows = {r["study"]: r for r in f.profile_workload("paper", train_images=3890, num_classes=158)}
+    assert rows["Fig. 3 sweep (from scratch)"]["runs"] == len(DEFAULT_EPSILONS)
+    assert rows["scale ladder"]["runs"] == len(prof.ladder_points) * len(prof.ladder_epsilons)
+    assert not any("pre-training" in k for k in rows)
+    with_public = f.profile_workload("small", train_images=3890, num_classes=158, public_images=1000,
+                                     public_classes=265)
+    assert any("pre-training" in r["study"] for r in with_public)
