@@ -96,30 +96,27 @@ def check_images(images: Any) -> tf.Tensor:
 
     Refused before anything is computed or released: integer images (uint8 must be divided by 255 first),
     NaN/inf pixels, and values outside [0, 1] (a 0..255 float image would train silently with most of
-    conv1's outputs clipped).  Cheap: one pass of min/max over the batch.
+    conv1's outputs clipped).  Cheap: a sum, a min and a max over the batch.
     """
     images = _float_images(images)
-    stats = _image_stats(images)
-    if not bool(_images_ok(stats)):
-        _raise_for_image_stats(stats)
+    if not bool(_images_ok(images)):
+        _raise_for_images(images)
     return images
 
 
-def _image_stats(images: tf.Tensor) -> tf.Tensor:
-    """(all finite, min, max) of a batch: what :func:`check_images` decides on (an empty batch passes)."""
-    finite = tf.reduce_all(tf.math.is_finite(images))
-    return tf.stack([tf.cast(finite, tf.float32), tf.reduce_min(images), tf.reduce_max(images)])
-
-
-def _images_ok(stats: tf.Tensor) -> tf.Tensor:
-    """The verdict on a batch's :func:`_image_stats`, as an op: the compiled steps branch on it before they
-    compute or release anything, and :func:`_raise_for_image_stats` words it."""
-    in_range = tf.logical_and(stats[1] >= -PIXEL_TOLERANCE, stats[2] <= 1.0 + PIXEL_TOLERANCE)
-    return tf.logical_and(stats[0] > 0, in_range)
+def _images_ok(images: tf.Tensor) -> tf.Tensor:
+    """The verdict of :func:`check_images` as an op (the compiled steps branch on it before they compute or
+    release anything): every pixel finite and in [0, 1], up to PIXEL_TOLERANCE.  A sum is finite only if every
+    term is (NaN and inf propagate through IEEE addition; to overflow it needs pixels far outside [0, 1])."""
+    in_range = tf.logical_and(tf.reduce_min(images) >= -PIXEL_TOLERANCE, tf.reduce_max(images) <= 1.0 + PIXEL_TOLERANCE)
+    return tf.logical_and(tf.math.is_finite(tf.reduce_sum(images)), in_range)
 
 
 def _all_finite(x: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_all(tf.math.is_finite(x))
+    """Every element of ``x`` finite: one sum (finite only if every term is), the elementwise check only when
+    the sum is not (a non-finite element, or finite ones large enough to overflow it)."""
+    return tf.cond(tf.math.is_finite(tf.reduce_sum(x)), lambda: tf.constant(True),
+                   lambda: tf.reduce_all(tf.math.is_finite(x)))
 
 
 def _correct(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -142,11 +139,11 @@ def _float_images(images: Any) -> tf.Tensor:
     return tf.cast(images, tf.float32)
 
 
-def _raise_for_image_stats(stats: tf.Tensor) -> None:
-    """Raises the message of a batch that :func:`_images_ok` refused, from its (finite, min, max)."""
-    finite, lo, hi = (float(v) for v in stats.numpy())
-    if not finite:
+def _raise_for_images(images: tf.Tensor) -> None:
+    """Raises the message for a batch :func:`_images_ok` refused (its statistics, computed on refusal only)."""
+    if not bool(tf.reduce_all(tf.math.is_finite(images))):
         raise ValueError("images contain NaN or inf pixels; nothing was released")
+    lo, hi = float(tf.reduce_min(images)), float(tf.reduce_max(images))
     hint = "; they look like 0..255 values: divide by 255" if hi > 2.0 else ""
     raise ValueError(f"images must be in [0, 1] (got min {lo:g}, max {hi:g}){hint}; nothing was released")
 
@@ -196,21 +193,20 @@ class SplitClient:
     def forward(self, images: tf.Tensor, labels: tf.Tensor) -> ActivationMessage:
         """Compute the noisy activations to send; keeps the batch for :meth:`backward`."""
         images = _float_images(images)
-        stats, ok, act = self._forward(images) if self.trainable else self._release(images)
+        ok, act = self._forward(images) if self.trainable else self._release(images)
         if not ok:
-            _raise_for_image_stats(stats)
+            _raise_for_images(images)
         if self.trainable:
             self._pending = (images, act)
         return ActivationMessage(activations=act, labels=tf.convert_to_tensor(labels))
 
     def _checked_call(self, images: tf.Tensor, training: bool):
-        """(image stats, verdict, activation): the image check and the forward pass as one compiled call.  The
-        forward runs only on a batch the check passed, so a refused batch draws no noise and releases nothing."""
-        stats = _image_stats(images)
-        ok = _images_ok(stats)
+        """(verdict, activation): the image check and the forward pass as one compiled call.  The forward runs
+        only on a batch the check passed, so a refused batch draws no noise and releases nothing."""
+        ok = _images_ok(images)
         act = tf.cond(ok, lambda: self.model(images, training=training),
                       lambda: tf.zeros([tf.shape(images)[0], *self.model.output_shape[1:]]))
-        return stats, ok, act
+        return ok, act
 
     def _forward_step(self, images: tf.Tensor):
         return self._checked_call(images, training=True)
@@ -234,7 +230,7 @@ class SplitClient:
         state = list(variables) + [v for v in self.optimizer.variables if v.dtype.is_floating or v.dtype.is_integer]
         before = [tf.identity(v) for v in state]
         self.optimizer.apply_gradients(zip(grads, variables))
-        finite = tf.reduce_all([_all_finite(v) for v in state if v.dtype.is_floating])
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in state if v.dtype.is_floating])
         if not tf.logical_and(grad_ok, finite):
             for v, b in zip(state, before):
                 v.assign(b)
@@ -280,9 +276,10 @@ class SplitClient:
 
     def release(self, images: tf.Tensor) -> tf.Tensor:
         """Inference: the noisy activation that would be sent to the server."""
-        stats, ok, act = self._release(_float_images(images))
+        images = _float_images(images)
+        ok, act = self._release(images)
         if not ok:
-            _raise_for_image_stats(stats)
+            _raise_for_images(images)
         return act
 
 
@@ -372,11 +369,11 @@ class SplitTrainer:
         """One step of the protocol; raises the ``ValueError`` of :class:`SplitClient` on a refused batch or
         gradient (nothing changes then)."""
         self._require_built()
-        outputs = self._step(_float_images(images), _int_labels(labels))
-        stats, (loss, grad_act, correct, client_grads, server_grads, status) = outputs
+        images = _float_images(images)
+        loss, grad_act, correct, client_grads, server_grads, status = self._step(images, _int_labels(labels))
         status = int(status)
         if status == _IMAGES_REFUSED:
-            _raise_for_image_stats(stats)
+            _raise_for_images(images)
         self.client._raise_for_status(status)
         self.client.last_gradients, self.server.last_gradients = client_grads, server_grads
         return GradientMessage(grad_activations=grad_act, loss=loss, correct=correct)
@@ -392,7 +389,6 @@ class SplitTrainer:
         batch refused by the image check computes and releases nothing (status ``_IMAGES_REFUSED``).
         """
         client, server = self.client, self.server
-        stats = _image_stats(images)
         client_vars = client.model.trainable_variables if client.trainable else []
         server_vars = server.model.trainable_variables
 
@@ -400,7 +396,8 @@ class SplitTrainer:
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(client_vars)
                 act = client.model(images, training=client.trainable)
-            loss, grad_act, correct, server_grads = server._train_step(tf.stop_gradient(act), labels)
+            to_server = ActivationMessage(activations=tf.stop_gradient(act), labels=labels)  # cut from the tape
+            loss, grad_act, correct, server_grads = server._train_step(to_server.activations, to_server.labels)
             if not client.trainable:
                 return loss, grad_act, correct, [], server_grads, tf.constant(0)
             # the noise is additive: d(noisy activation)/d(weights) is the clean derivative (noise_free_path)
@@ -414,16 +411,17 @@ class SplitTrainer:
             return (tf.constant(0.0), tf.zeros(act_shape), tf.constant(0.0), zeros(client_vars), zeros(server_vars),
                     tf.constant(_IMAGES_REFUSED))
 
-        return stats, tf.cond(_images_ok(stats), step, refused)
+        return tf.cond(_images_ok(images), step, refused)
 
     def evaluate(self, dataset: Iterable) -> Dict[str, float]:
         """Accuracy and loss with the noise on (the activation leaves the device at test time too)."""
         self._require_built()
         losses, corrects, total = [], [], 0
         for images, labels in dataset:
-            stats, ok, loss_sum, correct = self._evaluate(_float_images(images), _int_labels(labels))
+            images = _float_images(images)
+            ok, loss_sum, correct = self._evaluate(images, _int_labels(labels))
             if not ok:
-                _raise_for_image_stats(stats)
+                _raise_for_images(images)
             losses.append(loss_sum)
             corrects.append(correct)
             total += int(labels.shape[0])
@@ -432,16 +430,15 @@ class SplitTrainer:
         return {"loss": sum(float(v) for v in losses) / total, "accuracy": sum(float(v) for v in corrects) / total}
 
     def _evaluate_step(self, images: tf.Tensor, labels: tf.Tensor):
-        """(image stats, verdict, summed loss, correct) of a batch: ``client.release`` -> ``server.predict``."""
-        stats = _image_stats(images)
-        ok = _images_ok(stats)
+        """(verdict, summed loss, correct) of a batch: ``client.release`` -> ``server.predict``."""
+        ok = _images_ok(images)
 
         def run():
             logits = self.server.model(self.client.model(images, training=False), training=False)
             loss_sum = tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
             return loss_sum, _correct(logits, labels)
 
-        return (stats, ok) + tuple(tf.cond(ok, run, lambda: (tf.constant(0.0), tf.constant(0.0))))
+        return (ok,) + tuple(tf.cond(ok, run, lambda: (tf.constant(0.0), tf.constant(0.0))))
 
     def fit(self, train: Iterable, epochs: int, *, validation_data: Optional[Iterable] = None,
             callbacks: Sequence[Callback] = ()) -> Dict[str, List[float]]:
