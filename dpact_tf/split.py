@@ -11,6 +11,13 @@ One step:
 The noise is additive, so d(noisy activation)/d(client weights) equals the clean derivative and the
 client's update is exact.  Each side owns its optimizer; the defaults are the paper's: SGD with momentum
 0.9, learning rate 0.01 decayed exponentially by a factor 0.1, batch 64.
+
+Two ways to run a step.  With the parties apart (the gRPC edge, :mod:`dpact_tf.edge`), each message is one
+compiled call: :meth:`SplitClient.forward`, :meth:`EdgeServer.step`, :meth:`SplitClient.backward` (which
+recomputes the clean first layer, :func:`noise_free_path`, instead of keeping a tape between messages).
+With both in one process, :meth:`SplitTrainer.train_step` runs the same step -- the same server step on
+the activation and labels only, the same checks and rollback on the client -- as one compiled call, so the
+protocol costs what Keras' own ``fit`` does (``benchmarks/split_overhead.py``).
 """
 from __future__ import annotations
 
@@ -89,23 +96,42 @@ def check_images(images: Any) -> tf.Tensor:
 
     Refused before anything is computed or released: integer images (uint8 must be divided by 255 first),
     NaN/inf pixels, and values outside [0, 1] (a 0..255 float image would train silently with most of
-    conv1's outputs clipped).  Cheap: one pass of min/max over the batch.
+    conv1's outputs clipped).  Cheap: a sum, a min and a max over the batch.
     """
     images = _float_images(images)
-    if images.shape.num_elements() == 0:
-        return images
-    _raise_for_image_stats(_image_stats(images))
+    if not bool(_images_ok(images)):
+        _raise_for_images(images)
     return images
 
 
-def _image_stats(images: tf.Tensor) -> tf.Tensor:
-    """(all finite, min, max) of a batch: what :func:`check_images` decides on."""
-    finite = tf.reduce_all(tf.math.is_finite(images))
-    return tf.stack([tf.cast(finite, tf.float32), tf.reduce_min(images), tf.reduce_max(images)])
+def _images_ok(images: tf.Tensor) -> tf.Tensor:
+    """The verdict of :func:`check_images` as an op (the compiled steps branch on it before they compute or
+    release anything): every pixel finite and in [0, 1], up to PIXEL_TOLERANCE.  A sum is finite only if every
+    term is (NaN and inf propagate through IEEE addition; to overflow it needs pixels far outside [0, 1])."""
+    in_range = tf.logical_and(tf.reduce_min(images) >= -PIXEL_TOLERANCE, tf.reduce_max(images) <= 1.0 + PIXEL_TOLERANCE)
+    return tf.logical_and(tf.math.is_finite(tf.reduce_sum(images)), in_range)
+
+
+def _all_finite(x: tf.Tensor) -> tf.Tensor:
+    """Every element of ``x`` finite: one sum (finite only if every term is), the elementwise check only when
+    the sum is not (a non-finite element, or finite ones large enough to overflow it)."""
+    return tf.cond(tf.math.is_finite(tf.reduce_sum(x)), lambda: tf.constant(True),
+                   lambda: tf.reduce_all(tf.math.is_finite(x)))
+
+
+def _correct(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Number of correctly classified examples, as a float32 scalar."""
+    hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(labels, tf.int32))
+    return tf.reduce_sum(tf.cast(hits, tf.float32))
+
+
+def _int_labels(labels: Any) -> tf.Tensor:
+    labels = tf.convert_to_tensor(labels)
+    return labels if labels.dtype == tf.int32 else tf.cast(labels, tf.int32)
 
 
 def _float_images(images: Any) -> tf.Tensor:
-    """The static part of :func:`check_images` (the dtype); the values are checked in the compiled forward."""
+    """The static part of :func:`check_images` (the dtype); the values are checked in the compiled steps."""
     images = tf.convert_to_tensor(images)
     if not images.dtype.is_floating:
         raise ValueError(f"images must be float pixels in [0, 1] (got dtype {images.dtype.name}); "
@@ -113,23 +139,22 @@ def _float_images(images: Any) -> tf.Tensor:
     return tf.cast(images, tf.float32)
 
 
-def _raise_for_image_stats(stats: tf.Tensor) -> None:
-    """The messages of :func:`check_images`, from the (finite, min, max) the compiled forward computed."""
-    finite, lo, hi = (float(v) for v in stats.numpy())
-    if not finite:
+def _raise_for_images(images: tf.Tensor) -> None:
+    """Raises the message for a batch :func:`_images_ok` refused (its statistics, computed on refusal only)."""
+    if not bool(tf.reduce_all(tf.math.is_finite(images))):
         raise ValueError("images contain NaN or inf pixels; nothing was released")
-    if lo < -PIXEL_TOLERANCE or hi > 1.0 + PIXEL_TOLERANCE:
-        hint = "; they look like 0..255 values: divide by 255" if hi > 2.0 else ""
-        raise ValueError(f"images must be in [0, 1] (got min {lo:g}, max {hi:g}){hint}; nothing was released")
+    lo, hi = float(tf.reduce_min(images)), float(tf.reduce_max(images))
+    hint = "; they look like 0..255 values: divide by 255" if hi > 2.0 else ""
+    raise ValueError(f"images must be in [0, 1] (got min {lo:g}, max {hi:g}){hint}; nothing was released")
 
 
 def noise_free_path(model: tf.keras.Model) -> tf.keras.Model:
     """The client model up to (not including) the noise of its :class:`DPActivation`, sharing its weights.
 
     The noise is additive and independent of the weights, so d(noisy activation)/d(weights) equals
-    d(clean activation)/d(weights): the client's backward pass recomputes the clean activation (the first
-    layer only, ~1 % of the network's FLOPs at the paper's cut) instead of keeping a tape across messages,
-    which lets both halves of the client's step run as compiled graphs.
+    d(clean activation)/d(weights): :meth:`SplitClient.backward` recomputes the clean activation (the first
+    layer only) instead of keeping a tape across messages, which lets both halves of the client's step run
+    as compiled graphs.
     """
     from dpact_tf.layers import DPActivation
 
@@ -163,39 +188,43 @@ class SplitClient:
         act_spec = tf.TensorSpec([None, *model.output_shape[1:]], tf.float32)
         self._forward = tf.function(self._forward_step, input_signature=[image_spec])
         self._release = tf.function(self._release_step, input_signature=[image_spec])
-        self._image_stats = tf.function(self._image_stats_step, input_signature=[image_spec])
         self._backward = tf.function(self._backward_step, input_signature=[image_spec, act_spec])
 
     def forward(self, images: tf.Tensor, labels: tf.Tensor) -> ActivationMessage:
         """Compute the noisy activations to send; keeps the batch for :meth:`backward`."""
         images = _float_images(images)
-        _raise_for_image_stats(self._image_stats(images))
-        act = self._forward(images) if self.trainable else self._release(images)
+        ok, act = self._forward(images) if self.trainable else self._release(images)
+        if not ok:
+            _raise_for_images(images)
         if self.trainable:
             self._pending = (images, act)
         return ActivationMessage(activations=act, labels=tf.convert_to_tensor(labels))
 
-    @staticmethod
-    def _image_stats_step(images: tf.Tensor) -> tf.Tensor:
-        # The value check of check_images as one compiled pass (not three eager reductions per step); it runs
-        # before the forward pass, so a refused batch draws no noise and releases nothing.
-        return _image_stats(images)
+    def _checked_call(self, images: tf.Tensor, training: bool):
+        """(verdict, activation): the image check and the forward pass as one compiled call.  The forward runs
+        only on a batch the check passed, so a refused batch draws no noise and releases nothing."""
+        ok = _images_ok(images)
+        act = tf.cond(ok, lambda: self.model(images, training=training),
+                      lambda: tf.zeros([tf.shape(images)[0], *self.model.output_shape[1:]]))
+        return ok, act
 
-    def _forward_step(self, images: tf.Tensor) -> tf.Tensor:
-        return self.model(images, training=True)
+    def _forward_step(self, images: tf.Tensor):
+        return self._checked_call(images, training=True)
 
-    def _release_step(self, images: tf.Tensor) -> tf.Tensor:
-        return self.model(images, training=False)
+    def _release_step(self, images: tf.Tensor):
+        return self._checked_call(images, training=False)
 
     def _backward_step(self, images: tf.Tensor, grad_activations: tf.Tensor):
-        """Returns (weight gradients, status): 0 applied, 1 refused (non-finite dL/da), 2 refused (the update
-        overflows).  A refused step leaves every weight and optimizer slot exactly as it was."""
-        variables = self.model.trainable_variables
-        grad_ok = tf.reduce_all(tf.math.is_finite(grad_activations))
-        grad_activations = tf.where(grad_ok, grad_activations, tf.zeros_like(grad_activations))
+        """Returns (weight gradients, status): see :meth:`_apply_checked`."""
         with tf.GradientTape() as tape:
             clean = self._clean(images, training=True)
-        grads = tape.gradient(clean, variables, output_gradients=grad_activations)
+        grads = tape.gradient(clean, self.model.trainable_variables, output_gradients=grad_activations)
+        return grads, self._apply_checked(grads, _all_finite(grad_activations))
+
+    def _apply_checked(self, grads: List[tf.Tensor], grad_ok: tf.Tensor) -> tf.Tensor:
+        """Applies ``grads`` and returns the status: 0 applied, 1 refused (dL/da was not finite), 2 refused (the
+        update overflows).  A refused step leaves every weight and optimizer slot exactly as it was."""
+        variables = self.model.trainable_variables
         # A finite but huge gradient can still overflow the update (3e38 * lr * ... = inf): apply, check every
         # weight and optimizer slot, and roll all of them back if one is no longer finite (or dL/da was not).
         state = list(variables) + [v for v in self.optimizer.variables if v.dtype.is_floating or v.dtype.is_integer]
@@ -205,8 +234,7 @@ class SplitClient:
         if not tf.logical_and(grad_ok, finite):
             for v, b in zip(state, before):
                 v.assign(b)
-        status = tf.where(grad_ok, tf.where(finite, 0, 2), 1)
-        return grads, status
+        return tf.where(grad_ok, tf.where(finite, 0, 2), 1)
 
     def backward(self, message: GradientMessage) -> None:
         """Back-propagate the server's dL/da into the client's weights."""
@@ -217,14 +245,17 @@ class SplitClient:
         (images, act), self._pending = self._pending, None  # a refused message aborts the step
         grad_act = self._check_gradient(message.grad_activations, act)
         grads, status = self._backward(images, grad_act)
-        status = int(status)
+        self._raise_for_status(int(status))
+        self.last_gradients = grads
+
+    @staticmethod
+    def _raise_for_status(status: int) -> None:
         if status == 1:
             raise ValueError("GradientMessage.grad_activations contains NaN or inf; refused, client weights "
                              "unchanged")
         if status == 2:
             raise ValueError("the update from this GradientMessage overflows the client's weights (a finite but huge "
                              "gradient); refused, client weights and optimizer state restored")
-        self.last_gradients = grads
 
     @staticmethod
     def _check_gradient(grad: Any, act: tf.Tensor) -> tf.Tensor:
@@ -246,8 +277,10 @@ class SplitClient:
     def release(self, images: tf.Tensor) -> tf.Tensor:
         """Inference: the noisy activation that would be sent to the server."""
         images = _float_images(images)
-        _raise_for_image_stats(self._image_stats(images))
-        return self._release(images)
+        ok, act = self._release(images)
+        if not ok:
+            _raise_for_images(images)
+        return act
 
 
 class EdgeServer:
@@ -277,17 +310,19 @@ class EdgeServer:
         variables = self.model.trainable_variables
         grads = tape.gradient(loss, [activations] + variables)
         self.optimizer.apply_gradients(zip(grads[1:], variables))
-        correct = tf.reduce_sum(tf.cast(
-            tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(labels, tf.int32)), tf.float32))
-        return loss, grads[0], correct, grads[1:]
+        return loss, grads[0], _correct(logits, labels), grads[1:]
 
     def step(self, message: ActivationMessage) -> GradientMessage:
-        loss, grad_act, correct, grads = self._step(message.activations, tf.cast(message.labels, tf.int32))
+        loss, grad_act, correct, grads = self._step(message.activations, _int_labels(message.labels))
         self.last_gradients = grads
         return GradientMessage(grad_activations=grad_act, loss=loss, correct=correct)
 
     def predict(self, activations: tf.Tensor) -> tf.Tensor:
         return self._predict(activations)
+
+
+# Status of SplitTrainer's compiled step for a batch the image check refused (SplitClient's are 0, 1, 2).
+_IMAGES_REFUSED = 3
 
 
 class SplitTrainer:
@@ -320,6 +355,10 @@ class SplitTrainer:
         self.client = SplitClient(self.split.client, make_optimizer(cfg, decay_steps) if cfg.train_client else None,
                                   trainable=cfg.train_client)
         self.server = EdgeServer(self.split.server, make_optimizer(cfg, decay_steps), cfg.server_trainable)
+        image_spec = tf.TensorSpec([None, *self.split.client.input_shape[1:]], tf.float32)
+        label_spec = tf.TensorSpec([None], tf.int32)
+        self._step = tf.function(self._step_in_process, input_signature=[image_spec, label_spec])
+        self._evaluate = tf.function(self._evaluate_step, input_signature=[image_spec, label_spec])
 
     def _require_built(self) -> None:
         if self.client is None:
@@ -327,26 +366,79 @@ class SplitTrainer:
                                "(or config.lr_decay_steps) to SplitTrainer before train_step()/evaluate()")
 
     def train_step(self, images: tf.Tensor, labels: tf.Tensor) -> GradientMessage:
+        """One step of the protocol; raises the ``ValueError`` of :class:`SplitClient` on a refused batch or
+        gradient (nothing changes then)."""
         self._require_built()
-        to_server = self.client.forward(images, labels)
-        to_client = self.server.step(to_server)
-        self.client.backward(to_client)
-        return to_client
+        images = _float_images(images)
+        loss, grad_act, correct, client_grads, server_grads, status = self._step(images, _int_labels(labels))
+        status = int(status)
+        if status == _IMAGES_REFUSED:
+            _raise_for_images(images)
+        self.client._raise_for_status(status)
+        self.client.last_gradients, self.server.last_gradients = client_grads, server_grads
+        return GradientMessage(grad_activations=grad_act, loss=loss, correct=correct)
+
+    def _step_in_process(self, images: tf.Tensor, labels: tf.Tensor):
+        """One step of the protocol with both parties in this process, as one compiled call.
+
+        The same step as ``client.forward`` -> ``server.step`` -> ``client.backward`` (the gRPC edge runs those),
+        at the cost of Keras' own ``fit``: one call instead of three, and the client's gradient from the tape of
+        its forward pass instead of a recomputed forward.  The parties stay apart: the server's step
+        (:meth:`EdgeServer._train_step`) gets only the activation -- cut from the client's tape -- and the
+        labels, and returns dL/da; the client applies it with the checks of :meth:`SplitClient.backward`.  A
+        batch refused by the image check computes and releases nothing (status ``_IMAGES_REFUSED``).
+        """
+        client, server = self.client, self.server
+        client_vars = client.model.trainable_variables if client.trainable else []
+        server_vars = server.model.trainable_variables
+
+        def step():
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(client_vars)
+                act = client.model(images, training=client.trainable)
+            to_server = ActivationMessage(activations=tf.stop_gradient(act), labels=labels)  # cut from the tape
+            loss, grad_act, correct, server_grads = server._train_step(to_server.activations, to_server.labels)
+            if not client.trainable:
+                return loss, grad_act, correct, [], server_grads, tf.constant(0)
+            # the noise is additive: d(noisy activation)/d(weights) is the clean derivative (noise_free_path)
+            client_grads = tape.gradient(act, client_vars, output_gradients=grad_act)
+            status = client._apply_checked(client_grads, _all_finite(grad_act))
+            return loss, grad_act, correct, client_grads, server_grads, status
+
+        def refused():
+            zeros = lambda variables: [tf.zeros(v.shape, v.dtype) for v in variables]  # noqa: E731
+            act_shape = [tf.shape(images)[0], *client.model.output_shape[1:]]
+            return (tf.constant(0.0), tf.zeros(act_shape), tf.constant(0.0), zeros(client_vars), zeros(server_vars),
+                    tf.constant(_IMAGES_REFUSED))
+
+        return tf.cond(_images_ok(images), step, refused)
 
     def evaluate(self, dataset: Iterable) -> Dict[str, float]:
         """Accuracy and loss with the noise on (the activation leaves the device at test time too)."""
         self._require_built()
-        correct, total, loss_sum = 0.0, 0, 0.0
-        loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+        losses, corrects, total = [], [], 0
         for images, labels in dataset:
-            logits = self.server.predict(self.client.release(images))
-            loss_sum += float(loss_fn(labels, logits))
-            correct += float(tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                                            tf.cast(labels, tf.int32)), tf.float32)))
+            images = _float_images(images)
+            ok, loss_sum, correct = self._evaluate(images, _int_labels(labels))
+            if not ok:
+                _raise_for_images(images)
+            losses.append(loss_sum)
+            corrects.append(correct)
             total += int(labels.shape[0])
         if total == 0:
             raise ValueError("evaluate() got an empty dataset")
-        return {"loss": loss_sum / total, "accuracy": correct / total}
+        return {"loss": sum(float(v) for v in losses) / total, "accuracy": sum(float(v) for v in corrects) / total}
+
+    def _evaluate_step(self, images: tf.Tensor, labels: tf.Tensor):
+        """(verdict, summed loss, correct) of a batch: ``client.release`` -> ``server.predict``."""
+        ok = _images_ok(images)
+
+        def run():
+            logits = self.server.model(self.client.model(images, training=False), training=False)
+            loss_sum = tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+            return loss_sum, _correct(logits, labels)
+
+        return (ok,) + tuple(tf.cond(ok, run, lambda: (tf.constant(0.0), tf.constant(0.0))))
 
     def fit(self, train: Iterable, epochs: int, *, validation_data: Optional[Iterable] = None,
             callbacks: Sequence[Callback] = ()) -> Dict[str, List[float]]:
@@ -379,15 +471,16 @@ class SplitTrainer:
             # The batch losses stay tensors until the epoch ends (no eager op or read per step), unless a
             # callback asks for running logs.
             losses, corrects, sizes = [], [], []
+            loss_sum = correct_sum = 0.0  # running sums, only for batch logs
             for step, (images, labels) in enumerate(train):
                 msg = self.train_step(images, labels)
                 losses.append(msg.loss)
                 corrects.append(msg.correct)
                 sizes.append(int(labels.shape[0]))
                 if batch_logs:
-                    seen = sum(sizes)
-                    logs = {"loss": sum(float(v) * k for v, k in zip(losses, sizes)) / seen,
-                            "accuracy": sum(float(v) for v in corrects) / seen}
+                    loss_sum += float(msg.loss) * sizes[-1]
+                    correct_sum += float(msg.correct)
+                    logs = {"loss": loss_sum / sum(sizes), "accuracy": correct_sum / sum(sizes)}
                     for cb in callbacks:
                         cb.on_batch_end(step, logs)
             seen = sum(sizes)

@@ -51,6 +51,63 @@ def test_split_step_equals_monolithic_step():
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
 
 
+def test_in_process_step_is_the_message_protocol():
+    # SplitTrainer.train_step runs the step as one compiled call; with the same (seeded) noise it must move every
+    # weight exactly as client.forward -> server.step -> client.backward (the gRPC edge's path) does.
+    x, y = _data()
+    cfg = TrainingConfig(lr_decay_steps=10)
+    fused, messages = SplitTrainer(_split(epsilon=5.0), cfg), SplitTrainer(_split(epsilon=5.0), cfg)
+    seen = []
+    server_step = fused.server._train_step
+
+    def spy(*args):  # what the server's half of the compiled step is given: the activation and the labels only
+        seen.append([(tuple(a.shape), a.dtype) for a in args])
+        return server_step(*args)
+
+    fused.server._train_step = spy
+    for i in range(3):
+        a = fused.train_step(tf.constant(x), tf.constant(y))
+        b = messages.server.step(messages.client.forward(tf.constant(x), tf.constant(y)))
+        messages.client.backward(b)
+        np.testing.assert_allclose(float(a.loss), float(b.loss), rtol=1e-6)
+        np.testing.assert_allclose(a.grad_activations.numpy(), b.grad_activations.numpy(), atol=1e-7)
+    assert seen and all(args == [((None,) + fused.split.activation_shape, tf.float32), ((None,), tf.int32)]
+                        for args in seen)  # traced (once or twice: its optimizer's slots), never given more
+    for u, v in zip(fused.split.client.weights + fused.split.server.weights,
+                    messages.split.client.weights + messages.split.server.weights):
+        np.testing.assert_allclose(u.numpy(), v.numpy(), atol=1e-6)
+    for g, h in zip(fused.client.last_gradients, messages.client.last_gradients):
+        np.testing.assert_allclose(g.numpy(), h.numpy(), atol=1e-6)
+    assert int(fused.split.dp_layer.noise_counter.numpy()) == 3
+
+
+def test_in_process_step_refuses_bad_images_and_bad_gradients():
+    x, y = _data()
+    trainer = SplitTrainer(_split(epsilon=5.0), TrainingConfig(lr_decay_steps=10))
+    trainer.train_step(tf.constant(x), tf.constant(y))
+    weights = lambda: [w.numpy().copy() for w in trainer.split.client.weights + trainer.split.server.weights]  # noqa
+    before = weights()
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\] .*divide by 255"):
+        trainer.train_step(tf.constant(x * 255.0), tf.constant(y))
+    with pytest.raises(ValueError, match="NaN or inf pixels"):
+        trainer.train_step(tf.constant(np.full_like(x, np.nan)), tf.constant(y))
+    # a refused batch releases nothing (no noise drawn) and changes no weight of either party
+    assert int(trainer.split.dp_layer.noise_counter.numpy()) == 1
+    for b, w in zip(before, weights()):
+        np.testing.assert_array_equal(b, w)
+    # a server whose dL/da is not finite (here: a NaN weight) cannot touch the client's weights or slots
+    client_before = [w.numpy().copy() for w in trainer.split.client.trainable_weights]  # (the release counts)
+    slots = [v.numpy().copy() for v in trainer.client.optimizer.variables]
+    fc8 = trainer.split.server.get_layer("fc8")
+    fc8.bias.assign(tf.fill(fc8.bias.shape, float("nan")))
+    with pytest.raises(ValueError, match="grad_activations contains NaN or inf"):
+        trainer.train_step(tf.constant(x), tf.constant(y))
+    for b, w in zip(client_before, trainer.split.client.trainable_weights):
+        np.testing.assert_array_equal(b, w.numpy())
+    for s, v in zip(slots, trainer.client.optimizer.variables):
+        np.testing.assert_array_equal(s, v.numpy())
+
+
 def test_server_bound_message_has_no_pixels():
     x, y = _data()
     split = _split(epsilon=5.0)
