@@ -23,13 +23,15 @@ from dpact_tf.jsonio import write_json
 from dpact_tf.repro.profiles import get_profile
 
 __all__ = ["REPO", "resolve_results_dir", "study_dir", "record_metrics", "load_metrics",
-           "code_fingerprint", "cache_key", "TRAINING_MODULES", "relative_to_repo"]
+           "code_fingerprint", "cache_key", "TRAINING_MODULES", "PRETRAIN_MODULES", "relative_to_repo"]
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 
 # The modules whose code determines what a training run computes (their source is part of its cache key).
 TRAINING_MODULES = ("dpact_tf.privacy", "dpact_tf.layers", "dpact_tf.vggface", "dpact_tf.split", "dpact_tf.data",
                     "dpact_tf.synthetic", "dpact_tf.repro.profiles", "dpact_tf.repro.runs")
+# ... and of the public model, trained with its own recipe (augmentation, Keras fit) by dpact_tf.repro.pretrain.
+PRETRAIN_MODULES = (*TRAINING_MODULES, "dpact_tf.augment", "dpact_tf.repro.pretrain")
 
 
 def resolve_results_dir(results_dir: Optional[str] = None) -> str:

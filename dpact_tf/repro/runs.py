@@ -15,12 +15,13 @@ import time
 from typing import Any, Dict, List, Optional
 
 from dpact_tf.repro.profiles import Profile, get_profile
-from dpact_tf.repro.results import REPO, TRAINING_MODULES, cache_key, resolve_results_dir
+from dpact_tf.repro.results import PRETRAIN_MODULES, REPO, TRAINING_MODULES, cache_key, resolve_results_dir
 from dpact_tf.callbacks import Callback, ProgressBar
 from dpact_tf.data import FaceSplit
 from dpact_tf.jsonio import write_json
 
-__all__ = ["RunSpec", "RunResult", "load_faces", "lfw_root", "run_paths", "run_training", "TASKS"]
+__all__ = ["RunSpec", "RunResult", "load_faces", "lfw_root", "run_paths", "load_cached", "run_training",
+           "HistoryWriter", "TASKS"]
 
 TASKS = ("scratch", "finetune", "pretrain")
 
@@ -55,9 +56,14 @@ class RunSpec:
 
     def key(self) -> str:
         # The profile's training settings and the code that trains are part of the key: editing either
-        # invalidates the cached runs.
-        return cache_key({**self.to_dict(), "profile_settings": get_profile(self.profile).training_settings()},
-                         modules=TRAINING_MODULES)
+        # invalidates the cached runs.  A trained public model's key also holds its recipe (and its code).
+        prof = get_profile(self.profile)
+        config = {**self.to_dict(), "profile_settings": prof.training_settings()}
+        modules = TRAINING_MODULES
+        if self.task == "pretrain" and self.weights_sha256 is None:
+            config["pretrain_recipe"] = prof.pretrain.to_dict()
+            modules = PRETRAIN_MODULES
+        return cache_key(config, modules=modules)
 
     def label(self) -> str:
         return "no noise" if self.epsilon is None else f"ε = {self.epsilon:g}"
@@ -105,8 +111,7 @@ def load_faces(profile: Profile, dataset: str, *, public: bool = False, seed: in
         common = dict(root=lfw_root(), image_size=profile.image_size, crop_fraction=profile.crop_fraction, seed=seed,
                       progress=progress)
         if public:
-            # A classifier learns little from people with 2-4 images: pre-train on those with more.
-            return load_lfw_public(min_images_per_person=profile.pretrain_min_images, **common)
+            return load_lfw_public(min_images_per_person=profile.pretrain.min_images, **common)
         return load_lfw(**common)
     if dataset == "synthetic":
         from dpact_tf.synthetic import synthetic_faces
@@ -133,15 +138,28 @@ def run_paths(spec: RunSpec, results_dir: Optional[str] = None):
     return base + ".json", base + ".client.h5", base + ".server.h5"
 
 
+def load_cached(spec: RunSpec, results_dir: Optional[str] = None) -> Optional[RunResult]:
+    """The complete cached result of ``spec`` (JSON and both weight files), or None."""
+    path, cpath, spath = run_paths(spec, results_dir)
+    if not (os.path.exists(path) and os.path.exists(cpath) and os.path.exists(spath)):
+        return None
+    with open(path) as fh:
+        saved = json.load(fh)
+    if not saved.get("complete"):
+        return None
+    return RunResult(spec, saved["history"], saved["info"], path, cpath, spath, cached=True)
+
+
 def run_training(spec: RunSpec, *, results_dir: Optional[str] = None, force: bool = False, progress: bool = True,
                  data: Optional[FaceSplit] = None) -> RunResult:
     """Train ``spec`` (or load its cached result). ``data`` may be passed to avoid reloading images."""
+    if spec.task == "pretrain":
+        raise ValueError("the public model is trained by dpact_tf.repro.pretrain.pretrain (its own recipe), "
+                         "not by run_training")
+    cached = None if force else load_cached(spec, results_dir)
+    if cached is not None:
+        return cached
     path, cpath, spath = run_paths(spec, results_dir)
-    if not force and os.path.exists(path):
-        with open(path) as fh:
-            saved = json.load(fh)
-        if saved.get("complete") and os.path.exists(cpath) and os.path.exists(spath):
-            return RunResult(spec, saved["history"], saved["info"], path, cpath, spath, cached=True)
 
     import tensorflow as tf
 
@@ -151,7 +169,7 @@ def run_training(spec: RunSpec, *, results_dir: Optional[str] = None, force: boo
 
     prof = get_profile(spec.profile)
     if data is None:
-        data = load_faces(prof, spec.dataset, public=spec.task == "pretrain", seed=spec.seed, progress=progress)
+        data = load_faces(prof, spec.dataset, seed=spec.seed, progress=progress)
     tf.keras.utils.set_random_seed(spec.seed)
     split = build_split_vggface(num_classes=data.num_classes, cut=spec.cut, epsilon=spec.epsilon, delta=spec.delta,
                                 method=spec.method, noise_seed=spec.seed + 1, **prof.model_kwargs())
