@@ -11,6 +11,7 @@ PROFILE ?= small
 DATASET ?= auto
 FORCE ?= 0
 EPSILONS ?=
+VGGFACE_WEIGHTS ?=
 PYTEST_ARGS ?=
 
 # LFW location: $DPACT_LFW_DIR if set, else data/lfw, else a shared copy beside the checkout (this workplace).
@@ -28,6 +29,7 @@ export PYTHONUNBUFFERED := 1
 
 help:
 	@echo "make book [PROFILE=tiny|small|medium|paper] [DATASET=auto|lfw|synthetic] [FORCE=1]  -- reproduce and render"
+	@echo "          [VGGFACE_WEIGHTS=data/vggface/rcmalli_vggface_tf_vgg16.h5]  -- Fig. 4 from VGG-Face (paper)"
 	@echo "make test                                                                -- tests (tiny profile)"
 	@echo "make benchmark                                                           -- split-overhead benchmark"
 
@@ -47,7 +49,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 book: $(STAMP)
-	$(PY) -m dpact_tf.repro run --profile $(PROFILE) --dataset $(DATASET) $(if $(filter 1,$(FORCE)),--force,) $(if $(EPSILONS),--epsilons $(EPSILONS),)
+	$(PY) -m dpact_tf.repro run --profile $(PROFILE) --dataset $(DATASET) $(if $(filter 1,$(FORCE)),--force,) $(if $(EPSILONS),--epsilons $(EPSILONS),) $(if $(VGGFACE_WEIGHTS),--vggface-weights $(VGGFACE_WEIGHTS),)
 	$(PY) -m dpact_tf.repro build
 
 clean-book:

@@ -18,9 +18,12 @@ import dataclasses
 import hashlib
 import io
 import os
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from dpact_tf.augment import Augmentation
 
 __all__ = ["FaceSplit", "load_lfw", "load_lfw_public", "split_people", "scan_lfw_dir", "resolve_lfw_dir",
            "make_dataset", "people_from_records", "preprocess_image", "PAPER_COUNTS", "PUBLIC_COUNTS",
@@ -308,9 +311,14 @@ def _tfds_people(data_dir: Optional[str]):
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, image_size: Optional[int] = None, drop_remainder: bool = False):
+                 seed: int = 0, image_size: Optional[int] = None, drop_remainder: bool = False,
+                 augment: Optional["Augmentation"] = None):
     """A ``tf.data`` pipeline: cache, seeded shuffle (reshuffled every epoch), batch, scale to [0, 1],
-    optional resize to ``image_size``, prefetch."""
+    optional resize to ``image_size``, optional augmentation, prefetch.
+
+    ``augment`` (a :class:`dpact_tf.augment.Augmentation`) is for training pipelines only: every epoch draws new
+    flips, crops and colour jitter, keyed by ``seed`` (same seed, same epochs).  Never pass it for evaluation.
+    """
     import tensorflow as tf
 
     if images.dtype != np.uint8:
@@ -328,4 +336,12 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, shu
             x = tf.image.resize(x, (image_size, image_size), antialias=True)
         return x, y
 
-    return ds.map(scale, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(scale, num_parallel_calls=tf.data.AUTOTUNE)
+    if augment is not None:
+        from dpact_tf.augment import augment_batch
+
+        # One stateless key per batch, new every epoch (rerandomized per iteration), fixed by ``seed``.
+        keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, keys)).map(lambda xy, key: (augment_batch(xy[0], key, augment), xy[1]),
+                                                 num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

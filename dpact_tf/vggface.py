@@ -12,14 +12,14 @@ so the same topology runs at CPU-friendly sizes (the ``small`` profile) and at t
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
 from dpact_tf import privacy
 from dpact_tf.layers import DPActivation
 
-__all__ = ["SplitModel", "build_split_vggface", "VGG_BLOCKS", "CUT_CHOICES", "layer_plan"]
+__all__ = ["SplitModel", "build_split_vggface", "initialize_from_data", "VGG_BLOCKS", "CUT_CHOICES", "layer_plan"]
 
 # (block, number of convs, channels at width 1) of VGG-16 / VGG-Face.
 VGG_BLOCKS: Tuple[Tuple[int, int, int], ...] = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
@@ -170,3 +170,41 @@ def build_split_vggface(input_shape: Sequence[int] = (224, 224, 3), num_classes:
     server = tf.keras.Model(act_in, logits, name="server")
     return SplitModel(client=client, server=server, cut=cut, activation_shape=activation_shape,
                       client_flops=int(flops), client_params=int(params))
+
+
+def initialize_from_data(split: SplitModel, images) -> Dict[str, float]:
+    """Data-dependent initialization (Kraehenbuehl et al. 2016, Sec. 3): layer by layer, from ``conv1_1`` to ``fc7``,
+    rescale the kernel and shift the bias so that every output channel's pre-activation has zero mean and unit
+    variance on ``images`` (float [N, H, W, 3] in [0, 1], a few hundred training images).
+
+    VGG-Face has no batch normalization; without it, a deep stack of ReLU layers started from a random init
+    passes on mostly what all images share (the spread of ``fc7`` across faces is small next to its mean), and
+    training on many identities with few images each stalls at chance for many epochs.  This sets the scales once, before
+    training; the network and its weights' shapes are unchanged.  ``fc8`` keeps its initialization.  The noise
+    of the DP layer is left out (its clean part is used).  Returns the pre-activation std each layer had.
+    """
+    import numpy as np
+
+    x = tf.convert_to_tensor(images, tf.float32)
+    chain = [layer for model in (split.client, split.server) for layer in model.layers
+             if not isinstance(layer, tf.keras.layers.InputLayer)]
+    scales: Dict[str, float] = {}
+    for layer in chain:
+        if isinstance(layer, DPActivation):
+            x = layer.normalize(x)
+            continue
+        if isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.Dense)) and layer.name != "fc8":
+            activation, layer.activation = layer.activation, tf.keras.activations.linear
+            try:
+                pre = layer(x)
+            finally:
+                layer.activation = activation
+            axes = list(range(pre.shape.rank - 1))
+            mean = tf.reduce_mean(pre, axes).numpy()
+            std = tf.math.reduce_std(pre, axes).numpy()
+            std = np.where(std > 1e-6, std, 1.0)  # a channel constant on these images keeps its scale
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel / std, (bias - mean) / std])
+            scales[layer.name] = float(np.mean(std))
+        x = layer(x)
+    return scales

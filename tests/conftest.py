@@ -1,3 +1,24 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+
+@pytest.fixture
+def tiny_vggface_h5(tmp_path):
+    """A weights file in the keras-vggface layout (random weights) with the ``tiny`` profile's shapes and VGG-Face's
+    2,622-way fc8: what data_scripts/fetch_vggface_weights.py downloads, shrunk.  Returns (path, weights)."""
+    import numpy as np
+
+    from dpact_tf import build_split_vggface
+    from dpact_tf.repro.profiles import get_profile
+    from dpact_tf.weights import write_keras_h5_weights
+
+    shapes = build_split_vggface(num_classes=2622, **get_profile("tiny").model_kwargs())
+    rng = np.random.default_rng(0)
+    weights = {layer.name: [rng.normal(0, 0.05, w.shape).astype(np.float32) for w in layer.weights]
+               for layer in shapes.client.layers + shapes.server.layers if layer.name.startswith(("conv", "fc"))}
+    path = tmp_path / "vggface.h5"
+    write_keras_h5_weights(str(path), weights)
+    return path, weights

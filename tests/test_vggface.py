@@ -107,3 +107,37 @@ def test_channel_overrides_change_only_the_named_layer():
         build_split_vggface((32, 32, 3), 3, width=1 / 8, fc_units=8, channels={"fc6": 4})
     with pytest.raises(ValueError, match="positive integers"):
         build_split_vggface((32, 32, 3), 3, width=1 / 8, fc_units=8, channels={"conv1_1": 0})
+
+
+def test_data_dependent_init_standardizes_every_layer_but_fc8():
+    from dpact_tf.vggface import initialize_from_data
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(48, 32, 32, 3)).astype(np.float32)
+    tf.keras.utils.set_random_seed(1)
+    split = build_split_vggface((32, 32, 3), 5, width=1 / 8, fc_units=16, dropout=0.5)
+    fc8 = split.server.get_layer("fc8").get_weights()
+    tf.keras.utils.set_random_seed(1)
+    noisy = build_split_vggface((32, 32, 3), 5, width=1 / 8, fc_units=16, dropout=0.5, epsilon=1.0, noise_seed=3)
+    initialize_from_data(split, images)
+    initialize_from_data(noisy, images)
+    # Re-run the initialized network and read every pre-activation: zero mean, unit std per channel on the images.
+    x = images
+    layers = [l for m in (split.client, split.server) for l in m.layers if not isinstance(l, tf.keras.layers.InputLayer)]
+    checked = []
+    for layer in layers:
+        if isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.Dense)) and layer.name != "fc8":
+            kernel, bias = layer.get_weights()
+            pre = (tf.nn.conv2d(x, kernel, 1, "SAME") if kernel.ndim == 4 else x @ kernel) + bias
+            axes = tuple(range(pre.ndim - 1))
+            np.testing.assert_allclose(np.mean(pre, axes), 0.0, atol=1e-4)
+            np.testing.assert_allclose(np.std(pre, axes), 1.0, rtol=1e-3)
+            checked.append(layer.name)
+        x = layer.normalize(x) if layer.name == "dp_activation" else layer(x)
+    assert checked[0] == "conv1_1" and checked[-1] == "fc7" and len(checked) == 15
+    for a, b in zip(split.server.get_layer("fc8").get_weights(), fc8):
+        np.testing.assert_array_equal(a, b)
+    # the DP noise plays no part: a noisy client is initialized exactly like the noise-free one
+    for a, b in zip(split.client.get_weights() + split.server.get_weights(),
+                    noisy.client.get_weights() + noisy.server.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -107,10 +107,13 @@ def _to_ipynb(source: str, dest: str) -> None:
 
 def run_notebooks(*, profile: str, dataset: str, out_dir: str, results_dir: Optional[str] = None,
                   force: bool = False, epsilons: Optional[Sequence[Optional[float]]] = None,
-                  only: Optional[Sequence[str]] = None, notebook_dir: Optional[str] = None) -> Dict[str, float]:
+                  only: Optional[Sequence[str]] = None, notebook_dir: Optional[str] = None,
+                  vggface_weights: Optional[str] = None) -> Dict[str, float]:
     """Execute the notebooks with papermill; returns seconds per notebook.
 
     Only the parameters a notebook declares are passed to it (papermill warns about the others).
+    ``vggface_weights``: the public Keras VGG-Face weights file; the fine-tuning chapter then starts from VGG-Face
+    instead of the offline stand-in (needs the ``paper`` profile's shapes).
     """
     import papermill as pm
 
@@ -125,6 +128,13 @@ def run_notebooks(*, profile: str, dataset: str, out_dir: str, results_dir: Opti
         params["results_dir"] = os.path.abspath(results_dir)
     if epsilons is not None:
         params["epsilons"] = list(epsilons)
+    if vggface_weights is not None:
+        path = os.path.abspath(vggface_weights)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{vggface_weights} not found; on a connected machine run "
+                                    "`python data_scripts/fetch_vggface_weights.py` to download it")
+        inside = os.path.relpath(path, REPO)  # the notebooks run in the repository: keep the chapter's note local-free
+        params["vggface_weights"] = path if inside.startswith(os.pardir) else inside
     unknown = sorted(set(only or ()) - set(NOTEBOOKS))
     if unknown:
         raise ValueError(f"unknown notebooks {unknown}; choose from {NOTEBOOKS}")
@@ -178,6 +188,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     r.add_argument("--epsilons", nargs="+", help="override the epsilon sweep, e.g. none 1 5 20")
     r.add_argument("--only", nargs="+", help="run only these notebooks")
     r.add_argument("--results-dir", default=None, help="default: $DPACT_RESULTS_DIR, else results/ in the repository")
+    r.add_argument("--vggface-weights", default=None,
+                   help="public Keras VGG-Face weights (data_scripts/fetch_vggface_weights.py): the fine-tuning "
+                        "chapter starts from them (use with --profile paper)")
     r.add_argument("--out-dir", default=os.path.join(REPO, "book", "executed"))
     sub.add_parser("build", help="render the Jupyter Book")
     args = parser.parse_args(argv)
@@ -185,7 +198,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         eps = _parse_eps(args.epsilons) if args.epsilons else None
         start = time.perf_counter()
         timings = run_notebooks(profile=args.profile, dataset=args.dataset, out_dir=args.out_dir,
-                                results_dir=args.results_dir, force=args.force, epsilons=eps, only=args.only)
+                                results_dir=args.results_dir, force=args.force, epsilons=eps, only=args.only,
+                                vggface_weights=args.vggface_weights)
         print(f"executed {len(timings)} notebooks in {time.perf_counter() - start:.0f} s")
     else:
         build_book()

@@ -297,7 +297,7 @@ def profile_workload(profile: str, *, train_images: int, num_classes: int, publi
     if public_images:
         if not public_classes:
             raise ValueError("public_classes (people of the public set) is needed with public_images")
-        rows.insert(1, {"study": "Fig. 4 public model (pre-training)", "runs": 1, "epochs": prof.pretrain_epochs,
+        rows.insert(1, {"study": "Fig. 4 public model (pre-training)", "runs": 1, "epochs": prof.pretrain.epochs,
                         "images_per_epoch": public_images,
                         "flops_per_image": training_flops_per_image(num_classes=public_classes, **net)})
     ladder = sum(training_flops_per_image(num_classes=num_classes, image_size=size, width=prof.width,

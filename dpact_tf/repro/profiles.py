@@ -12,10 +12,51 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Optional, Tuple
 
-__all__ = ["Profile", "PROFILES", "get_profile", "DEFAULT_EPSILONS"]
+__all__ = ["Profile", "PretrainRecipe", "PROFILES", "get_profile", "DEFAULT_EPSILONS"]
 
 # The paper's sweep (Figs 2-4): epsilon from 1 to 20; None is the no-noise baseline.
 DEFAULT_EPSILONS: Tuple[Optional[float], ...] = (None, 1.0, 2.0, 3.0, 5.0, 10.0, 14.0, 20.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainRecipe:
+    """How the public model of the fine-tuning experiment (the offline stand-in for VGG-Face) is trained.
+
+    The publisher of a public model trains it whole, without noise and without a split, with the usual tools:
+    augmentation, a warmed-up learning rate, weight decay, label smoothing, dropout (VGG-Face: random crops and
+    flips, dropout 0.5 after fc6 and fc7).  None of it changes the network's weights' shapes, so the fine-tuning
+    network (no dropout) loads them by name.  See :mod:`dpact_tf.repro.pretrain`.
+    """
+
+    min_images: int           # the public LFW people with at least this many images (2..9; 2 = all 1,522 people)
+    epochs: int               # passes over the public training images
+    augment: bool             # random flips, crops and colour jitter in training (dpact_tf.augment.Augmentation())
+    optimizer: str            # "adam" or "sgd" (momentum 0.9)
+    learning_rate: float      # peak learning rate, reached after the warm-up, then cosine decay to 0
+    warmup_epochs: int        # epochs of linear warm-up from 0
+    weight_decay: float       # decoupled weight decay per step, times the learning rate (0: none)
+    label_smoothing: float    # mass of the one-hot target spread uniformly over the classes (0: none)
+    dropout: float            # dropout after fc6 and fc7 during pre-training only (0: none)
+    data_init: bool           # data-dependent initialization (dpact_tf.vggface.initialize_from_data)
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.min_images <= 9:
+            raise ValueError(f"min_images must be in 2..9 (got {self.min_images}); people with >= 10 images are "
+                             "the evaluation identities")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1 (got {self.epochs})")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd' (got {self.optimizer!r})")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0 (got {self.learning_rate})")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs) (got {self.warmup_epochs} of {self.epochs})")
+        for name in ("weight_decay", "label_smoothing", "dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1) (got {getattr(self, name)})")
+
+    def to_dict(self) -> Dict[str, object]:
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +74,7 @@ class Profile:
     lr_decay_rate: float            # the learning rate decays by this factor over the run (0.1 = paper)
     epochs: int                     # epochs of training from scratch (Fig 3)
     finetune_epochs: int            # epochs of output-layer fine-tuning (Fig 4)
-    pretrain_epochs: int            # epochs of pre-training on the public (disjoint) identities
-    pretrain_min_images: int        # pre-train on the public people with at least this many images (2..9)
+    pretrain: PretrainRecipe        # how the public model (disjoint identities) is pre-trained
     partition_epochs: int           # epochs per run of the partition-position study
     partition_cuts: Tuple[str, ...]                 # cut layers compared in the partition study
     partition_epsilons: Tuple[Optional[float], ...]  # epsilons of the partition study (None = no noise)
@@ -53,7 +93,7 @@ class Profile:
     def __post_init__(self) -> None:
         if self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32 (got {self.image_size})")
-        for field in ("epochs", "finetune_epochs", "pretrain_epochs", "partition_epochs", "batch_size",
+        for field in ("epochs", "finetune_epochs", "partition_epochs", "batch_size",
                       "convergence_max_epochs", "convergence_patience", "ladder_epochs"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1 (got {getattr(self, field)})")
@@ -70,26 +110,32 @@ class Profile:
         """The fields that change what a training run computes (the cache key of a run includes them).
 
         Schedules of the studies (how many epochs, which cuts or epsilons to sweep) are part of each run's
-        own spec instead, so editing a sweep does not invalidate the runs it shares with other studies.
+        own spec instead, so editing a sweep does not invalidate the runs it shares with other studies; the
+        pre-training recipe is part of the pre-trained model's key only (and so of the runs that start from it).
         """
         keys = ("image_size", "crop_fraction", "width", "fc_units", "batch_size", "learning_rate", "momentum",
-                "lr_decay_rate", "pretrain_min_images", "synthetic_identities", "synthetic_images_per_identity")
+                "lr_decay_rate", "synthetic_identities", "synthetic_images_per_identity")
         return {k: getattr(self, k) for k in keys}
 
 
 _PARTITION_CUTS = ("conv1_1", "conv1_2", "pool1", "conv2_2", "pool2")
 
+# The public model's recipe (chosen on a dev split of the public training images, benchmarks/pretrain_recipe.py):
+# all 1,522 public people, augmented, data-dependent init, Adam with warm-up and cosine decay.
+_PRETRAIN = PretrainRecipe(min_images=2, epochs=50, augment=True, optimizer="adam", learning_rate=1e-3,
+                           warmup_epochs=1, weight_decay=0.0, label_smoothing=0.0, dropout=0.0, data_init=True)
+
 PROFILES: Dict[str, Profile] = {
     "tiny": Profile(name="tiny", image_size=32, crop_fraction=0.6, width=1 / 8, fc_units=64, batch_size=32,
                     learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=8, finetune_epochs=4,
-                    pretrain_epochs=6, pretrain_min_images=5, partition_epochs=2, partition_cuts=_PARTITION_CUTS,
+                    pretrain=dataclasses.replace(_PRETRAIN, epochs=6), partition_epochs=2, partition_cuts=_PARTITION_CUTS,
                     partition_epsilons=(None, 1.0), synthetic_identities=8, synthetic_images_per_identity=30,
                     benchmark_repeats=3, convergence_max_epochs=6, convergence_patience=2,
                     convergence_min_delta=0.0, convergence_epsilons=(None, 3.0),
                     ladder_points=((32, 4), (32, 8), (32, 16)), ladder_epsilons=(None, 5.0), ladder_epochs=2),
     "small": Profile(name="small", image_size=64, crop_fraction=0.6, width=1 / 8, fc_units=256, batch_size=64,
                      learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=15, finetune_epochs=10,
-                     pretrain_epochs=60, pretrain_min_images=5, partition_epochs=10, partition_cuts=_PARTITION_CUTS,
+                     pretrain=_PRETRAIN, partition_epochs=10, partition_cuts=_PARTITION_CUTS,
                      partition_epsilons=(None, 10.0), synthetic_identities=40,
                      synthetic_images_per_identity=30, benchmark_repeats=10, convergence_max_epochs=40,
                      convergence_patience=8, convergence_min_delta=0.005, convergence_epsilons=(None, 3.0, 5.0, 10.0),
@@ -98,7 +144,7 @@ PROFILES: Dict[str, Profile] = {
     # Bigger budgets on small's network, for the fidelity questions (a few hours on 2 cores; see the README).
     "medium": Profile(name="medium", image_size=64, crop_fraction=0.6, width=1 / 8, fc_units=256, batch_size=64,
                       learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=30, finetune_epochs=10,
-                      pretrain_epochs=60, pretrain_min_images=5, partition_epochs=20, partition_cuts=_PARTITION_CUTS,
+                      pretrain=_PRETRAIN, partition_epochs=20, partition_cuts=_PARTITION_CUTS,
                       partition_epsilons=(None, 10.0), synthetic_identities=40,
                       synthetic_images_per_identity=30, benchmark_repeats=10, convergence_max_epochs=80,
                       convergence_patience=10, convergence_min_delta=0.005,
@@ -107,7 +153,8 @@ PROFILES: Dict[str, Profile] = {
                       ladder_epsilons=(None, 3.0, 5.0), ladder_epochs=30),
     "paper": Profile(name="paper", image_size=224, crop_fraction=224 / 250, width=1.0, fc_units=4096,
                      batch_size=64, learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=30,
-                     finetune_epochs=10, pretrain_epochs=30, pretrain_min_images=5, partition_epochs=30, partition_cuts=_PARTITION_CUTS,
+                     finetune_epochs=10, pretrain=dataclasses.replace(_PRETRAIN, epochs=30), partition_epochs=30,
+                     partition_cuts=_PARTITION_CUTS,
                      partition_epsilons=(None, 1.0, 3.0, 5.0, 10.0, 20.0), synthetic_identities=158,
                      synthetic_images_per_identity=27, benchmark_repeats=20, convergence_max_epochs=100,
                      convergence_patience=10, convergence_min_delta=0.005,

@@ -23,7 +23,7 @@ from dpact_tf.jsonio import write_json
 from dpact_tf.repro.profiles import get_profile
 
 __all__ = ["REPO", "resolve_results_dir", "study_dir", "record_metrics", "load_metrics",
-           "code_fingerprint", "cache_key", "TRAINING_MODULES", "relative_to_repo"]
+           "code_fingerprint", "cache_key", "TRAINING_MODULES", "PRETRAIN_MODULES", "relative_to_repo"]
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 
@@ -31,6 +31,8 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.par
 TRAINING_MODULES = ("dpact_tf.privacy", "dpact_tf.layers", "dpact_tf.vggface", "dpact_tf.split", "dpact_tf.callbacks",
                     "dpact_tf.data",
                     "dpact_tf.synthetic", "dpact_tf.repro.profiles", "dpact_tf.repro.runs")
+# ... and of the public model, trained with its own recipe (augmentation, Keras fit) by dpact_tf.repro.pretrain.
+PRETRAIN_MODULES = (*TRAINING_MODULES, "dpact_tf.augment", "dpact_tf.repro.pretrain")
 
 
 def resolve_results_dir(results_dir: Optional[str] = None) -> str:

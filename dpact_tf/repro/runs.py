@@ -15,12 +15,13 @@ import time
 from typing import Any, Dict, List, Optional
 
 from dpact_tf.repro.profiles import Profile, get_profile
-from dpact_tf.repro.results import REPO, TRAINING_MODULES, cache_key, resolve_results_dir
+from dpact_tf.repro.results import PRETRAIN_MODULES, REPO, TRAINING_MODULES, cache_key, resolve_results_dir
 from dpact_tf.callbacks import Callback, EarlyStopping, ProgressBar
 from dpact_tf.data import FaceSplit
 from dpact_tf.jsonio import write_json
 
-__all__ = ["RunSpec", "RunResult", "load_faces", "lfw_root", "run_paths", "run_training", "TASKS"]
+__all__ = ["RunSpec", "RunResult", "load_faces", "lfw_root", "run_paths", "load_cached", "run_training",
+           "HistoryWriter", "TASKS"]
 
 TASKS = ("scratch", "finetune", "pretrain")
 
@@ -83,11 +84,16 @@ class RunSpec:
 
     def key(self) -> str:
         # The profile's training settings and the code that trains are part of the key: editing either
-        # invalidates the cached runs.
+        # invalidates the cached runs.  A trained public model's key also holds its recipe (and its code).
+        prof = get_profile(self.profile)
         spec = {k: v for k, v in self.to_dict().items()
                 if not (k in self._KEY_DEFAULTS and v == self._KEY_DEFAULTS[k])}
-        return cache_key({**spec, "profile_settings": get_profile(self.profile).training_settings()},
-                         modules=TRAINING_MODULES)
+        config = {**spec, "profile_settings": prof.training_settings()}
+        modules = TRAINING_MODULES
+        if self.task == "pretrain" and self.weights_sha256 is None:
+            config["pretrain_recipe"] = prof.pretrain.to_dict()
+            modules = PRETRAIN_MODULES
+        return cache_key(config, modules=modules)
 
     def label(self) -> str:
         return "no noise" if self.epsilon is None else f"ε = {self.epsilon:g}"
@@ -142,8 +148,7 @@ def load_faces(profile: Profile, dataset: str, *, public: bool = False, seed: in
         common = dict(root=lfw_root(), image_size=profile.image_size, crop_fraction=profile.crop_fraction, seed=seed,
                       progress=progress)
         if public:
-            # A classifier learns little from people with 2-4 images: pre-train on those with more.
-            return load_lfw_public(min_images_per_person=profile.pretrain_min_images, **common)
+            return load_lfw_public(min_images_per_person=profile.pretrain.min_images, **common)
         return load_lfw(**common)
     if dataset == "synthetic":
         from dpact_tf.synthetic import synthetic_faces
@@ -170,15 +175,28 @@ def run_paths(spec: RunSpec, results_dir: Optional[str] = None):
     return base + ".json", base + ".client.h5", base + ".server.h5"
 
 
+def load_cached(spec: RunSpec, results_dir: Optional[str] = None) -> Optional[RunResult]:
+    """The complete cached result of ``spec`` (JSON and both weight files), or None."""
+    path, cpath, spath = run_paths(spec, results_dir)
+    if not (os.path.exists(path) and os.path.exists(cpath) and os.path.exists(spath)):
+        return None
+    with open(path) as fh:
+        saved = json.load(fh)
+    if not saved.get("complete"):
+        return None
+    return RunResult(spec, saved["history"], saved["info"], path, cpath, spath, cached=True)
+
+
 def run_training(spec: RunSpec, *, results_dir: Optional[str] = None, force: bool = False, progress: bool = True,
                  data: Optional[FaceSplit] = None) -> RunResult:
     """Train ``spec`` (or load its cached result). ``data`` may be passed to avoid reloading images."""
+    if spec.task == "pretrain":
+        raise ValueError("the public model is trained by dpact_tf.repro.pretrain.pretrain (its own recipe), "
+                         "not by run_training")
+    cached = None if force else load_cached(spec, results_dir)
+    if cached is not None:
+        return cached
     path, cpath, spath = run_paths(spec, results_dir)
-    if not force and os.path.exists(path):
-        with open(path) as fh:
-            saved = json.load(fh)
-        if saved.get("complete") and os.path.exists(cpath) and os.path.exists(spath):
-            return RunResult(spec, saved["history"], saved["info"], path, cpath, spath, cached=True)
 
     import tensorflow as tf
 
@@ -188,7 +206,7 @@ def run_training(spec: RunSpec, *, results_dir: Optional[str] = None, force: boo
 
     prof = spec.profile_obj()
     if data is None:
-        data = load_faces(prof, spec.dataset, public=spec.task == "pretrain", seed=spec.seed, progress=progress)
+        data = load_faces(prof, spec.dataset, seed=spec.seed, progress=progress)
     if tuple(data.train_images.shape[1:3]) != (prof.image_size, prof.image_size):
         raise ValueError(f"the run needs {prof.image_size}x{prof.image_size} images but data holds "
                          f"{data.train_images.shape[1]}x{data.train_images.shape[2]}; load them with "
