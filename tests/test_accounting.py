@@ -113,7 +113,9 @@ def _instrumented_run(train_conv1: bool):
         return [int(round(float(v) * 255)) for v in np.asarray(x)[:, 0, 0, 0]]  # images differ in pixel (0, 0, 0)
 
     def wrap(name, training):
-        original = getattr(trainer.client, name)
+        # the trainer's compiled protocol step (client forward -> server step -> client backward) and its
+        # evaluation step (client release -> server predict): every call releases each image of the batch once
+        original = getattr(trainer, name)
 
         def counted(images, *rest):
             weights = np.concatenate([w.numpy().ravel() for w in split.client.trainable_weights])
@@ -122,10 +124,10 @@ def _instrumented_run(train_conv1: bool):
             version["w"] = weights
             log.extend((i, version["v"], training) for i in ident(images))
             return original(images, *rest)
-        setattr(trainer.client, name, counted)
+        setattr(trainer, name, counted)
 
-    wrap("forward", True)
-    wrap("release", False)
+    wrap("_step", True)
+    wrap("_evaluate", False)
     trainer.fit(train, epochs, validation_data=test)
     ids = sorted({i for i, _, _ in log})
     dp = split.dp_layer
