@@ -432,13 +432,17 @@ def test_model_analyzer_builtin_ops_only(exported):
     from dpact_tf.tflite_inspect import analyzer_report, check_builtin_only, operator_names
 
     report = analyzer_report(exported[1])
-    for name in ("infer", "train", "gradient", "apply_gradient"):
+    for name in ("infer", "release", "train", "gradient", "apply_gradient"):
         assert f"{name}(" in report
     assert "Flex" not in report and "CUSTOM" not in report
     check_builtin_only(exported[1])
     ops = operator_names(exported[1])["infer"]
     assert "LOCAL_RESPONSE_NORMALIZATION" not in ops and "RANDOM_STANDARD_NORMAL" not in ops
     assert {"CONV_2D", "RSQRT", "RANDOM_UNIFORM"} <= set(ops)
+    # release: no random op at all (its noise is the app's uniforms), Box-Muller from builtin ops
+    release = set(operator_names(exported[1])["release"])
+    assert not release & {"RANDOM_UNIFORM", "RANDOM_STANDARD_NORMAL", "MULTINOMIAL"}
+    assert {"CONV_2D", "RSQRT", "LOG", "SQRT", "COS", "SIN", "SELECT_V2"} <= release
 
 
 def test_one_call_train_equals_the_streamed_update(exported):
