@@ -28,7 +28,10 @@ Signatures of the exported model:
   r = std sqrt(-2 ln u1), u1 = entropy[..., c] and u2 = entropy[..., C/2 + c] (Box-Muller: exactly N(0, std^2)
   up to float32, |z| <= 5.77 std as with TensorFlow's own sampler).  ``valid = 0`` and an all-zero activation
   when ``entropy`` has an entry outside [2^-24, 1] (a zero -- an unfilled buffer or a gap in one --, NaN, inf),
-  another shape than the activation's, or a mean or variance no 24-bit uniform tensor has (a constant fill).
+  another shape than the activation's, or a mean or variance no 24-bit uniform tensor has (a constant fill), and
+  for ``epsilon = +inf`` (a deployed release always adds noise; the no-noise baseline is ``infer``'s).  The graph
+  cannot tell fresh entropy from the previous call's (LiteRT keeps an input tensor's contents between calls):
+  the app must write new uniforms before every call.
   ``R`` is any number of rows (``R' = R`` for a conv1_1 head, whose sidecar says ``release_strip_halo_rows:
   1``): an app can release an image in strips of rows, each with one row of its neighbours above and below
   (zero rows at the image's border: conv1_1's own SAME padding) whose outputs it drops -- the same release,
@@ -308,13 +311,15 @@ class ClientHead(tf.Module):
         return tf.logical_and(shape_ok, tf.logical_and(in_range, plausible))
 
     def _infer(self, image: tf.Tensor, epsilon: tf.Tensor, entropy: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
-        # valid: 0 < epsilon <= max_epsilon, or epsilon = +inf (no noise), and a finite std; NaN fails every test.
+        # valid: 0 < epsilon <= max_epsilon, or (infer only) epsilon = +inf (no noise), and a finite std; NaN fails
+        # every test.
         # noise scale as a float16-exact high part plus a low part (exact in float32 and in float16 heads)
         std = (self.noise_scale_hi + self.noise_scale_lo) / epsilon  # +inf -> 0: no noise; DIV clamps to FLT_MAX
-        valid = tf.logical_and(
-            tf.logical_and(epsilon > 0.0, tf.logical_or(epsilon <= self.max_epsilon,
-                                                        _is_pos_inf(epsilon, self.max_epsilon))),
-            std < MAX_BOX_MULLER_STD)  # -2 std^2 ln(v) must be finite for v >= 2^-24: epsilon > ~1.1e-18
+        eps_ok = epsilon <= self.max_epsilon
+        if entropy is None:  # infer: +inf is the no-noise baseline; release (deployed) always adds noise
+            eps_ok = tf.logical_or(eps_ok, _is_pos_inf(epsilon, self.max_epsilon))
+        valid = tf.logical_and(tf.logical_and(epsilon > 0.0, eps_ok),
+                               std < MAX_BOX_MULLER_STD)  # -2 std^2 ln(v) finite for v >= 2^-24: eps > ~1.1e-18
         if entropy is not None:
             clean, _, _ = self._features(image)
             valid = tf.logical_and(valid, self._entropy_ok(entropy, tf.shape(clean)))

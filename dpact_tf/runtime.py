@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -170,6 +171,7 @@ class HeadRunner:
 
         tflite_inspect = _tflite_inspect()
 
+        self._lock = threading.Lock()  # one interpreter: infer/train calls from several threads are serialized
         if int(max_batch) != max_batch or max_batch < 1:
             raise ValueError(f"max_batch must be a positive integer (got {max_batch})")
         self.max_batch = int(max_batch)
@@ -265,10 +267,19 @@ class HeadRunner:
         return eps
 
     def infer(self, image: np.ndarray, epsilon: float) -> np.ndarray:
-        """The noisy activation to upload; ``epsilon=math.inf`` gives the noise-free activation."""
+        """The noisy activation to upload; ``epsilon=math.inf`` gives the noise-free activation (the baseline of
+        tests and benchmarks, computed by the ``infer`` signature: the deployable ``release`` refuses +inf).
+
+        Thread-safe: calls on one runner are serialized (a LiteRT interpreter is not thread-safe; unserialized
+        calls from two threads were seen to return noise-free rows and noise shared between threads).
+        """
+        with self._lock:
+            return self._infer_locked(image, epsilon)
+
+    def _infer_locked(self, image: np.ndarray, epsilon: float) -> np.ndarray:
         eps = np.float32(self.check_epsilon(epsilon))
         image = self._check_image(image)
-        if self._release is not None:
+        if self._release is not None and math.isfinite(float(eps)):
             return self._release_all(image, eps, epsilon)
         result = None  # a runtime-only head (allow_runtime_noise_only): LiteRT's generator alone
         for start in range(0, image.shape[0], self.max_batch):
@@ -324,8 +335,12 @@ class HeadRunner:
         """Apply the server's dL/d(activation) to the head's conv1_1 (SGD with momentum); returns |grad|.
 
         Refuses (``ValueError``, weights unchanged) a gradient of the wrong shape or with NaN/inf, and a
-        learning rate that is not finite and > 0.
+        learning rate that is not finite and > 0.  Serialized with :meth:`infer` (one interpreter).
         """
+        with self._lock:
+            return self._train_locked(image, grad_activation, learning_rate)
+
+    def _train_locked(self, image: np.ndarray, grad_activation: np.ndarray, learning_rate: float) -> TrainResult:
         if not self.has_train:
             raise ValueError("this head has no 'train' signature (exported with a cut other than conv1_1, "
                              "float16 weights, or --no-train)")

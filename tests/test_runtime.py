@@ -58,10 +58,23 @@ def test_strips_release_the_same_activation_as_whole_images(heads):
     clean = split.clean_client()(images.astype(np.float32) / 255.0).numpy()
     whole = HeadRunner(path, rows_per_call=64)
     assert whole.rows_per_call == 64 and HeadRunner(path).rows_per_call == 64  # 64 x 32 x 8 fits in 1 MiB
+    # exactness of the strips, through the signature itself with the same uniforms: one row of the neighbours above
+    # and below (zero rows at the border) releases exactly what the whole image releases
+    release = whole._release
+    c2 = int(release.get_input_details()["entropy"]["shape_signature"][-1])
+    uni = np.random.default_rng(5).integers(1, 2 ** 24 + 1, (3, 66, 32, c2)).astype(np.float32) / np.float32(2 ** 24)
+    eps = np.float32(3.0)
+    ref = release(image=images, epsilon=eps, entropy=uni[:, 1:65])
+    assert int(ref["valid"]) == 1
+    padded = np.pad(images, [(0, 0), (1, 1), (0, 0), (0, 0)])
+    for rows in (1, 8, 16):
+        for top in range(0, 64, rows):
+            out = release(image=padded[:, top:top + rows + 2], epsilon=eps, entropy=uni[:, top:top + rows + 2])
+            assert int(out["valid"]) == 1
+            np.testing.assert_allclose(out["activation"][:, 1:1 + rows], ref["activation"][:, top:top + rows],
+                                       atol=1e-6)
     for rows, max_batch in ((1, 1), (8, 2), (16, 3), (32, 1)):
         strips = HeadRunner(path, rows_per_call=rows, max_batch=max_batch)
-        # one row of the neighbours above and below, zero rows at the border: exactly conv1_1 on the whole image
-        np.testing.assert_allclose(strips.infer(images, math.inf), whole.infer(images, math.inf), atol=1e-6)
         noise = (strips.infer(images, 3.0) - clean).ravel()
         std = privacy.noise_std(3.0, 1e-5)
         n = noise.size  # 49,152
@@ -114,3 +127,55 @@ def test_headrunner_refuses_a_release_that_shifts_the_runtimes_uniforms(tmp_path
         fh.write(tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["infer", "release"]).convert())
     with pytest.raises(ValueError, match="export it again"):
         HeadRunner(path)
+
+
+def test_release_refuses_no_noise_and_infer_keeps_the_baseline(heads):
+    # review finding: release returned clean activations with valid=1 at epsilon=+inf (an app bug like budget/0)
+    split, path, _, _ = heads
+    runner = HeadRunner(path)
+    image = _images((64, 32, 3), n=1)
+    c2 = int(runner._release.get_input_details()["entropy"]["shape_signature"][-1])
+    entropy = np.random.default_rng(1).integers(1, 2 ** 24 + 1, (1, 64, 32, c2)).astype(np.float32) / np.float32(2 ** 24)
+    out = runner._release(image=image, epsilon=np.float32(math.inf), entropy=entropy)
+    assert int(out["valid"]) == 0 and not np.any(out["activation"])
+    out = runner._release(image=image, epsilon=np.float32(5.0), entropy=entropy)
+    assert int(out["valid"]) == 1 and np.any(out["activation"])
+    clean = split.clean_client()(image.astype(np.float32) / 255.0).numpy()
+    np.testing.assert_allclose(runner.infer(image, math.inf), clean, atol=1e-5)  # the baseline, via infer
+
+
+def test_head_runner_serializes_threads(heads):
+    # review finding: two threads sharing one runner got noise-free rows and shared noise; calls are now serialized
+    import threading
+
+    split, path, _, _ = heads
+    runner = HeadRunner(path, rows_per_call=1)
+    images = [_images((64, 32, 3), n=1, seed=k) for k in (0, 1)]
+    clean = [split.clean_client()(im.astype(np.float32) / 255.0).numpy() for im in images]
+    out, errors = {0: [], 1: []}, []
+
+    def work(k):
+        try:
+            for _ in range(15):
+                out[k].append(runner.infer(images[k], 5.0))
+        except Exception as err:  # reported by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    noises = []
+    for k in (0, 1):
+        for act in out[k]:
+            noise = act - clean[k]
+            row_is_clean = np.all(np.abs(noise) < 1e-5, axis=(2, 3))
+            assert not np.any(row_is_clean), "a released row carries no noise"
+            noises.append(noise.ravel())
+    flat = np.stack(noises)
+    rows = flat.reshape(len(flat), 64, -1)
+    for i in range(len(rows)):  # no row of any release shares its noise with a row of another release
+        same = np.all(np.abs(rows[i + 1:, :, None, :] - rows[i][None, None, :, :]) < 1e-6, axis=-1)
+        assert not np.any(same)
