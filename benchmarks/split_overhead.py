@@ -12,7 +12,7 @@ fall into two clusters (a loaded machine gives some epochs at half speed), the c
 split / Keras of the medians (the target: <= 1.05), of the minima and per round; the ratio of the median CPU
 times per epoch (the process's, all threads: less sensitive to other jobs than wall time, though a thread
 that spins while it waits counts too); and the machine's load (``os.getloadavg`` before and after, CPUs).
-Not a timed test: run it with `make benchmark` or `python benchmarks/split_overhead.py --rounds 9`.
+Not a timed test: run it with `make benchmark` or `python benchmarks/split_overhead.py --edge-path`.
 """
 import argparse
 import json
@@ -59,7 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="small")
     parser.add_argument("--images", type=int, default=1280, help="training images per epoch (random data)")
-    parser.add_argument("--rounds", type=int, default=9, help="timed epochs of each, interleaved (>= 5)")
+    parser.add_argument("--rounds", type=int, default=11, help="timed epochs of each, interleaved (>= 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed epochs of each before the rounds (>= 1)")
     parser.add_argument("--edge-path", action="store_true",
                         help="also time the protocol as three compiled calls per step, as the gRPC edge runs it")
