@@ -1,14 +1,15 @@
 """Epoch wall time of SplitTrainer vs keras.Model.fit on the identical network and data, noise off.
 
 Both train the same network (same initial weights, same optimizer and schedule, float32) on the same cached,
-prefetched ``tf.data`` pipeline.  The trainers are interleaved -- one epoch of each per round, their order
-alternating from round to round -- so that a change in the machine's load hits both alike; each first runs
-``--warmup`` epochs that are not timed (tracing, first allocations).  Optionally (``--edge-path``) a third side
-runs the protocol as the gRPC edge does, one compiled call per message (``SplitClient.forward`` ->
-``EdgeServer.step`` -> ``SplitClient.backward``), for information.
+prefetched ``tf.data`` pipeline, with tf.data's autotuning off (its thread stalled random epochs by 1-2.5 s).
+The trainers are interleaved -- one epoch of each per round, their order alternating from round to round --
+so that a change in the machine's load hits both alike; each first runs ``--warmup`` epochs that are not
+timed (tracing, first allocations).  Optionally (``--edge-path``) a third side runs the protocol as the gRPC
+edge does, one compiled call per message (``SplitClient.forward`` -> ``EdgeServer.step`` ->
+``SplitClient.backward``), for information.
 
 Prints, per trainer, the median, minimum, maximum and interquartile range of the epoch times and, when they
-fall into two clusters (a loaded machine gives some epochs at half speed), the clusters; then the ratio
+fall into two clusters (other jobs on the machine can halve the speed of some), the clusters; then the ratio
 split / Keras of the medians (the target: <= 1.05), of the minima and per round; the ratio of the median CPU
 times per epoch (the process's, all threads: less sensitive to other jobs than wall time, though a thread
 that spins while it waits counts too); and the machine's load (``os.getloadavg`` before and after, CPUs).
@@ -76,8 +77,13 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(args.images, prof.image_size, prof.image_size, 3)).astype(np.float32)
     y = rng.integers(0, 158, args.images).astype(np.int32)
-    # one pipeline for every side: batched, cached, prefetched
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(prof.batch_size).cache().prefetch(2)
+    # One pipeline for every side: batched, cached, prefetched.  Its buffer sizes are fixed, so tf.data's
+    # autotuning is off: on this project's machine its background thread held the end of random epochs until its
+    # next scheduled run (1.1-2.5 s; such epochs last exactly 2.55 s or 5.11 s, the sums of its doubling
+    # periods 10 ms, 20 ms, ...), in Keras' fit and in SplitTrainer.fit alike -- the "half-speed" epochs.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(prof.batch_size).cache().prefetch(2).with_options(options)
     total_steps = (args.rounds + args.warmup) * len(ds)
     cfg = TrainingConfig(learning_rate=prof.learning_rate, momentum=prof.momentum, lr_decay_rate=prof.lr_decay_rate)
 
