@@ -22,12 +22,11 @@ protocol costs what Keras' own ``fit`` does (``benchmarks/split_overhead.py``).
 from __future__ import annotations
 
 import dataclasses
-import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import tensorflow as tf
 
-from dpact_tf.callbacks import Callback
+from dpact_tf.training import EpochTrainer, batches_per_epoch
 from dpact_tf.vggface import SplitModel
 
 __all__ = ["ActivationMessage", "GradientMessage", "TrainingConfig", "SplitClient", "EdgeServer",
@@ -325,7 +324,7 @@ class EdgeServer:
 _IMAGES_REFUSED = 3
 
 
-class SplitTrainer:
+class SplitTrainer(EpochTrainer):
     """Runs the protocol over a dataset: ``fit`` returns the Fig. 3/4 curves per epoch.
 
     Args:
@@ -352,6 +351,7 @@ class SplitTrainer:
             raise ValueError(f"total_steps must be >= 1 (got {decay_steps})")
         cfg = self.config
         self.decay_steps = decay_steps
+        self.built = True
         self.client = SplitClient(self.split.client, make_optimizer(cfg, decay_steps) if cfg.train_client else None,
                                   trainable=cfg.train_client)
         self.server = EdgeServer(self.split.server, make_optimizer(cfg, decay_steps), cfg.server_trainable)
@@ -440,77 +440,6 @@ class SplitTrainer:
 
         return (ok,) + tuple(tf.cond(ok, run, lambda: (tf.constant(0.0), tf.constant(0.0))))
 
-    def fit(self, train: Iterable, epochs: int, *, validation_data: Optional[Iterable] = None,
-            callbacks: Sequence[Callback] = ()) -> Dict[str, List[float]]:
-        """Train for ``epochs``; returns ``{"epoch", "loss", "train_accuracy", "test_accuracy", ...}``.
-
-        ``train`` yields (images, labels) batches and is re-iterated every epoch (a ``tf.data`` pipeline
-        reshuffles itself).  Progress and files are the callbacks' business (e.g.
-        :class:`dpact_tf.callbacks.ProgressBar`); ``fit`` itself prints and writes nothing.
-        """
-        if int(epochs) != epochs or epochs < 1:
-            raise ValueError(f"epochs must be a positive integer (got {epochs})")
-        epochs = int(epochs)
-        steps_per_epoch = batches_per_epoch(train)
-        if self.client is None:
-            if steps_per_epoch is None:
-                raise ValueError("cannot infer the learning-rate schedule: the training dataset's number of batches "
-                                 "is unknown (e.g. after filter() or from a generator); pass total_steps= "
-                                 "(epochs x batches per epoch) to SplitTrainer, or use "
-                                 "dataset.apply(tf.data.experimental.assert_cardinality(n))")
-            self._build(epochs * steps_per_epoch)
-        batch_logs = any(cb.wants_batch_logs for cb in callbacks)
-        history: Dict[str, Any] = {"epoch": [], "loss": [], "train_accuracy": [], "test_accuracy": [],
-                                   "test_loss": [], "learning_rate": [], "seconds": []}
-        for cb in callbacks:
-            cb.on_train_begin(epochs=epochs, steps_per_epoch=steps_per_epoch)
-        for epoch in range(1, epochs + 1):
-            for cb in callbacks:
-                cb.on_epoch_begin(epoch)
-            start = time.perf_counter()
-            # The batch losses stay tensors until the epoch ends (no eager op or read per step), unless a
-            # callback asks for running logs.
-            losses, corrects, sizes = [], [], []
-            loss_sum = correct_sum = 0.0  # running sums, only for batch logs
-            for step, (images, labels) in enumerate(train):
-                msg = self.train_step(images, labels)
-                losses.append(msg.loss)
-                corrects.append(msg.correct)
-                sizes.append(int(labels.shape[0]))
-                if batch_logs:
-                    loss_sum += float(msg.loss) * sizes[-1]
-                    correct_sum += float(msg.correct)
-                    logs = {"loss": loss_sum / sum(sizes), "accuracy": correct_sum / sum(sizes)}
-                    for cb in callbacks:
-                        cb.on_batch_end(step, logs)
-            seen = sum(sizes)
-            if seen == 0:
-                raise ValueError("the training dataset yielded no batches")
-            history["epoch"].append(epoch)
-            history["loss"].append(float(sum(float(v) * k for v, k in zip(tf.stack(losses).numpy(), sizes))) / seen)
-            history["train_accuracy"].append(float(tf.reduce_sum(tf.stack(corrects))) / seen)
-            # Keras reports the rate of the last step taken (lr * decay ** ((steps - 1) / decay_steps)).
-            history["learning_rate"].append(float(self.server.optimizer.learning_rate))
-            if validation_data is not None:
-                ev = self.evaluate(validation_data)
-                history["test_accuracy"].append(ev["accuracy"])
-                history["test_loss"].append(ev["loss"])
-            history["seconds"].append(time.perf_counter() - start)
-            for cb in callbacks:
-                cb.on_epoch_end(epoch, history)
-            if any(cb.stop_training for cb in callbacks):
-                break
-        for cb in callbacks:
-            cb.on_train_end(history)
-        return history
-
-
-def batches_per_epoch(dataset: Iterable) -> Optional[int]:
-    """Number of batches of a finite ``tf.data.Dataset`` (or any sized iterable); None when unknown."""
-    if isinstance(dataset, tf.data.Dataset):
-        n = int(dataset.cardinality())
-        return n if n >= 0 else None
-    try:
-        return len(dataset)  # type: ignore[arg-type]
-    except TypeError:
-        return None
+    def current_learning_rate(self) -> float:
+        # Keras reports the rate of the last step taken (lr * decay ** ((steps - 1) / decay_steps)).
+        return float(self.server.optimizer.learning_rate)

@@ -1,0 +1,12 @@
+"""The alternatives to DP activations the baselines chapter compares, trained by the same loop
+(:class:`dpact_tf.training.EpochTrainer`) on the same network (:func:`dpact_tf.vggface.build_split_vggface`).
+
+* :mod:`dpact_tf.baselines.dpsgd` -- DP-SGD (Abadi et al. 2016) on the whole network, by the data holder, with
+  TF Privacy's Keras DP optimizer; noise calibrated to a per-example epsilon with dp-accounting.
+* :mod:`dpact_tf.baselines.dssgd` -- DSSGD (Shokri & Shmatikov 2015): K participants, local SGD, top-theta
+  gradient upload to a parameter server.
+* :mod:`dpact_tf.baselines.secret_sharing` -- SPNN-style (Fang et al. 2020): conv1 on additive secret shares of
+  two data holders' halves of each face; the server receives conv1's output only.
+* PrivyNet-style (Li et al.) needs no module of its own: a :class:`dpact_tf.split.SplitTrainer` whose client is
+  the public model's first layers, frozen (``TrainingConfig(train_client=False)``), without noise.
+"""
