@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from dpact_tf.repro.studies import resolve_epsilons
 from dpact_tf.jsonio import write_json
 from dpact_tf.repro.runs import RunSpec, load_faces, run_training
 
-__all__ = ["accounting_study", "attack_study"]
+__all__ = ["accounting_study", "attack_study", "identity_oracle"]
 
 # The code behind the attack study's cached results (its cache key includes their source).
 ATTACK_MODULES = (*TRAINING_MODULES, "dpact_tf.attacks", "dpact_tf.repro.privacy_studies", "dpact_tf.repro.pretrain")
@@ -112,11 +112,7 @@ def attack_study(*, profile: str, dataset: str, results_dir: Optional[str] = Non
     x_test = data.test_images.astype(np.float32) / 255.0
     clean_split = pre.load_split(epsilon=None)
     fc7 = tf.keras.Model(clean_split.server.input, clean_split.server.get_layer("fc7").output)
-    # The evaluator's identity oracle: does an image look like the person?  Public model, clean pixels in.
-    image_embed = tf.keras.Model(clean_split.client.input, fc7(clean_split.client.output))
-    gallery = image_embed.predict(x_train, batch_size=256, verbose=0)
-    identity = lambda images: attacks.nearest_identity_accuracy(  # noqa: E731
-        gallery, data.train_labels, image_embed.predict(images, batch_size=256, verbose=0), face_labels)
+    identity = identity_oracle(clean_split, data, face_labels)
     baselines = attacks.trivial_baselines(faces, public_x)
     summary: Dict[str, Any] = {
         "releases_averaged": releases, "people": int(data.num_classes), "identity_chance": 1.0 / data.num_classes,
@@ -191,6 +187,21 @@ def attack_study(*, profile: str, dataset: str, results_dir: Optional[str] = Non
     np.savez_compressed(cache + ".npz", **{f"{tag}_{i}": shown[name][e] for name, tag in _SHOWN.items()
                                            for i, e in enumerate(eps_list)})
     return _attack_outputs(saved, shown, faces, chance, prof, dataset, results_dir)
+
+
+def identity_oracle(clean_split, data, face_labels: np.ndarray) -> Callable[[np.ndarray], float]:
+    """The evaluator's identity oracle: does an image look like the person?  The public model's fc7 embedding of
+    clean pixels, nearest neighbour among the private training faces; returns images -> accuracy on
+    ``face_labels``."""
+    import tensorflow as tf
+
+    from dpact_tf import attacks
+
+    fc7 = tf.keras.Model(clean_split.server.input, clean_split.server.get_layer("fc7").output)
+    image_embed = tf.keras.Model(clean_split.client.input, fc7(clean_split.client.output))
+    gallery = image_embed.predict(data.train_images.astype(np.float32) / 255.0, batch_size=256, verbose=0)
+    return lambda images: attacks.nearest_identity_accuracy(
+        gallery, data.train_labels, image_embed.predict(images, batch_size=256, verbose=0), face_labels)
 
 
 _SHOWN = {"inversion (public conv1, mean of E)": "inversion", "decoder (public conv1, mean of E)": "decoder"}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Optional, Tuple
 
-__all__ = ["Profile", "PretrainRecipe", "PROFILES", "get_profile", "DEFAULT_EPSILONS"]
+__all__ = ["Profile", "PretrainRecipe", "BaselineSchedule", "PROFILES", "get_profile", "DEFAULT_EPSILONS"]
 
 # The paper's sweep (Figs 2-4): epsilon from 1 to 20; None is the no-noise baseline.
 DEFAULT_EPSILONS: Tuple[Optional[float], ...] = (None, 1.0, 2.0, 3.0, 5.0, 10.0, 14.0, 20.0)
@@ -60,6 +60,40 @@ class PretrainRecipe:
 
 
 @dataclasses.dataclass(frozen=True)
+class BaselineSchedule:
+    """What the baselines chapter (:mod:`dpact_tf.repro.baselines`) trains, per profile.
+
+    Every baseline run has the same budget (``epochs``) as the paper's method from scratch has in Fig. 3 at this
+    profile, the same network and data; the alternatives are compared at equal training, not tuned separately.
+    """
+
+    epochs: int                                   # epochs of every baseline run
+    cuts: Tuple[str, ...]                         # PrivyNet-style: the cut layers of the frozen public head
+    dpsgd_epsilons: Tuple[float, ...]             # DP-SGD: per-example epsilons over the whole run (nominal)
+    dpsgd_matched_epsilons: Tuple[float, ...]     # DP-SGD: per-coordinate epsilons of the DP-activation runs whose
+                                                  # per-image, per-run epsilon DP-SGD is also trained at
+    dpsgd_clip: float                             # DP-SGD: per-example L2 clip of the gradient
+    dssgd_participants: Tuple[int, ...]           # DSSGD: numbers of participants K
+    dssgd_thetas: Tuple[float, ...]               # DSSGD: fractions of the gradient uploaded per turn
+    attack_epochs: int                            # epochs of the reconstruction decoder (the attacks chapter's)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.attack_epochs < 1:
+            raise ValueError(f"epochs and attack_epochs must be >= 1 (got {self.epochs}, {self.attack_epochs})")
+        if any(not e > 0 for e in (*self.dpsgd_epsilons, *self.dpsgd_matched_epsilons)):
+            raise ValueError("DP-SGD epsilons must be > 0")
+        if not self.dpsgd_clip > 0:
+            raise ValueError(f"dpsgd_clip must be > 0 (got {self.dpsgd_clip})")
+        if any(k < 1 for k in self.dssgd_participants):
+            raise ValueError(f"dssgd_participants must be >= 1 (got {self.dssgd_participants})")
+        if any(not 0 < t <= 1 for t in self.dssgd_thetas):
+            raise ValueError(f"dssgd_thetas must be in (0, 1] (got {self.dssgd_thetas})")
+
+    def to_dict(self) -> Dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
 class Profile:
     """Sizes and schedules of one reproduction profile."""
 
@@ -89,6 +123,7 @@ class Profile:
     ladder_points: Tuple[Tuple[int, int], ...]         # scale ladder: (input side, conv1_1 channels) per point
     ladder_epsilons: Tuple[Optional[float], ...]       # scale ladder: epsilons at every point (None = no noise)
     ladder_epochs: int              # scale ladder: epochs of every run
+    baselines: BaselineSchedule     # the baselines chapter (DP-SGD, PrivyNet-style, DSSGD, SPNN-style)
 
     def __post_init__(self) -> None:
         if self.image_size % 32:
@@ -125,6 +160,11 @@ _PARTITION_CUTS = ("conv1_1", "conv1_2", "pool1", "conv2_2", "pool2")
 _PRETRAIN = PretrainRecipe(min_images=2, epochs=50, augment=True, optimizer="adam", learning_rate=1e-3,
                            warmup_epochs=1, weight_decay=0.0, label_smoothing=0.0, dropout=0.0, data_init=True)
 
+# The baselines at the small profile: Fig. 3's budget (15 epochs), the paper's nominal epsilons for DP-SGD.
+_BASELINES = BaselineSchedule(epochs=15, cuts=("conv1_1", "pool1", "pool2"), dpsgd_epsilons=(1.0, 3.0, 10.0),
+                              dpsgd_matched_epsilons=(3.0, 10.0), dpsgd_clip=1.0, dssgd_participants=(4,),
+                              dssgd_thetas=(0.01, 0.1, 1.0), attack_epochs=3)
+
 PROFILES: Dict[str, Profile] = {
     "tiny": Profile(name="tiny", image_size=32, crop_fraction=0.6, width=1 / 8, fc_units=64, batch_size=32,
                     learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=8, finetune_epochs=4,
@@ -132,7 +172,10 @@ PROFILES: Dict[str, Profile] = {
                     partition_epsilons=(None, 1.0), synthetic_identities=8, synthetic_images_per_identity=30,
                     benchmark_repeats=3, convergence_max_epochs=6, convergence_patience=2,
                     convergence_min_delta=0.0, convergence_epsilons=(None, 3.0),
-                    ladder_points=((32, 4), (32, 8), (32, 16)), ladder_epsilons=(None, 5.0), ladder_epochs=2),
+                    ladder_points=((32, 4), (32, 8), (32, 16)), ladder_epsilons=(None, 5.0), ladder_epochs=2,
+                    baselines=BaselineSchedule(epochs=2, cuts=("conv1_1", "pool1"), dpsgd_epsilons=(3.0,),
+                                               dpsgd_matched_epsilons=(5.0,), dpsgd_clip=1.0,
+                                               dssgd_participants=(2,), dssgd_thetas=(0.1, 1.0), attack_epochs=1)),
     "small": Profile(name="small", image_size=64, crop_fraction=0.6, width=1 / 8, fc_units=256, batch_size=64,
                      learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=15, finetune_epochs=10,
                      pretrain=_PRETRAIN, partition_epochs=10, partition_cuts=_PARTITION_CUTS,
@@ -140,7 +183,7 @@ PROFILES: Dict[str, Profile] = {
                      synthetic_images_per_identity=30, benchmark_repeats=10, convergence_max_epochs=40,
                      convergence_patience=8, convergence_min_delta=0.005, convergence_epsilons=(None, 3.0, 5.0, 10.0),
                      ladder_points=((64, 8), (64, 16), (64, 32)), ladder_epsilons=(None, 3.0, 5.0),
-                     ladder_epochs=15),
+                     ladder_epochs=15, baselines=_BASELINES),
     # Bigger budgets on small's network, for the fidelity questions (a few hours on 2 cores; see the README).
     "medium": Profile(name="medium", image_size=64, crop_fraction=0.6, width=1 / 8, fc_units=256, batch_size=64,
                       learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=30, finetune_epochs=10,
@@ -150,7 +193,8 @@ PROFILES: Dict[str, Profile] = {
                       convergence_patience=10, convergence_min_delta=0.005,
                       convergence_epsilons=(None, 2.0, 3.0, 5.0, 10.0, 20.0),
                       ladder_points=((64, 8), (64, 16), (64, 32), (64, 64), (96, 64)),
-                      ladder_epsilons=(None, 3.0, 5.0), ladder_epochs=30),
+                      ladder_epsilons=(None, 3.0, 5.0), ladder_epochs=30,
+                      baselines=dataclasses.replace(_BASELINES, epochs=30, dssgd_participants=(2, 4, 8))),
     "paper": Profile(name="paper", image_size=224, crop_fraction=224 / 250, width=1.0, fc_units=4096,
                      batch_size=64, learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=30,
                      finetune_epochs=10, pretrain=dataclasses.replace(_PRETRAIN, epochs=30), partition_epochs=30,
@@ -160,7 +204,9 @@ PROFILES: Dict[str, Profile] = {
                      convergence_patience=10, convergence_min_delta=0.005,
                      convergence_epsilons=(None, 2.0, 3.0, 5.0, 10.0, 20.0),
                      ladder_points=((224, 8), (224, 16), (224, 32), (224, 64)), ladder_epsilons=(None, 3.0, 5.0),
-                     ladder_epochs=30),
+                     ladder_epochs=30,
+                     baselines=dataclasses.replace(_BASELINES, epochs=30, dpsgd_epsilons=(1.0, 2.0, 3.0, 5.0, 10.0, 20.0),
+                                                   dssgd_participants=(2, 4, 8), attack_epochs=5)),
 }
 
 

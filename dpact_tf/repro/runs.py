@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from dpact_tf.repro.profiles import Profile, get_profile
 from dpact_tf.repro.results import PRETRAIN_MODULES, REPO, TRAINING_MODULES, cache_key, resolve_results_dir
@@ -23,14 +23,20 @@ from dpact_tf.jsonio import write_json
 __all__ = ["RunSpec", "RunResult", "load_faces", "lfw_root", "run_paths", "load_cached", "run_training",
            "HistoryWriter", "TASKS"]
 
-TASKS = ("scratch", "finetune", "pretrain")
+TASKS = ("scratch", "finetune", "pretrain", "frozen_head", "dpsgd", "dssgd")
+#: the baselines chapter's tasks: no noise on the activation (their privacy comes from elsewhere)
+BASELINE_TASKS = ("frozen_head", "dpsgd", "dssgd")
+#: the options each baseline task needs (``RunSpec.options``)
+TASK_OPTIONS = {"dpsgd": ("l2_norm_clip", "noise_multiplier"),
+                "dssgd": ("participants", "theta_upload", "theta_download", "standalone")}
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     """Everything that determines one training run."""
 
-    task: str                        # "scratch" (Fig 3), "finetune" (Fig 4) or "pretrain" (public identities)
+    task: str                        # "scratch" (Fig 3), "finetune" (Fig 4), "pretrain" (public identities), or a
+                                     # baseline: "frozen_head" (PrivyNet-style), "dpsgd", "dssgd"
     profile: str                     # profile name ("tiny", "small", "medium", "paper")
     dataset: str                     # "lfw" or "synthetic"
     epsilon: Optional[float]         # per-coordinate epsilon; None = no noise
@@ -46,18 +52,30 @@ class RunSpec:
     start_from_epoch: int = 0        # early stopping: epochs not monitored at the start
     conv1_channels: Optional[int] = None  # conv1_1's output channels (None: the profile's width); the scale ladder
     image_size: Optional[int] = None      # input side in pixels (None: the profile's); the scale ladder
+    options: Tuple[Tuple[str, Any], ...] = ()  # a baseline's settings, as sorted (name, value) pairs (TASK_OPTIONS)
 
     #: fields left out of the cache key while they have their default (so adding them kept earlier keys)
     _KEY_DEFAULTS = {"patience": None, "min_delta": 0.0, "start_from_epoch": 0, "conv1_channels": None,
-                     "image_size": None}
+                     "image_size": None, "options": ()}
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS} (got {self.task!r})")
         if self.dataset not in ("lfw", "synthetic"):
             raise ValueError(f"dataset must be 'lfw' or 'synthetic' (got {self.dataset!r})")
-        if self.task == "finetune" and self.init is None:
-            raise ValueError("a finetune run needs init=<key of the pretrain run>")
+        if self.task in ("finetune", "frozen_head") and self.init is None:
+            raise ValueError(f"a {self.task} run needs init=<key of the pretrain run>")
+        if self.task in BASELINE_TASKS and self.epsilon is not None:
+            raise ValueError(f"a {self.task} run adds no noise to the activation (epsilon=None; got {self.epsilon}); "
+                             "its privacy comes from its own mechanism")
+        names = [k for k, _ in self.options]
+        if names != sorted(set(names)):
+            raise ValueError(f"options must be (name, value) pairs sorted by unique name (got {names})")
+        missing = set(TASK_OPTIONS.get(self.task, ())) - set(names)
+        extra = set(names) - set(TASK_OPTIONS.get(self.task, ()))
+        if missing or extra:
+            raise ValueError(f"a {self.task} run takes the options {TASK_OPTIONS.get(self.task, ())}; "
+                             f"missing {sorted(missing)}, unknown {sorted(extra)}")
         get_profile(self.profile)
         if self.patience is not None and (int(self.patience) != self.patience or self.patience < 1):
             raise ValueError(f"patience must be a positive number of epochs or None (got {self.patience})")
@@ -66,6 +84,10 @@ class RunSpec:
             raise ValueError(f"conv1_channels must be a positive integer or None (got {self.conv1_channels})")
         if self.image_size is not None and (self.image_size < 32 or self.image_size % 32):
             raise ValueError(f"image_size must be a positive multiple of 32 or None (got {self.image_size})")
+
+    def option(self, name: str) -> Any:
+        """The value of option ``name`` (``KeyError`` when the run has none)."""
+        return dict(self.options)[name]
 
     def profile_obj(self) -> Profile:
         """The profile, with this run's input size when it overrides it."""
@@ -96,6 +118,9 @@ class RunSpec:
         return cache_key(config, modules=modules)
 
     def label(self) -> str:
+        if self.task in BASELINE_TASKS:
+            opts = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.options)
+            return self.task + (f" ({opts})" if opts else "")
         return "no noise" if self.epsilon is None else f"ε = {self.epsilon:g}"
 
     def activation_size(self) -> int:
@@ -201,7 +226,7 @@ def run_training(spec: RunSpec, *, results_dir: Optional[str] = None, force: boo
     import tensorflow as tf
 
     from dpact_tf.data import make_dataset
-    from dpact_tf.split import SplitTrainer, TrainingConfig
+    from dpact_tf.split import TrainingConfig
     from dpact_tf.vggface import build_split_vggface
 
     prof = spec.profile_obj()
@@ -216,17 +241,25 @@ def run_training(spec: RunSpec, *, results_dir: Optional[str] = None, force: boo
                                 method=spec.method, noise_seed=spec.seed + 1, **spec.model_kwargs())
     config = TrainingConfig(learning_rate=prof.learning_rate, momentum=prof.momentum,
                             lr_decay_rate=prof.lr_decay_rate)
-    if spec.task == "finetune":
+    if spec.task in ("finetune", "frozen_head"):
         init_dir = os.path.join(resolve_results_dir(results_dir), spec.profile, spec.dataset, "pretrain", spec.init)
         if not os.path.exists(init_dir + ".client.h5"):
             raise FileNotFoundError(f"the pre-trained weights {init_dir}.*.h5 are missing; run the pretrain task first")
-        split.client.load_weights(init_dir + ".client.h5", by_name=True)
-        split.server.load_weights(init_dir + ".server.h5", by_name=True, skip_mismatch=True)
-        config = dataclasses.replace(config, train_client=False, server_trainable="output")
+        if spec.task == "finetune":
+            split.client.load_weights(init_dir + ".client.h5", by_name=True)
+            split.server.load_weights(init_dir + ".server.h5", by_name=True, skip_mismatch=True)
+            config = dataclasses.replace(config, train_client=False, server_trainable="output")
+        else:
+            # PrivyNet-style: the client is the public model's layers up to the cut (the public model was trained
+            # with its split at conv1_1: its layers after conv1_1 are in the server's file), frozen; the server
+            # trains the rest from its fresh initialization.
+            split.client.load_weights(init_dir + ".client.h5", by_name=True, skip_mismatch=True)
+            split.client.load_weights(init_dir + ".server.h5", by_name=True, skip_mismatch=True)
+            config = dataclasses.replace(config, train_client=False)
     train = make_dataset(data.train_images, data.train_labels, batch_size=prof.batch_size, shuffle=True,
                          seed=spec.seed)
     test = make_dataset(data.test_images, data.test_labels, batch_size=max(256, prof.batch_size))
-    trainer = SplitTrainer(split, config)
+    trainer, train = _trainer(spec, split, config, data, train)
     info = {"data": data.summary(), "synthetic": data.is_synthetic, "noise_std": float(split.dp_layer.stddev),
             "activation_shape": list(split.activation_shape), "client_flops": split.client_flops,
             "client_params": split.client_params, "num_classes": data.num_classes,
@@ -243,7 +276,23 @@ def run_training(spec: RunSpec, *, results_dir: Optional[str] = None, force: boo
     start = time.perf_counter()
     history = trainer.fit(train, spec.epochs, validation_data=test, callbacks=callbacks)
     info["wall_seconds"] = time.perf_counter() - start
+    info.update(_trainer_info(trainer))
     split.client.save_weights(cpath)
     split.server.save_weights(spath)
     write_json(path, {**meta, "info": info, "history": history, "complete": True})
     return RunResult(spec, history, info, path, cpath, spath, cached=False)
+
+
+def _trainer(spec: RunSpec, split, config, data: FaceSplit, train):
+    """The trainer of ``spec``'s task and the training batches it takes (the same loop, ``EpochTrainer.fit``)."""
+    from dpact_tf.split import SplitTrainer
+
+    if spec.task in ("scratch", "finetune", "frozen_head"):
+        return SplitTrainer(split, config), train
+    raise ValueError(f"no trainer for task {spec.task!r}")
+
+
+def _trainer_info(trainer) -> Dict[str, Any]:
+    """What a baseline's trainer reports beyond the history (e.g. bytes exchanged), for the run's JSON."""
+    report = getattr(trainer, "report", None)
+    return {"trainer": report()} if callable(report) else {}

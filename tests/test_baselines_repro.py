@@ -1,0 +1,54 @@
+"""The baselines chapter's runs: the PrivyNet-style frozen public head, the baseline RunSpecs, the studies."""
+import h5py
+import numpy as np
+import pytest
+
+from dpact_tf.repro.pretrain import pretrain
+from dpact_tf.repro.runs import RunSpec, run_training
+
+
+def _kernel(path, layer):
+    with h5py.File(path) as fh:
+        return fh[layer][layer]["kernel:0"][()]
+
+
+def test_frozen_head_is_the_public_models_layers_and_stays_frozen(tmp_path):
+    pre = pretrain("tiny", "synthetic", results_dir=str(tmp_path), progress=False)
+    spec = RunSpec(task="frozen_head", profile="tiny", dataset="synthetic", epsilon=None, epochs=1, cut="pool1",
+                   init=pre.spec.key())
+    run = run_training(spec, results_dir=str(tmp_path), progress=False)
+    # conv1_1 comes from the public client file, conv1_2 from the public server file (split at conv1_1): both
+    # are in the frozen client, unchanged by training
+    assert np.array_equal(_kernel(run.client_weights, "conv1_1"), _kernel(pre.client_weights, "conv1_1"))
+    assert np.array_equal(_kernel(run.client_weights, "conv1_2"), _kernel(pre.server_weights, "conv1_2"))
+    # the server was trained from a fresh initialization, not the public model's
+    assert not np.array_equal(_kernel(run.server_weights, "conv2_1"), _kernel(pre.server_weights, "conv2_1"))
+    split = run.load_split()
+    assert split.dp_layer.stddev == 0.0 and split.cut == "pool1"
+    assert len(run.history["test_accuracy"]) == 1
+
+
+def test_baseline_specs_validate_their_options():
+    ok = RunSpec(task="dssgd", profile="tiny", dataset="synthetic", epsilon=None, epochs=1,
+                 options=(("participants", 2), ("standalone", False), ("theta_download", 1.0),
+                          ("theta_upload", 0.1)))
+    assert ok.option("participants") == 2 and "dssgd" in ok.label()
+    other = RunSpec(task="dssgd", profile="tiny", dataset="synthetic", epsilon=None, epochs=1,
+                    options=(("participants", 2), ("standalone", False), ("theta_download", 1.0),
+                             ("theta_upload", 0.01)))
+    assert ok.key() != other.key()
+    with pytest.raises(ValueError, match="missing"):
+        RunSpec(task="dpsgd", profile="tiny", dataset="synthetic", epsilon=None, epochs=1,
+                options=(("l2_norm_clip", 1.0),))
+    with pytest.raises(ValueError, match="sorted"):
+        RunSpec(task="dpsgd", profile="tiny", dataset="synthetic", epsilon=None, epochs=1,
+                options=(("noise_multiplier", 1.0), ("l2_norm_clip", 1.0)))
+    with pytest.raises(ValueError, match="no noise"):
+        RunSpec(task="dpsgd", profile="tiny", dataset="synthetic", epsilon=3.0, epochs=1,
+                options=(("l2_norm_clip", 1.0), ("noise_multiplier", 1.0)))
+    with pytest.raises(ValueError, match="init"):
+        RunSpec(task="frozen_head", profile="tiny", dataset="synthetic", epsilon=None, epochs=1)
+    with pytest.raises(ValueError, match="options"):
+        RunSpec(task="scratch", profile="tiny", dataset="synthetic", epsilon=None, epochs=1,
+                options=(("participants", 2),))
+    # a scratch run's key did not change by the new field
