@@ -15,7 +15,8 @@ from dpact_tf.jsonio import write_json
 
 __all__ = ["save_figure", "eps_label", "activation_grid", "similarity_plot", "training_curves", "accounting_plot",
            "reconstruction_grid", "attack_curves",
-           "final_accuracy_plot", "partition_plot", "mobile_cost_plot", "ladder_plot"]
+           "final_accuracy_plot", "partition_plot", "mobile_cost_plot", "ladder_plot", "dpsgd_plot", "privynet_plot",
+           "dssgd_plot"]
 
 
 def _plt():
@@ -338,5 +339,82 @@ def ladder_plot(rows: List[Dict[str, Any]], trends: Dict[str, Dict[str, Any]], *
                       f"({round(100 * next(iter(trends.values()))['level']) if trends else 90}% interval)",
                       fontsize=8)
     fig.suptitle(_title("Scale ladder: utility at fixed ε as the released activation grows", dataset), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def dpsgd_plot(dpsgd: List[Dict[str, Any]], dp_activations: List[Dict[str, Any]], *, chance: float, dataset: str):
+    """Test accuracy vs epsilon: DP-SGD at its per-example epsilon over the run, and the DP-activation runs at
+    the paper's per-coordinate epsilon and at their per-image epsilon over the run (the same privacy unit as
+    DP-SGD's), joined by grey lines (one run, two readings)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    pts = sorted((r["epsilon"], r["test_accuracy"]) for r in dpsgd)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "s-", color="C3", label="DP-SGD (per example, whole run)")
+    noisy = [r for r in dp_activations if r["epsilon_per_coordinate"] is not None]
+    for r in noisy:
+        ax.plot([r["epsilon_per_coordinate"], r["image_epsilon_per_run"]], [r["test_accuracy"]] * 2, color="0.7",
+                lw=1, zorder=1)
+    ax.plot([r["epsilon_per_coordinate"] for r in noisy], [r["test_accuracy"] for r in noisy], "o", mfc="white",
+            color="C0", label="DP activations, per coordinate (the paper's ε)")
+    ax.plot([r["image_epsilon_per_run"] for r in noisy], [r["test_accuracy"] for r in noisy], "o", color="C0",
+            label="DP activations, per image over the run")
+    for r in noisy:
+        ax.annotate(f"ε = {r['epsilon_per_coordinate']:g}", (r["image_epsilon_per_run"], r["test_accuracy"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=7, color="C0")
+    base = next((r["test_accuracy"] for r in dp_activations if r["epsilon_per_coordinate"] is None), None)
+    if base is not None:
+        ax.axhline(base, color="black", ls="--", lw=1, label="no privacy (same budget)")
+    ax.axhline(chance, color="0.5", ls=":", lw=1, label="majority class")
+    ax.set_xscale("log")
+    ax.set_xlabel("ε (log scale; δ = 1e-5)"), ax.set_ylabel("final test accuracy")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title(_title("DP-SGD vs DP activations at matched ε", dataset), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def privynet_plot(rows: List[Dict[str, Any]], *, chance: float, baselines: Dict[str, Dict[str, float]],
+                  dp_reference: Optional[Dict[str, float]] = None, dataset: str):
+    """Per cut of the frozen public head: test accuracy (left) and the decoder's SSIM on private faces (right),
+    with the grey-image and mean-face scores a "reconstruction" gets without looking at anything."""
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.6))
+    cuts = [r["cut"] for r in rows]
+    a1.plot(cuts, [r["test_accuracy"] for r in rows], "o-", color="C2", label="frozen public head, no noise")
+    if dp_reference:
+        for name, acc in dp_reference.items():
+            a1.axhline(acc, ls="--", lw=1, color="C0" if "ε" in name else "black", label=name)
+    a1.axhline(chance, color="0.5", ls=":", lw=1, label="majority class")
+    a1.set_xlabel("cut (last client layer)"), a1.set_ylabel("final test accuracy"), a1.legend(fontsize=7)
+    a1.set_title("utility", fontsize=10)
+    a2.plot(cuts, [r["decoder_ssim"] for r in rows], "o-", color="C3", label="decoder on what the server receives")
+    for (name, b), style in zip(baselines.items(), (":", "-.")):
+        a2.axhline(b["ssim"], color="0.4", ls=style, lw=1, label=f"{name.replace('_', ' ')} (no data looked at)")
+    a2.set_xlabel("cut (last client layer)"), a2.set_ylabel("SSIM to the private face (1 = identical)")
+    a2.set_ylim(0, 1), a2.legend(fontsize=7), a2.set_title("what the server reconstructs", fontsize=10)
+    fig.suptitle(_title("PrivyNet-style: a frozen public head, privacy from the representation only", dataset),
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def dssgd_plot(rows: List[Dict[str, Any]], *, centralized: Dict[str, Any], chance: float, dataset: str):
+    """DSSGD test accuracy vs the uploaded fraction theta, one line per number of participants K; one
+    participant alone and centralized training as references."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for i, k in enumerate(sorted({r["participants"] for r in rows})):
+        shared = sorted((r["theta_upload"], r["test_accuracy"]) for r in rows
+                        if r["participants"] == k and not r["standalone"])
+        ax.plot([p[0] for p in shared], [p[1] for p in shared], "o-", color=f"C{i}", label=f"DSSGD, K = {k}")
+        alone = [r["test_accuracy"] for r in rows if r["participants"] == k and r["standalone"]]
+        if alone:
+            ax.axhline(alone[0], color=f"C{i}", ls="-.", lw=1, label=f"one participant alone (1/{k} of the data)")
+    ax.axhline(centralized["test_accuracy"], color="black", ls="--", lw=1, label="centralized (all data, no privacy)")
+    ax.axhline(chance, color="0.5", ls=":", lw=1, label="majority class")
+    ax.set_xscale("log"), ax.set_xlabel("θ: fraction of the gradient uploaded per turn (log scale)")
+    ax.set_ylabel("final test accuracy"), ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title(_title("DSSGD: selective gradient sharing", dataset), fontsize=10)
     fig.tight_layout()
     return fig
