@@ -191,7 +191,7 @@ def test_fidelity_notebook(tiny_book):
 
 def test_discussion_notebook(tiny_book):
     root, _ = tiny_book
-    with open(root / "book" / "executed" / "09_discussion.ipynb") as fh:
+    with open(root / "book" / "executed" / "10_discussion.ipynb") as fh:
         text = fh.read()
     assert "SYNTHETIC data, not LFW" in text and "not run" not in text
 
@@ -248,7 +248,7 @@ def test_book_builds_with_warnings_as_errors(tiny_book):
     root, _ = tiny_book
     html = build_book(root=str(root))
     assert os.path.exists(os.path.join(html, "book", "executed", "02_scratch.html"))
-    page = open(os.path.join(html, "book", "executed", "09_discussion.html")).read()
+    page = open(os.path.join(html, "book", "executed", "10_discussion.html")).read()
     for name in ("fig-activations", "fig-scratch-curves", "fig-finetune-curves", "fig-accounting", "fig-attacks",
                  "fig-convergence", "fig-ladder"):
         assert f'#{name}"' in page, f"numref to {name} not resolved into a link"

@@ -27,7 +27,8 @@ __all__ = ["NOTEBOOKS", "run_notebooks", "build_book", "resolve_dataset", "clean
 
 # Execution order matters: the fine-tuning notebook uses the pre-trained model, the discussion every study.
 NOTEBOOKS: List[str] = ["01_activations", "02_scratch", "03_finetune", "04_partition", "05_mobile_cost",
-                         "06_accounting", "07_attacks", "08_fidelity", "09_discussion"]
+                         "06_accounting", "07_attacks", "08_fidelity", "09_baselines",
+                         "10_discussion"]
 
 HIDDEN_TAGS = ("parameters", "injected-parameters")
 # A logging line that reached stdout (Python/absl logging: "WARNING:tensorflow:...", "W1123 11:02:03.4 ...").
