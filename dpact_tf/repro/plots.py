@@ -230,8 +230,10 @@ def accounting_plot(tables: Dict[str, List[Dict[str, Any]]], *, dataset: str):
     return fig
 
 
-def reconstruction_grid(faces: np.ndarray, recs: Dict[str, Dict[Any, np.ndarray]], *, dataset: str):
-    """Rows: faces x attack; columns: the true face, then the reconstruction per epsilon."""
+def reconstruction_grid(faces: np.ndarray, recs: Dict[str, Dict[Any, np.ndarray]], *, dataset: str,
+                        column_label=eps_label):
+    """Rows: faces x attack; columns: the true face, then the reconstruction per epsilon (or per any key,
+    titled by ``column_label``)."""
     plt = _plt()
     attacks = list(recs)
     eps_keys = list(next(iter(recs.values())))
@@ -247,7 +249,7 @@ def reconstruction_grid(faces: np.ndarray, recs: Dict[str, Dict[Any, np.ndarray]
                 ax.set_xticks([]), ax.set_yticks([])
                 ax.grid(False)
                 if r == 0:
-                    ax.set_title("true" if c == 0 else eps_label(eps_keys[c - 1]), fontsize=7)
+                    ax.set_title("true" if c == 0 else column_label(eps_keys[c - 1]), fontsize=7)
                 if c == 0:
                     ax.set_ylabel(attack.split(" ")[0], fontsize=6)
     fig.suptitle(_title("What the server reconstructs (" + "; ".join(attacks) + ")", dataset), fontsize=9)
