@@ -297,8 +297,10 @@ class ClientHead(tf.Module):
         """True iff ``entropy`` is what ``release`` needs: the whole [N, H', W', 2 ceil(C/2)] tensor of the
         activation's shape ``act_shape`` (LiteRT would broadcast a [1, 1, 1, C] one: C values for a whole image),
         every entry on the 24-bit grid's range [2^-24, 1] (a zero -- an unfilled buffer, or a gap in one --, NaN,
-        inf or a negative value fails), and plausibly uniform (a constant fill): mean 1/2 and variance 1/12 within
-        15 standard errors."""
+        inf or a negative value fails), and plausibly uniform: mean 1/2 and variance 1/12 within 15 standard errors
+        (a constant fill fails), every entry on the grid (k + 1) / 2^24 and half of the k + 1 odd within 15
+        standard errors (coarser uniforms -- 8 or 16 bits, or 23 -- are all even: they would leave whole
+        coordinates without noise and cut the Gaussian's tail early)."""
         expected = tf.concat([act_shape[:3], [self.entropy_channels]], 0)
         shape_ok = tf.reduce_all(tf.equal(tf.shape(entropy), expected))
         # 2^-24 as 4096^-2: every constant stays exact in a float16 head
@@ -308,7 +310,11 @@ class ClientHead(tf.Module):
         n = tf.cast(tf.size(entropy), tf.float32)
         plausible = tf.logical_and(tf.abs(mean - 0.5) < 15.0 * 0.2887 / tf.sqrt(n) + 1e-3,
                                    tf.abs(var - 1.0 / 12.0) < 15.0 * 0.0745 / tf.sqrt(n) + 1e-3)
-        return tf.logical_and(shape_ok, tf.logical_and(in_range, plausible))
+        k = entropy * 4096.0 * 4096.0  # k + 1 of the grid: an integer in 1 .. 2^24 (exact in float32)
+        on_grid = tf.reduce_all(tf.equal(tf.floor(k), k))
+        odd = tf.reduce_mean(tf.math.floormod(k, 2.0))  # off the grid or not finite: caught by on_grid / in_range
+        fine = tf.logical_and(on_grid, tf.abs(odd - 0.5) < 15.0 * 0.5 / tf.sqrt(n) + 1e-3)
+        return tf.logical_and(tf.logical_and(shape_ok, in_range), tf.logical_and(plausible, fine))
 
     def _infer(self, image: tf.Tensor, epsilon: tf.Tensor, entropy: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
         # valid: 0 < epsilon <= max_epsilon, or (infer only) epsilon = +inf (no noise), and a finite std; NaN fails

@@ -657,3 +657,24 @@ def test_deployable_path_draws_different_noise_in_two_processes(exported, tmp_pa
     assert abs(a.std() - std) < 5 * std / math.sqrt(2 * a.size)
     assert abs(np.corrcoef(a, b)[0, 1]) < 6 / math.sqrt(a.size)
     assert (a - b).std() > 1.3 * std  # subtracting one process's noise from the other's leaves ~sqrt(2) stds
+
+
+@pytest.mark.parametrize("bits", [8, 16, 23])
+def test_release_refuses_coarse_uniforms(replayable, bits):
+    # the re-review: 8-bit uniforms pass the moment checks but leave ~0.4 % of coordinates without noise (u1 = 1)
+    # and cut the tail at 3.3 std; every uniform coarser than the 24-bit grid has an even k + 1
+    _, path = replayable
+    rng = np.random.default_rng(bits)
+    coarse = ((rng.integers(0, 2 ** bits, (1, 32, 32, 8)) + 1) / 2.0 ** bits).astype(np.float32)
+    assert abs(coarse.mean() - 0.5) < 0.01 and abs(coarse.var() - 1 / 12) < 0.01  # the moments look right
+    act, valid = _release(path, _images(n=1), 5.0, coarse)
+    assert valid == 0 and not np.any(act)
+    fine = _uniforms((1, 32, 32, 8), bits)
+    assert _release(path, _images(n=1), 5.0, fine)[1] == 1
+
+
+def test_release_refuses_uniforms_off_the_24_bit_grid(replayable):
+    _, path = replayable
+    entropy = _uniforms((1, 32, 32, 8), 11)
+    entropy[0, 0, 0, 0] = 1.5 * 2.0 ** -24  # in range, but not (k + 1) / 2^24
+    assert _release(path, _images(n=1), 5.0, entropy)[1] == 0
