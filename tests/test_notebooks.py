@@ -11,6 +11,7 @@ import pytest
 from dpact_tf import privacy
 from dpact_tf.repro import claims
 from dpact_tf.repro.book import NOTEBOOKS, REPO, build_book, run_notebooks
+from dpact_tf.repro.profiles import get_profile
 
 EPSILONS = [None, 1.0, 3.0, 20.0]
 
@@ -187,6 +188,34 @@ def test_fidelity_notebook(tiny_book):
             assert (math.isnan(r["retained_gain"]) if at_chance else r["retained_gain"] == pytest.approx(1.0))
     assert set(ladder["trends"]) == {f"{e:g}" for e in prof.ladder_epsilons if e is not None}
     assert ladder["paper_coordinates"] == 224 * 224 * 64
+
+
+def test_baselines_notebook(tiny_book):
+    root, base = tiny_book
+    prof = get_profile("tiny")
+    text = _outputs_text(root, "09_baselines")
+    for method in ("DP activations (this paper)", "DP-SGD, noise multiplier", "PrivyNet-style, frozen public head",
+                   "DSSGD, K = 2", "SPNN-style"):
+        assert method in text, f"the summary table lacks {method!r}"
+    for fig in ("baseline_dpsgd", "baseline_privynet", "baseline_dssgd"):
+        assert (base / "figures" / f"{fig}.png").exists()
+    dpsgd = _metrics(base, "baseline_dpsgd")
+    matched = [r for r in dpsgd["rows"] if r["matched_to"] is not None]
+    assert [r["matched_to"] for r in matched] == list(prof.baselines.dpsgd_matched_epsilons)
+    for r in dpsgd["rows"]:  # the calibrated noise gives the targeted epsilon
+        assert r["epsilon"] == pytest.approx(r["target_epsilon"], rel=0.02)
+    ref = {r["epsilon_per_coordinate"]: r for r in dpsgd["dp_activations"]}
+    for r in matched:  # matched to the DP-activation run's per-image epsilon over the run
+        assert r["target_epsilon"] == pytest.approx(ref[r["matched_to"]]["image_epsilon_per_run"])
+    dssgd = _metrics(base, "baseline_dssgd")
+    assert len(dssgd["rows"]) == len(prof.baselines.dssgd_participants) * (len(prof.baselines.dssgd_thetas) + 1)
+    uploads = {r["theta_upload"]: r["upload_bytes_per_image"] for r in dssgd["rows"] if not r["standalone"]}
+    assert uploads[0.1] < uploads[1.0]
+    spnn = _metrics(base, "baseline_spnn")
+    assert spnn["max_abs_error_z"] < 1e-3 and spnn["test_accuracy"] == pytest.approx(spnn["float_test_accuracy"],
+                                                                                      abs=2 / 40)
+    assert spnn["float_test_accuracy"] == pytest.approx(spnn["run_test_accuracy"], abs=0.01)
+    assert spnn["upload_bytes_per_image"] > spnn["dp_activation_upload_bytes_per_image"]
 
 
 def test_discussion_notebook(tiny_book):

@@ -29,6 +29,8 @@ BASELINE_TASKS = ("frozen_head", "dpsgd", "dssgd")
 #: the options each baseline task needs (``RunSpec.options``)
 TASK_OPTIONS = {"dpsgd": ("l2_norm_clip", "noise_multiplier"),
                 "dssgd": ("participants", "theta_upload", "theta_download", "standalone")}
+#: the code a baseline's runs depend on beyond TRAINING_MODULES (part of their cache key only)
+TASK_MODULES = {"dpsgd": ("dpact_tf.baselines.dpsgd",), "dssgd": ("dpact_tf.baselines.dssgd",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +113,7 @@ class RunSpec:
         spec = {k: v for k, v in self.to_dict().items()
                 if not (k in self._KEY_DEFAULTS and v == self._KEY_DEFAULTS[k])}
         config = {**spec, "profile_settings": prof.training_settings()}
-        modules = TRAINING_MODULES
+        modules = (*TRAINING_MODULES, *TASK_MODULES.get(self.task, ()))
         if self.task == "pretrain" and self.weights_sha256 is None:
             config["pretrain_recipe"] = prof.pretrain.to_dict()
             modules = PRETRAIN_MODULES
@@ -276,7 +278,7 @@ def run_training(spec: RunSpec, *, results_dir: Optional[str] = None, force: boo
     start = time.perf_counter()
     history = trainer.fit(train, spec.epochs, validation_data=test, callbacks=callbacks)
     info["wall_seconds"] = time.perf_counter() - start
-    info.update(_trainer_info(trainer))
+    info.update(_trainer_info(trainer, prof.batch_size))
     split.client.save_weights(cpath)
     split.server.save_weights(spath)
     write_json(path, {**meta, "info": info, "history": history, "complete": True})
@@ -289,10 +291,39 @@ def _trainer(spec: RunSpec, split, config, data: FaceSplit, train):
 
     if spec.task in ("scratch", "finetune", "frozen_head"):
         return SplitTrainer(split, config), train
+    if spec.task == "dpsgd":
+        from dpact_tf.baselines.dpsgd import DPSGDTrainer
+
+        return DPSGDTrainer(split.monolithic(), l2_norm_clip=spec.option("l2_norm_clip"),
+                            noise_multiplier=spec.option("noise_multiplier"), learning_rate=config.learning_rate,
+                            momentum=config.momentum, lr_decay_rate=config.lr_decay_rate), train
+    if spec.task == "dssgd":
+        import numpy as np
+
+        from dpact_tf.baselines.dssgd import DSSGDTrainer, interleave_shards, participant_shards
+
+        k, standalone = int(spec.option("participants")), bool(spec.option("standalone"))
+        shards = participant_shards(data.train_labels, k, seed=spec.seed)
+        batches = interleave_shards(data.train_images.astype(np.float32) / 255.0, data.train_labels,
+                                    shards[:1] if standalone else shards, spec.profile_obj().batch_size,
+                                    seed=spec.seed)
+        # The model shares its weights with ``split``: after fit, it holds the evaluated (global) model, saved as
+        # the run's client and server weights.
+        trainer = DSSGDTrainer(split.monolithic, participants=k, theta_upload=spec.option("theta_upload"),
+                               theta_download=spec.option("theta_download"), learning_rate=config.learning_rate,
+                               momentum=config.momentum, lr_decay_rate=config.lr_decay_rate, standalone=standalone,
+                               seed=spec.seed)
+        return trainer, batches
     raise ValueError(f"no trainer for task {spec.task!r}")
 
 
-def _trainer_info(trainer) -> Dict[str, Any]:
-    """What a baseline's trainer reports beyond the history (e.g. bytes exchanged), for the run's JSON."""
-    report = getattr(trainer, "report", None)
-    return {"trainer": report()} if callable(report) else {}
+def _trainer_info(trainer, batch_size: int) -> Dict[str, Any]:
+    """What a baseline's trainer reports beyond the history (bytes exchanged), for the run's JSON."""
+    if hasattr(trainer, "upload_bytes_per_turn"):  # DSSGD: one batch per participant turn
+        return {"trainer": {"participants": trainer.participants, "num_parameters": trainer.num_parameters,
+                            "upload_bytes_per_turn": trainer.upload_bytes_per_turn,
+                            "download_bytes_per_turn": trainer.download_bytes_per_turn,
+                            "upload_bytes_per_image": trainer.upload_bytes_per_turn / batch_size,
+                            "download_bytes_per_image": trainer.download_bytes_per_turn / batch_size,
+                            **trainer.history_extras()}}
+    return {}
