@@ -110,6 +110,18 @@ def test_largest_magnitude_and_selected_count():
     values = tf.constant([0.1, -3.0, 2.0, 0.5, -0.2])
     assert sorted(largest_magnitude(values, 2).numpy().tolist()) == [1, 2]  # |-3| and |2|
     assert sorted(largest_magnitude(values, 3).numpy().tolist()) == [1, 2, 3]
+    rng = np.random.default_rng(0)
+    for n, count in ((1000, 100), (1000, 1), (1000, 1000), (50, 7), (5, 2)):
+        v = rng.standard_t(3, n).astype(np.float32)  # distinct magnitudes: one right answer
+        expected = np.argsort(-np.abs(v))[:count]
+        assert sorted(largest_magnitude(tf.constant(v), count).numpy().tolist()) == sorted(expected.tolist())
+    # the sample overestimates (large values exactly at the sampled positions): the whole-vector path
+    v = rng.uniform(0.0, 1.0, 340).astype(np.float32)
+    v[::17] += 100.0
+    expected = np.argsort(-np.abs(v))[:100]
+    assert sorted(largest_magnitude(tf.constant(v), 100).numpy().tolist()) == sorted(expected.tolist())
+    with pytest.raises(ValueError, match="count"):
+        largest_magnitude(values, 0)
     assert selected_count(0.7, 10) == 7  # 0.7 * 10 = 7.000000000000001 in floating point: still 7
     assert selected_count(0.3, 5) == 2 and selected_count(0.1, 402758) == 40276 and selected_count(0.0, 9) == 0
 
