@@ -179,8 +179,9 @@ class DSSGDTrainer(EpochTrainer):
       theta_download: fraction of the global parameters downloaded before each turn, in [0, 1] (1: all).
       learning_rate, momentum, lr_decay_rate: each participant's SGD: ``lr * lr_decay_rate ** (t / total_steps)``
         at the run's t-th turn (the paper's schedule, as :class:`dpact_tf.split.SplitTrainer`), momentum local.
-      standalone: only participant 0 trains, on its shard alone, and nothing is shared; every batch is then
-        participant 0's (pass ``interleave_shards(..., shards[:1], ...)``) and evaluation uses its model.
+      standalone: only participant 0 trains, on its shard alone, and nothing is shared (the thetas are ignored,
+        no traffic); every batch is then participant 0's (pass ``interleave_shards(..., shards[:1], ...)``) and
+        evaluation uses its model.
       seed: seeds the initial weights.
       total_steps: length of the learning-rate schedule; by default inferred by :meth:`fit`.
     """
