@@ -75,3 +75,28 @@ def test_privynet_study_tiny(tmp_path):
     again = baselines.privynet_study(profile="tiny", dataset="synthetic", results_dir=str(tmp_path), progress=False,
                                      n_faces=4)
     assert again["rows"] == study["rows"]  # cached
+
+
+def test_dssgd_run_saves_the_evaluated_global_model(tmp_path):
+    import tensorflow as tf
+
+    from dpact_tf.data import make_dataset
+    from dpact_tf.repro.runs import load_faces
+
+    spec = RunSpec(task="dssgd", profile="tiny", dataset="synthetic", epsilon=None, epochs=2,
+                   options=(("participants", 2), ("standalone", False), ("theta_download", 1.0),
+                            ("theta_upload", 0.1)))
+    run = run_training(spec, results_dir=str(tmp_path), progress=False)
+    t = run.info["trainer"]
+    assert t["participants"] == 2 and t["upload_bytes_per_image"] == t["upload_bytes_per_turn"] / 32
+    assert t["upload_bytes_per_turn"] == 8 * -(-t["num_parameters"] // 10)  # ceil(0.1 n) values + indices
+    assert len(t["upload_bytes"]) == 2 and sum(t["turns"]) > 0
+    # the saved client and server weights are the evaluated (global) model: re-evaluating gives the last accuracy
+    split = run.load_split()
+    faces = load_faces(spec.profile_obj(), "synthetic")
+    model = split.monolithic()
+    correct = 0
+    for x, y in make_dataset(faces.test_images, faces.test_labels, batch_size=256):
+        correct += int(tf.reduce_sum(tf.cast(tf.argmax(model(x), -1, output_type=tf.int32) == tf.cast(y, tf.int32),
+                                             tf.int32)))
+    assert correct / len(faces.test_labels) == pytest.approx(run.history["test_accuracy"][-1])
