@@ -26,7 +26,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import tensorflow as tf
 
-from dpact_tf.training import EpochTrainer, batches_per_epoch
+from dpact_tf.training import (PIXEL_TOLERANCE, EpochTrainer, all_finite, batches_per_epoch, check_images,
+                               correct_count, float_images, images_ok, int_labels, raise_for_images)
 from dpact_tf.vggface import SplitModel
 
 __all__ = ["ActivationMessage", "GradientMessage", "TrainingConfig", "SplitClient", "EdgeServer",
@@ -86,65 +87,9 @@ def make_optimizer(config: TrainingConfig, decay_steps: int) -> tf.keras.optimiz
     return tf.keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
 
 
-# How far outside [0, 1] a pixel may lie: float rounding of a resize (a few ulps), never a 0..255 image.
-PIXEL_TOLERANCE = 1e-5
-
-
-def check_images(images: Any) -> tf.Tensor:
-    """The client's input check: float pixels, all finite, in [0, 1]; returns them as a tensor.
-
-    Refused before anything is computed or released: integer images (uint8 must be divided by 255 first),
-    NaN/inf pixels, and values outside [0, 1] (a 0..255 float image would train silently with most of
-    conv1's outputs clipped).  Cheap: a sum, a min and a max over the batch.
-    """
-    images = _float_images(images)
-    if not bool(_images_ok(images)):
-        _raise_for_images(images)
-    return images
-
-
-def _images_ok(images: tf.Tensor) -> tf.Tensor:
-    """The verdict of :func:`check_images` as an op (the compiled steps branch on it before they compute or
-    release anything): every pixel finite and in [0, 1], up to PIXEL_TOLERANCE.  A sum is finite only if every
-    term is (NaN and inf propagate through IEEE addition; to overflow it needs pixels far outside [0, 1])."""
-    in_range = tf.logical_and(tf.reduce_min(images) >= -PIXEL_TOLERANCE, tf.reduce_max(images) <= 1.0 + PIXEL_TOLERANCE)
-    return tf.logical_and(tf.math.is_finite(tf.reduce_sum(images)), in_range)
-
-
-def _all_finite(x: tf.Tensor) -> tf.Tensor:
-    """Every element of ``x`` finite: one sum (finite only if every term is), the elementwise check only when
-    the sum is not (a non-finite element, or finite ones large enough to overflow it)."""
-    return tf.cond(tf.math.is_finite(tf.reduce_sum(x)), lambda: tf.constant(True),
-                   lambda: tf.reduce_all(tf.math.is_finite(x)))
-
-
-def _correct(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-    """Number of correctly classified examples, as a float32 scalar."""
-    hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(labels, tf.int32))
-    return tf.reduce_sum(tf.cast(hits, tf.float32))
-
-
-def _int_labels(labels: Any) -> tf.Tensor:
-    labels = tf.convert_to_tensor(labels)
-    return labels if labels.dtype == tf.int32 else tf.cast(labels, tf.int32)
-
-
-def _float_images(images: Any) -> tf.Tensor:
-    """The static part of :func:`check_images` (the dtype); the values are checked in the compiled steps."""
-    images = tf.convert_to_tensor(images)
-    if not images.dtype.is_floating:
-        raise ValueError(f"images must be float pixels in [0, 1] (got dtype {images.dtype.name}); "
-                         "divide uint8 images by 255 (dpact_tf.data.make_dataset does)")
-    return tf.cast(images, tf.float32)
-
-
-def _raise_for_images(images: tf.Tensor) -> None:
-    """Raises the message for a batch :func:`_images_ok` refused (its statistics, computed on refusal only)."""
-    if not bool(tf.reduce_all(tf.math.is_finite(images))):
-        raise ValueError("images contain NaN or inf pixels; nothing was released")
-    lo, hi = float(tf.reduce_min(images)), float(tf.reduce_max(images))
-    hint = "; they look like 0..255 values: divide by 255" if hi > 2.0 else ""
-    raise ValueError(f"images must be in [0, 1] (got min {lo:g}, max {hi:g}){hint}; nothing was released")
+# The batch checks every trainer shares live in dpact_tf.training (names kept here for the protocol's code).
+_images_ok, _all_finite, _correct = images_ok, all_finite, correct_count
+_int_labels, _float_images, _raise_for_images = int_labels, float_images, raise_for_images
 
 
 def noise_free_path(model: tf.keras.Model) -> tf.keras.Model:
@@ -360,11 +305,6 @@ class SplitTrainer(EpochTrainer):
         self._step = tf.function(self._step_in_process, input_signature=[image_spec, label_spec])
         self._evaluate = tf.function(self._evaluate_step, input_signature=[image_spec, label_spec])
 
-    def _require_built(self) -> None:
-        if self.client is None:
-            raise RuntimeError("the optimizers' schedule is not known yet: call fit(), or pass total_steps= "
-                               "(or config.lr_decay_steps) to SplitTrainer before train_step()/evaluate()")
-
     def train_step(self, images: tf.Tensor, labels: tf.Tensor) -> GradientMessage:
         """One step of the protocol; raises the ``ValueError`` of :class:`SplitClient` on a refused batch or
         gradient (nothing changes then)."""
@@ -413,21 +353,8 @@ class SplitTrainer(EpochTrainer):
 
         return tf.cond(_images_ok(images), step, refused)
 
-    def evaluate(self, dataset: Iterable) -> Dict[str, float]:
-        """Accuracy and loss with the noise on (the activation leaves the device at test time too)."""
-        self._require_built()
-        losses, corrects, total = [], [], 0
-        for images, labels in dataset:
-            images = _float_images(images)
-            ok, loss_sum, correct = self._evaluate(images, _int_labels(labels))
-            if not ok:
-                _raise_for_images(images)
-            losses.append(loss_sum)
-            corrects.append(correct)
-            total += int(labels.shape[0])
-        if total == 0:
-            raise ValueError("evaluate() got an empty dataset")
-        return {"loss": sum(float(v) for v in losses) / total, "accuracy": sum(float(v) for v in corrects) / total}
+    # evaluate (EpochTrainer.evaluate): accuracy and loss with the noise on -- the activation leaves the device at
+    # test time too -- one compiled ``_evaluate`` call per batch.
 
     def _evaluate_step(self, images: tf.Tensor, labels: tf.Tensor):
         """(verdict, summed loss, correct) of a batch: ``client.release`` -> ``server.predict``."""

@@ -33,8 +33,10 @@ import numpy as np
 import tensorflow as tf
 
 from dpact_tf.callbacks import Callback
-from dpact_tf.split import GradientMessage, _correct, _float_images, _images_ok, _int_labels, _raise_for_images
-from dpact_tf.training import EpochTrainer
+from dpact_tf.split import GradientMessage
+from dpact_tf.training import (EpochTrainer, correct_count as _correct, float_images as _float_images,
+                               images_ok as _images_ok, int_labels as _int_labels,
+                               raise_for_images as _raise_for_images)
 
 __all__ = ["DSSGDTrainer", "participant_shards", "interleave_shards", "selected_count", "largest_magnitude"]
 
@@ -249,11 +251,6 @@ class DSSGDTrainer(EpochTrainer):
         self._step = tf.function(self._turn, input_signature=[image_spec, label_spec, tf.TensorSpec([], tf.int32)])
         self._evaluate = tf.function(self._evaluate_step, input_signature=[image_spec, label_spec])
 
-    def _require_built(self) -> None:
-        if not self.built:
-            raise RuntimeError("the learning-rate schedule is not known yet: call fit(), or pass total_steps= to "
-                               "DSSGDTrainer before train_step()")
-
     # -- one participant's turn ---------------------------------------------------------------------------------
     def _load(self, flat: tf.Tensor) -> None:
         """Puts a flat weight vector into the model's variables."""
@@ -334,22 +331,9 @@ class DSSGDTrainer(EpochTrainer):
         """The flat weights :meth:`evaluate` uses: the global model's, or participant 0's when standalone."""
         return tf.gather(self._local, 0) if self.standalone else tf.identity(self._global)
 
-    def evaluate(self, dataset: Iterable) -> Dict[str, float]:
-        """``{"loss", "accuracy"}`` of the global model (participant 0's when standalone) over ``dataset``."""
-        self._require_built()
+    def _before_evaluate(self) -> None:
+        """:meth:`evaluate` (the shared loop) scores the global model, or participant 0's when standalone."""
         self._load(self.evaluated_weights())
-        losses, corrects, total = [], [], 0
-        for images, labels in dataset:
-            images = _float_images(images)
-            ok, loss_sum, correct = self._evaluate(images, _int_labels(labels))
-            if not ok:
-                _raise_for_images(images)
-            losses.append(loss_sum)
-            corrects.append(correct)
-            total += int(labels.shape[0])
-        if total == 0:
-            raise ValueError("evaluate() got an empty dataset")
-        return {"loss": sum(float(v) for v in losses) / total, "accuracy": sum(float(v) for v in corrects) / total}
 
     def _evaluate_step(self, images: tf.Tensor, labels: tf.Tensor):
         ok = _images_ok(images)
