@@ -259,10 +259,13 @@ class SharedConv1:
       frac_bits: fractional bits of pixels and weights; ``z`` is exact to about ``27 * 2^-frac_bits * max|x, K|``.
       grad_frac_bits: fractional bits of the public ``lr * dL/dz`` and momentum in the update.
       keep_views: keep every message's arrays of the last step for :meth:`view` (memory: several times the batch).
+      dealer: the dealer to use (default: a :class:`TrustedDealer` on ``rng``'s dealer generator); the protocol
+        records its messages in the dealer's transcript.
     """
 
     def __init__(self, kernel, bias, *, rng: Union[Rng, Mapping[str, np.random.Generator]] = None,
-                 frac_bits: int = FRAC_BITS, grad_frac_bits: int = GRAD_FRAC_BITS, keep_views: bool = False) -> None:
+                 frac_bits: int = FRAC_BITS, grad_frac_bits: int = GRAD_FRAC_BITS, keep_views: bool = False,
+                 dealer: Optional[TrustedDealer] = None) -> None:
         kernel, bias = np.asarray(kernel), np.asarray(bias)
         if kernel.ndim != 4 or kernel.shape[:2] != (3, 3):
             raise ValueError(f"kernel must be [3, 3, Cin, C] (got shape {kernel.shape})")
@@ -277,16 +280,17 @@ class SharedConv1:
         if not 8 <= grad_frac_bits <= 60 - frac_bits:
             raise ValueError(f"grad_frac_bits must be in [8, {60 - frac_bits}] (got {grad_frac_bits})")
         if isinstance(rng, Mapping):
-            missing = {"A", "B", "dealer"} - set(rng)
+            missing = ({"A", "B"} | ({"dealer"} if dealer is None else set())) - set(rng)
             if missing:
                 raise ValueError(f"rng mapping lacks generators for {sorted(missing)}")
-            rngs = {k: rng[k] for k in ("A", "B", "dealer")}
+            rngs = dict(rng)
         else:
             rngs = dict(zip(("A", "B", "dealer"), np.random.default_rng(rng).spawn(3)))
         self.frac_bits, self.grad_frac_bits, self.keep_views = int(frac_bits), int(grad_frac_bits), keep_views
         self.kernel_shape = tuple(kernel.shape)
-        self.transcript = Transcript(keep_payloads=keep_views)
-        self.dealer = TrustedDealer(rngs["dealer"], self.transcript)
+        self.dealer = dealer if dealer is not None else TrustedDealer(rngs["dealer"])
+        self.transcript = self.dealer.transcript
+        self.transcript.keep_payloads = keep_views
         self._rng = rngs
         k = kernel.reshape(-1, kernel.shape[3])
         shares = self.dealer.share_weights({"K": encode(k, frac_bits), "b": encode(bias, frac_bits)})
