@@ -36,6 +36,15 @@ def chi2_uniform_bytes(values):
                for s in (0, 56))
 
 
+def test_the_protocol_module_is_pure_numpy():
+    import ast
+
+    tree = ast.parse(open(ss.__file__).read())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not {m for m in imported if m.split(".")[0] in ("tensorflow", "keras", "dpact_tf")}, imported
+
+
 # --- fixed point and shares ---------------------------------------------------------------------------------
 
 def test_encode_decode_round_trip_within_half_an_ulp_including_negatives():

@@ -366,7 +366,8 @@ class SharedConv1:
         self._holders[0]["b"] = self._holders[0]["b"] + encode(self._bias_velocity, self.frac_bits)
         # Kernel: Y_i = mu v_i - P_i^T (lr g) at scale f + fg, locally; truncated to scale f in one round.
         step, mu = encode(learning_rate * g, fg), encode(momentum, fg)
-        y = [mu * h["vK"] - p.T @ step for h, p in zip(self._holders, self._pending)]
+        # (einsum: numpy's integer matmul of a transposed view is ~30x slower than this contraction)
+        y = [mu * h["vK"] - np.einsum("mk,mc->kc", p, step) for h, p in zip(self._holders, self._pending)]
         velocity = truncate(y[0], y[1], fg, dealer=self.dealer, transcript=self.transcript)
         for h, v in zip(self._holders, velocity):
             h["vK"], h["K"] = v, h["K"] + v
