@@ -216,7 +216,7 @@ class TrustedDealer:
     def matmul_triple(self, m: int, k: int, c: int) -> Tuple[Dict, Dict]:
         """Shares of ``U [m, k]``, ``V [k, c]`` uniform and ``W = U V``: (A's {"U", "V", "W"}, B's)."""
         u, v = _uniform(self.rng, (m, k)), _uniform(self.rng, (k, c))
-        return self._deal({"U": u, "V": v, "W": u @ v})
+        return self._deal({"U": u, "V": v, "W": _matmul(u, v)})
 
     def truncation_mask(self, shape: Tuple[int, ...], bits: int) -> Tuple[Dict, Dict]:
         """Shares of a uniform ``r``, of ``r >> bits`` and of r's top bit: (A's {"r", "r_hi", "r_top"}, B's)."""
@@ -328,9 +328,10 @@ class SharedConv1:
         self._send("B", "A", "forward", {"E": opened[1][0], "F": opened[1][1]})
         e, f_open = opened[0][0] + opened[1][0], opened[0][1] + opened[1][1]
         scale = _U64(1 << f)  # the bias (scale f) joins the product (scale 2f)
-        z_shares = [e @ (f_open + triple[0]["V"]) + triple[0]["U"] @ f_open + triple[0]["W"]
+        z_shares = [_matmul(e, f_open + triple[0]["V"]) + _matmul(triple[0]["U"], f_open) + triple[0]["W"]
                     + self._holders[0]["b"] * scale,
-                    e @ triple[1]["V"] + triple[1]["U"] @ f_open + triple[1]["W"] + self._holders[1]["b"] * scale]
+                    _matmul(e, triple[1]["V"]) + _matmul(triple[1]["U"], f_open) + triple[1]["W"]
+                    + self._holders[1]["b"] * scale]
         # Round 3: both send their share of z to the server.
         tr.new_round()
         self._send("A", "server", "forward", {"z share": z_shares[0]})
@@ -366,8 +367,7 @@ class SharedConv1:
         self._holders[0]["b"] = self._holders[0]["b"] + encode(self._bias_velocity, self.frac_bits)
         # Kernel: Y_i = mu v_i - P_i^T (lr g) at scale f + fg, locally; truncated to scale f in one round.
         step, mu = encode(learning_rate * g, fg), encode(momentum, fg)
-        # (einsum: numpy's integer matmul of a transposed view is ~30x slower than this contraction)
-        y = [mu * h["vK"] - np.einsum("mk,mc->kc", p, step) for h, p in zip(self._holders, self._pending)]
+        y = [mu * h["vK"] - _matmul(p.T, step) for h, p in zip(self._holders, self._pending)]
         velocity = truncate(y[0], y[1], fg, dealer=self.dealer, transcript=self.transcript)
         for h, v in zip(self._holders, velocity):
             h["vK"], h["K"] = v, h["K"] + v
@@ -411,6 +411,12 @@ def _ring(v, name: str) -> np.ndarray:
     if v.dtype != _U64:
         raise ValueError(f"{name} must be ring elements (uint64, from encode), got dtype {v.dtype}")
     return v
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Matrix product modulo 2^64.  einsum: numpy's integer ``@`` has no BLAS, and on a transposed view (the
+    kernel gradient ``P^T g``) it is ~30x slower than this contraction."""
+    return np.einsum("mk,kc->mc", a, b)
 
 
 def _uniform(rng: np.random.Generator, shape) -> np.ndarray:
