@@ -28,15 +28,20 @@ One step, with the messages :class:`Transcript` records (``M = N*H*W`` output pi
   floor or ceil of ``Y / 2^g``, unbiased), with **no failure probability** provided ``|Y| < 2^62`` at scale
   ``f + g`` (2^10 in float units at f = 20, g = 32: the velocity of a weight).  SecureML's local truncation
   (Mohassel & Zhang 2017) would need no dealer and no round, but fails with probability about
-  ``|Y| / 2^63`` per element: 2^-21 per weight per step at these scales -- too often over a training run.
+  ``|Y| / 2^63`` per element -- 2^-21 per weight per step for a velocity of 1e-3 at these scales, too often over
+  a training run -- and a failure throws the weight off by 2^(64-g).
+
+The kernel stays shared through training: its update ``P^T dL/dz`` mixes both halves' pixels, so opening it would
+tell each holder about the other's.  The bias update depends on dL/dz alone, which both already hold.
 
 Security assumptions (the simulation in one process holds each party's values apart; it does not enforce them):
 semi-honest parties; the dealer is trusted and colludes with nobody (it is the assumption that stands in for an
 offline phase of oblivious transfer or homomorphic encryption); the server does not collude with either holder;
 the holders' own randomness comes from ``numpy.random.Generator`` (PCG64: a statistical, not a cryptographic,
 generator -- a deployment would use a CSPRNG).  What the protocol reveals by design: the server learns ``z`` (the
-clean pre-activation of conv1_1: nothing is noised, unlike the DP activation), and both holders learn dL/dz, which
-depends on both halves of each face.  Everything else a holder receives is uniform on the ring
+clean pre-activation of conv1_1: nothing is noised, unlike the DP activation; the server never sees the kernel,
+but ``z`` is a noise-free linear image of the whole face), and both holders learn dL/dz, which depends on both
+halves of each face.  Everything else a holder receives is uniform on the ring
 (:meth:`SharedConv1.view`).
 """
 from __future__ import annotations
