@@ -5,8 +5,9 @@
   TF Privacy's Keras DP optimizer; noise calibrated to a per-example epsilon with dp-accounting.
 * :mod:`dpact_tf.baselines.dssgd` -- DSSGD (Shokri & Shmatikov 2015): K participants, local SGD, top-theta
   gradient upload to a parameter server.
-* :mod:`dpact_tf.baselines.secret_sharing` -- SPNN-style (Fang et al. 2020): conv1 on additive secret shares of
-  two data holders' halves of each face; the server receives conv1's output only.
+* :mod:`dpact_tf.baselines.secret_sharing` -- SPNN-style (Fang et al. 2020): conv1_1 on additive secret shares
+  (Z_2^64 fixed point, a trusted dealer's Beaver triples) of two data holders' column halves of each face; the
+  server receives conv1_1's output only (pre-activation, noise-free) and returns dL/dz; pure NumPy.
 * PrivyNet-style (Li et al.) needs no module of its own: a :class:`dpact_tf.split.SplitTrainer` whose client is
   the public model's first layers, frozen (``TrainingConfig(train_client=False)``), without noise.
 """
