@@ -8,15 +8,17 @@ divides by the batch size B, then takes an SGD-momentum step:
 
     g~ = (1/B) (sum_i g_i / max(1, ||g_i|| / C) + N(0, z^2 C^2 I)).
 
-The clipping and noise are TF Privacy's (:class:`tensorflow_privacy.DPKerasSGDOptimizer`, per-example
-microbatches); the epoch loop, history and callbacks are :class:`dpact_tf.training.EpochTrainer`'s, the
-schedule the split protocol's (:func:`dpact_tf.split.make_optimizer`: ``lr * rate ** (step / decay_steps)``).
-TF Privacy 0.9.0's fast gradient clipping (``DPModel`` with a layer registry) covers Dense and Embedding layers
-only, not Conv2D, so per-example gradients come from the optimizer's Jacobian.
+The clipping and noise are TF Privacy's: its Keras ``DPModel`` by default, or its ``DPKerasSGDOptimizer``
+(:data:`IMPLEMENTATIONS`); the epoch loop, history and callbacks are :class:`dpact_tf.training.EpochTrainer`'s,
+the optimizer and schedule the split protocol's (:func:`dpact_tf.split.make_optimizer`: SGD momentum,
+``lr * rate ** (step / decay_steps)``).  TF Privacy 0.9.0's fast gradient clipping (``DPModel`` with a layer
+registry) covers Dense and Embedding layers only, not Conv2D, so ``DPModel`` computes each example's gradient
+exactly, by ``tf.vectorized_map`` -- an order of magnitude faster here than the optimizer's Jacobian through
+the whole batch (``benchmarks/dpsgd_cost.py``).
 
 The epsilon of a run (:func:`dpsgd_epsilon`, :func:`calibrate_noise_multiplier`) is per *training example*
-(add-or-remove-one adjacency, all checkpoints released), by dp-accounting's RDP accountant; pure Python with
-no TensorFlow.  It is not comparable term for term with the DP-activation epsilon, which is per released
+(add-or-remove-one adjacency, all checkpoints released), by dp-accounting's RDP accountant (plain Python, no
+TensorFlow op).  It is not comparable term for term with the DP-activation epsilon, which is per released
 activation (:mod:`dpact_tf.accounting`).
 """
 from __future__ import annotations
@@ -33,16 +35,16 @@ from dpact_tf.split import (TrainingConfig, _correct, _float_images, _images_ok,
                             make_optimizer)
 from dpact_tf.training import EpochTrainer
 
-__all__ = ["DPSGDTrainer", "StepResult", "IMPLEMENTATIONS", "dpsgd_epsilon", "calibrate_noise_multiplier", "DPSGD_RDP_ORDERS",
-           "MIN_NOISE_MULTIPLIER"]
+__all__ = ["DPSGDTrainer", "StepResult", "IMPLEMENTATIONS", "dpsgd_epsilon", "calibrate_noise_multiplier",
+           "DPSGD_RDP_ORDERS", "MIN_NOISE_MULTIPLIER"]
 
 # RDP orders of the accountant: dp-accounting's defaults (so no epsilon here exceeds its default accountant's), plus
 # orders close to 1, where the optimum lies for small noise multipliers (large epsilons).
 DPSGD_RDP_ORDERS: List[float] = sorted(set(rdp.rdp_privacy_accountant.DEFAULT_RDP_ORDERS) |
                                        {1 + x for x in (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.05)})
 
-# The smallest noise multiplier the accounting runs at.  Below ~0.05 the RDP bound is the un-subsampled one
-# (steps x order / (2 z^2), as if every example were in every batch): valid but loose; at 1e-3 it is ~1e8.
+# The smallest noise multiplier the accounting runs at.  Below ~0.05 the RDP bound approaches the un-subsampled
+# one (steps x order / (2 z^2), as if every example were in every batch): valid but loose; at 1e-3 it is ~1e8.
 MIN_NOISE_MULTIPLIER = 1e-3
 
 
