@@ -93,7 +93,9 @@ class DPSGDTrainer(EpochTrainer):
       implementation: one of :data:`IMPLEMENTATIONS` (TF Privacy's ``DPModel`` or ``DPKerasSGDOptimizer``).
 
     Images are checked as the split protocol checks them (float, finite, in [0, 1]): a refused batch raises a
-    ``ValueError`` and changes nothing.
+    ``ValueError`` and changes nothing.  The noise is TF Privacy's ``tf.random.normal``: under a global seed
+    (``tf.keras.utils.set_random_seed``) it is reproducible -- right for an experiment, not for a model released
+    with a DP-SGD guarantee, whose noise must be secret.
     """
 
     def __init__(self, model: tf.keras.Model, *, l2_norm_clip: float, noise_multiplier: float,
