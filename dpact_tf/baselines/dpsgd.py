@@ -13,8 +13,8 @@ The clipping and noise are TF Privacy's: its Keras ``DPModel`` by default, or it
 the optimizer and schedule the split protocol's (:func:`dpact_tf.split.make_optimizer`: SGD momentum,
 ``lr * rate ** (step / decay_steps)``).  TF Privacy 0.9.0's fast gradient clipping (``DPModel`` with a layer
 registry) covers Dense and Embedding layers only, not Conv2D, so ``DPModel`` computes each example's gradient
-exactly, by ``tf.vectorized_map`` -- an order of magnitude faster here than the optimizer's Jacobian through
-the whole batch (``benchmarks/dpsgd_cost.py``).
+exactly, by ``tf.vectorized_map`` -- ~20x faster here than the optimizer's Jacobian through the whole batch
+(``benchmarks/dpsgd_cost.py``).
 
 The epsilon of a run (:func:`dpsgd_epsilon`, :func:`calibrate_noise_multiplier`) is per *training example*
 (add-or-remove-one adjacency, all checkpoints released), by dp-accounting's RDP accountant (plain Python, no
@@ -56,9 +56,9 @@ class StepResult(NamedTuple):
 
 
 #: how per-example gradients are computed: TF Privacy's ``DPModel`` (``tf.vectorized_map`` of each example's
-#: gradient, default) or its ``DPKerasSGDOptimizer`` (a Jacobian of the per-example losses through the whole batch,
-#: about ten times slower on the small profile's network: ``benchmarks/dpsgd_cost.py``).  Both clip each
-#: example's gradient to C over all weights and add N(0, (z C)^2) to the sum; they give the same update.
+#: gradient, default) or its ``DPKerasSGDOptimizer`` (a Jacobian of the per-example losses through the whole batch:
+#: ~20x slower on the small profile's network, 103 vs 4.9 s per epoch of 1,000 faces, benchmarks/dpsgd_cost.py).
+#: Both clip each example's gradient to C over all weights and add N(0, (z C)^2) to the sum: the same update.
 IMPLEMENTATIONS = ("model", "optimizer")
 
 
