@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional
+from typing import Iterator, List, NamedTuple, Optional
 
 import dp_accounting
 import tensorflow as tf
 from dp_accounting import rdp
 
-from dpact_tf.split import (TrainingConfig, _correct, _float_images, _images_ok, _int_labels, _raise_for_images,
-                            make_optimizer)
-from dpact_tf.training import EpochTrainer
+from dpact_tf.split import TrainingConfig, make_optimizer
+from dpact_tf.training import (EpochTrainer, correct_count as _correct, float_images as _float_images,
+                               images_ok as _images_ok, int_labels as _int_labels,
+                               raise_for_images as _raise_for_images)
 
 __all__ = ["DPSGDTrainer", "StepResult", "IMPLEMENTATIONS", "dpsgd_epsilon", "calibrate_noise_multiplier",
            "DPSGD_RDP_ORDERS", "MIN_NOISE_MULTIPLIER"]
@@ -158,11 +159,6 @@ class DPSGDTrainer(EpochTrainer):
         self._traced = False
         self.built = True
 
-    def _require_built(self) -> None:
-        if self.optimizer is None:
-            raise RuntimeError("the learning-rate schedule is not known yet: call fit(), or pass total_steps= to "
-                               "DPSGDTrainer before train_step()/evaluate()")
-
     def train_step(self, images: tf.Tensor, labels: tf.Tensor) -> StepResult:
         """One DP-SGD step on a batch (one compiled call)."""
         self._require_built()
@@ -207,21 +203,7 @@ class DPSGDTrainer(EpochTrainer):
         self.optimizer.minimize(per_example, self.model.trainable_variables, tape=tape)
         return tf.reduce_mean(per_example), _correct(logits, labels)
 
-    def evaluate(self, dataset: Iterable) -> Dict[str, float]:
-        """Mean cross-entropy and accuracy of the model over ``dataset`` (no noise: the model is released)."""
-        self._require_built()
-        losses, corrects, total = [], [], 0
-        for images, labels in dataset:
-            images = _float_images(images)
-            ok, loss_sum, correct = self._evaluate(images, _int_labels(labels))
-            if not ok:
-                _raise_for_images(images)
-            losses.append(loss_sum)
-            corrects.append(correct)
-            total += int(labels.shape[0])
-        if total == 0:
-            raise ValueError("evaluate() got an empty dataset")
-        return {"loss": sum(float(v) for v in losses) / total, "accuracy": sum(float(v) for v in corrects) / total}
+    # evaluate (EpochTrainer.evaluate): the model's loss and accuracy, no noise (the model is what is released).
 
     def _evaluate_step(self, images: tf.Tensor, labels: tf.Tensor):
         ok = _images_ok(images)
