@@ -194,7 +194,7 @@ def test_baselines_notebook(tiny_book):
     root, base = tiny_book
     prof = get_profile("tiny")
     text = _outputs_text(root, "09_baselines")
-    for method in ("DP activations (this paper)", "DP-SGD, noise multiplier", "PrivyNet-style, frozen public head",
+    for method in ("DP activations (this paper)", "DP-SGD, ε = ", "PrivyNet-style, frozen public head",
                    "DSSGD, K = 2", "SPNN-style"):
         assert method in text, f"the summary table lacks {method!r}"
     for fig in ("baseline_dpsgd", "baseline_privynet", "baseline_dssgd"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -97,7 +98,7 @@ def privynet_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
         for run in runs:
             split = run.load_split()
             if progress:
-                print(f"baselines: decoder against the frozen head cut at {run.spec.cut}", flush=True)
+                print(f"baselines: decoder against the frozen head cut at {run.spec.cut}", file=sys.stderr, flush=True)
             scores = reconstruction_scores(split.client, split.client, faces, public_x, identity=identity,
                                            epochs=sched.attack_epochs, seed=seed)
             shown[run.spec.cut] = scores.pop("shown")
@@ -343,7 +344,7 @@ def summary_table(*, profile: str, dataset: str, results_dir: Optional[str] = No
                      "client MFLOP / image / step": mflop(client_step_flops(head, trains=True)),
                      "upload bytes / image / step": head.activation_bytes})
     for r in sorted(m["dpsgd"]["rows"], key=lambda r: r["epsilon"]):
-        rows.append({"method": f"DP-SGD, noise multiplier {r['noise_multiplier']:.3g}",
+        rows.append({"method": f"DP-SGD, ε = {r['epsilon']:,.3g} (noise multiplier {r['noise_multiplier']:.3g})",
                      "privacy notion": "(ε, δ)-DP per example over the run (RDP accountant)",
                      "guarantee per image": f"ε = {r['epsilon']:,.3g} (δ = {m['dpsgd']['delta']:g})",
                      "test accuracy": r["test_accuracy"], "client MFLOP / image / step": mflop(whole),
@@ -372,6 +373,7 @@ def summary_table(*, profile: str, dataset: str, results_dir: Optional[str] = No
                  "upload bytes / image / step": s["upload_bytes_per_image"]})
     for r in rows:
         r["test accuracy"] = round(float(r["test accuracy"]), 4)
+        r["upload bytes / image / step"] = int(round(r["upload bytes / image / step"]))
     return rows
 
 
@@ -450,7 +452,7 @@ def spnn_study(*, profile: str, dataset: str, results_dir: Optional[str] = None,
         links = transcript["bytes_per_image"]
         upload = sum(v for k, v in links.items() if k.split("->")[0] in ("A", "B"))
         if progress:
-            print("baselines: decoder against the z the SPNN server receives", flush=True)
+            print("baselines: decoder against the z the SPNN server receives", file=sys.stderr, flush=True)
         scores = reconstruction_scores(pre, pre, faces, public_x, identity=identity, epochs=sched.attack_epochs,
                                        seed=seed)
         shown = scores.pop("shown")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
@@ -128,7 +129,7 @@ def attack_study(*, profile: str, dataset: str, results_dir: Optional[str] = Non
     for k, eps in enumerate(eps_list):
         label = plots.eps_label(eps)
         if progress:
-            print(f"attacks: {label}", flush=True)
+            print(f"attacks: {label}", file=sys.stderr, flush=True)
         row: Dict[str, Any] = {"epsilon": eps}
         # 1. Reconstruction, first layer public (fine-tuning case): the server knows conv1's weights.
         victim = pre.load_split(epsilon=eps, noise_seed=seed + 10 + k)
