@@ -287,10 +287,13 @@ def privynet_summary(study: Dict[str, Any]) -> str:
 
 
 def privynet_reconstructions(study: Dict[str, Any], *, dataset: str):
-    """The private faces and the decoder's reconstruction per cut (a figure)."""
-    return plots.reconstruction_grid(study["faces"], {"decoder (frozen public head)": {
+    """The private faces and the decoder's reconstruction per cut (a closed figure: the notebook displays it once,
+    explicitly; an open one would be shown a second time by the inline backend, under the same label)."""
+    fig = plots.reconstruction_grid(study["faces"], {"decoder (frozen public head)": {
         cut: study["shown"][cut] for cut in (r["cut"] for r in study["rows"])}}, dataset=dataset,
         column_label=lambda cut: f"cut {cut}")
+    plots.close(fig)
+    return fig
 
 
 def dssgd_summary(study: Dict[str, Any]) -> str:

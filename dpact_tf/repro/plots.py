@@ -13,7 +13,7 @@ import numpy as np
 
 from dpact_tf.jsonio import write_json
 
-__all__ = ["save_figure", "eps_label", "activation_grid", "similarity_plot", "training_curves", "accounting_plot",
+__all__ = ["save_figure", "close", "eps_label", "activation_grid", "similarity_plot", "training_curves", "accounting_plot",
            "reconstruction_grid", "attack_curves",
            "final_accuracy_plot", "partition_plot", "mobile_cost_plot", "ladder_plot", "dpsgd_plot", "privynet_plot",
            "dssgd_plot"]
@@ -26,6 +26,12 @@ def _plt():
                          "grid.alpha": 0.3, "svg.hashsalt": "dpact",
                          "svg.fonttype": "none"})  # keep SVG text as text (searchable, accessible)
     return plt
+
+
+def close(fig) -> None:
+    """Close ``fig`` so that a notebook shows it only where it is displayed explicitly (an open figure is shown a
+    second time by the inline backend, with the same figure label: a duplicate target in the book)."""
+    _plt().close(fig)
 
 
 def eps_label(eps: Optional[float]) -> str:
@@ -49,7 +55,7 @@ def save_figure(fig, out_dir: str, name: str, data: Dict[str, Any]) -> Dict[str,
     paths = {ext: os.path.join(out_dir, f"{name}.{ext}") for ext in ("png", "svg", "json")}
     fig.savefig(paths["png"], bbox_inches="tight")
     fig.savefig(paths["svg"], bbox_inches="tight", metadata={"Date": None})
-    _plt().close(fig)  # the notebook displays the returned figure explicitly
+    close(fig)  # the notebook displays the returned figure explicitly
     write_json(paths["json"], data)
     return paths
 
