@@ -29,9 +29,14 @@ Signatures of the exported model:
   up to float32, |z| <= 5.77 std as with TensorFlow's own sampler).  ``valid = 0`` and an all-zero activation
   when ``entropy`` has an entry outside [2^-24, 1] (a zero -- an unfilled buffer or a gap in one --, NaN, inf),
   another shape than the activation's, or a mean or variance no 24-bit uniform tensor has (a constant fill), and
-  for ``epsilon = +inf`` (a deployed release always adds noise; the no-noise baseline is ``infer``'s).  The graph
-  cannot tell fresh entropy from the previous call's (LiteRT keeps an input tensor's contents between calls):
-  the app must write new uniforms before every call.
+  for ``epsilon = +inf`` (a deployed release always adds noise; the no-noise baseline is ``infer``'s).  LiteRT
+  keeps an input tensor's contents between calls, so an app that forgets to refill ``entropy`` would release a
+  second image with the first one's noise (the difference of the two releases is the difference of the clean
+  activations): the head keeps a fingerprint of the last accepted entropy in a resource variable (its first and
+  last :data:`FINGERPRINT_SIZE` uniforms; a false match of fresh 24-bit uniforms has probability 2^-1536) and
+  refuses (``valid = 0``) a release whose entropy matches it.  It is per interpreter and remembers one call: the
+  app must still write new uniforms before every call (an older buffer, or one shared by two interpreters, is
+  not caught).
   ``R`` is any number of rows (``R' = R`` for a conv1_1 head, whose sidecar says ``release_strip_halo_rows:
   1``): an app can release an image in strips of rows, each with one row of its neighbours above and below
   (zero rows at the image's border: conv1_1's own SAME padding) whose outputs it drops -- the same release,
@@ -63,7 +68,10 @@ from dpact_tf.jsonio import write_json
 from dpact_tf.layers import DPActivation
 from dpact_tf.runtime import MAX_BOX_MULLER_STD  # the one bound, shared with HeadRunner
 
-__all__ = ["ClientHead", "convert_client_head", "head_layers", "weights_hash", "ConversionError"]
+__all__ = ["ClientHead", "convert_client_head", "head_layers", "weights_hash", "ConversionError", "FINGERPRINT_SIZE"]
+
+# Uniforms at each end of ``release``'s entropy kept in the head's fingerprint of the last accepted call.
+FINGERPRINT_SIZE = 32
 
 
 class ConversionError(RuntimeError):
@@ -186,12 +194,15 @@ class ClientHead(tf.Module):
         self.noise_kind, self.lrn_kind = noise, lrn
         # (0, 0) = TFLite seeds the random op from the OS in every interpreter; anything else replays.
         self.seeds = (20180, 1) if replayable_noise_for_tests else (0, 0)
+        self.trainable_head = with_train and [kind for _, kind, _, _ in self.layers] == ["conv"]
+        # Variables only where `train` updates them: a head's resource variables (the release fingerprint below)
+        # would otherwise keep frozen weights as variables too, which XNNPACK runs slower and in more memory.
+        weight = tf.Variable if self.trainable_head else (lambda value, name: tf.constant(value, name=name))
         self.kernels, self.biases = [], []
         for name, kind, kernel, bias in self.layers:
             if kind == "conv":
-                self.kernels.append(tf.Variable(kernel, name=f"{name}_kernel"))
-                self.biases.append(tf.Variable(bias, name=f"{name}_bias"))
-        self.trainable_head = with_train and [kind for _, kind, _, _ in self.layers] == ["conv"]
+                self.kernels.append(weight(kernel, name=f"{name}_kernel"))
+                self.biases.append(weight(bias, name=f"{name}_bias"))
         if self.trainable_head:
             self.velocity = [tf.Variable(tf.zeros_like(v), name=v.name.split(":")[0] + "_velocity")
                              for v in (self.kernels[0], self.biases[0])]
@@ -227,6 +238,10 @@ class ClientHead(tf.Module):
         # of its neighbours above and below, whose tensors stay in the CPU's cache (HeadRunner streams strips).
         self.strip_halo_rows = 1 if [kind for _, kind, _, _ in self.layers] == ["conv"] else None
         if self.has_release:
+            # The first and last FINGERPRINT_SIZE uniforms of the last accepted release's entropy (0: none yet).
+            self.entropy_fingerprint = tf.Variable(tf.zeros([2 * FINGERPRINT_SIZE]), trainable=False,
+                                                   name="entropy_fingerprint")
+
             def release(image, epsilon, entropy):
                 return self._infer(image, epsilon, entropy)
 
@@ -329,6 +344,15 @@ class ClientHead(tf.Module):
         if entropy is not None:
             clean, _, _ = self._features(image)
             valid = tf.logical_and(valid, self._entropy_ok(entropy, tf.shape(clean)))
+            # Refuse the previous accepted call's entropy (an app that did not refill the buffer), then remember
+            # this one's if accepted.  Fixed-size ends of the flat buffer, zero-padded if it is smaller.
+            flat = tf.reshape(entropy, [-1])
+            pad = tf.zeros([FINGERPRINT_SIZE], tf.float32)
+            fingerprint = tf.concat([tf.concat([flat, pad], 0)[:FINGERPRINT_SIZE],
+                                     tf.concat([pad, flat], 0)[-FINGERPRINT_SIZE:]], 0)
+            repeated = tf.reduce_all(tf.equal(fingerprint, self.entropy_fingerprint))
+            valid = tf.logical_and(valid, tf.logical_not(repeated))
+            self.entropy_fingerprint.assign(tf.where(valid, fingerprint, self.entropy_fingerprint))
         std = tf.where(valid, std, 0.0)
         # 2 pi as a float16-exact high part plus a low part, added at run time (the sum depends on `valid`, so the
         # converter cannot fold it into one constant): a float16 head would otherwise use 6.28125 and never draw
@@ -435,7 +459,8 @@ def convert_client_head(client: tf.keras.Model, out_path: str, *, precision: str
         signatures["release"] = head.release
     if train:
         signatures.update(train=head.train, gradient=head.gradient, apply_gradient=head.apply_gradient)
-    model = _convert(head, signatures, precision, resource_variables=train)
+    # resource variables: the weights `train` updates, and `release`'s fingerprint of the last accepted entropy
+    model = _convert(head, signatures, precision, resource_variables=train or head.has_release)
     # Check the bytes that will be deployed, not the Python object.
     tflite_inspect.check_builtin_only(model)
     rand = tflite_inspect.random_ops(model)

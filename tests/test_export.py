@@ -678,3 +678,36 @@ def test_release_refuses_uniforms_off_the_24_bit_grid(replayable):
     entropy = _uniforms((1, 32, 32, 8), 11)
     entropy[0, 0, 0, 0] = 1.5 * 2.0 ** -24  # in range, but not (k + 1) / 2^24
     assert _release(path, _images(n=1), 5.0, entropy)[1] == 0
+
+
+def test_release_refuses_a_stale_entropy_buffer(replayable):
+    # LiteRT keeps an input tensor between calls: an app that forgets to refill `entropy` would release a second
+    # image with the first one's noise (the difference of the releases = the difference of the clean activations)
+    from ai_edge_litert.interpreter import Interpreter
+
+    from dpact_tf.export import FINGERPRINT_SIZE
+
+    _, path = replayable
+    run = Interpreter(model_path=path).get_signature_runner("release")
+    a, b = _images(n=1, seed=1), _images(n=1, seed=2)
+    e1, e2 = _uniforms((1, 32, 32, 8), 1), _uniforms((1, 32, 32, 8), 2)
+
+    def release(image, entropy):
+        out = run(image=image, epsilon=np.float32(5.0), entropy=entropy)
+        return out["activation"], int(out["valid"])
+
+    assert release(a, e1)[1] == 1
+    for image in (b, a):  # the same entropy again, for another image or the same one: refused, nothing released
+        act, valid = release(image, e1.copy())
+        assert valid == 0 and not np.any(act)
+    assert release(b, e2)[1] == 1  # fresh uniforms: released
+    # the fingerprint is the buffer's two ends (a refill rewrites them): a buffer whose ends are the last accepted
+    # call's is refused even if its middle changed
+    middle = e2.copy()
+    middle[0, 16, 16, 3] = e1[0, 16, 16, 3]
+    assert middle[0, 16, 16, 3] != e2[0, 16, 16, 3] and release(a, middle)[1] == 0
+    # the limit, as documented: one call is remembered, per interpreter -- e1 after e2 passes, and so does e1 in a
+    # new interpreter
+    assert release(a, e1)[1] == 1
+    assert _release(path, a, 5.0, e1)[1] == 1
+    assert FINGERPRINT_SIZE * 2 < e1.size

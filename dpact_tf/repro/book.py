@@ -18,17 +18,33 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from dpact_tf.repro.profiles import get_profile
 from dpact_tf.repro.results import REPO
 
-__all__ = ["NOTEBOOKS", "run_notebooks", "build_book", "resolve_dataset", "clean_executed", "rerun_note", "main"]
+__all__ = ["NOTEBOOKS", "NEEDS", "run_notebooks", "build_book", "resolve_dataset", "clean_executed", "rerun_note", "main"]
 
 # Execution order matters: the fine-tuning notebook uses the pre-trained model, the discussion every study.
 NOTEBOOKS: List[str] = ["01_activations", "02_scratch", "03_finetune", "04_partition", "05_mobile_cost",
                          "06_accounting", "07_attacks", "08_fidelity", "09_baselines",
                          "10_discussion"]
+
+# The chapters whose results a chapter reads: the cached runs it shares (the public model, trained first by
+# 01_activations; the from-scratch runs of 02_scratch) and the metrics it loads.  With ``jobs > 1`` a chapter starts
+# only after these have finished, so no two processes ever train the same cached run or read a half-written one.
+NEEDS: Dict[str, Tuple[str, ...]] = {
+    "01_activations": (),
+    "02_scratch": (),
+    "03_finetune": ("01_activations",),
+    "04_partition": ("02_scratch",),       # at the paper profile its conv1_1 runs are 02's
+    "05_mobile_cost": (),
+    "06_accounting": (),
+    "07_attacks": ("01_activations", "02_scratch"),
+    "08_fidelity": ("02_scratch", "03_finetune"),
+    "09_baselines": ("01_activations", "02_scratch"),
+    "10_discussion": tuple(NOTEBOOKS[:-1]),
+}
 
 HIDDEN_TAGS = ("parameters", "injected-parameters")
 # A logging line that reached stdout (Python/absl logging: "WARNING:tensorflow:...", "W1123 11:02:03.4 ...").
@@ -109,17 +125,21 @@ def _to_ipynb(source: str, dest: str) -> None:
 def run_notebooks(*, profile: str, dataset: str, out_dir: str, results_dir: Optional[str] = None,
                   force: bool = False, epsilons: Optional[Sequence[Optional[float]]] = None,
                   only: Optional[Sequence[str]] = None, notebook_dir: Optional[str] = None,
-                  vggface_weights: Optional[str] = None) -> Dict[str, float]:
+                  vggface_weights: Optional[str] = None, jobs: int = 1) -> Dict[str, float]:
     """Execute the notebooks with papermill; returns seconds per notebook.
 
     Only the parameters a notebook declares are passed to it (papermill warns about the others).
     ``vggface_weights``: the public Keras VGG-Face weights file; the fine-tuning chapter then starts from VGG-Face
     instead of the offline stand-in (needs the ``paper`` profile's shapes).
+    ``jobs``: notebooks executed at once, each in its own process, a chapter starting once the chapters it
+    :data:`NEEDS` have finished.  Worth it where a chapter's time is mostly single-threaded (the ``tiny`` smoke
+    runs of the tests); at ``small`` and above TensorFlow already uses every core, and the chapters' own timings
+    (the mobile-cost benchmark) want the machine to themselves: keep 1 there.
     """
-    import papermill as pm
-
     prof = get_profile(profile)
     dataset = resolve_dataset(dataset)
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1 (got {jobs})")
     notebook_dir = notebook_dir or os.path.join(REPO, "notebooks")
     os.makedirs(out_dir, exist_ok=True)
     params: Dict[str, Any] = {"profile": prof.name, "dataset": dataset}
@@ -139,26 +159,73 @@ def run_notebooks(*, profile: str, dataset: str, out_dir: str, results_dir: Opti
     unknown = sorted(set(only or ()) - set(NOTEBOOKS))
     if unknown:
         raise ValueError(f"unknown notebooks {unknown}; choose from {NOTEBOOKS}")
-    timings: Dict[str, float] = {}
     names = [n for n in NOTEBOOKS if not only or n in only]
-    for i, name in enumerate(names, 1):
-        print(f"[{i}/{len(names)}] executing notebooks/{name}.md (profile={prof.name}, dataset={dataset})",
-              file=sys.stderr, flush=True)
-        start = time.perf_counter()
-        source_nb = os.path.join(out_dir, f"{name}.source.ipynb")
-        _to_ipynb(os.path.join(notebook_dir, f"{name}.md"), source_nb)
-        declared = pm.inspect_notebook(source_nb)
-        nb_params = {k: v for k, v in params.items() if k in declared}
-        out = os.path.join(out_dir, f"{name}.ipynb")
-        try:
-            pm.execute_notebook(source_nb, out, parameters=nb_params, kernel_name="python3", progress_bar=False,
-                                log_output=False, stdout_file=sys.stderr, stderr_file=sys.stderr, cwd=REPO)
-        finally:
-            os.remove(source_nb)
-        clean_executed(out, name=name, parameters=nb_params)
-        timings[name] = time.perf_counter() - start
-        print(f"[{i}/{len(names)}] {name}: {timings[name]:.0f} s", file=sys.stderr, flush=True)
-    return timings
+    label = f"profile={prof.name}, dataset={dataset}"
+    if jobs == 1 or len(names) == 1:
+        timings: Dict[str, float] = {}
+        for i, name in enumerate(names, 1):
+            print(f"[{i}/{len(names)}] executing notebooks/{name}.md ({label})", file=sys.stderr, flush=True)
+            timings[name] = _execute(name, notebook_dir, out_dir, params)
+            print(f"[{i}/{len(names)}] {name}: {timings[name]:.0f} s", file=sys.stderr, flush=True)
+        return timings
+    return _execute_parallel(names, notebook_dir, out_dir, params, jobs=jobs, label=label)
+
+
+def _execute(name: str, notebook_dir: str, out_dir: str, params: Dict[str, Any]) -> float:
+    """Execute one notebook into ``out_dir`` and clean it; returns its wall time in seconds."""
+    import papermill as pm
+
+    start = time.perf_counter()
+    source_nb = os.path.join(out_dir, f"{name}.source.ipynb")
+    _to_ipynb(os.path.join(notebook_dir, f"{name}.md"), source_nb)
+    declared = pm.inspect_notebook(source_nb)
+    nb_params = {k: v for k, v in params.items() if k in declared}
+    out = os.path.join(out_dir, f"{name}.ipynb")
+    try:
+        pm.execute_notebook(source_nb, out, parameters=nb_params, kernel_name="python3", progress_bar=False,
+                            log_output=False, stdout_file=sys.stderr, stderr_file=sys.stderr, cwd=REPO)
+    finally:
+        os.remove(source_nb)
+    clean_executed(out, name=name, parameters=nb_params)
+    return time.perf_counter() - start
+
+
+def _execute_parallel(names: List[str], notebook_dir: str, out_dir: str, params: Dict[str, Any], *, jobs: int,
+                      label: str) -> Dict[str, float]:
+    """:func:`_execute` of ``names`` in ``jobs`` processes, each notebook once the ones it needs (of ``names``)
+    are done; the first failure stops the scheduling and is raised once the running notebooks have ended."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    pending = list(names)
+    done: Dict[str, float] = {}
+    running: Dict[cf.Future, str] = {}
+    failure: Optional[BaseException] = None
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while pending or running:
+            if failure is None:
+                for name in [n for n in pending if all(d in done or d not in names for d in NEEDS.get(n, ()))]:
+                    if len(running) >= jobs:
+                        break
+                    pending.remove(name)
+                    print(f"[{len(names) - len(pending)}/{len(names)}] executing notebooks/{name}.md ({label}; "
+                          f"{jobs} at once)", file=sys.stderr, flush=True)
+                    running[pool.submit(_execute, name, notebook_dir, out_dir, params)] = name
+            if not running:
+                break
+            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                name = running.pop(future)
+                try:
+                    done[name] = future.result()
+                except BaseException as exc:  # re-raised below, after the notebooks still running have ended
+                    failure = failure or exc
+                    print(f"notebooks/{name}.md failed", file=sys.stderr, flush=True)
+                else:
+                    print(f"[done {len(done)}/{len(names)}] {name}: {done[name]:.0f} s", file=sys.stderr, flush=True)
+    if failure is not None:
+        raise failure
+    return {n: done[n] for n in names}
 
 
 def build_book(root: str = REPO, builddir: Optional[str] = None) -> str:
@@ -193,6 +260,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="public Keras VGG-Face weights (data_scripts/fetch_vggface_weights.py): the fine-tuning "
                         "chapter starts from them (use with --profile paper)")
     r.add_argument("--out-dir", default=os.path.join(REPO, "book", "executed"))
+    r.add_argument("--jobs", type=int, default=1,
+                   help="notebooks executed at once (each after the chapters it needs); for the tiny profile: at "
+                        "small and above TensorFlow already uses every core and the cost chapter times the machine")
     sub.add_parser("build", help="render the Jupyter Book")
     args = parser.parse_args(argv)
     if args.cmd == "run":
@@ -200,7 +270,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         start = time.perf_counter()
         timings = run_notebooks(profile=args.profile, dataset=args.dataset, out_dir=args.out_dir,
                                 results_dir=args.results_dir, force=args.force, epsilons=eps, only=args.only,
-                                vggface_weights=args.vggface_weights)
+                                vggface_weights=args.vggface_weights, jobs=args.jobs)
         print(f"executed {len(timings)} notebooks in {time.perf_counter() - start:.0f} s")
     else:
         build_book()
