@@ -37,6 +37,7 @@ from dpact_tf.split import GradientMessage
 from dpact_tf.training import (EpochTrainer, correct_count as _correct, float_images as _float_images,
                                images_ok as _images_ok, int_labels as _int_labels,
                                raise_for_images as _raise_for_images)
+from dpact_tf.baselines.whole_model import evaluate_batch
 
 __all__ = ["DSSGDTrainer", "participant_shards", "interleave_shards", "selected_count", "largest_magnitude"]
 
@@ -336,14 +337,7 @@ class DSSGDTrainer(EpochTrainer):
         self._load(self.evaluated_weights())
 
     def _evaluate_step(self, images: tf.Tensor, labels: tf.Tensor):
-        ok = _images_ok(images)
-
-        def run():
-            logits = self.model(images, training=False)
-            loss_sum = tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
-            return loss_sum, _correct(logits, labels)
-
-        return (ok,) + tuple(tf.cond(ok, run, lambda: (tf.constant(0.0), tf.constant(0.0))))
+        return evaluate_batch(self.model, images, labels)
 
     def current_learning_rate(self) -> float:
         """The rate of the last turn taken (as Keras and :class:`dpact_tf.split.SplitTrainer` report it)."""

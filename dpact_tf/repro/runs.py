@@ -30,7 +30,8 @@ BASELINE_TASKS = ("frozen_head", "dpsgd", "dssgd")
 TASK_OPTIONS = {"dpsgd": ("l2_norm_clip", "noise_multiplier"),
                 "dssgd": ("participants", "theta_upload", "theta_download", "standalone")}
 #: the code a baseline's runs depend on beyond TRAINING_MODULES (part of their cache key only)
-TASK_MODULES = {"dpsgd": ("dpact_tf.baselines.dpsgd",), "dssgd": ("dpact_tf.baselines.dssgd",)}
+TASK_MODULES = {"dpsgd": ("dpact_tf.baselines.dpsgd", "dpact_tf.baselines.whole_model"),
+                "dssgd": ("dpact_tf.baselines.dssgd", "dpact_tf.baselines.whole_model")}
 
 
 @dataclasses.dataclass(frozen=True)
