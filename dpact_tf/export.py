@@ -32,11 +32,12 @@ Signatures of the exported model:
   for ``epsilon = +inf`` (a deployed release always adds noise; the no-noise baseline is ``infer``'s).  LiteRT
   keeps an input tensor's contents between calls, so an app that forgets to refill ``entropy`` would release a
   second image with the first one's noise (the difference of the two releases is the difference of the clean
-  activations): the head keeps a fingerprint of the last accepted entropy in a resource variable (its first and
-  last :data:`FINGERPRINT_SIZE` uniforms; a false match of fresh 24-bit uniforms has probability 2^-1536) and
-  refuses (``valid = 0``) a release whose entropy matches it.  It is per interpreter and remembers one call: the
-  app must still write new uniforms before every call (an older buffer, or one shared by two interpreters, is
-  not caught).
+  activations): the head keeps a fingerprint of the last accepted entropy in a resource variable (the first
+  :data:`FINGERPRINT_SIZE` uniforms of its first row and the last of its last row) and refuses (``valid = 0``) a
+  release whose entropy matches it at either end -- a stale buffer resized or refilled at one end only keeps the
+  other (a false match of fresh 24-bit uniforms has probability ~2^-767).  It is per interpreter and remembers
+  one call: the app must still write new uniforms before every call (an older buffer, one shared by two
+  interpreters, or one refilled at both ends but stale in the middle is not caught).
   ``R`` is any number of rows (``R' = R`` for a conv1_1 head, whose sidecar says ``release_strip_halo_rows:
   1``): an app can release an image in strips of rows, each with one row of its neighbours above and below
   (zero rows at the image's border: conv1_1's own SAME padding) whose outputs it drops -- the same release,
@@ -345,12 +346,17 @@ class ClientHead(tf.Module):
             clean, _, _ = self._features(image)
             valid = tf.logical_and(valid, self._entropy_ok(entropy, tf.shape(clean)))
             # Refuse the previous accepted call's entropy (an app that did not refill the buffer), then remember
-            # this one's if accepted.  Fixed-size ends of the flat buffer, zero-padded if it is smaller.
-            flat = tf.reshape(entropy, [-1])
+            # this one's if accepted: the first FINGERPRINT_SIZE uniforms of the buffer's first row and the last
+            # of its last row (zero-padded when a row is shorter; sliced before reshaping: no full-size copy).
+            # EITHER end matching refuses: a stale buffer that was resized (LiteRT keeps a tensor's contents when
+            # it shrinks) or refilled at one end only keeps the other end (the adversarial review of F2).
+            head_row = tf.reshape(entropy[:1, :1], [-1])[:FINGERPRINT_SIZE]
+            tail_row = tf.reshape(entropy[-1:, -1:], [-1])[-FINGERPRINT_SIZE:]
             pad = tf.zeros([FINGERPRINT_SIZE], tf.float32)
-            fingerprint = tf.concat([tf.concat([flat, pad], 0)[:FINGERPRINT_SIZE],
-                                     tf.concat([pad, flat], 0)[-FINGERPRINT_SIZE:]], 0)
-            repeated = tf.reduce_all(tf.equal(fingerprint, self.entropy_fingerprint))
+            fingerprint = tf.concat([tf.concat([head_row, pad], 0)[:FINGERPRINT_SIZE],
+                                     tf.concat([pad, tail_row], 0)[-FINGERPRINT_SIZE:]], 0)
+            same = tf.equal(fingerprint, self.entropy_fingerprint)
+            repeated = tf.logical_or(tf.reduce_all(same[:FINGERPRINT_SIZE]), tf.reduce_all(same[FINGERPRINT_SIZE:]))
             valid = tf.logical_and(valid, tf.logical_not(repeated))
             self.entropy_fingerprint.assign(tf.where(valid, fingerprint, self.entropy_fingerprint))
         std = tf.where(valid, std, 0.0)

@@ -603,8 +603,11 @@ def test_float16_head_draws_every_angle(exported, tmp_path):
     # every angle is reachable: the largest angle drawn exceeds 6.28125 (2 pi in float16) at this sample size
     assert angle.max() > 6.28125 and int(out["valid"]) == 1
     # the grid's smallest uniform 2^-24 (a float16 subnormal) is accepted and half of it refused, as in float32
+    # (fresh buffers: one that keeps the last accepted call's uniforms at an end is refused as stale)
+    e = _uniforms((1, 32, 32, 8), 4)
     e[0, 0, 0, 0] = 2.0 ** -24
     assert int(run(image=image, epsilon=np.float32(1.0), entropy=e)["valid"]) == 1
+    e = _uniforms((1, 32, 32, 8), 5)
     e[0, 0, 0, 0] = 2.0 ** -25
     assert int(run(image=image, epsilon=np.float32(1.0), entropy=e)["valid"]) == 0
 
@@ -701,13 +704,47 @@ def test_release_refuses_a_stale_entropy_buffer(replayable):
         act, valid = release(image, e1.copy())
         assert valid == 0 and not np.any(act)
     assert release(b, e2)[1] == 1  # fresh uniforms: released
-    # the fingerprint is the buffer's two ends (a refill rewrites them): a buffer whose ends are the last accepted
-    # call's is refused even if its middle changed
+    # the fingerprint is the buffer's two ends: a buffer that keeps the last accepted call's uniforms at either end
+    # is refused -- stale in the middle, or refilled at one end only (the review: a first version refusing only
+    # when both ends matched released such a buffer, and the server recovered the clean difference on the rest)
     middle = e2.copy()
     middle[0, 16, 16, 3] = e1[0, 16, 16, 3]
     assert middle[0, 16, 16, 3] != e2[0, 16, 16, 3] and release(a, middle)[1] == 0
+    for refilled in (slice(0, 2048), slice(2048, None)):  # the first quarter refilled, or all but it
+        partly = e2.copy()
+        partly.reshape(-1)[refilled] = _uniforms((8192,), 9).reshape(-1)[refilled]
+        act, valid = release(a, partly)
+        assert valid == 0 and not np.any(act)
     # the limit, as documented: one call is remembered, per interpreter -- e1 after e2 passes, and so does e1 in a
     # new interpreter
     assert release(a, e1)[1] == 1
     assert _release(path, a, 5.0, e1)[1] == 1
     assert FINGERPRINT_SIZE * 2 < e1.size
+
+
+def test_release_refuses_a_stale_buffer_that_shrank(tmp_path):
+    # LiteRT keeps a tensor's contents when it is resized: a batch of 2, then a batch of 1 without refilling,
+    # would release the second image with the first one's noise (the review's case 1)
+    from ai_edge_litert.interpreter import Interpreter
+
+    from dpact_tf.runtime import _InPlaceSignature
+
+    tf.keras.utils.set_random_seed(0)
+    split = build_split_vggface(SHAPE, 3, width=1 / 8, fc_units=8, epsilon=5.0)
+    path = str(tmp_path / "head.tflite")
+    convert_client_head(split.client, path, with_train=False)
+    call = _InPlaceSignature(Interpreter(model_path=path).get_signature_runner("release"))
+
+    def release(images, entropy=None):
+        call.resize({"image": images.shape, "entropy": images.shape[:3] + (8,)})
+        call.set("image", images)
+        call.set("epsilon", np.float32(5.0))
+        if entropy is not None:
+            call.set("entropy", entropy)
+        call.invoke()
+        return int(call.view("valid")), call.view("activation").copy()
+
+    assert release(_images(n=2, seed=1), _uniforms((2, 32, 32, 8), 3))[0] == 1
+    valid, act = release(_images(n=1, seed=2))  # not refilled: the first image's uniforms, cut to one image
+    assert valid == 0 and not np.any(act)
+    assert release(_images(n=1, seed=2), _uniforms((1, 32, 32, 8), 4))[0] == 1  # refilled: released
