@@ -100,3 +100,35 @@ def test_dssgd_run_saves_the_evaluated_global_model(tmp_path):
         correct += int(tf.reduce_sum(tf.cast(tf.argmax(model(x), -1, output_type=tf.int32) == tf.cast(y, tf.int32),
                                              tf.int32)))
     assert correct / len(faces.test_labels) == pytest.approx(run.history["test_accuracy"][-1])
+
+
+def test_dssgd_summary_says_when_full_sharing_falls_behind():
+    from dpact_tf.repro.baselines import dssgd_summary
+
+    def study(full):
+        rows = [{"participants": 4, "standalone": False, "theta_upload": t, "test_accuracy": a}
+                for t, a in ((0.01, 0.13), (0.1, 0.25), (1.0, full))]
+        rows.append({"participants": 4, "standalone": True, "theta_upload": 1.0, "test_accuracy": 0.12})
+        return {"centralized": {"test_accuracy": 0.41}, "rows": rows}
+
+    behind = dssgd_summary(study(0.15))
+    assert "below θ = 0.1" in behind and "separate momentum buffers" in behind
+    assert "separate momentum buffers" not in dssgd_summary(study(0.30))
+
+
+def test_dpsgd_summary_says_when_no_run_learns():
+    from dpact_tf.repro.baselines import dpsgd_summary
+
+    def study(acc):
+        rows = [{"matched_to": None, "epsilon": 1.0, "noise_multiplier": 2.0, "test_accuracy": acc,
+                 "l2_norm_clip": 1.0},
+                {"matched_to": 3.0, "epsilon": 2e8, "noise_multiplier": 0.0015, "test_accuracy": acc,
+                 "l2_norm_clip": 1.0}]
+        dp = [{"epsilon_per_coordinate": None, "test_accuracy": 0.4},
+              {"epsilon_per_coordinate": 3.0, "test_accuracy": 0.12, "image_epsilon_per_run": 2.2e8,
+               "releases_per_image": 64797}]
+        return {"rows": rows, "dp_activations": dp, "majority_class_test_accuracy": 0.124}
+
+    stuck = dpsgd_summary(study(0.124))
+    assert "Every DP-SGD run stays at the majority class" in stuck and "220,000,000" in stuck
+    assert "Every DP-SGD run stays" not in dpsgd_summary(study(0.2))

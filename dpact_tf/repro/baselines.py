@@ -262,9 +262,20 @@ def dpsgd_summary(study: Dict[str, Any]) -> str:
             f"per face), DP-SGD needs a noise multiplier of only {r['noise_multiplier']:.3g} and reaches "
             f"{_pct(r['test_accuracy'])} against the DP activations' {_pct(dp['test_accuracy'])} "
             f"({'+' if diff >= 0 else '−'}{abs(100 * diff):.1f} points for DP-SGD).")
-    lines.append("A per-image ε in the thousands is no meaningful guarantee for either method: at matched "
-                 "privacy the comparison is one of utility at (almost) no privacy; at the paper's nominal ε, "
-                 "only DP-SGD's number protects a face of the training set.")
+    matched = [ref[r["matched_to"]]["image_epsilon_per_run"] for r in study["rows"] if r["matched_to"] is not None]
+    if matched:
+        lines.append(f"A per-image ε of {min(matched):,.0f} is no meaningful guarantee for either method: at matched "
+                     "privacy the comparison is one of utility at (almost) no privacy; at the paper's nominal ε, "
+                     "only DP-SGD's number protects a face of the training set.")
+    chance = study["majority_class_test_accuracy"]
+    stuck = [r for r in study["rows"] if r["test_accuracy"] <= chance + 0.005]
+    if stuck and len(stuck) == len(study["rows"]):
+        quiet = min(r["noise_multiplier"] for r in study["rows"])
+        clip = study["rows"][0]["l2_norm_clip"]
+        lines.append(f"Every DP-SGD run stays at the majority class, even with a noise multiplier of {quiet:.3g}: "
+                     f"per-example clipping at L2 norm {clip:g} (not tuned) with the paper's learning rate does not "
+                     "learn in this budget, so these numbers are DP-SGD untuned at this budget, not its best (the "
+                     "medium and paper profiles train longer).")
     return " ".join(lines)
 
 
@@ -308,6 +319,16 @@ def dssgd_summary(study: Dict[str, Any]) -> str:
         if alone:
             text += f"; one participant alone (1/{k} of the images) reaches {_pct(alone['test_accuracy'])}"
         lines.append(text + ".")
+        full = next((r for r in shared if r["theta_upload"] == 1.0), None)
+        better = [r for r in shared if r["theta_upload"] < 1.0 and r["test_accuracy"] > full["test_accuracy"]] if full else []
+        if full and k > 1 and better:
+            lines.append(
+                f"Sharing everything (θ = 1) is not the best here: it stays below θ = {better[0]['theta_upload']:g} "
+                f"and far below centralized training. At θ = 1 the implementation is exactly SGD whose {k} "
+                "participants keep separate momentum buffers (a test checks it against that reference), so this is "
+                f"DSSGD with local momentum, not a sharing bug: each buffer decays once every {k} turns and carries "
+                "gradients computed on older global models. That this staleness is what costs the accuracy is "
+                "likely but not isolated here (a run with momentum 0 would tell).")
     lines.append("DSSGD as run here adds no noise: its privacy is that raw images never leave a participant, "
                  "not a formal bound (the shared gradients can leak training faces; Shokri and Shmatikov's optional "
                  "DP on the shared values is not applied).")
