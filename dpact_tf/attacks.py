@@ -30,6 +30,8 @@ from typing import Any, Dict
 import numpy as np
 import tensorflow as tf
 
+from dpact_tf.data import without_autotune
+
 __all__ = ["image_similarity", "trivial_baselines", "average_releases", "mean_release_client", "invert", "train_decoder", "decode",
            "train_embedding", "nearest_identity_accuracy", "reidentification_accuracy", "membership_inference"]
 
@@ -163,7 +165,7 @@ def train_decoder(attacker_client: tf.keras.Model, public_images: np.ndarray, *,
         opt.apply_gradients(zip(tape.gradient(loss, decoder.trainable_variables), decoder.trainable_variables))
         return loss
 
-    ds = tf.data.Dataset.from_tensor_slices(x).shuffle(len(x), seed=seed).batch(batch_size)
+    ds = without_autotune(tf.data.Dataset.from_tensor_slices(x).shuffle(len(x), seed=seed).batch(batch_size))
     for _ in range(int(epochs)):
         for batch in ds:
             step(batch)
@@ -202,7 +204,7 @@ def train_embedding(attacker_client: tf.keras.Model, base: tf.keras.Model, publi
         opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed).batch(batch_size)
+    ds = without_autotune(tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed).batch(batch_size))
     for _ in range(int(epochs)):
         for images, labels in ds:
             step(images, labels)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from dpact_tf.augment import Augmentation
 
 __all__ = ["FaceSplit", "load_lfw", "load_lfw_public", "split_people", "scan_lfw_dir", "resolve_lfw_dir",
-           "make_dataset", "people_from_records", "preprocess_image", "PAPER_COUNTS", "PUBLIC_COUNTS",
+           "make_dataset", "without_autotune", "PIPELINE_PARALLELISM", "people_from_records", "preprocess_image", "PAPER_COUNTS", "PUBLIC_COUNTS",
            "LFWNotFoundError"]
 
 # (people, images) of the paper's protocol and of the public set, for the complete LFW.
@@ -310,11 +310,30 @@ def _tfds_people(data_dir: Optional[str]):
     return people_from_records(tfds.as_numpy(ds))
 
 
+# Parallel calls of make_dataset's map stages (its pipelines run without tf.data's autotuner).
+PIPELINE_PARALLELISM = 2
+
+
+def without_autotune(ds):
+    """``ds`` with tf.data's autotuner off.
+
+    The autotuner runs a model thread per iterator, and destroying an iterator -- at every epoch's end, after every
+    evaluation -- waits for that thread's current optimization pass: measured at the `small` profile, ~4.5 s lost
+    at the end of about half the 6-s epochs (``benchmarks/epoch_turnover.py``).  This library's pipelines are a
+    cast, a gather, a batch and optional augmentation, never the bottleneck: fixed parallelism is enough.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
 def make_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, shuffle: bool = False,
                  seed: int = 0, image_size: Optional[int] = None, drop_remainder: bool = False,
                  augment: Optional["Augmentation"] = None):
     """A ``tf.data`` pipeline: cache, seeded shuffle (reshuffled every epoch), batch, scale to [0, 1],
-    optional resize to ``image_size``, optional augmentation, prefetch.
+    optional resize to ``image_size``, optional augmentation, prefetch; no autotuner (:func:`without_autotune`).
 
     ``augment`` (a :class:`dpact_tf.augment.Augmentation`) is for training pipelines only: every epoch draws new
     flips, crops and colour jitter, keyed by ``seed`` (same seed, same epochs).  Never pass it for evaluation.
@@ -336,12 +355,12 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, shu
             x = tf.image.resize(x, (image_size, image_size), antialias=True)
         return x, y
 
-    ds = ds.map(scale, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(scale, num_parallel_calls=PIPELINE_PARALLELISM)
     if augment is not None:
         from dpact_tf.augment import augment_batch
 
         # One stateless key per batch, new every epoch (rerandomized per iteration), fixed by ``seed``.
         keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, keys)).map(lambda xy, key: (augment_batch(xy[0], key, augment), xy[1]),
-                                                 num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+                                                 num_parallel_calls=PIPELINE_PARALLELISM)
+    return without_autotune(ds.prefetch(2))  # no autotuner: see without_autotune

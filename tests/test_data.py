@@ -134,6 +134,21 @@ def test_make_dataset_scales_and_batches():
         data.make_dataset(images.astype(np.float32), np.arange(5), batch_size=2)
 
 
+def test_pipelines_run_without_the_autotuner():
+    """tf.data's autotuner made every epoch's iterator teardown wait for its model thread (benchmarks/
+    epoch_turnover.py): the library's pipelines turn it off and still yield their batches."""
+    from dpact_tf.augment import Augmentation
+    from dpact_tf.baselines.dssgd import interleave_shards
+
+    images = np.zeros((10, 8, 8, 3), np.uint8)
+    labels = np.arange(10) % 3
+    for ds in (data.make_dataset(images, labels, batch_size=4),
+               data.make_dataset(images, labels, batch_size=4, shuffle=True, augment=Augmentation()),
+               interleave_shards(images.astype(np.float32), labels, [np.arange(5), np.arange(5, 10)], batch_size=2)):
+        assert ds.options().autotune.enabled is False
+        assert sum(1 for _ in ds) > 0
+
+
 @pytest.mark.skipif(not os.environ.get("DPACT_LFW_DIR"), reason="DPACT_LFW_DIR not set: real LFW not available")
 def test_real_lfw_protocol(tmp_path):
     split = data.load_lfw(image_size=32, crop_fraction=0.6, progress=False)

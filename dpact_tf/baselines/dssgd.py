@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from dpact_tf.callbacks import Callback
+from dpact_tf.data import without_autotune
 from dpact_tf.split import GradientMessage
 from dpact_tf.training import (EpochTrainer, correct_count as _correct, float_images as _float_images,
                                images_ok as _images_ok, int_labels as _int_labels,
@@ -145,7 +146,7 @@ def interleave_shards(images: np.ndarray, labels: np.ndarray, shards: Sequence[n
     images_t, labels_t = tf.constant(images), tf.constant(labels)
     ds = tf.data.Dataset.choose_from_datasets(streams, order)
     ds = ds.map(lambda idx: (tf.gather(images_t, idx), tf.gather(labels_t, idx)))
-    return ds.apply(tf.data.experimental.assert_cardinality(len(shards) * batches)).prefetch(2)
+    return without_autotune(ds.apply(tf.data.experimental.assert_cardinality(len(shards) * batches)).prefetch(2))
 
 
 class _EpochTraffic(Callback):
