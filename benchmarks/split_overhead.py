@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from dpact_tf import SplitTrainer, TrainingConfig, build_split_vggface
+from dpact_tf.data import without_autotune
 from dpact_tf.repro.profiles import get_profile
 from dpact_tf.split import SplitClient, EdgeServer, make_optimizer
 
@@ -77,13 +78,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(args.images, prof.image_size, prof.image_size, 3)).astype(np.float32)
     y = rng.integers(0, 158, args.images).astype(np.int32)
-    # One pipeline for every side: batched, cached, prefetched.  Its buffer sizes are fixed, so tf.data's
-    # autotuning is off: on this project's machine its background thread held the end of random epochs until its
-    # next scheduled run (1.1-2.5 s; such epochs last exactly 2.55 s or 5.11 s, the sums of its doubling
-    # periods 10 ms, 20 ms, ...), in Keras' fit and in SplitTrainer.fit alike -- the "half-speed" epochs.
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(prof.batch_size).cache().prefetch(2).with_options(options)
+    # One pipeline for every side: batched, cached, prefetched, without tf.data's autotuner (whose model thread held
+    # the end of random epochs: the "half-speed" epochs; see dpact_tf.data.without_autotune).
+    ds = without_autotune(tf.data.Dataset.from_tensor_slices((x, y)).batch(prof.batch_size).cache().prefetch(2))
     total_steps = (args.rounds + args.warmup) * len(ds)
     cfg = TrainingConfig(learning_rate=prof.learning_rate, momentum=prof.momentum, lr_decay_rate=prof.lr_decay_rate)
 
