@@ -99,3 +99,21 @@ def test_a_ladder_point_at_the_profiles_shape_is_the_sweeps_run():
                    image_size=96)
     assert wide.activation_size() == 96 * 96 * 64 and wide.key() != spec.key()
     assert wide.model_kwargs()["channels"] == {"conv1_1": 64} and wide.model_kwargs()["input_shape"] == (96, 96, 3)
+
+
+def test_medium_is_small_with_the_fidelity_budgets():
+    # make book PROFILE=medium costs small's chapters plus its fidelity chapter (README): every other field equal
+    import dataclasses
+
+    from dpact_tf.repro.profiles import FIDELITY_FIELDS, get_profile
+
+    small, medium = get_profile("small"), get_profile("medium")
+    differ = {f.name for f in dataclasses.fields(small) if getattr(small, f.name) != getattr(medium, f.name)}
+    assert differ == {"name", "convergence_max_epochs", "convergence_patience", "ladder_points"}
+    assert differ - {"name"} <= set(FIDELITY_FIELDS)
+    assert medium.training_settings() == small.training_settings()
+    # the ladder: conv1 channels up to the paper's 64, and a larger input than the profile's
+    assert max(c for _, c in medium.ladder_points) == 64
+    assert max(s for s, _ in medium.ladder_points) > medium.image_size
+    assert set(small.ladder_points) < set(medium.ladder_points)
+    assert medium.convergence_max_epochs > small.convergence_max_epochs

@@ -278,7 +278,7 @@ def dpsgd_summary(study: Dict[str, Any]) -> str:
         lines.append(f"Every DP-SGD run stays at the majority class, even with a noise multiplier of {quiet:.3g}: "
                      f"per-example clipping at L2 norm {clip:g} (not tuned) with the paper's learning rate does not "
                      "learn in this budget, so these numbers are DP-SGD untuned at this budget, not its best (the "
-                     "medium and paper profiles train longer).")
+                     f"paper profile trains {get_profile('paper').baselines.epochs} epochs).")
     return " ".join(lines)
 
 
