@@ -132,3 +132,14 @@ def test_mean_release_client_has_the_averaged_noise():
     assert attacks.mean_release_client(clean, 0.0, 9) is clean
     with pytest.raises(ValueError, match="releases"):
         attacks.mean_release_client(clean, 1.0, 0)
+
+
+def test_the_attacks_chapter_runs_the_profiles_attack_epsilons():
+    from dpact_tf.repro.privacy_studies import attack_epsilons
+    from dpact_tf.repro.profiles import DEFAULT_EPSILONS, get_profile
+
+    small = attack_epsilons("small")
+    assert small == list(get_profile("small").attack_epsilons)
+    assert None in small and set(small) < set(DEFAULT_EPSILONS)   # a subset of the sweep, with the baseline
+    assert attack_epsilons("paper") == list(DEFAULT_EPSILONS)    # paper attacks the whole sweep
+    assert attack_epsilons("small", [None, 2]) == [None, 2.0]   # given epsilons win (make book EPSILONS=...)

@@ -20,7 +20,7 @@ from dpact_tf.repro.studies import resolve_epsilons
 from dpact_tf.jsonio import write_json
 from dpact_tf.repro.runs import RunSpec, load_faces, run_training
 
-__all__ = ["accounting_study", "attack_study", "identity_oracle"]
+__all__ = ["accounting_study", "attack_epsilons", "attack_study", "identity_oracle"]
 
 # The code behind the attack study's cached results (its cache key includes their source).
 ATTACK_MODULES = (*TRAINING_MODULES, "dpact_tf.attacks", "dpact_tf.repro.privacy_studies", "dpact_tf.repro.pretrain")
@@ -69,6 +69,13 @@ def accounting_study(*, profile: str, dataset: str, results_dir: Optional[str] =
     return {"tables": tables, "setups": setups, "figures": [fig]}
 
 
+def attack_epsilons(profile, epsilons=None) -> List[Optional[float]]:
+    """The epsilons the attacks chapter runs: ``epsilons`` when given, else the profile's ``attack_epsilons``
+    (``small``: six of the sweep's eight, for time), else the paper's sweep."""
+    prof = get_profile(profile)
+    return resolve_epsilons(prof.attack_epsilons if epsilons is None else epsilons)
+
+
 def attack_study(*, profile: str, dataset: str, results_dir: Optional[str] = None, epsilons=None, seed: int = 0,
                  n_faces: int = 16, inversion_steps: int = 200, decoder_epochs: int = 3, embedding_epochs: int = 1,
                  force: bool = False, progress: bool = True) -> Dict[str, Any]:
@@ -88,7 +95,7 @@ def attack_study(*, profile: str, dataset: str, results_dir: Optional[str] = Non
     from dpact_tf.vggface import build_split_vggface
 
     prof = get_profile(profile)
-    eps_list = resolve_epsilons(epsilons)
+    eps_list = attack_epsilons(prof, epsilons)
     releases = int(prof.finetune_epochs)
     data = load_faces(prof, dataset, seed=seed, progress=progress)
     pre = pretrain(prof.name, dataset, results_dir=results_dir, seed=seed, force=force, progress=progress)

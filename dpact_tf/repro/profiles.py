@@ -125,6 +125,8 @@ class Profile:
     ladder_epsilons: Tuple[Optional[float], ...]       # scale ladder: epsilons at every point (None = no noise)
     ladder_epochs: int              # scale ladder: epochs of every run
     baselines: BaselineSchedule     # the baselines chapter (DP-SGD, PrivyNet-style, DSSGD, SPNN-style)
+    # the attacks chapter's epsilons when none are given (None: the paper's sweep, DEFAULT_EPSILONS)
+    attack_epsilons: Optional[Tuple[Optional[float], ...]] = None
 
     def __post_init__(self) -> None:
         if self.image_size % 32:
@@ -159,6 +161,10 @@ _PARTITION_CUTS = ("conv1_1", "conv1_2", "pool1", "conv2_2", "pool2")
 # and the book fits 90 minutes on 2 cores; paper trains all five.
 _SMALL_PARTITION_CUTS = ("conv1_1", "pool1", "pool2")
 
+# The attacks (~100 s an epsilon at small: inversions, decoders, an embedding) at six of the sweep's eight epsilons,
+# to keep the book within 90 minutes on 2 cores; tiny and paper attack the whole sweep.
+_SMALL_ATTACK_EPSILONS = (None, 1.0, 3.0, 5.0, 10.0, 20.0)
+
 # The public model's recipe (chosen on a dev split of the public training images, benchmarks/pretrain_recipe.py):
 # all 1,522 public people, augmented, data-dependent init, Adam with warm-up and cosine decay.
 _PRETRAIN = PretrainRecipe(min_images=2, epochs=50, augment=True, optimizer="adam", learning_rate=1e-3,
@@ -178,7 +184,7 @@ _SMALL = Profile(name="small", image_size=64, crop_fraction=0.6, width=1 / 8, fc
                  synthetic_images_per_identity=30, benchmark_repeats=10, convergence_max_epochs=30,
                  convergence_patience=8, convergence_min_delta=0.005, convergence_epsilons=(None, 3.0, 5.0, 10.0),
                  ladder_points=((64, 4), (64, 8), (64, 16)), ladder_epsilons=(None, 3.0, 5.0),
-                 ladder_epochs=15, baselines=_BASELINES)
+                 ladder_epochs=15, baselines=_BASELINES, attack_epsilons=_SMALL_ATTACK_EPSILONS)
 
 # medium: small's book with the fidelity chapter's budgets (dpact_tf.repro.fidelity) -- convergence runs twice as long
 # and a scale ladder to the paper's 64 conv1 channels and 96x96 inputs.  Every other field is small's
