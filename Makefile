@@ -13,6 +13,9 @@ FORCE ?= 0
 EPSILONS ?=
 VGGFACE_WEIGHTS ?=
 PYTEST_ARGS ?=
+# make test spreads the suite over this many processes (pytest-xdist; each test file stays on one), 0: one process
+# (for --pdb or -s: make test PYTEST_WORKERS=0 PYTEST_ARGS="-s tests/test_split.py")
+PYTEST_WORKERS ?= 2
 
 # LFW location: $DPACT_LFW_DIR if set, else data/lfw, else a shared copy beside the checkout (this workplace).
 ifeq ($(strip $(DPACT_LFW_DIR)),)
@@ -46,7 +49,7 @@ $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 book: $(STAMP)
 	$(PY) -m dpact_tf.repro run --profile $(PROFILE) --dataset $(DATASET) $(if $(filter 1,$(FORCE)),--force,) $(if $(EPSILONS),--epsilons $(EPSILONS),) $(if $(VGGFACE_WEIGHTS),--vggface-weights $(VGGFACE_WEIGHTS),)

@@ -22,3 +22,14 @@ def tiny_vggface_h5(tmp_path):
     path = tmp_path / "vggface.h5"
     write_keras_h5_weights(str(path), weights)
     return path, weights
+
+
+# Files that take minutes, run first: `make test` spreads files over two processes (pytest-xdist, --dist loadfile
+# --no-loadscope-reorder keeps this order), so the other process works through the quick files meanwhile instead of
+# waiting at the end for the tiny book.
+_SLOW_FIRST = ("test_notebooks.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

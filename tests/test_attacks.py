@@ -143,3 +143,20 @@ def test_the_attacks_chapter_runs_the_profiles_attack_epsilons():
     assert None in small and set(small) < set(DEFAULT_EPSILONS)   # a subset of the sweep, with the baseline
     assert attack_epsilons("paper") == list(DEFAULT_EPSILONS)    # paper attacks the whole sweep
     assert attack_epsilons("small", [None, 2]) == [None, 2.0]   # given epsilons win (make book EPSILONS=...)
+
+
+def test_the_attack_study_attacks_the_profiles_epsilons_by_default(monkeypatch):
+    from dpact_tf.repro import privacy_studies
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    real = privacy_studies.attack_epsilons
+    monkeypatch.setattr(privacy_studies, "attack_epsilons", lambda *a: seen.append(real(*a)) or seen[-1])
+    monkeypatch.setattr(privacy_studies, "load_faces", lambda *a, **k: (_ for _ in ()).throw(Stop()))
+    with pytest.raises(Stop):  # stops before any work, once the epsilons are resolved
+        privacy_studies.attack_study(profile="small", dataset="synthetic", progress=False)
+    from dpact_tf.repro.profiles import DEFAULT_EPSILONS, get_profile
+    assert seen == [list(get_profile("small").attack_epsilons)] and seen[0] != list(DEFAULT_EPSILONS)

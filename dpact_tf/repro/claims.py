@@ -333,7 +333,7 @@ def claim_reconstruction(att: Optional[Mapping[str, Any]]) -> Row:
     if not success:
         verdict = "no better than a trivial baseline at any ε"
     elif len(success) == len(ssim):
-        verdict = "reconstruction succeeds at every ε"
+        verdict = "reconstruction succeeds at every ε attacked"
     else:
         verdict = "reconstruction succeeds at ε ∈ {" + ", ".join(f"{e:g}" for e in success) + "}"
     ours = (f"best SSIM (baselines: grey {base['grey']['ssim']:.2f}, mean face {base['mean_face']['ssim']:.2f}): "

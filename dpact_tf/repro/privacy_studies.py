@@ -309,7 +309,7 @@ def attack_summary(study: Mapping[str, Any]) -> str:
             f"and {best(lo):.2f} at ε = {noisy[0]:g}" + (f" ({best(by[None]):.2f} without noise)." if None in by
                                                         else ".")]
     text.append(f"It beats the best baseline by more than {ATTACK_SSIM_MARGIN:g} at "
-                + (f"ε ∈ {{{', '.join(f'{e:g}' for e in beats)}}}." if beats else "no ε of the sweep."))
+                + (f"ε ∈ {{{', '.join(f'{e:g}' for e in beats)}}}." if beats else "no ε attacked."))
     ident = lambda r: max(r[k] for k in r if k.endswith("_identity_accuracy"))  # noqa: E731
     text.append(f"Identity level: the best reconstruction is matched to the right person among "
                 f"{study['people']} for {ident(hi):.0%} of the faces at ε = {noisy[-1]:g} and {ident(lo):.0%} at "
@@ -322,6 +322,6 @@ def attack_summary(study: Mapping[str, Any]) -> str:
                 f"{noisy[-1]:g}; {lo['reidentification_accuracy']:.3f} and {lo['reidentification_accuracy_avg']:.3f} "
                 f"at ε = {noisy[0]:g} (always guessing the largest class: {chance:.3f}).")
     aucs = [max(r["mia_threshold_attack_auc"], r["mia_logistic_regression_auc"]) for r in rows]
-    text.append(f"Membership inference AUC ranges from {min(aucs):.3f} to {max(aucs):.3f} across the sweep "
+    text.append(f"Membership inference AUC ranges from {min(aucs):.3f} to {max(aucs):.3f} across the ε attacked "
                 "(0.5 = guessing).")
     return " ".join(text)
