@@ -43,8 +43,8 @@ def test_analytic_sigma_matches_dp_accounting_pld(eps):
     # at the analytic sigma (it is exact for a single Gaussian mechanism).
     sigma = privacy.gaussian_sigma(eps, 1e-5, method="analytic")
     pld = dp_accounting.pld.privacy_loss_distribution.from_gaussian_mechanism(
-        standard_deviation=sigma, sensitivity=1.0, value_discretization_interval=1e-5)
-    assert pld.get_delta_for_epsilon(eps) == pytest.approx(1e-5, rel=2e-2)
+        standard_deviation=sigma, sensitivity=1.0, value_discretization_interval=1e-3)
+    assert pld.get_delta_for_epsilon(eps) == pytest.approx(1e-5, rel=1e-6)
     assert privacy.analytic_gaussian_delta(eps, sigma) == pytest.approx(1e-5, rel=1e-6)
 
 
