@@ -135,28 +135,33 @@ def test_mean_release_client_has_the_averaged_noise():
 
 
 def test_the_attacks_chapter_runs_the_profiles_attack_epsilons():
-    from dpact_tf.repro.privacy_studies import attack_epsilons
-    from dpact_tf.repro.profiles import DEFAULT_EPSILONS, get_profile
+    from dpact_tf.repro.privacy_studies import attack_epsilons, attack_scope
+    from dpact_tf.repro.profiles import DEFAULT_EPSILONS
 
     small = attack_epsilons("small")
-    assert small == list(get_profile("small").attack_epsilons)
     assert None in small and set(small) < set(DEFAULT_EPSILONS)   # a subset of the sweep, with the baseline
     assert attack_epsilons("paper") == list(DEFAULT_EPSILONS)    # paper attacks the whole sweep
     assert attack_epsilons("small", [None, 2]) == [None, 2.0]   # given epsilons win (make book EPSILONS=...)
+    left = [e for e in DEFAULT_EPSILONS if e not in small]
+    text = attack_scope("small")
+    assert all(f"{e:g}" in text.split("left out")[0] for e in left) and "`paper`" in text
+    assert "left out" not in attack_scope("paper") and "left out" not in attack_scope("small", [None, 2])
 
 
 def test_the_attack_study_attacks_the_profiles_epsilons_by_default(monkeypatch):
     from dpact_tf.repro import privacy_studies
-
-    seen = []
+    from dpact_tf.repro.profiles import DEFAULT_EPSILONS, get_profile
 
     class Stop(Exception):
         pass
 
+    def stop(*args, **kwargs):
+        raise Stop
+
+    seen = []
     real = privacy_studies.attack_epsilons
     monkeypatch.setattr(privacy_studies, "attack_epsilons", lambda *a: seen.append(real(*a)) or seen[-1])
-    monkeypatch.setattr(privacy_studies, "load_faces", lambda *a, **k: (_ for _ in ()).throw(Stop()))
-    with pytest.raises(Stop):  # stops before any work, once the epsilons are resolved
+    monkeypatch.setattr(privacy_studies, "load_faces", stop)  # stops before any work, once the epsilons are resolved
+    with pytest.raises(Stop):
         privacy_studies.attack_study(profile="small", dataset="synthetic", progress=False)
-    from dpact_tf.repro.profiles import DEFAULT_EPSILONS, get_profile
     assert seen == [list(get_profile("small").attack_epsilons)] and seen[0] != list(DEFAULT_EPSILONS)

@@ -13,7 +13,7 @@ import numpy as np
 
 from dpact_tf.jsonio import write_json
 
-__all__ = ["save_figure", "close", "eps_label", "activation_grid", "similarity_plot", "training_curves", "accounting_plot",
+__all__ = ["save_figure", "close", "eps_label", "eps_set", "activation_grid", "similarity_plot", "training_curves", "accounting_plot",
            "reconstruction_grid", "attack_curves",
            "final_accuracy_plot", "partition_plot", "mobile_cost_plot", "ladder_plot", "dpsgd_plot", "privynet_plot",
            "dssgd_plot"]
@@ -37,6 +37,11 @@ def close(fig) -> None:
 def eps_label(eps: Optional[float]) -> str:
     """"no noise" for None (or the NaN pandas makes of it), else "ε = 3"."""
     return "no noise" if eps is None or eps != eps else f"ε = {eps:g}"
+
+
+def eps_set(values: Sequence[Optional[float]]) -> str:
+    """The set "{no noise, 3, 5}" of a study's epsilons, for the chapters' prose."""
+    return "{" + ", ".join("no noise" if e is None else f"{e:g}" for e in values) + "}"
 
 
 def _title(text: str, dataset: str) -> str:

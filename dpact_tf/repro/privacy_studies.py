@@ -20,7 +20,7 @@ from dpact_tf.repro.studies import resolve_epsilons
 from dpact_tf.jsonio import write_json
 from dpact_tf.repro.runs import RunSpec, load_faces, run_training
 
-__all__ = ["accounting_study", "attack_epsilons", "attack_study", "identity_oracle"]
+__all__ = ["accounting_study", "attack_epsilons", "attack_scope", "attack_study", "identity_oracle"]
 
 # The code behind the attack study's cached results (its cache key includes their source).
 ATTACK_MODULES = (*TRAINING_MODULES, "dpact_tf.attacks", "dpact_tf.repro.privacy_studies", "dpact_tf.repro.pretrain")
@@ -74,6 +74,22 @@ def attack_epsilons(profile, epsilons=None) -> List[Optional[float]]:
     (``small``: six of the sweep's eight, for time), else the paper's sweep."""
     prof = get_profile(profile)
     return resolve_epsilons(prof.attack_epsilons if epsilons is None else epsilons)
+
+
+def attack_scope(profile, epsilons=None) -> str:
+    """One sentence for the attacks chapter: the epsilons attacked at ``profile`` and, when its default leaves part
+    of the paper's sweep out, which part and which profiles attack all of it."""
+    from dpact_tf.repro.profiles import DEFAULT_EPSILONS, PROFILES
+
+    prof = get_profile(profile)
+    attacked = attack_epsilons(prof, epsilons)
+    text = f"At `{prof.name}` the attacks run at ε ∈ {plots.eps_set(attacked)}"
+    left = [e for e in DEFAULT_EPSILONS if e not in attacked] if epsilons is None else []
+    if not left:
+        return text + "."
+    whole = [name for name in PROFILES if attack_epsilons(name) == list(DEFAULT_EPSILONS)]
+    return (text + f"; the sweep's ε ∈ {plots.eps_set(left)} are left out to fit this profile's time budget "
+            f"(`Profile.attack_epsilons`); the whole sweep is attacked at " + ", ".join(f"`{n}`" for n in whole) + ".")
 
 
 def attack_study(*, profile: str, dataset: str, results_dir: Optional[str] = None, epsilons=None, seed: int = 0,
