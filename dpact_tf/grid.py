@@ -8,7 +8,8 @@ at no epsilon once it runs in float32.  Every path that sends an activation to a
 (R: the true range of the clipped Eq. (1) activation, :func:`dpact_tf.privacy.lrn_output_bound`):
 
 1. the grid step is g = s / K, with s the Gaussian std the paper's calibration gives (S_f sigma(epsilon, delta))
-   and K = ``steps_per_std`` grid steps per standard deviation (16 by default);
+   and K = ``steps_per_std`` grid steps per standard deviation (16 by default); every path multiplies by the
+   float32 value 1/g (:func:`grid_scale`);
 2. dithered rounding: k = min(floor(f / g + u), D) with u uniform on the 256 points (j + 1/2) / 256 and
    D = ceil(R / g) (:func:`max_shift`), so k is an integer in [0, D] and E[k g] = f up to 1/512 of a step;
 3. noise: n = k + Z with Z drawn from :class:`NoiseTable`, the discrete Gaussian N_Z(0, K^2) rounded to 64-bit
@@ -44,7 +45,7 @@ import numpy as np
 from dpact_tf import privacy
 
 __all__ = ["STEPS_PER_STD", "MAGNITUDE_BITS", "DITHER_LEVELS", "NoiseTable", "noise_table", "split_words",
-           "sample", "grid_step", "max_shift", "shift_delta", "implemented_delta", "check_release",
+           "sample", "grid_scale", "max_shift", "shift_delta", "implemented_delta", "check_release",
            "choose_steps_per_std", "certified_epsilons", "release", "GridSpec", "grid_spec"]
 
 # Grid steps per noise standard deviation (K): the quantization adds at most 1/(4 K^2) of the noise's variance.
@@ -138,17 +139,24 @@ def sample(words: np.ndarray, table: Optional[NoiseTable] = None) -> np.ndarray:
     return np.where(negative, -magnitude, magnitude)
 
 
-def grid_step(epsilon: float, delta: float, *, sensitivity: float = privacy.PAPER_SENSITIVITY,
-              method: str = "classic", steps_per_std: int = STEPS_PER_STD) -> float:
-    """g = S_f sigma(epsilon, delta) / K: the noise std of the paper's calibration over K grid steps."""
-    return privacy.noise_std(epsilon, delta, sensitivity=sensitivity, method=method) / _check_steps(steps_per_std)
+def grid_scale(epsilon: float, delta: float, *, sensitivity: float = privacy.PAPER_SENSITIVITY,
+               method: str = "classic", steps_per_std: int = STEPS_PER_STD) -> float:
+    """1/g = K / (S_f sigma(epsilon, delta)) as a float32 value: grid steps per activation unit.
+
+    For the classic calibration it is float32(epsilon) * float32(K / (S_f sqrt(2 ln(1.25/delta)))), computed in
+    float32 exactly as a head with a run-time epsilon computes it, so every path quantizes identically."""
+    k = _check_steps(steps_per_std)
+    if method == "classic":
+        per_epsilon = np.float32(k / privacy.noise_std(1.0, delta, sensitivity=sensitivity))
+        return float(np.float32(np.float32(epsilon) * per_epsilon))
+    return float(np.float32(k / privacy.noise_std(epsilon, delta, sensitivity=sensitivity, method=method)))
 
 
-def max_shift(step: float, true_range: float) -> int:
-    """D = ceil(R / g): the largest level of a coordinate of range R, so two inputs' levels differ by <= D."""
-    if not (step > 0 and math.isfinite(step)):
-        raise ValueError(f"the grid step must be > 0 and finite (got {step})")
-    return max(1, int(math.ceil(true_range / step)))
+def max_shift(scale: float, true_range: float) -> int:
+    """D = ceil(R / g), computed in float32 as the head computes it: two inputs' levels differ by at most D."""
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"the grid scale must be > 0 and finite (got {scale})")
+    return max(1, int(np.ceil(np.float32(true_range) * np.float32(scale))))
 
 
 def shift_delta(epsilon: float, shift: int, table: Optional[NoiseTable] = None) -> float:
@@ -177,10 +185,15 @@ class GridSpec:
     """Everything a release path needs for one epsilon (None: the no-noise baseline, which is not quantized)."""
 
     epsilon: float
-    step: float             # g, activation units per grid step
+    scale: float            # 1/g, grid steps per activation unit (a float32 value: every path multiplies by it)
     max_level: int          # D: levels are clamped to [0, D]
     steps_per_std: int      # K
     delta: float            # the delta as implemented (<= the delta asked for)
+
+    @property
+    def step(self) -> float:
+        """g: the activation value of one grid step (the server reads a level n as n * step)."""
+        return 1.0 / self.scale
 
 
 def choose_steps_per_std(epsilon: float, delta: float, *, sensitivity: float = privacy.PAPER_SENSITIVITY,
@@ -189,10 +202,10 @@ def choose_steps_per_std(epsilon: float, delta: float, *, sensitivity: float = p
     needed at small epsilon, where rounding R / g up to an integer dominates); ValueError if none is."""
     k = STEPS_PER_STD
     while k <= _MAX_STEPS_PER_STD:
-        step = grid_step(epsilon, delta, sensitivity=sensitivity, method=method, steps_per_std=k)
-        if implemented_delta(epsilon, max_shift(step, true_range), noise_table(k)) <= delta:
+        scale = grid_scale(epsilon, delta, sensitivity=sensitivity, method=method, steps_per_std=k)
+        if implemented_delta(epsilon, max_shift(scale, true_range), noise_table(k)) <= delta:
             return k
-        if true_range / step > 64:  # a finer grid no longer changes the rounding: the table's tail is the limit
+        if true_range * scale > 64:  # a finer grid no longer changes the rounding: the table's tail is the limit
             break
         k *= 2
     raise ValueError(f"no grid releases epsilon={epsilon:g} with delta <= {delta:g} as implemented (the 64-bit "
@@ -206,14 +219,14 @@ def grid_spec(epsilon: float, delta: float, *, sensitivity: float = privacy.PAPE
     if steps_per_std is None:
         steps_per_std = choose_steps_per_std(epsilon, delta, sensitivity=sensitivity, true_range=true_range,
                                              method=method)
-    step = grid_step(epsilon, delta, sensitivity=sensitivity, method=method, steps_per_std=steps_per_std)
-    shift = max_shift(step, true_range)
+    scale = grid_scale(epsilon, delta, sensitivity=sensitivity, method=method, steps_per_std=steps_per_std)
+    shift = max_shift(scale, true_range)
     achieved = implemented_delta(epsilon, shift, noise_table(steps_per_std))
     if achieved > delta:
         raise ValueError(f"epsilon={epsilon:g} with {steps_per_std} grid steps per std is ({epsilon:g}, "
                          f"{achieved:.3g})-DP as implemented, above delta={delta:g}; leave steps_per_std=None to "
                          "choose a grid that is")
-    return GridSpec(epsilon=float(epsilon), step=float(step), max_level=shift, steps_per_std=int(steps_per_std),
+    return GridSpec(epsilon=float(epsilon), scale=scale, max_level=shift, steps_per_std=int(steps_per_std),
                     delta=float(achieved))
 
 
@@ -263,7 +276,7 @@ def release(clean: np.ndarray, words: np.ndarray, spec: GridSpec) -> np.ndarray:
     table = noise_table(spec.steps_per_std)
     magnitude = np.searchsorted(table.thresholds, magnitude_bits, side="right").astype(np.int32)
     noise = np.where(negative, -magnitude, magnitude)
-    u = (dither.astype(np.float32) + np.float32(0.5)) / np.float32(DITHER_LEVELS)
-    x = np.clip(clean, 0.0, None) / np.float32(spec.step) + u
+    u = (dither.astype(np.float32) + np.float32(0.5)) * np.float32(1.0 / DITHER_LEVELS)  # exact: j + 1/2 < 2^9
+    x = np.maximum(clean, np.float32(0.0)) * np.float32(spec.scale) + u
     levels = np.minimum(np.floor(x).astype(np.int32), spec.max_level)
     return levels + noise

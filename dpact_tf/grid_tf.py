@@ -1,0 +1,87 @@
+"""The grid release of :mod:`dpact_tf.grid` as TensorFlow ops: for the Keras layer and for the .tflite head.
+
+Two samplers of the same noise, tested equal to :func:`dpact_tf.grid.release` on the same words:
+
+* ``"searchsorted"`` (Keras, training): ``tf.searchsorted`` of the 55 magnitude bits in the table's thresholds;
+* ``"tree"`` (TFLite builtin ops only): a branch-free binary search -- the thresholds (times 256, so the 64-bit
+  word is compared without a shift) in breadth-first (Eytzinger) order, one GATHER and one comparison per level
+  of the tree.
+
+Entropy: one uniform int64 word per coordinate.  :func:`random_words` draws them inside a graph from a key
+(stateless, so the key decides everything; the layer passes a fresh key per release).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from dpact_tf import grid
+
+__all__ = ["eytzinger_thresholds", "release_levels", "random_words", "SAMPLERS"]
+
+SAMPLERS = ("searchsorted", "tree")
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def eytzinger_thresholds(table: grid.NoiseTable) -> np.ndarray:
+    """The table's thresholds times 256 in breadth-first order of a complete binary search tree (index 1 is the
+    root; 0 unused), padded with int64 max to 2^L - 1 entries: |Z| = (node after L levels) - 2^L."""
+    scaled = table.thresholds.astype(np.int64) << 8
+    levels = int(np.ceil(np.log2(len(scaled) + 1)))
+    padded = np.concatenate([scaled, np.full((1 << levels) - 1 - len(scaled), _INT64_MAX, np.int64)])
+    out = np.zeros(1 << levels, np.int64)
+    it = iter(padded)
+
+    def fill(node: int) -> None:  # in-order walk of the implicit tree assigns the sorted values
+        if node < (1 << levels):
+            fill(2 * node)
+            out[node] = next(it)
+            fill(2 * node + 1)
+
+    fill(1)
+    return out
+
+
+def _magnitude(v: tf.Tensor, table: grid.NoiseTable, sampler: str) -> tf.Tensor:
+    """#{m : thresholds[m] <= v >> 8} (int32) for v in [0, 2^63)."""
+    if sampler == "searchsorted":
+        bits = tf.bitwise.right_shift(v, tf.constant(8, tf.int64))
+        flat = tf.reshape(bits, [1, -1])
+        count = tf.searchsorted(tf.constant(table.thresholds[None, :]), flat, side="right", out_type=tf.int32)
+        return tf.reshape(count, tf.shape(v))
+    tree = tf.constant(eytzinger_thresholds(table))
+    levels = int(np.log2(int(tree.shape[0])))
+    node = tf.ones_like(v, dtype=tf.int32)
+    for _ in range(levels):
+        node = node + node + tf.cast(v >= tf.gather(tree, node), tf.int32)
+    return node - (1 << levels)
+
+
+def release_levels(clean: tf.Tensor, words: tf.Tensor, scale: tf.Tensor, max_level: tf.Tensor,
+                   table: Optional[grid.NoiseTable] = None, *, sampler: str = "searchsorted") -> tf.Tensor:
+    """n = min(floor(max(f, 0) * scale + (j + 1/2) / 256), D) + Z as int32: :func:`dpact_tf.grid.release`.
+
+    ``clean`` float32, ``words`` int64 of the same shape, ``scale`` float32 (grid steps per unit), ``max_level``
+    int32 D.  The float32 operations are the reference's, in its order, so the levels are bit-identical."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS} (got {sampler!r})")
+    table = table or grid.noise_table()
+    negative = words < 0
+    v = tf.where(negative, -(words + 1), words)
+    magnitude = _magnitude(v, table, sampler)
+    noise = tf.where(negative, -magnitude, magnitude)
+    if sampler == "searchsorted":
+        dither = tf.bitwise.bitwise_and(v, tf.constant(0xFF, tf.int64))
+    else:  # TFLite has no 64-bit AND: the remainder is the same for v >= 0
+        dither = tf.math.floormod(v, tf.constant(256, tf.int64))
+    u = (tf.cast(dither, tf.float32) + 0.5) * (1.0 / grid.DITHER_LEVELS)
+    x = tf.maximum(clean, 0.0) * scale + u
+    level = tf.minimum(tf.cast(x, tf.int32), max_level)  # x > 0: the cast is the floor
+    return level + noise
+
+
+def random_words(shape: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """Uniform int64 words over the full range from an int64[2] key (stateless: the key decides every word)."""
+    return tf.random.stateless_uniform(shape, seed=key, dtype=tf.int64, minval=None, maxval=None)
