@@ -10,7 +10,7 @@ at no epsilon once it runs in float32.  Every path that sends an activation to a
 1. the grid step is g = s / K, with s the Gaussian std the paper's calibration gives (S_f sigma(epsilon, delta))
    and K = ``steps_per_std`` grid steps per standard deviation (16 by default); every path multiplies by the
    float32 value 1/g (:func:`grid_scale`);
-2. dithered rounding: k = min(floor(f / g + u), D) with u uniform on the 256 points (j + 1/2) / 256 and
+2. dithered rounding: k = clip(floor(f / g + u), 0, D) with u uniform on the 256 points (j + 1/2) / 256 and
    D = ceil(R / g) (:func:`max_shift`), so k is an integer in [0, D] and E[k g] = f up to 1/512 of a step;
 3. noise: n = k + Z with Z drawn from :class:`NoiseTable`, the discrete Gaussian N_Z(0, K^2) rounded to 64-bit
    probabilities (sign from one bit, magnitude by comparing 55 uniform bits with integer thresholds);
@@ -46,7 +46,7 @@ from dpact_tf import privacy
 
 __all__ = ["STEPS_PER_STD", "MAGNITUDE_BITS", "DITHER_LEVELS", "NoiseTable", "noise_table", "split_words",
            "sample", "grid_scale", "max_shift", "shift_delta", "implemented_delta", "check_release",
-           "choose_steps_per_std", "certified_epsilons", "release", "GridSpec", "grid_spec"]
+           "choose_steps_per_std", "certified_epsilons", "release", "release_pmf", "GridSpec", "grid_spec"]
 
 # Grid steps per noise standard deviation (K): the quantization adds at most 1/(4 K^2) of the noise's variance.
 STEPS_PER_STD = 16
@@ -159,25 +159,28 @@ def max_shift(scale: float, true_range: float) -> int:
     return max(1, int(np.ceil(np.float32(true_range) * np.float32(scale))))
 
 
-def shift_delta(epsilon: float, shift: int, table: Optional[NoiseTable] = None) -> float:
-    """sum_z max(0, P(z) - e^eps P(z - shift)): the hockey-stick divergence of the table against itself shifted
-    by ``shift`` steps (symmetric in the sign of the shift)."""
-    table = table or noise_table()
-    _, p = table.pmf()
+def _shift_delta(p: np.ndarray, epsilon: float, shift: int) -> float:
     t = abs(int(shift))
     if t == 0:
         return 0.0
     padded = np.concatenate([p, np.zeros(t)])
     shifted = np.concatenate([np.zeros(t), p])
-    return float(np.maximum(0.0, padded - math.exp(epsilon) * shifted).sum()) if epsilon < 700 else float(
-        padded[shifted == 0].sum())
+    if epsilon > 700:  # e^epsilon overflows: only where the shifted table is 0 counts
+        return float(padded[shifted == 0].sum())
+    return float(np.maximum(0.0, padded - math.exp(epsilon) * shifted).sum())
+
+
+def shift_delta(epsilon: float, shift: int, table: Optional[NoiseTable] = None) -> float:
+    """sum_z max(0, P(z) - e^eps P(z - shift)): the hockey-stick divergence of the table against itself shifted
+    by ``shift`` steps (symmetric in the sign of the shift)."""
+    return _shift_delta((table or noise_table()).pmf()[1], epsilon, shift)
 
 
 def implemented_delta(epsilon: float, shift: int, table: Optional[NoiseTable] = None) -> float:
     """The delta at ``epsilon`` of one coordinate's release whose levels lie in [0, ``shift``]: the largest
     :func:`shift_delta` over shifts 1 .. shift (exact for the table; not assumed monotone)."""
-    table = table or noise_table()
-    return max(shift_delta(epsilon, t, table) for t in range(1, int(shift) + 1))
+    p = (table or noise_table()).pmf()[1]
+    return max(_shift_delta(p, epsilon, t) for t in range(1, int(shift) + 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +206,8 @@ def choose_steps_per_std(epsilon: float, delta: float, *, sensitivity: float = p
     k = STEPS_PER_STD
     while k <= _MAX_STEPS_PER_STD:
         scale = grid_scale(epsilon, delta, sensitivity=sensitivity, method=method, steps_per_std=k)
+        if not (scale > 0 and math.isfinite(scale)):
+            raise ValueError(f"epsilon={epsilon:g} is too small: its grid step is not representable in float32")
         if implemented_delta(epsilon, max_shift(scale, true_range), noise_table(k)) <= delta:
             return k
         if true_range * scale > 64:  # a finer grid no longer changes the rounding: the table's tail is the limit
@@ -220,6 +225,8 @@ def grid_spec(epsilon: float, delta: float, *, sensitivity: float = privacy.PAPE
         steps_per_std = choose_steps_per_std(epsilon, delta, sensitivity=sensitivity, true_range=true_range,
                                              method=method)
     scale = grid_scale(epsilon, delta, sensitivity=sensitivity, method=method, steps_per_std=steps_per_std)
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"epsilon={epsilon:g} is too small: its grid step is not representable in float32")
     shift = max_shift(scale, true_range)
     achieved = implemented_delta(epsilon, shift, noise_table(steps_per_std))
     if achieved > delta:
@@ -267,7 +274,7 @@ def certified_epsilons(delta: float, *, steps_per_std: int = STEPS_PER_STD,
 
 
 def release(clean: np.ndarray, words: np.ndarray, spec: GridSpec) -> np.ndarray:
-    """The released levels n = min(floor(f / g + u), D) + Z (int32): the reference of every release path."""
+    """The released levels n = clip(floor(max(f, 0) / g + u), 0, D) + Z (int32): the reference of every path."""
     clean = np.asarray(clean, dtype=np.float32)
     words = np.asarray(words)
     if words.shape != clean.shape:
@@ -278,5 +285,23 @@ def release(clean: np.ndarray, words: np.ndarray, spec: GridSpec) -> np.ndarray:
     noise = np.where(negative, -magnitude, magnitude)
     u = (dither.astype(np.float32) + np.float32(0.5)) * np.float32(1.0 / DITHER_LEVELS)  # exact: j + 1/2 < 2^9
     x = np.maximum(clean, np.float32(0.0)) * np.float32(spec.scale) + u
-    levels = np.minimum(np.floor(x).astype(np.int32), spec.max_level)
-    return levels + noise
+    with np.errstate(invalid="ignore"):  # an out-of-range or NaN activation casts to an arbitrary int32 ...
+        floor = np.floor(x).astype(np.int32)
+    return np.clip(floor, 0, spec.max_level) + noise  # ... and the clamp keeps every level in [0, D]
+
+
+def release_pmf(clean: float, spec: GridSpec) -> Tuple[np.ndarray, np.ndarray]:
+    """(n, P(release = n)) of one coordinate whose clean value is ``clean``: the exact likelihood a server holding
+    the model computes -- the dither's two levels (the 256 dither values counted exactly) times the table."""
+    scale, step = np.float32(spec.scale), np.float32(1.0 / DITHER_LEVELS)
+    u = (np.arange(DITHER_LEVELS, dtype=np.float32) + np.float32(0.5)) * step
+    x = np.maximum(np.float32(clean), np.float32(0.0)) * scale + u
+    levels = np.minimum(np.floor(x).astype(np.int64), spec.max_level)
+    values, counts = np.unique(levels, return_counts=True)
+    z, p = noise_table(spec.steps_per_std).pmf()
+    lo, hi = int(values.min()) + int(z[0]), int(values.max()) + int(z[-1])
+    out = np.zeros(hi - lo + 1)
+    for level, count in zip(values, counts):
+        start = int(level) + int(z[0]) - lo
+        out[start:start + len(p)] += p * (count / DITHER_LEVELS)
+    return np.arange(lo, hi + 1), out

@@ -26,9 +26,10 @@ _INT64_MAX = np.iinfo(np.int64).max
 
 
 def eytzinger_thresholds(table: grid.NoiseTable) -> np.ndarray:
-    """The table's thresholds times 256 in breadth-first order of a complete binary search tree (index 1 is the
-    root; 0 unused), padded with int64 max to 2^L - 1 entries: |Z| = (node after L levels) - 2^L."""
-    scaled = table.thresholds.astype(np.int64) << 8
+    """256 t - 1 for the table's thresholds t, in breadth-first order of a complete binary search tree (index 1
+    is the root; 0 unused), padded with int64 max to 2^L - 1 entries.  A word's magnitude bits reach t iff
+    v > 256 t - 1 (so the padding is never passed, even by v = 2^63 - 1): |Z| = (node after L levels) - 2^L."""
+    scaled = (table.thresholds.astype(np.int64) << 8) - 1
     levels = int(np.ceil(np.log2(len(scaled) + 1)))
     padded = np.concatenate([scaled, np.full((1 << levels) - 1 - len(scaled), _INT64_MAX, np.int64)])
     out = np.zeros(1 << levels, np.int64)
@@ -55,13 +56,13 @@ def _magnitude(v: tf.Tensor, table: grid.NoiseTable, sampler: str) -> tf.Tensor:
     levels = int(np.log2(int(tree.shape[0])))
     node = tf.ones_like(v, dtype=tf.int32)
     for _ in range(levels):
-        node = node + node + tf.cast(v >= tf.gather(tree, node), tf.int32)
+        node = node + node + tf.cast(v > tf.gather(tree, node), tf.int32)
     return node - (1 << levels)
 
 
 def release_levels(clean: tf.Tensor, words: tf.Tensor, scale: tf.Tensor, max_level: tf.Tensor,
                    table: Optional[grid.NoiseTable] = None, *, sampler: str = "searchsorted") -> tf.Tensor:
-    """n = min(floor(max(f, 0) * scale + (j + 1/2) / 256), D) + Z as int32: :func:`dpact_tf.grid.release`.
+    """n = clip(floor(max(f, 0) * scale + (j + 1/2) / 256), 0, D) + Z as int32: :func:`dpact_tf.grid.release`.
 
     ``clean`` float32, ``words`` int64 of the same shape, ``scale`` float32 (grid steps per unit), ``max_level``
     int32 D.  The float32 operations are the reference's, in its order, so the levels are bit-identical."""
@@ -78,7 +79,9 @@ def release_levels(clean: tf.Tensor, words: tf.Tensor, scale: tf.Tensor, max_lev
         dither = tf.math.floormod(v, tf.constant(256, tf.int64))
     u = (tf.cast(dither, tf.float32) + 0.5) * (1.0 / grid.DITHER_LEVELS)
     x = tf.maximum(clean, 0.0) * scale + u
-    level = tf.minimum(tf.cast(x, tf.int32), max_level)  # x > 0: the cast is the floor
+    # x > 0: the cast is the floor; the clamp keeps every level in [0, D] whatever the float computation gave
+    # (an out-of-range or NaN activation casts to an arbitrary int32).
+    level = tf.clip_by_value(tf.cast(x, tf.int32), 0, max_level)
     return level + noise
 
 

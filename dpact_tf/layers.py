@@ -6,17 +6,24 @@ Mao et al. (2018), Sec. IV: after the cut layer's ReLU the client
    clipping makes the bound hold by construction, whatever the weights;
 2. applies local response normalization, Eq. (1), with window u = 5 (``depth_radius=2``),
    alpha = 1, beta = 0.5, gamma = 2 (``bias``):  f_i = a_i / (gamma + alpha * sum_window a_j^2)^beta;
-3. adds i.i.d. Gaussian noise N(0, (S_f sigma)^2) to every coordinate, with sigma from
-   :func:`dpact_tf.privacy.noise_std`.
+3. releases every coordinate on a grid with discrete Gaussian noise (:mod:`dpact_tf.grid`): the grid step is
+   the paper's noise std S_f sigma (:func:`dpact_tf.privacy.noise_std`) over K, the coordinate is rounded with a
+   dither to an integer level in [0, D], and integer noise of std K steps is added.  The layer outputs the
+   released level times the step -- a function of the released integer alone (the server could compute it), so
+   no float rounding of the clean activation reaches the output.  Its gradient is the identity on the clean
+   activation (straight-through), as the split protocol back-propagates it.  Exactly (epsilon, delta)-DP per
+   coordinate as implemented (``layer.spec.delta`` is the delta achieved, <= the delta asked for).
 
 Unlike dropout, the noise is added in training **and** in inference: every activation that leaves
 the device must be perturbed, whatever Keras' ``training`` flag says.
 
 Seeds: ``seed=<int>`` makes the noise reproducible (same seed -> same noise sequence), which is what
-experiments want.  A deployed client must use ``seed=None``: a server that knows the seed -- and the
+experiments want; a release path that sends to a server (:class:`dpact_tf.split.SplitClient`) refuses such a
+layer unless told it is a test.  A deployed client must use ``seed=None``: a server that knows the seed -- and the
 server holds the model file -- can regenerate and subtract the noise.  With ``seed=None`` nothing about
 the noise is stored in the layer or in any graph traced from it (SavedModel, ``.keras``).  Every release
-draws a fresh key: from the OS CSPRNG (``secrets``) when the layer runs eagerly; inside a traced graph
+draws a fresh key for its uniform 64-bit words (one per coordinate): from the OS CSPRNG (``secrets``) when the layer
+runs eagerly; inside a traced graph
 (``tf.function``, the compiled :class:`dpact_tf.split.SplitClient`, SavedModel, ``.keras``) from an
 unseeded TensorFlow kernel, which TensorFlow seeds from OS entropy in every process.  The kernel's seed
 attributes are set to 0 explicitly, so a global seed (``tf.keras.utils.set_random_seed``) cannot leak into
@@ -35,7 +42,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from dpact_tf import privacy
+from dpact_tf import grid, grid_tf, privacy
 
 __all__ = ["DPActivation", "normalize_activations", "LRN_DEFAULTS"]
 
@@ -62,13 +69,16 @@ def normalize_activations(x: tf.Tensor, *, depth_radius: int = 2, bias: float = 
     return x * (tf.math.rsqrt(scale) if beta == 0.5 else tf.pow(scale, -beta))
 
 
-# The largest noise std a float32 release can carry (with room for the activation and the sum).
-MAX_NOISE_STD = 1e30
+@tf.custom_gradient
+def _straight_through(clean: tf.Tensor, released: tf.Tensor):
+    """Outputs ``released`` exactly; the gradient flows to ``clean`` as if the release were the identity."""
+    return tf.identity(released), lambda dy: (dy, tf.zeros_like(released))
 
 
 @tf.keras.utils.register_keras_serializable(package="dpact")
 class DPActivation(tf.keras.layers.Layer):
-    """Clip -> LRN (Eq. 1) -> Gaussian noise of std ``noise_std(epsilon, delta, sensitivity)``.
+    """Clip -> LRN (Eq. 1) -> a grid release with discrete Gaussian noise of std ``noise_std(epsilon, delta,
+    sensitivity)`` (:mod:`dpact_tf.grid`).
 
     Args:
       epsilon: per-coordinate privacy level; ``None`` (or ``inf``) is the no-noise baseline.
@@ -77,6 +87,8 @@ class DPActivation(tf.keras.layers.Layer):
       method: "classic" (the paper's sigma) or "analytic" (Balle & Wang 2018).
       seed: integer for reproducible noise (experiments), ``None`` for noise fresh per call and per process
         (deployment).
+      steps_per_std: grid steps per noise std (K); ``None`` picks the coarsest power of two >= 16 whose release
+        is (epsilon, delta)-DP as implemented (:func:`dpact_tf.grid.choose_steps_per_std`).
       depth_radius, bias, alpha, beta: the LRN constants of Eq. (1) (paper defaults).
 
     The noise is added whenever the layer is called, in training and in inference.
@@ -84,17 +96,18 @@ class DPActivation(tf.keras.layers.Layer):
 
     def __init__(self, *, epsilon: Optional[float], delta: float = 1e-5,
                  sensitivity: float = privacy.PAPER_SENSITIVITY, method: str = "classic",
-                 seed: Optional[int] = None, depth_radius: int = 2, bias: float = 2.0,
-                 alpha: float = 1.0, beta: float = 0.5, **kwargs: Any) -> None:
+                 seed: Optional[int] = None, steps_per_std: Optional[int] = None, depth_radius: int = 2,
+                 bias: float = 2.0, alpha: float = 1.0, beta: float = 0.5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.true_range = privacy.lrn_output_bound(bias=bias, alpha=alpha, beta=beta)
         epsilon = privacy.check_calibration(epsilon, delta, sensitivity=sensitivity, true_range=self.true_range,
                                             method=method)
+        # The grid of the release, checked: (epsilon, delta)-DP as implemented, or a ValueError.
+        self.spec: Optional[grid.GridSpec] = grid.check_release(
+            epsilon, delta, sensitivity=sensitivity, true_range=self.true_range, method=method,
+            steps_per_std=steps_per_std)
         self.stddev = 0.0 if epsilon is None else privacy.noise_std(epsilon, delta, sensitivity=sensitivity,
                                                                      method=method)
-        if not self.stddev < MAX_NOISE_STD:  # e.g. epsilon=1e-300: a float32 release would be inf or NaN
-            raise ValueError(f"epsilon={epsilon} is too small: its noise std {self.stddev:.3g} is not representable "
-                             f"in a float32 release (max {MAX_NOISE_STD:g}); no activation can be released with it")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
             raise ValueError(f"seed must be a non-negative int or None (got {seed!r})")
         if int(depth_radius) != depth_radius or depth_radius < 0:
@@ -104,6 +117,7 @@ class DPActivation(tf.keras.layers.Layer):
         self.sensitivity = float(sensitivity)
         self.method = method
         self.seed = seed
+        self.steps_per_std = None if self.spec is None else self.spec.steps_per_std
         self.depth_radius = int(depth_radius)
         self.bias = float(bias)
         self.alpha = float(alpha)
@@ -125,17 +139,31 @@ class DPActivation(tf.keras.layers.Layer):
         return normalize_activations(inputs, depth_radius=self.depth_radius, bias=self.bias,
                                      alpha=self.alpha, beta=self.beta)
 
+    def release_levels(self, clean: tf.Tensor) -> tf.Tensor:
+        """The released integers (int32) of the clean activation ``clean`` (draws fresh noise: one release)."""
+        if not self.adds_noise:
+            raise ValueError("a no-noise layer (epsilon=None) releases the clean activation, not grid levels")
+        if not self.built:
+            self.build(clean.shape)
+        words = grid_tf.random_words(tf.shape(clean), self._noise_key())
+        return grid_tf.release_levels(clean, words, tf.constant(self.spec.scale, tf.float32),
+                                      tf.constant(self.spec.max_level, tf.int32),
+                                      grid.noise_table(self.spec.steps_per_std))
+
+    def levels_to_values(self, levels: tf.Tensor) -> tf.Tensor:
+        """What the server reads: level / scale (float32), a function of the released integers alone."""
+        return tf.cast(levels, tf.float32) / tf.constant(self.spec.scale, tf.float32)
+
     def call(self, inputs: tf.Tensor, training: Optional[bool] = None) -> tf.Tensor:
         # `training` is ignored on purpose: the noise applies in training and in inference.
         clean = self.normalize(inputs)
         if not self.adds_noise:
             return clean
-        noise = tf.random.stateless_normal(tf.shape(clean), seed=self._noise_key(), stddev=self.stddev,
-                                           dtype=clean.dtype)
-        return clean + noise
+        released = self.levels_to_values(self.release_levels(clean))
+        return _straight_through(clean, tf.cast(released, clean.dtype))
 
     def _noise_key(self) -> tf.Tensor:
-        """The int64[2] key of this release's noise: (seed, counter), or fresh per call and per process."""
+        """The int64[2] key of this release's words: (seed, counter), or fresh per call and per process."""
         counter = self.noise_counter.read_value()
         self.noise_counter.assign_add(1)
         if self.seed is not None:
@@ -157,6 +185,7 @@ class DPActivation(tf.keras.layers.Layer):
     def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
         config.update({"epsilon": self.epsilon, "delta": self.delta, "sensitivity": self.sensitivity,
-                       "method": self.method, "seed": self.seed, "depth_radius": self.depth_radius,
+                       "method": self.method, "seed": self.seed, "steps_per_std": self.steps_per_std,
+                       "depth_radius": self.depth_radius,
                        "bias": self.bias, "alpha": self.alpha, "beta": self.beta})
         return config

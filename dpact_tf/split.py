@@ -24,8 +24,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 
+from dpact_tf.layers import DPActivation
 from dpact_tf.training import (PIXEL_TOLERANCE, EpochTrainer, all_finite, batches_per_epoch, check_images,
                                correct_count, float_images, images_ok, int_labels, raise_for_images)
 from dpact_tf.vggface import SplitModel
@@ -100,8 +102,6 @@ def noise_free_path(model: tf.keras.Model) -> tf.keras.Model:
     layer only) instead of keeping a tape across messages, which lets both halves of the client's step run
     as compiled graphs.
     """
-    from dpact_tf.layers import DPActivation
-
     dp = [layer for layer in model.layers if isinstance(layer, DPActivation)]
     if not dp:
         return model  # no DP layer: no noise to leave out
@@ -116,10 +116,22 @@ class SplitClient:
     Its inputs are checked: images (:func:`check_images`) before anything is released, and the server's
     :class:`GradientMessage` before it touches a weight -- a message with the wrong shape or a non-finite
     value is refused with a ``ValueError`` and the weights stay as they were.
+
+    A model whose noise is replayable (a :class:`~dpact_tf.layers.DPActivation` with an integer ``seed``: whoever
+    knows the seed regenerates the noise) is refused unless ``allow_replayable_noise=True``, which is for
+    experiments and tests that keep both parties in one process (:class:`SplitTrainer`).
     """
 
     def __init__(self, model: tf.keras.Model, optimizer: Optional[tf.keras.optimizers.Optimizer],
-                 trainable: bool = True) -> None:
+                 trainable: bool = True, *, allow_replayable_noise: bool = False) -> None:
+        dp = [layer for layer in model.layers if isinstance(layer, DPActivation)]
+        if not dp:
+            raise ValueError(f"model {model.name!r} has no DPActivation layer: it would release clean activations")
+        self.dp_layer: DPActivation = dp[-1]
+        if self.dp_layer.adds_noise and self.dp_layer.seed is not None and not allow_replayable_noise:
+            raise ValueError(f"the model's DPActivation has seed={self.dp_layer.seed}: its noise is replayable by "
+                             "anyone who knows the seed; build it with seed=None to release, or pass "
+                             "allow_replayable_noise=True for an in-process experiment or a test")
         self.model = model
         self.optimizer = optimizer
         self.trainable = trainable
@@ -132,6 +144,7 @@ class SplitClient:
         act_spec = tf.TensorSpec([None, *model.output_shape[1:]], tf.float32)
         self._forward = tf.function(self._forward_step, input_signature=[image_spec])
         self._release = tf.function(self._release_step, input_signature=[image_spec])
+        self._levels = tf.function(self._levels_step, input_signature=[image_spec])
         self._backward = tf.function(self._backward_step, input_signature=[image_spec, act_spec])
 
     def forward(self, images: tf.Tensor, labels: tf.Tensor) -> ActivationMessage:
@@ -157,6 +170,13 @@ class SplitClient:
 
     def _release_step(self, images: tf.Tensor):
         return self._checked_call(images, training=False)
+
+    def _levels_step(self, images: tf.Tensor):
+        """(verdict, released integers): the grid release of a checked batch (nothing is drawn for a refused one)."""
+        ok = _images_ok(images)
+        levels = tf.cond(ok, lambda: self.dp_layer.release_levels(self._clean(images, training=False)),
+                         lambda: tf.zeros([tf.shape(images)[0], *self.model.output_shape[1:]], tf.int32))
+        return ok, levels
 
     def _backward_step(self, images: tf.Tensor, grad_activations: tf.Tensor):
         """Returns (weight gradients, status): see :meth:`_apply_checked`."""
@@ -217,6 +237,19 @@ class SplitClient:
                              f"{tuple(act.shape)} (the activation sent); refused, client weights unchanged")
         # cast before the (compiled) finiteness check of backward(): 1e300 in float64 is inf in float32
         return tf.cast(grad, act.dtype)
+
+    def release_levels(self, images: tf.Tensor) -> Tuple[np.ndarray, float]:
+        """One release as it is uploaded: the grid's integers (int32) and the scale (grid steps per unit; the
+        server reads level / scale).  Draws fresh noise: every call is a release of ``images``.  The training
+        step's release is :meth:`forward`'s; this one is for evaluation and for uploads that carry integers."""
+        if not self.dp_layer.adds_noise:
+            raise ValueError("the model releases without noise (epsilon=None): there are no grid levels; "
+                             "use release() for the clean activation")
+        images = _float_images(images)
+        ok, levels = self._levels(images)
+        if not ok:
+            _raise_for_images(images)
+        return levels.numpy(), float(self.dp_layer.spec.scale)
 
     def release(self, images: tf.Tensor) -> tf.Tensor:
         """Inference: the noisy activation that would be sent to the server."""
@@ -298,7 +331,7 @@ class SplitTrainer(EpochTrainer):
         self.decay_steps = decay_steps
         self.built = True
         self.client = SplitClient(self.split.client, make_optimizer(cfg, decay_steps) if cfg.train_client else None,
-                                  trainable=cfg.train_client)
+                                  trainable=cfg.train_client, allow_replayable_noise=True)  # one process: both parties
         self.server = EdgeServer(self.split.server, make_optimizer(cfg, decay_steps), cfg.server_trainable)
         image_spec = tf.TensorSpec([None, *self.split.client.input_shape[1:]], tf.float32)
         label_spec = tf.TensorSpec([None], tf.int32)

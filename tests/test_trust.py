@@ -52,6 +52,12 @@ for tag in ("fresh", "seeded"):
 rebuilt = build_split_vggface(tuple(spec["shape"]), 3, width=1 / 16, fc_units=8, epsilon=spec["epsilon"]).client
 rebuilt.set_weights([np.load(os.path.join(folder, f"w{i}.npy")) for i in range(spec["weights"])])
 noise["fresh/rebuilt"] = np.stack([rebuilt(x).numpy() - clean for _ in range(2)])
+# The compiled SplitClient, as the edge client runs it: its training forward and its integer release.
+from dpact_tf.split import SplitClient
+phone = SplitClient(rebuilt, None, trainable=False)
+noise["fresh/splitclient"] = np.stack([phone.release(x).numpy() - clean for _ in range(2)])
+levels = [phone.release_levels(x) for _ in range(2)]
+noise["fresh/splitclient_levels"] = np.stack([lv / np.float32(scale) - clean for lv, scale in levels])
 np.savez(out, **noise)
 """
 
@@ -91,7 +97,8 @@ def two_processes(tmp_path_factory):
     return [dict(np.load(out)) for out in outs], std
 
 
-FRESH_PATHS = ["fresh/savedmodel", "fresh/keras_eager", "fresh/keras_graph", "fresh/keras_predict", "fresh/rebuilt"]
+FRESH_PATHS = ["fresh/savedmodel", "fresh/keras_eager", "fresh/keras_graph", "fresh/keras_predict", "fresh/rebuilt",
+               "fresh/splitclient", "fresh/splitclient_levels"]
 
 
 @pytest.mark.parametrize("path", FRESH_PATHS)
