@@ -45,13 +45,13 @@ def _java(jar, *args):
     return subprocess.run(["java", "-jar", str(jar), *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
-def _release_input(thresholds, step, max_level, clean, words) -> bytes:
-    """DpactRelease.kt's `release` input: little-endian counts, thresholds, step, maxLevel, activations, words."""
+def _release_input(thresholds, scale, max_level, clean, words) -> bytes:
+    """DpactRelease.kt's `release` input: little-endian counts, thresholds, scale, maxLevel, activations, words."""
     def count(items):
         return np.int32(len(items)).astype("<i4").tobytes()
 
     return b"".join([count(thresholds), np.asarray(thresholds, "<i8").tobytes(),
-                     np.float32(step).astype("<f4").tobytes(), np.int32(max_level).astype("<i4").tobytes(),
+                     np.float32(scale).astype("<f4").tobytes(), np.int32(max_level).astype("<i4").tobytes(),
                      count(clean), np.asarray(clean, "<f4").tobytes(),
                      count(words), np.asarray(words, "<i8").tobytes()])
 
@@ -90,16 +90,16 @@ def _edge_words(thresholds, rng):
     return np.concatenate([extremes, built])
 
 
-def _boundary_activations(step, max_level, rng):
-    """(clean, dither) with f / g + u landing exactly on each level n = 1 .. D for a few dithers, and their
+def _boundary_activations(scale, max_level, rng):
+    """(clean, dither) with f s + u landing exactly on each level n = 1 .. D for a few dithers, and their
     float32 neighbours (a few ulps below and above): where floor() changes its answer."""
-    step = np.float32(step)
+    scale = np.float32(scale)
     clean, dither = [], []
     for n in range(1, max_level + 1):
         for j in (0, 127, 255, int(rng.integers(256))):
             u = (np.float32(j) + np.float32(0.5)) / np.float32(grid.DITHER_LEVELS)
-            # n - u is exact in float32; f / g rounds to it or next to it
-            f = np.float32(np.float64(np.float32(n) - u) * np.float64(step))
+            # n - u is exact in float32; f s rounds to it or next to it
+            f = np.float32(np.float64(np.float32(n) - u) / np.float64(scale))
             for ulps in range(-3, 4):
                 nearby = f
                 for _ in range(abs(ulps)):
@@ -117,12 +117,12 @@ def _case(spec, seed=23):
     thresholds = grid.noise_table(spec.steps_per_std).thresholds
     random_words = rng.integers(-2 ** 63, 2 ** 63 - 1, size=100_000, dtype=np.int64, endpoint=True)
     edge_words = _edge_words(thresholds, rng)
-    boundary, boundary_dither = _boundary_activations(spec.step, spec.max_level, rng)
+    boundary, boundary_dither = _boundary_activations(spec.scale, spec.max_level, rng)
     boundary_words = _words(rng.random(boundary.size) < 0.5, rng.integers(0, 1 << grid.MAGNITUDE_BITS, boundary.size),
                             boundary_dither)
     special = np.array([0.0, -0.0, RANGE, np.nextafter(RANGE, np.float32(0)), np.nextafter(RANGE, np.float32(1)),
                         1e-45, -1e-3, -RANGE, -3.4e38, 2 * RANGE, 1.0, 1e3], np.float32)
-    huge = np.array([3.4028235e38, 1e30, 3e9 * spec.step], np.float32)
+    huge = np.array([3.4028235e38, 1e30, 3e9 / spec.scale], np.float32)
     special_words = rng.integers(-2 ** 63, 2 ** 63 - 1, size=special.size + huge.size, dtype=np.int64)
     words = np.concatenate([random_words, edge_words, boundary_words, special_words])
     clean = np.concatenate([rng.uniform(0, RANGE, random_words.size + edge_words.size).astype(np.float32),
@@ -138,7 +138,7 @@ def test_kotlin_release_equals_grid_release_exactly(release_jar, tmp_path, epsil
     table = grid.noise_table(spec.steps_per_std)
     clean, words, huge = _case(spec)
     noise, levels = _kotlin_release(release_jar, tmp_path, _release_input(
-        table.thresholds, spec.step, spec.max_level, clean, words))
+        table.thresholds, spec.scale, spec.max_level, clean, words))
 
     expected_noise = grid.sample(words, table)
     np.testing.assert_array_equal(noise, expected_noise)
@@ -156,7 +156,7 @@ def test_kotlin_release_equals_grid_release_exactly(release_jar, tmp_path, epsil
     assert set(np.unique(expected - expected_noise[~huge])) == set(range(spec.max_level + 1))
     assert set(np.unique(grid.split_words(words)[2])) == set(range(grid.DITHER_LEVELS))
     u = (grid.split_words(words[~huge])[2].astype(np.float32) + np.float32(0.5)) / np.float32(grid.DITHER_LEVELS)
-    x = np.maximum(clean[~huge], np.float32(0)) / np.float32(spec.step) + u
+    x = np.maximum(clean[~huge], np.float32(0)) * np.float32(spec.scale) + u
     assert np.count_nonzero(x == np.floor(x)) >= spec.max_level * 4
 
 
@@ -191,7 +191,7 @@ def test_kotlin_entropy_is_uniform_and_fresh_per_process(release_jar, tmp_path):
 def _valid():
     spec = grid.grid_spec(5.0, 1e-5)
     thresholds = grid.noise_table(spec.steps_per_std).thresholds
-    return dict(thresholds=thresholds, step=spec.step, max_level=spec.max_level,
+    return dict(thresholds=thresholds, scale=spec.scale, max_level=spec.max_level,
                 clean=np.array([0.1, 0.2, 0.3], np.float32), words=np.array([-1, 0, 2 ** 40], np.int64))
 
 
@@ -205,10 +205,10 @@ _DECREASING[[3, 4]] = _DECREASING[[4, 3]]
     (dict(thresholds=np.array([], np.int64)), "must not be empty"),
     (dict(thresholds=np.array([5, 1 << grid.MAGNITUDE_BITS], np.int64)), "must lie in"),
     (dict(thresholds=np.array([-1, 5], np.int64)), "must lie in"),
-    (dict(step=0.0), "step must be > 0 and finite"),
-    (dict(step=-0.1), "step must be > 0 and finite"),
-    (dict(step=float("nan")), "step must be > 0 and finite"),
-    (dict(step=float("inf")), "step must be > 0 and finite"),
+    (dict(scale=0.0), "scale must be > 0 and finite"),
+    (dict(scale=-0.1), "scale must be > 0 and finite"),
+    (dict(scale=float("nan")), "scale must be > 0 and finite"),
+    (dict(scale=float("inf")), "scale must be > 0 and finite"),
     (dict(max_level=0), "maxLevel must be in"),
     (dict(clean=np.array([0.1, np.nan, 0.3], np.float32)), "not finite; nothing was released"),
     (dict(clean=np.array([0.1, 0.2, -np.inf], np.float32)), "not finite; nothing was released"),

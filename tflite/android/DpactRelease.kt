@@ -3,19 +3,20 @@
  *
  * Why: the float32 Gaussian noise of a head can be tested exactly by a server holding the model, so the app
  * releases integers instead (grid.py's module docstring): for each coordinate f of the clean activation,
- *     n = min(floor(max(f, 0) / g + u), D) + Z,
- * with g the grid step, D the largest level, u = (j + 1/2) / 256 the dither and Z the discrete Gaussian noise of
+ *     n = clamp(floor(max(f, 0) * s + u), 0, D) + Z,
+ * with s = 1/g the grid scale (grid steps per activation unit, a float32 value), D the largest level,
+ * u = (j + 1/2) / 256 the dither and Z the discrete Gaussian noise of
  * grid.noise_table's thresholds.  u and Z come from ONE uniform 64-bit word per coordinate from the app's
  * cryptographic generator (entropyWords): its sign bit is Z's sign, bits 8..62 of v = (w < 0 ? -(w + 1) : w)
  * decide |Z| = #{thresholds <= v >> 8}, bits 0..7 are j.
  *
  * This file is the app's code and it is tested code: tests/test_kotlin_release.py compiles it with kotlinc, runs
  * main() on the JVM and checks every level and every noise value equal to grid.release / grid.sample on the same
- * words, and that entropyWords is uniform.  The float arithmetic is float32 in grid.release's order (divide, then
- * add the dither), so the levels are bit-identical.
+ * words, and that entropyWords is uniform.  The float arithmetic is float32 in grid.release's order (multiply by the
+ * scale, then add the dither), so the levels are bit-identical.
  *
  * Command line (what the test drives; little-endian binary files):
- *     release IN OUT    IN : int32 T, int64[T] thresholds, float32 step, int32 maxLevel,
+ *     release IN OUT    IN : int32 T, int64[T] thresholds, float32 scale, int32 maxLevel,
  *                            int32 n, float32[n] clean, int32 m, int64[m] words
  *                       OUT: int32[m] noise Z (sample), int32[n] released levels (release)
  *     entropy N OUT     OUT: int64[N] words from entropyWords(N, SecureRandom())
@@ -108,13 +109,13 @@ object DpactRelease {
         if (parts.negative[i]) -m else m
     }
 
-    /** The released levels n = min(floor(max(f, 0) / step + u), maxLevel) + Z: grid.release, in float32 too. */
-    fun release(clean: FloatArray, words: LongArray, step: Float, maxLevel: Int, thresholds: LongArray): IntArray {
+    /** The released levels n = clamp(floor(max(f, 0) * scale + u), 0, maxLevel) + Z: grid.release, in float32. */
+    fun release(clean: FloatArray, words: LongArray, scale: Float, maxLevel: Int, thresholds: LongArray): IntArray {
         require(words.size == clean.size) {
             "words must have one word per activation coordinate (${clean.size}; got ${words.size})"
         }
-        require(step > 0f && step.isFinite()) {
-            "step must be > 0 and finite (got $step); pass grid.grid_spec(...).step"
+        require(scale > 0f && scale.isFinite()) {
+            "scale must be > 0 and finite (got $scale); pass grid.grid_spec(...).scale"
         }
         require(maxLevel in 1..Int.MAX_VALUE - thresholds.size) {
             "maxLevel must be in [1, ${Int.MAX_VALUE - thresholds.size}] (got $maxLevel); " +
@@ -128,9 +129,9 @@ object DpactRelease {
         val noise = noise(parts, thresholds)
         return IntArray(clean.size) { i ->
             val u = (parts.dither[i].toFloat() + 0.5f) / DITHER_LEVELS.toFloat()
-            val x = max(clean[i], 0f) / step + u
+            val x = max(clean[i], 0f) * scale + u
             // floor(x) >= 0 since x >= u > 0; toInt() saturates, so a huge f still ends at maxLevel
-            min(floor(x).toInt(), maxLevel) + noise[i]
+            floor(x).toInt().coerceIn(0, maxLevel) + noise[i]
         }
     }
 }
@@ -146,7 +147,7 @@ private fun count(input: ByteBuffer, itemBytes: Int, what: String): Int {
 
 private fun readRelease(input: ByteBuffer, output: File) {
     val thresholds = LongArray(count(input, 8, "thresholds")) { input.long }
-    val step = input.float
+    val scale = input.float
     val maxLevel = input.int
     val clean = FloatArray(count(input, 4, "activations")) { input.float }
     val words = LongArray(count(input, 8, "words")) { input.long }
@@ -154,7 +155,7 @@ private fun readRelease(input: ByteBuffer, output: File) {
         "the input has ${input.remaining()} bytes after the words; see the format in DpactRelease.kt"
     }
     val noise = DpactRelease.sample(words, thresholds)
-    val levels = DpactRelease.release(clean, words, step, maxLevel, thresholds)
+    val levels = DpactRelease.release(clean, words, scale, maxLevel, thresholds)
     val out = ByteBuffer.allocate(4 * (noise.size + levels.size)).order(ByteOrder.LITTLE_ENDIAN)
     out.asIntBuffer().put(noise).put(levels)
     output.writeBytes(out.array())
