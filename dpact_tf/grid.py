@@ -46,7 +46,8 @@ from dpact_tf import privacy
 
 __all__ = ["STEPS_PER_STD", "MAGNITUDE_BITS", "DITHER_LEVELS", "NoiseTable", "noise_table", "split_words",
            "sample", "grid_scale", "max_shift", "shift_delta", "implemented_delta", "check_release",
-           "choose_steps_per_std", "certified_epsilons", "release", "release_pmf", "GridSpec", "grid_spec"]
+           "choose_steps_per_std", "certified_epsilons", "release", "release_pmf", "GridSpec", "grid_spec",
+           "implemented_table"]
 
 # Grid steps per noise standard deviation (K): the quantization adds at most 1/(4 K^2) of the noise's variance.
 STEPS_PER_STD = 16
@@ -305,3 +306,17 @@ def release_pmf(clean: float, spec: GridSpec) -> Tuple[np.ndarray, np.ndarray]:
         start = int(level) + int(z[0]) - lo
         out[start:start + len(p)] += p * (count / DITHER_LEVELS)
     return np.arange(lo, hi + 1), out
+
+
+def implemented_table(epsilons, delta: float = 1e-5, *, sensitivity: float = privacy.PAPER_SENSITIVITY,
+                      true_range: float = privacy.PAPER_ACTIVATION_RANGE):
+    """One row per epsilon: the grid (K, step, D) and the delta as implemented beside the continuous Gaussian's
+    (the classic calibration over the coordinate's true range)."""
+    rows = []
+    for eps in epsilons:
+        spec = grid_spec(eps, delta, sensitivity=sensitivity, true_range=true_range)
+        rows.append({"epsilon": float(eps), "steps_per_std": spec.steps_per_std, "step": spec.step,
+                     "max_level": spec.max_level, "delta_implemented": spec.delta,
+                     "delta_gaussian": privacy.classic_achieved_delta(eps, delta, sensitivity=sensitivity,
+                                                                      true_range=true_range)})
+    return rows

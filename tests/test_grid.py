@@ -230,3 +230,23 @@ def test_the_servers_exact_consistency_test_cannot_tell_neighbours_apart(eps):
     b[n2 - lo_n] = p2
     excess = max(np.maximum(0, a - math.exp(eps) * b).sum(), np.maximum(0, b - math.exp(eps) * a).sum())
     assert excess <= layer.spec.delta + 1e-15
+
+
+def _implemented_markdown(rows):
+    lines = ["| $\\epsilon$ | grid steps per std $K$ | grid step $g$ | largest level $D$ | $\\delta$ as implemented "
+             "| $\\delta$ of the continuous Gaussian |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['epsilon']:g} | {r['steps_per_std']} | {r['step']:.4f} | {r['max_level']} "
+                     f"| {r['delta_implemented']:.2e} | {r['delta_gaussian']:.2e} |")
+    return "\n".join(lines)
+
+
+def test_method_chapter_states_the_delta_as_implemented():
+    import os
+
+    chapter = open(os.path.join(os.path.dirname(__file__), "..", "book", "method.md")).read()
+    table = _implemented_markdown(grid.implemented_table([1, 2, 3, 5, 10, 14, 20]))
+    assert table in chapter, f"regenerate the grid table in book/method.md:\n{table}"
+    lo, hi = grid.certified_epsilons(1e-5)
+    assert f"{lo:.3f} \\le \\epsilon \\le {hi:.2f}" in chapter
