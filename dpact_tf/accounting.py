@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence
 import dp_accounting
 from dp_accounting import pld, rdp
 
-from dpact_tf import privacy, sensitivity
+from dpact_tf import grid, privacy, sensitivity
 
 __all__ = ["paper_composition_bound", "image_sensitivities", "image_noise_multiplier", "image_epsilon",
            "release_count", "accounting_table", "RDP_ORDERS", "PLD_MAX_EPSILON", "PLD_SKIPPED", "BOUNDS"]
@@ -157,7 +157,9 @@ def accounting_table(epsilons: Sequence[Optional[float]], *, delta: float = 1e-5
                      delta_prime: float = 1e-5) -> List[Dict[str, object]]:
     """One row per per-coordinate epsilon: the paper's numbers next to per-image and per-run guarantees.
 
-    Per image: ``image_epsilon_{exact,pld,rdp}`` with the proven upper-bound sensitivity (the guarantee),
+    Per image: ``image_epsilon_{exact,pld,rdp}`` with the proven upper-bound sensitivity (the Gaussian model),
+    ``image_epsilon_grid`` with that sensitivity plus one grid step per coordinate (``image_sensitivity_grid``:
+    the grid's dithered rounding, coupled across the two images, moves each coordinate by at most one more step),
     ``image_epsilon_lower`` with the attained lower bound (the true epsilon is at least this) and
     ``image_epsilon_paper_bound`` with S_f sqrt(d).  Per run: ``frozen_*`` (conv1 frozen, fine-tuning) and
     ``trained_*`` (conv1 trained, from scratch, ``epochs``), each over :func:`release_count`'s ``per_image``
@@ -189,6 +191,12 @@ def accounting_table(epsilons: Sequence[Optional[float]], *, delta: float = 1e-5
             "image_epsilon_paper_bound": image_epsilon(z["paper"], delta),
             "epochs": int(epochs), "finetune_epochs": frozen_epochs, "n_train": int(n_train),
             "n_test": int(n_test), "trained_total_releases": counts["trained"]["total"]}
+        step = grid.grid_spec(eps, delta, method=method).step
+        row["grid_step"] = step
+        row["image_sensitivity_grid"] = sens["upper"] + step * math.sqrt(row["activation_coordinates"])
+        row["image_epsilon_grid"] = image_epsilon(std / row["image_sensitivity_grid"], delta)
+        row["trained_epsilon_grid"] = image_epsilon(std / row["image_sensitivity_grid"], delta,
+                                                    releases=counts["trained"]["per_image"])
         for acc in ("exact", "pld", "rdp"):
             row[f"image_epsilon_{acc}"] = image_epsilon(z["upper"], delta, accountant=acc)
         for tag, count in counts.items():

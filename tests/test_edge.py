@@ -67,7 +67,8 @@ def test_tiny_profile_epoch_over_grpc_equals_in_process_split_trainer():
     with running(service) as address:
         client = EdgeClient(address, client_id="phone", epsilon=None, delta=1e-5, cut="conv1_1",
                             activation_shape=split.activation_shape, timeout=DEADLINE)
-        history = RemoteTrainer(KerasHead(split.client, cfg, len(train)), client, callbacks=[Record()]).fit(
+        history = RemoteTrainer(KerasHead(split.client, cfg, len(train), allow_replayable_noise=True), client,
+                                callbacks=[Record()]).fit(
             lambda epoch: train, 1)
         client.close()
     assert len(losses) == len(train) == service.half.steps
@@ -297,7 +298,8 @@ def test_the_server_receives_only_the_encoded_noisy_activation_and_the_labels():
     labels = rng.integers(0, CLASSES, 8).astype(np.int32)
     with running(service, token="t", interceptors=[recorder]) as address:
         with _client(address, token="t", epsilon=epsilon) as client:
-            RemoteTrainer(KerasHead(split.client, CONFIG, 10), client).train_step(images, labels)
+            RemoteTrainer(KerasHead(split.client, CONFIG, 10, allow_replayable_noise=True), client).train_step(images,
+                                                                                                 labels)
     assert [m for m, _ in recorder.requests] == ["Handshake", "TrainStep"]
     for metadata in recorder.metadata:  # the token, and gRPC's own headers
         assert set(metadata) <= {"authorization", "user-agent"}, metadata

@@ -45,16 +45,18 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, shuffle:
 
 
 class KerasHead:
-    """The client model in Keras; ``client`` ends in :class:`dpact_tf.DPActivation` (which adds the noise)."""
+    """The client model in Keras; ``client`` ends in :class:`dpact_tf.DPActivation` (which adds the noise).
+    A client with replayable (seeded) noise is refused unless ``allow_replayable_noise=True`` (tests only)."""
 
-    def __init__(self, client: Any, config: Any, decay_steps: int) -> None:
+    def __init__(self, client: Any, config: Any, decay_steps: int, *, allow_replayable_noise: bool = False) -> None:
         import tensorflow as tf
 
         from dpact_tf.split import SplitClient, make_optimizer
 
         self._tf = tf
         optimizer = make_optimizer(config, decay_steps) if config.train_client else None
-        self.split_client = SplitClient(client, optimizer, trainable=config.train_client)
+        self.split_client = SplitClient(client, optimizer, trainable=config.train_client,
+                                        allow_replayable_noise=allow_replayable_noise)
 
     def _scale(self, images: np.ndarray):
         return self._tf.constant(images.astype(np.float32) / np.float32(255.0))

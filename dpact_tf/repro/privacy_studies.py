@@ -286,7 +286,11 @@ def accounting_summary(tables: Dict[str, List[Dict[str, Any]]]) -> str:
             f"images × {lo['epochs']} epochs plus {lo['n_test']:,} test images × {lo['epochs']} evaluations, "
             f"less the rest of its first batch), ε = {lo['trained_epsilon_exact']:,.0f}. "
             f"At ε = {hi['epsilon_per_coordinate']:g} per coordinate: {hi['image_epsilon_exact']:,.0f} per release, "
-            f"{hi['frozen_epsilon_exact']:,.0f} (frozen) and {hi['trained_epsilon_exact']:,.0f} (trained).")
+            f"{hi['frozen_epsilon_exact']:,.0f} (frozen) and {hi['trained_epsilon_exact']:,.0f} (trained). "
+            f"With the grid's rounding in the worst case (one more grid step per coordinate) the sensitivity at ε = "
+            f"{lo['epsilon_per_coordinate']:g} grows from {lo['image_sensitivity_upper']:.1f} to "
+            f"{lo['image_sensitivity_grid']:.1f}, and one release is ε = {lo['image_epsilon_grid']:,.0f} per image "
+            f"({lo['trained_epsilon_grid']:,.0f} over the trained run).")
         skipped = {tag: [r["epsilon_per_coordinate"] for r in rows if r[f"{tag}_epsilon_pld"] is None]
                    for tag, name in _PLD_TAGS}
         listed = [f"{name} at per-coordinate ε {', '.join(f'{e:g}' for e in skipped[tag])}"
