@@ -203,8 +203,11 @@ def train(args: argparse.Namespace, prof: Any) -> int:
         activation_shape = tuple(runner.infer(np.zeros((1,) + runner.image_shape, np.uint8), math.inf).shape[1:])
         cut = runner.meta.get("cut", args.cut)
         delta = float(runner.meta.get("delta", args.delta))
-        head: Any = LiteRTHead(runner, epsilon=args.epsilon, learning_rate=prof.learning_rate,
-                               decay_rate=prof.lr_decay_rate, decay_steps=decay_steps)
+        try:
+            head: Any = LiteRTHead(runner, epsilon=args.epsilon, learning_rate=prof.learning_rate,
+                                   decay_rate=prof.lr_decay_rate, decay_steps=decay_steps)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
     else:
         split = build_split(prof, data.num_classes, args.cut, args.seed, args.epsilon, args.delta)
         activation_shape, cut, delta = split.activation_shape, args.cut, args.delta

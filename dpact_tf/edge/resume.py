@@ -95,6 +95,10 @@ class RunState:
         return int(self._state["step"])
 
     @property
+    def finished(self) -> bool:
+        return bool(self._state["finished"])
+
+    @property
     def evaluated_epoch(self) -> int:
         """The last epoch whose evaluation finished."""
         return int(self._state["evaluated_epoch"])

@@ -149,6 +149,11 @@ class LiteRTHead:
         self.runner, self.train = runner, train
         self.trains_conv1 = bool(train)
         self.epsilon = None if epsilon is None or math.isinf(epsilon) else float(epsilon)
+        # MERGE(HeadRunner.release_levels): assumed signature release_levels(image_uint8, epsilon) ->
+        # (int32 levels, float grid step), the .tflite grid release.
+        if self.epsilon is not None and not hasattr(runner, "release_levels"):
+            raise ValueError("this HeadRunner cannot release grid levels (no release_levels), and a noisy release "
+                             "is uploaded as grid levels only; export a head with the grid release")
         self.schedule = (float(learning_rate), float(decay_rate), int(decay_steps))
         self._images: Optional[np.ndarray] = None
 
@@ -171,13 +176,7 @@ class LiteRTHead:
     def release(self, images: np.ndarray) -> Release:
         if self.epsilon is None:
             return np.asarray(self.runner.infer(images, math.inf), np.float32)
-        # MERGE(HeadRunner.release_levels): assumed signature release_levels(image_uint8, epsilon) ->
-        # (int32 levels, float grid step), the .tflite grid release.
-        release_levels = getattr(self.runner, "release_levels", None)
-        if release_levels is None:
-            raise ValueError("this HeadRunner cannot release grid levels (no release_levels): a noisy release "
-                             "is uploaded as grid levels only; export a head with the grid release")
-        levels, step = release_levels(images, self.epsilon)
+        levels, step = self.runner.release_levels(images, self.epsilon)
         return np.asarray(levels, np.int32), float(step)
 
 
@@ -300,7 +299,9 @@ class RemoteTrainer:
             raise ValueError(f"epochs must be a positive integer (got {epochs})")
         history: Dict[str, List[float]] = {"epoch": [], "loss": [], "train_accuracy": [], "test_accuracy": [],
                                            "test_loss": [], "seconds": [], "bytes_up": [], "bytes_down": []}
-        done = self.step  # steps applied before this call
+        if self.state is not None and self.state.finished:
+            raise ValueError("the run state is finished; a new run needs a new RunState (and client id)")
+        done = self.step if self.state is not None else 0  # steps applied before a restart
         evaluated = self.state.evaluated_epoch if self.state is not None else 0
         index = 0
         for epoch in range(1, int(epochs) + 1):
