@@ -45,7 +45,7 @@ import numpy as np
 
 from dpact_tf import accounting, privacy
 
-__all__ = ["Budget", "DEFAULT_BUDGET", "BudgetExceeded", "PrivacyLedger", "image_hash", "KINDS"]
+__all__ = ["Budget", "DEFAULT_BUDGET", "BudgetExceeded", "PrivacyLedger", "image_hash", "run_epsilon", "KINDS"]
 
 KINDS = ("train", "evaluate")
 # Relative slack of the budget comparison: sums of 1/z^2 over many releases carry rounding of ~1e-16 each.
@@ -94,6 +94,20 @@ def image_hash(image: np.ndarray) -> str:
         raise ValueError(f"the ledger knows images by their uint8 bytes (got {image.dtype}); hash the image the "
                          "phone holds, before any scaling")
     return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+def run_epsilon(epsilon: Optional[float], delta: float, activation_shape: Sequence[int], *, train_conv1: bool,
+                n_train: int, n_test: int, epochs: int, batch_size: int, budget_delta: float = DEFAULT_BUDGET.delta
+                ) -> float:
+    """The per-image epsilon at ``budget_delta`` that a run will spend on its worst-case image, before it starts:
+    :func:`dpact_tf.accounting.release_count`'s ``per_image`` releases at per-coordinate (epsilon, delta), one
+    evaluation per epoch (inf without noise).  What the ledger records for that run reaches exactly this."""
+    if privacy.check_release_epsilon(epsilon) is None:
+        return math.inf
+    count = accounting.release_count(train_conv1=train_conv1, n_train=n_train, n_test=n_test, epochs=epochs,
+                                     batch_size=batch_size)
+    z = accounting.image_noise_multiplier(epsilon, delta, tuple(int(s) for s in activation_shape))
+    return float(accounting.image_epsilon(z, budget_delta, releases=count["per_image"]))
 
 
 @functools.lru_cache(maxsize=256)

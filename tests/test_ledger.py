@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dpact_tf import accounting
-from dpact_tf.ledger import Budget, BudgetExceeded, PrivacyLedger, image_hash
+from dpact_tf.ledger import Budget, BudgetExceeded, PrivacyLedger, image_hash, run_epsilon
 
 SHAPE = (8, 8, 4)
 DELTA = 1e-5
@@ -50,6 +50,16 @@ def test_composition_counts_are_release_count(tmp_path, train_conv1):
         else:
             assert {ledger.releases(t) for t in train} == {3}
         assert {ledger.releases(t) for t in test} == {3}
+
+
+@pytest.mark.parametrize("train_conv1", [False, True])
+def test_the_planned_epsilon_of_a_run_is_what_the_ledger_records(tmp_path, train_conv1):
+    with PrivacyLedger(str(tmp_path / "l.jsonl"), budget=UNLIMITED) as ledger:
+        _simulate(ledger, train_conv1=train_conv1)
+        planned = run_epsilon(2.0, DELTA, SHAPE, train_conv1=train_conv1, n_train=10, n_test=4, epochs=3,
+                              batch_size=4)
+        assert ledger.max_image_epsilon() == pytest.approx(planned, rel=1e-9)
+    assert run_epsilon(None, DELTA, SHAPE, train_conv1=True, n_train=10, n_test=4, epochs=3, batch_size=4) == math.inf
 
 
 def test_per_image_epsilon_composes_the_gaussians(tmp_path):

@@ -164,24 +164,11 @@ def _data(args: argparse.Namespace, prof: Any):
                            seed=args.seed)
 
 
-def _planned_epsilon(args: argparse.Namespace, prof: Any, data: Any, activation_shape, delta: float,
-                     trains_conv1: bool, epochs: int) -> float:
-    """The per-image epsilon at ``--image-delta`` of this run's worst-case image (accounting.release_count)."""
-    from dpact_tf import accounting
-
-    if args.epsilon is None:
-        return math.inf
-    count = accounting.release_count(train_conv1=trains_conv1, n_train=len(data.train_labels),
-                                     n_test=len(data.test_labels), epochs=epochs, batch_size=prof.batch_size)
-    z = accounting.image_noise_multiplier(args.epsilon, delta, activation_shape)
-    return accounting.image_epsilon(z, args.image_delta, releases=count["per_image"])
-
-
 def train(args: argparse.Namespace, prof: Any) -> int:
     from dpact_tf.edge.client import EdgeClient, EdgeError
     from dpact_tf.edge.resume import RunState
     from dpact_tf.edge.trainer import KerasHead, LiteRTHead, RemoteTrainer, batches
-    from dpact_tf.ledger import Budget, BudgetExceeded, PrivacyLedger
+    from dpact_tf.ledger import Budget, BudgetExceeded, PrivacyLedger, run_epsilon
 
     if args.epsilon is None:
         print("WARNING: --epsilon none: this run uploads the CLEAN first-layer activation of every image, with no "
@@ -215,7 +202,9 @@ def train(args: argparse.Namespace, prof: Any) -> int:
 
     budget = Budget(epsilon=DEFAULT_BUDGET.epsilon if args.image_budget is None else args.image_budget,
                     delta=args.image_delta)
-    planned = _planned_epsilon(args, prof, data, activation_shape, delta, head.trains_conv1, epochs)
+    planned = run_epsilon(args.epsilon, delta, activation_shape, train_conv1=head.trains_conv1,
+                          n_train=len(data.train_labels), n_test=len(data.test_labels), epochs=epochs,
+                          batch_size=prof.batch_size, budget_delta=budget.delta)
     print(f"privacy: per-coordinate epsilon {args.epsilon if args.epsilon is not None else 'none (no noise)'}, "
           f"delta {delta:g}; this run spends a per-image epsilon of up to {planned:.4g} at delta "
           f"{budget.delta:g} (activation {list(activation_shape)}, {'conv1 trained' if head.trains_conv1 else 'conv1 frozen'}); "
