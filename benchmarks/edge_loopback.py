@@ -1,13 +1,14 @@
 """Split training over gRPC on 127.0.0.1 vs in process: step latency, throughput, bytes and accuracy per encoding.
 
 For each upload encoding (without noise: float32, float16, uint8 with a per-tensor scale; with --epsilon: the
-integer grid levels, the only encoding of a noisy release) one run trains the profile's network on its synthetic faces through a real gRPC server on loopback (Keras head, same seed), and one
-in-process :class:`dpact_tf.SplitTrainer` run trains the identical network on the identical batches.
-Reported per encoding: median step latency, images per second, the ratio gRPC / in-process, payload and
-wire bytes per uploaded image, and test accuracy (noise on when --epsilon is given) as the mean, min and
-max over --seeds initialisations: one training trajectory can fall off a cliff at a learning-rate spike
-whatever the encoding, so a single seed says little about an encoding.  Loopback has no bandwidth limit;
-the deploy chapter turns the bytes per image into seconds on Wi-Fi and LTE.
+integer grid levels, the only encoding of a noisy release) one run trains the profile's network on its
+synthetic faces through a real gRPC server on loopback (Keras head, same seed), and one in-process
+:class:`dpact_tf.SplitTrainer` run trains the identical network on the identical batches.  Reported per
+encoding: median step latency, images per second, the ratio gRPC / in-process, payload and wire bytes per
+uploaded image, and test accuracy (noise on when --epsilon is given) as the mean, min and max over --seeds
+initialisations: one training trajectory can fall off a cliff at a learning-rate spike whatever the encoding,
+so a single seed says little about an encoding.  Loopback has no bandwidth limit; the deploy chapter turns the
+bytes per image into seconds on Wi-Fi and LTE.
 
     python benchmarks/edge_loopback.py --profile tiny --epochs 8 --seeds 3 [--epsilon 20] --json edge.json
 """

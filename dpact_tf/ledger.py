@@ -70,6 +70,11 @@ class Budget:
         if not (self.epsilon > 0) or math.isnan(self.epsilon):
             raise ValueError(f"the per-image budget epsilon must be > 0 (got {self.epsilon}); inf means no limit")
         privacy._check_delta(self.delta)
+        try:
+            self.max_load
+        except ValueError:
+            raise ValueError(f"a per-image budget of epsilon={self.epsilon:g} is beyond what the Gaussian accounting "
+                             "represents; use inf for no limit") from None
 
     @property
     def max_load(self) -> float:
@@ -178,10 +183,12 @@ class PrivacyLedger:
                 os.close(dir_fd)
         self._offset = 0     # bytes of the file already applied to the state below
         self._records = 0    # lines applied
-        self._own: Dict[str, _Load] = {}                  # image -> releases not covered by a run's growth
-        self._deps: Dict[str, Dict[str, _Load]] = {}      # image -> {run: the run's total after its first trained release}
+        # An image's load is its own releases outside the runs that depend on it, plus, per such run, the run's
+        # growth since the image's first training step in it.
+        self._own: Dict[str, _Load] = {}                  # image -> its releases not covered by a run's growth
+        self._deps: Dict[str, Dict[str, _Load]] = {}      # image -> {run: the run's total after that first step}
         self._run_total: Dict[str, _Load] = {}            # run -> all its releases so far
-        self._dependents: Dict[str, Set[str]] = {}        # run -> images its later releases depend on
+        self._dependents: Dict[str, Set[str]] = {}        # run -> the images its later releases depend on
         with self._locked():
             pass
 

@@ -711,7 +711,8 @@ def test_a_client_process_killed_mid_run_resumes_without_releasing_anything_agai
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"resuming run {client_id} after step 2, its head restored" in second.stdout
     data = synthetic_faces(prof.synthetic_identities, prof.synthetic_images_per_identity, prof.image_size)
-    per_epoch, test_batches = -(-len(data.train_labels) // prof.batch_size), -(-len(data.test_labels) // prof.batch_size)
+    per_epoch = -(-len(data.train_labels) // prof.batch_size)
+    test_batches = -(-len(data.test_labels) // prof.batch_size)
     requests = _train_requests(recorder)
     # every step sent once, except step 3: sent, applied, killed before its reply -- then resent, byte for byte
     assert [r.step for r in requests] == [1, 2, 3] + list(range(3, 2 * per_epoch + 1))

@@ -145,9 +145,9 @@ def test_two_processes_share_one_ledger(tmp_path):
     lines = open(path).read().splitlines()
     assert len(lines) == 80 and all(json.loads(line)["run"] in ("p", "q") for line in lines)
     # the budget holds across processes: a third one is refused for the image the others spent
-    z = accounting.image_noise_multiplier(2.0, DELTA, SHAPE)
+    spent = accounting.image_epsilon(accounting.image_noise_multiplier(2.0, DELTA, SHAPE), DELTA, releases=80)
     code = ("import sys; from dpact_tf.ledger import PrivacyLedger, Budget, BudgetExceeded\n"
-            f"ledger = PrivacyLedger(sys.argv[1], budget=Budget(epsilon={accounting.image_epsilon(z, DELTA, releases=80)!r}))\n"
+            f"ledger = PrivacyLedger(sys.argv[1], budget=Budget(epsilon={spent!r}))\n"
             "ledger.record(['new'], epsilon=2.0, delta=1e-5, activation_shape=(8, 8, 4), train_conv1=False, run='r', "
             "kind='train')\n"
             "try:\n    ledger.record(['shared'], epsilon=2.0, delta=1e-5, activation_shape=(8, 8, 4), "

@@ -200,14 +200,18 @@ def train(args: argparse.Namespace, prof: Any) -> int:
         activation_shape, cut, delta = split.activation_shape, args.cut, args.delta
         head = KerasHead(split.client, training_config(prof), decay_steps)
 
-    budget = Budget(epsilon=DEFAULT_BUDGET.epsilon if args.image_budget is None else args.image_budget,
-                    delta=args.image_delta)
+    try:
+        budget = Budget(epsilon=DEFAULT_BUDGET.epsilon if args.image_budget is None else args.image_budget,
+                        delta=args.image_delta)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     planned = run_epsilon(args.epsilon, delta, activation_shape, train_conv1=head.trains_conv1,
                           n_train=len(data.train_labels), n_test=len(data.test_labels), epochs=epochs,
                           batch_size=prof.batch_size, budget_delta=budget.delta)
-    print(f"privacy: per-coordinate epsilon {args.epsilon if args.epsilon is not None else 'none (no noise)'}, "
-          f"delta {delta:g}; this run spends a per-image epsilon of up to {planned:.4g} at delta "
-          f"{budget.delta:g} (activation {list(activation_shape)}, {'conv1 trained' if head.trains_conv1 else 'conv1 frozen'}); "
+    coordinate = "none (no noise)" if args.epsilon is None else f"{args.epsilon:g}"
+    conv1 = "conv1 trained" if head.trains_conv1 else "conv1 frozen"
+    print(f"privacy: per-coordinate epsilon {coordinate}, delta {delta:g}; this run spends a per-image epsilon of "
+          f"up to {planned:.4g} at delta {budget.delta:g} (activation {list(activation_shape)}, {conv1}); "
           f"budget {budget.epsilon:g}", flush=True)
     if planned > budget.epsilon:
         if args.image_budget is None:

@@ -3,11 +3,12 @@
 Per-client sessions: a client opens one with :meth:`EdgeService.Handshake` (stating ε, δ, the cut, the
 activation shape and the upload encoding; the server refuses a cut or shape its model does not have) and
 numbers its steps 1, 2, 3, ...  A client with noise (ε stated) uploads the integer levels of
-:mod:`dpact_tf.grid` ("grid" encoding; a float encoding of a noisy release is refused at the handshake),
-and every upload is checked against the mechanism ``grid.check_release(ε, δ)`` it declared: the grid step,
-and levels within [-T, D + T].  A client without noise uploads floats (float32, float16, uint8).  The server keeps, per client, the last applied step id, the digest of its
-request and its reply.  A retry of the last step with the identical request returns the stored reply and
-applies nothing (idempotent step ids); any other step id that is not the next one is refused.
+:mod:`dpact_tf.grid` ("grid" encoding; a float encoding of a noisy release is refused at the handshake), and
+every upload is checked against the mechanism ``grid.check_release(ε, δ)`` it declared: the grid step, and
+levels within [-T, D + T].  A client without noise uploads floats (float32, float16, uint8).  The server keeps,
+per client, the last applied step id, the digest of its request and its reply.  A retry of the last step with
+the identical request returns the stored reply and applies nothing (idempotent step ids); any other step id
+that is not the next one is refused.
 
 **The server serialises steps.** Each TrainStep is one SGD update of the shared model computed on the
 batch one client sent, exactly the in-process step of :class:`dpact_tf.split.SplitTrainer`.  Batching the
