@@ -1,13 +1,14 @@
 """Split training over gRPC on 127.0.0.1 vs in process: step latency, throughput, bytes and accuracy per encoding.
 
-For each upload encoding (float32, float16, uint8 with a per-tensor scale) one run trains the profile's
-network on its synthetic faces through a real gRPC server on loopback (Keras head, same seed), and one
-in-process :class:`dpact_tf.SplitTrainer` run trains the identical network on the identical batches.
-Reported per encoding: median step latency, images per second, the ratio gRPC / in-process, payload and
-wire bytes per uploaded image, and test accuracy (noise on when --epsilon is given) as the mean, min and
-max over --seeds initialisations: one training trajectory can fall off a cliff at a learning-rate spike
-whatever the encoding, so a single seed says little about an encoding.  Loopback has no bandwidth limit;
-the deploy chapter turns the bytes per image into seconds on Wi-Fi and LTE.
+For each upload encoding (without noise: float32, float16, uint8 with a per-tensor scale; with --epsilon: the
+integer grid levels, the only encoding of a noisy release) one run trains the profile's network on its
+synthetic faces through a real gRPC server on loopback (Keras head, same seed), and one in-process
+:class:`dpact_tf.SplitTrainer` run trains the identical network on the identical batches.  Reported per
+encoding: median step latency, images per second, the ratio gRPC / in-process, payload and wire bytes per
+uploaded image, and test accuracy (noise on when --epsilon is given) as the mean, min and max over --seeds
+initialisations: one training trajectory can fall off a cliff at a learning-rate spike whatever the encoding,
+so a single seed says little about an encoding.  Loopback has no bandwidth limit; the deploy chapter turns the
+bytes per image into seconds on Wi-Fi and LTE.
 
     python benchmarks/edge_loopback.py --profile tiny --epochs 8 --seeds 3 [--epsilon 20] --json edge.json
 """
@@ -24,7 +25,7 @@ from dpact_tf.edge.client import EdgeClient
 from dpact_tf.edge.model import ServerHalf
 from dpact_tf.edge.server import EdgeService, make_server
 from dpact_tf.edge.trainer import KerasHead, RemoteTrainer, batches
-from dpact_tf.encoding import ENCODINGS, bytes_per_image
+from dpact_tf.encoding import ENCODINGS, GRID, bytes_per_image
 from dpact_tf.repro.profiles import get_profile
 from dpact_tf.synthetic import synthetic_faces
 
@@ -97,7 +98,8 @@ def main() -> None:
             server.stop(grace=None)
         return timer.times, history["test_accuracy"][-1], history["bytes_up"][-1] / len(data.train_labels)
 
-    runs = {name: {"times": [], "accuracy": [], "wire": []} for name in ("in-process",) + ENCODINGS}
+    encodings = (GRID,) if args.epsilon is not None else ENCODINGS
+    runs = {name: {"times": [], "accuracy": [], "wire": []} for name in ("in-process",) + encodings}
     for seed in range(args.seeds):  # interleaved, so that load on the machine hits every row alike
         for name in runs:
             times, accuracy, wire = in_process(seed) if name == "in-process" else over_grpc(seed, name)
@@ -110,7 +112,9 @@ def main() -> None:
     for name, run in runs.items():
         step_ms = 1000 * float(np.median(run["times"]))
         rows[name] = {
-            "payload_bytes_per_image": None if name == "in-process" else bytes_per_image(activation_shape, name),
+            # a grid payload's packing depends on the batch's levels: its wire bytes say what it was
+            "payload_bytes_per_image": None if name in ("in-process", GRID) else bytes_per_image(activation_shape,
+                                                                                                 name),
             "wire_bytes_per_image": None if name == "in-process" else float(np.mean(run["wire"])),
             "step_ms": step_ms, "images_per_s": prof.batch_size / (step_ms / 1000),
             "ratio_to_in_process": step_ms / local_ms, "test_accuracy": run["accuracy"],

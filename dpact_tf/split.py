@@ -239,9 +239,9 @@ class SplitClient:
         return tf.cast(grad, act.dtype)
 
     def release_levels(self, images: tf.Tensor) -> Tuple[np.ndarray, float]:
-        """One release as it is uploaded: the grid's integers (int32) and the scale (grid steps per unit; the
-        server reads level / scale).  Draws fresh noise: every call is a release of ``images``.  The training
-        step's release is :meth:`forward`'s; this one is for evaluation and for uploads that carry integers."""
+        """One release as it is uploaded: the grid's integers (int32) and the grid step (the server reads
+        level * step).  Draws fresh noise: every call is a release of ``images``.  For a training step, keep the
+        batch with :meth:`hold_for_backward` so that :meth:`backward` can apply the server's gradient."""
         if not self.dp_layer.adds_noise:
             raise ValueError("the model releases without noise (epsilon=None): there are no grid levels; "
                              "use release() for the clean activation")
@@ -249,7 +249,13 @@ class SplitClient:
         ok, levels = self._levels(images)
         if not ok:
             _raise_for_images(images)
-        return levels.numpy(), float(self.dp_layer.spec.scale)
+        return levels.numpy(), float(self.dp_layer.spec.step)
+
+    def hold_for_backward(self, images: tf.Tensor, activation: tf.Tensor) -> None:
+        """Keep ``images`` and the activation released for them (level * step) for the next :meth:`backward`, as
+        :meth:`forward` does: for a release made by :meth:`release_levels`, or one resent after a restart."""
+        if self.trainable:
+            self._pending = (_float_images(images), tf.convert_to_tensor(activation, tf.float32))
 
     def release(self, images: tf.Tensor) -> tf.Tensor:
         """Inference: the noisy activation that would be sent to the server."""

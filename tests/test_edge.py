@@ -19,7 +19,8 @@ from dpact_tf.edge.model import ServerHalf
 from dpact_tf.edge.server import EdgeService
 from dpact_tf.edge.store import CheckpointStore
 from dpact_tf.edge.trainer import KerasHead, LiteRTHead, RemoteTrainer, batches
-from dpact_tf.edge.wire import to_proto, token_metadata
+from dpact_tf import grid
+from dpact_tf.edge.wire import level_bounds, to_proto, token_metadata
 from dpact_tf.encoding import bytes_per_image
 from dpact_tf.privacy import noise_std
 from dpact_tf.repro.profiles import get_profile
@@ -288,7 +289,7 @@ class _Recorder(grpc.ServerInterceptor):
         return handler._replace(request_deserializer=record)
 
 
-def test_the_server_receives_only_the_encoded_noisy_activation_and_the_labels():
+def test_the_server_receives_only_the_grid_levels_of_the_noisy_release_and_the_labels():
     epsilon = 5.0
     split = tiny_split(epsilon=epsilon)
     recorder = _Recorder()
@@ -306,20 +307,29 @@ def test_the_server_receives_only_the_encoded_noisy_activation_and_the_labels():
     hello = pb.HandshakeRequest.FromString(recorder.requests[0][1])
     assert {f.name for f, _ in hello.ListFields()} == {"client_id", "epsilon", "delta", "cut", "activation_shape",
                                                        "encoding"}
+    assert hello.encoding == "grid"
     raw = recorder.requests[1][1]
     req = pb.TrainStepRequest.FromString(raw)
     assert len(req.SerializeToString()) == len(raw)  # no unknown fields hiding anything else
     assert {f.name for f, _ in req.ListFields()} == {"session_id", "step", "activation", "labels"}
     assert list(req.labels) == labels.tolist() and list(req.activation.shape) == [8, *ACT]
-    assert len(req.activation.data) == 8 * bytes_per_image(ACT, "float32")
+    # one byte per coordinate: at epsilon 5 the levels are 0..14 plus noise of std 16 steps, within int8
+    assert req.activation.encoding == "grid" and len(req.activation.data) == 8 * int(np.prod(ACT))
     for image in images:
         assert image.tobytes() not in raw
-    # what was sent is the noisy release: clean activation + N(0, S_f^2 sigma^2); n = 32768 values, so the
-    # std of the difference is within 5 / sqrt(2 n) ~ 2% of the calibrated std
-    sent = np.frombuffer(req.activation.data, "<f4").reshape(req.activation.shape)
+    spec = grid.check_release(epsilon, 1e-5)
+    assert req.activation.scale == spec.step
+    levels = np.frombuffer(req.activation.data, "<i1").reshape(req.activation.shape).astype(np.int64)
+    lo, hi = level_bounds(spec)
+    assert lo <= levels.min() and levels.max() <= hi
+    # the release is levels x step: the clean activation plus noise of std K steps = S_f sigma (the dithered
+    # rounding adds at most 1/(4 K^2) of its variance); n = 32768 values, so the std of the difference is within
+    # 5 / sqrt(2 n) ~ 2% of the calibrated std
     clean = split.clean_client()(images.astype(np.float32) / 255.0).numpy()
+    diff = levels * spec.step - clean
     std = noise_std(epsilon, 1e-5)
-    assert np.std(sent - clean) == pytest.approx(std, rel=5 / math.sqrt(2 * sent.size))
+    assert np.std(diff) == pytest.approx(std, rel=5 / math.sqrt(2 * diff.size))
+    assert abs(np.mean(diff)) < 5 * std / math.sqrt(diff.size)
     assert clean.tobytes()[:4096] not in raw
 
 
@@ -431,29 +441,291 @@ def test_journal_drops_a_record_cut_short_by_a_kill(tmp_path):
     assert state is None and [r.request.step for r in records] == [1]
 
 
-def test_train_command_against_a_running_server(tmp_path, capsys):
+@pytest.mark.parametrize("epsilon", ["5", "none"])
+def test_train_command_against_a_running_server(tmp_path, capsys, epsilon):
     from dpact_tf.edge.cli import build_split, main, training_config
+    from dpact_tf.synthetic import synthetic_faces
 
     prof = get_profile("tiny")
     split = build_split(prof, prof.synthetic_identities, "conv1_1", 0, None, 1e-5)
     service = EdgeService(ServerHalf(split.server, training_config(prof), 100), num_classes=prof.synthetic_identities,
                           cut="conv1_1", activation_shape=split.activation_shape, max_batch=prof.batch_size)
     (tmp_path / "token").write_text("s3cret\n")
+    extra = ["--encoding", "uint8"] if epsilon == "none" else []
     with running(service, token="s3cret") as address:
-        code = main(["train", "--server", address, "--profile", "tiny", "--epochs", "1", "--epsilon", "5",
-                     "--encoding", "uint8", "--token-file", str(tmp_path / "token"), "--client-id", "cli",
-                     "--json", str(tmp_path / "history.json"), "--timeout", str(DEADLINE)], get_profile=get_profile)
-    assert code == 0 and "epoch 1/1" in capsys.readouterr().out
+        code = main(["train", "--server", address, "--profile", "tiny", "--epochs", "1", "--epsilon", epsilon,
+                     "--image-budget", "inf", "--ledger", str(tmp_path / "ledger"), *extra,
+                     "--token-file", str(tmp_path / "token"), "--json", str(tmp_path / "history.json"),
+                     "--timeout", str(DEADLINE)], get_profile=get_profile)
+    out = capsys.readouterr()
+    assert code == 0 and "epoch 1/1" in out.out
+    assert ("uploads the CLEAN first-layer activation" in out.err) == (epsilon == "none")
     result = json.load(open(tmp_path / "history.json"))
     history = result["history"]
-    assert history["epoch"] == [1] and result["encoding"] == "uint8" and len(history["test_accuracy"]) == 1
-    steps = service.client_steps()["cli"]
+    assert history["epoch"] == [1] and len(history["test_accuracy"]) == 1
+    assert result["encoding"] == ("uint8" if epsilon == "none" else "grid")
+    steps = service.client_steps()[result["client_id"]]
     assert steps == service.half.steps and steps >= 1
-    from dpact_tf.synthetic import synthetic_faces
-
-    n_train = len(synthetic_faces(prof.synthetic_identities, prof.synthetic_images_per_identity,
-                                  prof.image_size).train_labels)
+    data = synthetic_faces(prof.synthetic_identities, prof.synthetic_images_per_identity, prof.image_size)
+    n_train = len(data.train_labels)
     assert steps == -(-n_train // prof.batch_size)
     per_image = history["bytes_up"][0] / n_train
     assert bytes_per_image(split.activation_shape, "uint8") <= per_image < 1.2 * bytes_per_image(
-        split.activation_shape, "uint8")
+        split.activation_shape, "uint8")  # uint8, or grid levels in int8: one byte per coordinate
+    # the ledger holds every batch released, training and evaluation, and the run is finished
+    records = [json.loads(line) for line in open(tmp_path / "ledger" / "releases.jsonl")]
+    assert len(records) == steps + -(-len(data.test_labels) // prof.batch_size)
+    assert sum(len(r["images"]) for r in records) == n_train + len(data.test_labels)
+    assert {r["epsilon"] for r in records} == {None if epsilon == "none" else 5.0}
+    assert json.load(open(tmp_path / "ledger" / "run" / "run.json"))["finished"]
+
+
+def _events(service):
+    events = []
+    service.on_event = lambda name, info: events.append((name, info))
+    return events
+
+
+def test_grid_uploads_are_checked_against_the_declared_mechanism():
+    service = tiny_service()
+    events = _events(service)
+    spec = grid.check_release(5.0, 1e-5)
+    # D = ceil(R / g) = ceil(0.57735 / 0.0428224) = 14; the K = 16 table's magnitudes reach T = 137
+    assert (spec.max_level, level_bounds(spec)) == (14, (-137, 151))
+    _, y = batch()
+    with running(service) as address, _client(address, client_id="noisy", epsilon=5.0) as client:
+        assert client.encoding == "grid"
+        edges = np.resize(np.array([-137, 151, 0, 14], np.int32), (4,) + ACT)  # every extreme the mechanism allows
+        _, loss, _, _ = client.train_step(1, (edges, spec.step), y)
+        assert np.isfinite(loss) and service.half.steps == 1
+        before = weights(service)
+        cases = {
+            "level above": ((edges + (edges == 151)).astype(np.int32), spec.step, "must lie in [-137, 151]"),
+            "level below": ((edges - (edges == -137)).astype(np.int32), spec.step, "got -138..151"),
+            "other step": (edges, spec.step * 1.01, "is not the step"),
+        }
+        for name, (levels, step, message) in cases.items():
+            for call in (lambda: client.train_step(2, (levels, step), y), lambda: client.evaluate((levels, step), y)):
+                code, details = _code(call)
+                assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details, (name, details)
+        stub = pb_grpc.EdgeTrainingStub(client.channel)
+        floats = pb.TrainStepRequest(session_id=client.session.session_id, step=2,
+                                     activation=to_proto(edges * spec.step), labels=list(y))
+        code, details = _code(lambda: stub.TrainStep(floats, timeout=DEADLINE))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "uploads grid" in details
+    assert service.half.steps == 1
+    for a, b in zip(before, weights(service)):
+        np.testing.assert_array_equal(a, b)
+    refused = [info for name, info in events if name == "refused"]
+    assert len(refused) == 7 and {r["client_id"] for r in refused} == {"noisy"}
+    assert {r["code"] for r in refused} == {"INVALID_ARGUMENT"} and "must lie in" in refused[0]["message"]
+
+
+def test_the_handshake_ties_the_encoding_to_the_noise():
+    service = tiny_service()
+    events = _events(service)
+    with running(service) as address:
+        stub = pb_grpc.EdgeTrainingStub(grpc.insecure_channel(address))
+
+        def hello(encoding, **kw):
+            return lambda: stub.Handshake(pb.HandshakeRequest(client_id="x", delta=1e-5, cut="conv1_1",
+                                                              activation_shape=list(ACT), encoding=encoding, **kw),
+                                          timeout=DEADLINE)
+
+        for encoding in ("float32", "float16", "uint8"):  # a float encoding of a noisy release
+            code, details = _code(hello(encoding, epsilon=5.0))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "integer grid levels" in details
+        code, details = _code(hello("grid"))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "state its epsilon" in details
+        code, details = _code(hello("grid", epsilon=30.0))  # no grid releases it with delta 1e-5 as implemented
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "no grid releases epsilon=30" in details
+        assert hello("grid", epsilon=5.0)().session_id and hello("uint8")().session_id
+    assert [info["code"] for name, info in events if name == "refused"] == ["INVALID_ARGUMENT"] * 5
+    for epsilon, encoding in ((5.0, "float32"), (None, "grid")):  # the client refuses them first
+        with pytest.raises(ValueError, match="uploaded as 'grid' levels"):
+            _client("127.0.0.1:1", epsilon=epsilon, encoding=encoding)
+
+
+def test_a_release_beyond_the_budget_is_refused_before_anything_is_sent(tmp_path):
+    from dpact_tf import accounting
+    from dpact_tf.ledger import Budget, BudgetExceeded, PrivacyLedger
+
+    split = tiny_split(epsilon=5.0)
+    recorder = _Recorder()
+    service = tiny_service()
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(4) % CLASSES
+    z = accounting.image_noise_multiplier(5.0, 1e-5, ACT)
+    # conv1 trained: the first batch's images compose over their own release and every later one, so one more
+    # batch of other images would take them to 1 + 4 releases; the budget allows 4
+    budget = Budget(epsilon=accounting.image_epsilon(z, 1e-5, releases=4))
+    with running(service, interceptors=[recorder]) as address, _client(address, epsilon=5.0) as client, \
+            PrivacyLedger(str(tmp_path / "releases.jsonl"), budget=budget) as ledger:
+        trainer = RemoteTrainer(KerasHead(split.client, CONFIG, 10), client, ledger=ledger)
+        trainer.train_step(x, y)
+        sent = len(recorder.requests)
+        with pytest.raises(BudgetExceeded, match="refused before release"):
+            trainer.train_step(x[::-1].copy(), y)
+        with pytest.raises(BudgetExceeded):
+            trainer.evaluate([(x, y)])  # the same images again: 2 releases, and the first batch's reach 5
+        assert len(recorder.requests) == sent and ledger.records == 1 and service.half.steps == 1
+
+
+class _ExitAfterApplying(grpc.ServerInterceptor):
+    """Applies TrainStep ``step`` and then fails the call once (non-retryable), as a server forcing a client to
+    exit would; ``hold`` instead keeps the reply back until ``release`` is set (the client is killed meanwhile)."""
+
+    def __init__(self, step, hold=False):
+        self.step, self.hold, self.fired = step, hold, False
+        self.release, self.applied = threading.Event(), threading.Event()
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if not details.method.endswith("/TrainStep"):
+            return handler
+        inner = handler.unary_unary
+
+        def wrapped(request, context):
+            reply = inner(request, context)
+            if request.step == self.step and not self.fired:
+                self.fired = True
+                self.applied.set()
+                if self.hold:
+                    self.release.wait(timeout=120)
+                context.abort(grpc.StatusCode.INTERNAL, "forced exit")
+            return reply
+
+        return handler._replace(unary_unary=wrapped)
+
+
+def _train_requests(recorder):
+    return [pb.TrainStepRequest.FromString(raw) for method, raw in recorder.requests if method == "TrainStep"]
+
+
+def test_a_restarted_client_resends_the_request_in_flight_and_releases_nothing_again(tmp_path):
+    from dpact_tf.edge.client import EdgeError
+    from dpact_tf.edge.resume import RunState
+    from dpact_tf.ledger import Budget, PrivacyLedger
+
+    rng = np.random.default_rng(5)
+    data = [(rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), np.arange(4) % CLASSES) for _ in range(3)]
+    recorder, exit_after = _Recorder(), _ExitAfterApplying(2)
+    service = tiny_service()
+    settings = {"epsilon": 5.0}
+
+    def run():
+        state = RunState(str(tmp_path / "run"), settings=settings)
+        client = _client(address, client_id=state.client_id, epsilon=5.0)
+        ledger = PrivacyLedger(str(tmp_path / "releases.jsonl"), budget=Budget(epsilon=math.inf))
+        trainer = RemoteTrainer(KerasHead(tiny_split(epsilon=5.0).client, CONFIG, 10), client, ledger=ledger,
+                                state=state)
+        try:
+            return trainer.fit(lambda epoch: iter(data), 1, validation_data=lambda: iter(data[:1])), state, ledger
+        finally:
+            client.close()
+
+    with running(service, interceptors=[recorder, exit_after]) as address:
+        with pytest.raises(grpc.RpcError):  # step 2 was applied, its reply never arrived: the client "exits"
+            run()
+        assert service.half.steps == 2
+        history, state, ledger = run()  # the same run again: resumes after step 1, step 2 in flight
+        # a second, finished run starts under a new id; a server that has lost this run's steps gets nothing
+        assert RunState(str(tmp_path / "run"), settings=settings).client_id != state.client_id
+    steps = [r.step for r in _train_requests(recorder)]
+    assert steps == [1, 2, 2, 3] and service.client_steps() == {state.client_id: 3} and service.half.steps == 3
+    first, again = [r for r in _train_requests(recorder) if r.step == 2]
+    assert again.activation.SerializeToString() == first.activation.SerializeToString()
+    assert list(again.labels) == list(first.labels)
+    assert history["epoch"] == [1] and len(history["test_accuracy"]) == 1
+    assert ledger.records == 4  # three training batches and one evaluation, each released once
+    # conv1 trained: an image of the first batch composes over its release and the 4 + 4 + 4 after it; one of the
+    # last batch over its release and the evaluation's 4
+    assert [ledger.releases(data[0][0][0]), ledger.releases(data[2][0][0])] == [13, 5]
+    fresh = tiny_service(seed=3)  # a server that forgot the run (or pretends to)
+    with running(fresh) as address:
+        state = RunState(str(tmp_path / "run2"), settings=settings)
+        with _client(address, client_id=state.client_id, epsilon=5.0) as client:
+            trainer = RemoteTrainer(KerasHead(tiny_split(epsilon=5.0).client, CONFIG, 10), client, state=state)
+            trainer.train_step(*data[0])
+        forgetful = tiny_service(seed=4)
+        with running(forgetful) as other, _client(other, client_id=state.client_id, epsilon=5.0) as client:
+            state = RunState(str(tmp_path / "run2"), settings=settings)
+            trainer = RemoteTrainer(KerasHead(tiny_split(epsilon=5.0).client, CONFIG, 10), client, state=state)
+            with pytest.raises(EdgeError, match="nothing is released again"):
+                trainer.fit(lambda epoch: iter(data), 1)
+            assert forgetful.half.steps == 0
+
+
+def test_train_needs_epsilon(capsys):
+    from dpact_tf.edge.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--server", "127.0.0.1:1"], get_profile=get_profile)
+    assert done.value.code == 2
+    assert "train needs --epsilon" in capsys.readouterr().err
+    for bad in ("inf", "0", "abc"):
+        with pytest.raises(SystemExit):
+            main(["train", "--server", "127.0.0.1:1", "--epsilon", bad], get_profile=get_profile)
+        assert "--epsilon" in capsys.readouterr().err
+
+
+def test_train_refuses_a_run_above_the_default_budget_before_connecting(tmp_path, capsys):
+    from dpact_tf.edge.cli import main
+
+    with pytest.raises(SystemExit) as done:  # nothing listens on port 1: the refusal comes first
+        main(["train", "--server", "127.0.0.1:1", "--profile", "tiny", "--epsilon", "5", "--epochs", "1",
+              "--ledger", str(tmp_path)], get_profile=get_profile)
+    assert "above the default budget of 8; pass --image-budget" in str(done.value.code)
+    assert "per-image epsilon of up to" in capsys.readouterr().out
+    assert not os.path.exists(tmp_path / "releases.jsonl")
+
+
+def test_a_client_process_killed_mid_run_resumes_without_releasing_anything_again(tmp_path):
+    import subprocess
+    import sys
+
+    from dpact_tf.edge.cli import build_split, training_config
+    from dpact_tf.synthetic import synthetic_faces
+
+    prof = get_profile("tiny")
+    split = build_split(prof, prof.synthetic_identities, "conv1_1", 0, None, 1e-5)
+    recorder, hold = _Recorder(), _ExitAfterApplying(3, hold=True)
+    service = EdgeService(ServerHalf(split.server, training_config(prof), 100), num_classes=prof.synthetic_identities,
+                          cut="conv1_1", activation_shape=split.activation_shape, max_batch=prof.batch_size)
+    ledger = tmp_path / "ledger"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    with running(service, interceptors=[recorder, hold]) as address:
+        command = [sys.executable, "-m", "dpact_tf.edge", "train", "--server", address, "--profile", "tiny",
+                   "--epochs", "2", "--epsilon", "5", "--image-budget", "inf", "--ledger", str(ledger),
+                   "--timeout", str(DEADLINE), "--reconnect-timeout", "5"]
+        first = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        try:
+            assert hold.applied.wait(timeout=240), "the client never reached step 3"
+        finally:
+            first.kill()  # SIGKILL while step 3 is applied on the server and its reply is held back
+            first.communicate(timeout=60)
+            hold.release.set()
+        client_id = json.load(open(ledger / "run" / "run.json"))["client_id"]
+        assert service.client_steps() == {client_id: 3}
+        second = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming run {client_id} after step 2, its head restored" in second.stdout
+    data = synthetic_faces(prof.synthetic_identities, prof.synthetic_images_per_identity, prof.image_size)
+    per_epoch = -(-len(data.train_labels) // prof.batch_size)
+    test_batches = -(-len(data.test_labels) // prof.batch_size)
+    requests = _train_requests(recorder)
+    # every step sent once, except step 3: sent, applied, killed before its reply -- then resent, byte for byte
+    assert [r.step for r in requests] == [1, 2, 3] + list(range(3, 2 * per_epoch + 1))
+    first3, again3 = [pb.TrainStepRequest(step=r.step, activation=r.activation, labels=r.labels).SerializeToString()
+                      for r in requests if r.step == 3]  # all but the session id, which the handshake renews
+    assert first3 == again3 and service.client_steps() == {client_id: 2 * per_epoch}
+    # the ledger: every training image released once per epoch, every test image once per evaluation -- what an
+    # uninterrupted run releases
+    records = [json.loads(line) for line in open(ledger / "releases.jsonl")]
+    train = [h for r in records if r["kind"] == "train" for h in r["images"]]
+    test = [h for r in records if r["kind"] == "evaluate" for h in r["images"]]
+    assert len(records) == 2 * (per_epoch + test_batches) and {r["run"] for r in records} == {client_id}
+    assert len(train) == 2 * len(data.train_labels) and set(train.count(h) for h in train) == {2}
+    assert len(test) == 2 * len(data.test_labels) and set(test.count(h) for h in test) == {2}

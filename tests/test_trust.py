@@ -57,7 +57,7 @@ from dpact_tf.split import SplitClient
 phone = SplitClient(rebuilt, None, trainable=False)
 noise["fresh/splitclient"] = np.stack([phone.release(x).numpy() - clean for _ in range(2)])
 levels = [phone.release_levels(x) for _ in range(2)]
-noise["fresh/splitclient_levels"] = np.stack([lv / np.float32(scale) - clean for lv, scale in levels])
+noise["fresh/splitclient_levels"] = np.stack([lv * np.float32(step) - clean for lv, step in levels])
 np.savez(out, **noise)
 """
 

@@ -1,9 +1,12 @@
 """The phone's side of the connection: handshake, train steps with retry-and-resume, evaluation.
 
-No TensorFlow here (NumPy, gRPC, :mod:`dpact_tf.encoding`), so it runs beside the LiteRT head.  A step's
-request is encoded once; every retry resends those exact bytes.  That is what makes a retry idempotent on
+No TensorFlow here (NumPy, gRPC, :mod:`dpact_tf.encoding`), so it runs beside the LiteRT head.  A noisy
+client uploads the integer levels of its release (:mod:`dpact_tf.grid`, encoding "grid"); the no-noise
+baseline uploads floats.  A step's request is built once (:meth:`EdgeClient.train_request`) and every retry
+resends those exact bytes (:meth:`EdgeClient.send_train_step`).  That is what makes a retry idempotent on
 the server, and it is also a privacy rule: drawing fresh noise for a retry would be a second release of
-the same images.
+the same images.  A caller that persists the request before sending it
+(:class:`dpact_tf.edge.resume.RunState`) can resend the same bytes after its own restart.
 
 When the server is unreachable (restarting after a crash) or has forgotten the session, the client
 handshakes again until ``reconnect_timeout`` and reads the server's last applied step of this client:
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import grpc
 import numpy as np
@@ -23,9 +26,12 @@ import numpy as np
 from dpact_tf.edge import dpact_edge_pb2 as pb
 from dpact_tf.edge import dpact_edge_pb2_grpc as pb_grpc
 from dpact_tf.edge.wire import from_proto, to_proto, token_metadata
-from dpact_tf.encoding import ENCODINGS
+from dpact_tf.encoding import ENCODINGS, GRID, WIRE_ENCODINGS
 
-__all__ = ["EdgeClient", "EdgeError"]
+__all__ = ["EdgeClient", "EdgeError", "Release"]
+
+# What a head releases: (int levels, grid step) of a noisy release, or a float activation (no noise).
+Release = Union[Tuple[np.ndarray, float], np.ndarray]
 
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED)
 
@@ -42,7 +48,8 @@ class EdgeClient:
       client_id: stable id of this client (the server keys its progress by it).
       epsilon, delta: the client's release parameters (epsilon None = no noise), stated at the handshake.
       cut, activation_shape: the client's split point and per-image activation shape [H, W, C].
-      encoding: upload encoding ("float32", "float16" or "uint8").
+      encoding: upload encoding: "grid" (the only one, and the default, with noise), or "float32" (the default),
+        "float16" or "uint8" without noise.
       token: the shared secret (None if the server has none).
       root_certificates: PEM of the CA (or self-signed certificate) to trust; enables TLS.
       server_name: the name the server's certificate was issued to, if it differs from the target's host.
@@ -51,15 +58,21 @@ class EdgeClient:
     """
 
     def __init__(self, target: str, *, client_id: str, epsilon: Optional[float], delta: float, cut: str,
-                 activation_shape: Sequence[int], encoding: str = "float32", token: Optional[str] = None,
+                 activation_shape: Sequence[int], encoding: Optional[str] = None, token: Optional[str] = None,
                  root_certificates: Optional[bytes] = None, server_name: Optional[str] = None,
                  timeout: float = 30.0, reconnect_timeout: float = 60.0,
                  max_message_bytes: int = 1 << 30) -> None:
-        if encoding not in ENCODINGS:
-            raise ValueError(f"encoding must be one of {ENCODINGS} (got {encoding!r})")
         if epsilon is not None and not (math.isfinite(epsilon) and epsilon > 0):
             raise ValueError(f"epsilon must be finite and > 0, or None for no noise (got {epsilon})")
+        encoding = encoding or (GRID if epsilon is not None else "float32")
+        if encoding not in WIRE_ENCODINGS:
+            raise ValueError(f"encoding must be one of {WIRE_ENCODINGS} (got {encoding!r})")
+        if (epsilon is not None) != (encoding == GRID):
+            raise ValueError(f"a noisy release (epsilon set) is uploaded as {GRID!r} levels and the no-noise baseline "
+                             f"as one of {ENCODINGS}; got epsilon={epsilon} with encoding {encoding!r}")
         self.target, self.client_id, self.encoding = target, client_id, encoding
+        self.epsilon, self.delta = epsilon, float(delta)
+        self.activation_shape = tuple(int(s) for s in activation_shape)
         self.timeout, self.reconnect_timeout = float(timeout), float(reconnect_timeout)
         self._hello = pb.HandshakeRequest(client_id=client_id, delta=delta, cut=cut,
                                           activation_shape=[int(s) for s in activation_shape], encoding=encoding)
@@ -100,12 +113,28 @@ class EdgeClient:
             self.connect()
         return self.session.session_id
 
-    def train_step(self, step: int, activation: np.ndarray, labels: Sequence[int]
-                   ) -> Tuple[np.ndarray, float, int, bool]:
-        """Send step ``step``; returns (dL/d activation, mean loss, correct count, replayed)."""
-        request = pb.TrainStepRequest(session_id=self._session_id(), step=int(step),
-                                      activation=to_proto(activation, self.encoding),
-                                      labels=[int(v) for v in np.asarray(labels).reshape(-1)])
+    def _upload(self, release: Release) -> pb.Activation:
+        if self.encoding == GRID:
+            if not (isinstance(release, tuple) and len(release) == 2):
+                raise ValueError("a noisy client uploads (levels, step) of a grid release, not a float activation")
+            levels, step = release
+            return to_proto(levels, GRID, step=step)
+        if isinstance(release, tuple):
+            raise ValueError(f"this client uploads a float activation as {self.encoding!r}, not grid levels")
+        return to_proto(release, self.encoding)
+
+    def train_request(self, step: int, release: Release, labels: Sequence[int]) -> pb.TrainStepRequest:
+        """The request of step ``step`` (without a session id): what a retry, or a caller's own restart,
+        must resend byte for byte."""
+        return pb.TrainStepRequest(step=int(step), activation=self._upload(release),
+                                   labels=[int(v) for v in np.asarray(labels).reshape(-1)])
+
+    def send_train_step(self, request: pb.TrainStepRequest) -> Tuple[np.ndarray, float, int, bool]:
+        """Send a built request (retrying and re-opening the session as needed); returns (dL/d activation,
+        mean loss, correct count, replayed)."""
+        request = pb.TrainStepRequest(session_id=self._session_id(), step=request.step,
+                                      activation=request.activation, labels=request.labels)
+        step = request.step
         deadline = time.monotonic() + self.reconnect_timeout
         while True:
             try:
@@ -123,10 +152,20 @@ class EdgeClient:
         self.bytes_down += reply.ByteSize()
         return from_proto(reply.grad), float(reply.loss), int(reply.correct), bool(reply.replayed)
 
-    def evaluate(self, activation: np.ndarray, labels: Sequence[int]) -> Tuple[float, int, int]:
-        """(summed loss, correct, count) of the server's current model on one released batch."""
-        request = pb.EvaluateRequest(session_id=self._session_id(), activation=to_proto(activation, self.encoding),
-                                     labels=[int(v) for v in np.asarray(labels).reshape(-1)])
+    def train_step(self, step: int, release: Release, labels: Sequence[int]
+                   ) -> Tuple[np.ndarray, float, int, bool]:
+        """Send step ``step``; returns (dL/d activation, mean loss, correct count, replayed)."""
+        return self.send_train_step(self.train_request(step, release, labels))
+
+    def evaluate_request(self, release: Release, labels: Sequence[int]) -> pb.EvaluateRequest:
+        """An evaluation request (without a session id)."""
+        return pb.EvaluateRequest(activation=self._upload(release),
+                                  labels=[int(v) for v in np.asarray(labels).reshape(-1)])
+
+    def send_evaluate(self, request: pb.EvaluateRequest) -> Tuple[float, int, int]:
+        """(summed loss, correct, count) of the server's current model on one built evaluation request."""
+        request = pb.EvaluateRequest(session_id=self._session_id(), activation=request.activation,
+                                     labels=request.labels)
         try:
             reply = self.stub.Evaluate(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as err:
@@ -137,6 +176,10 @@ class EdgeClient:
         self.bytes_up += request.ByteSize()
         self.bytes_down += reply.ByteSize()
         return float(reply.loss_sum), int(reply.correct), int(reply.count)
+
+    def evaluate(self, release: Release, labels: Sequence[int]) -> Tuple[float, int, int]:
+        """(summed loss, correct, count) of the server's current model on one released batch."""
+        return self.send_evaluate(self.evaluate_request(release, labels))
 
     def close(self) -> None:
         self.channel.close()

@@ -2,9 +2,13 @@
 
 Per-client sessions: a client opens one with :meth:`EdgeService.Handshake` (stating ε, δ, the cut, the
 activation shape and the upload encoding; the server refuses a cut or shape its model does not have) and
-numbers its steps 1, 2, 3, ...  The server keeps, per client, the last applied step id, the digest of its
-request and its reply.  A retry of the last step with the identical request returns the stored reply and
-applies nothing (idempotent step ids); any other step id that is not the next one is refused.
+numbers its steps 1, 2, 3, ...  A client with noise (ε stated) uploads the integer levels of
+:mod:`dpact_tf.grid` ("grid" encoding; a float encoding of a noisy release is refused at the handshake), and
+every upload is checked against the mechanism ``grid.check_release(ε, δ)`` it declared: the grid step, and
+levels within [-T, D + T].  A client without noise uploads floats (float32, float16, uint8).  The server keeps,
+per client, the last applied step id, the digest of its request and its reply.  A retry of the last step with
+the identical request returns the stored reply and applies nothing (idempotent step ids); any other step id
+that is not the next one is refused.
 
 **The server serialises steps.** Each TrainStep is one SGD update of the shared model computed on the
 batch one client sent, exactly the in-process step of :class:`dpact_tf.split.SplitTrainer`.  Batching the
@@ -16,12 +20,15 @@ busy server; the gRPC thread pool only overlaps decoding and network I/O.
 
 Bad input is refused with a gRPC status and nothing changes: a wrong token -> UNAUTHENTICATED; an unknown
 session -> NOT_FOUND; a step id already applied -> ALREADY_EXISTS; a gap in step ids -> FAILED_PRECONDITION;
-a wrong shape, encoding, label, NaN/inf -> INVALID_ARGUMENT; a handshake with another cut or activation
-shape -> FAILED_PRECONDITION; a message above the size limit -> RESOURCE_EXHAUSTED (gRPC's own check).
+a wrong shape, encoding, label, NaN/inf, a grid level or step the declared mechanism cannot produce ->
+INVALID_ARGUMENT; a handshake with another cut or activation shape -> FAILED_PRECONDITION; a message above
+the size limit -> RESOURCE_EXHAUSTED (gRPC's own check).  Every refusal by the service is reported through
+``on_event("refused", ...)`` (the ``serve`` command prints it as a log line).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hmac
 import math
 import secrets
@@ -36,8 +43,9 @@ from dpact_tf.edge import dpact_edge_pb2 as pb
 from dpact_tf.edge import dpact_edge_pb2_grpc as pb_grpc
 from dpact_tf.edge.model import ServerHalf
 from dpact_tf.edge.store import CheckpointStore
-from dpact_tf.edge.wire import TOKEN_HEADER, check_batch, request_digest, to_proto
-from dpact_tf.encoding import ENCODINGS
+from dpact_tf.edge.wire import TOKEN_HEADER, check_batch, check_levels, request_digest, to_proto
+from dpact_tf.encoding import ENCODINGS, GRID, WIRE_ENCODINGS
+from dpact_tf.grid import GridSpec, check_release
 
 __all__ = ["EdgeService", "make_server", "default_max_message_bytes"]
 
@@ -47,6 +55,7 @@ class _Client:
     client_id: str
     session_id: str = ""
     encoding: str = "float32"
+    spec: Optional[GridSpec] = None  # the release mechanism declared at the handshake (None: no noise)
     last_step: int = 0
     digest: bytes = b""
     reply: Optional[pb.TrainStepReply] = None
@@ -61,7 +70,8 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
       max_batch: the largest batch accepted in one call.
       store: where checkpoints and the step journal go (None: in memory only).
       checkpoint_every: checkpoint after every this many server steps (0: only on :meth:`save`).
-      on_event: callback ``(name, info)`` for "handshake", "step", "checkpoint", "restored" (no printing here).
+      on_event: callback ``(name, info)`` for "handshake", "step", "checkpoint", "restored", "refused" (no
+        printing here).
     """
 
     def __init__(self, half: ServerHalf, *, num_classes: int, cut: str, activation_shape: Sequence[int],
@@ -127,31 +137,49 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
     def Handshake(self, request: pb.HandshakeRequest, context: grpc.ServicerContext) -> pb.HandshakeReply:
         cid = request.client_id
         if not cid or len(cid) > 128:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client_id must be 1..128 characters")
-        if request.HasField("epsilon") and not (math.isfinite(request.epsilon) and request.epsilon > 0):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"epsilon must be finite and > 0, or absent for no noise (got {request.epsilon})")
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "client_id must be 1..128 characters")
+        noisy = request.HasField("epsilon")
+        if noisy and not (math.isfinite(request.epsilon) and request.epsilon > 0):
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"epsilon must be finite and > 0, or absent for no noise (got {request.epsilon})", cid)
         if not 0 < request.delta < 1:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"delta must be in (0, 1) (got {request.delta})")
-        if request.encoding not in ENCODINGS:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"encoding must be one of {ENCODINGS} (got {request.encoding!r})")
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"delta must be in (0, 1) (got {request.delta})",
+                         cid)
+        if request.encoding not in WIRE_ENCODINGS:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"encoding must be one of {WIRE_ENCODINGS} (got {request.encoding!r})", cid)
+        if noisy and request.encoding != GRID:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"a noisy release (epsilon={request.epsilon:g}) must be uploaded as its integer grid levels "
+                         f"(encoding {GRID!r}), not {request.encoding!r}: a float encoding of a noisy release "
+                         "exposes its floating-point sample to exact tests", cid)
+        if not noisy and request.encoding == GRID:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"the {GRID!r} encoding carries a noisy release: state its epsilon (or upload the no-noise "
+                         f"baseline as one of {ENCODINGS})", cid)
         if request.cut != self.cut or tuple(request.activation_shape) != self.activation_shape:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"this server trains the network cut after {self.cut} with activations "
-                          f"{list(self.activation_shape)}; the client states cut {request.cut!r} and "
-                          f"{list(request.activation_shape)}")
+            self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
+                         f"this server trains the network cut after {self.cut} with activations "
+                         f"{list(self.activation_shape)}; the client states cut {request.cut!r} and "
+                         f"{list(request.activation_shape)}", cid)
+        spec = None
+        if noisy:
+            try:
+                spec = _mechanism(request.epsilon, request.delta)
+            except ValueError as err:
+                self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"no release mechanism for this client: {err}",
+                             cid)
         with self._lock:
             client = self._clients.setdefault(cid, _Client(cid))
             self._sessions.pop(client.session_id, None)  # one live session per client
             client.session_id = secrets.token_hex(16)
-            client.encoding = request.encoding
+            client.encoding, client.spec = request.encoding, spec
             self._sessions[client.session_id] = cid
             reply = pb.HandshakeReply(session_id=client.session_id, last_step=client.last_step,
                                       num_classes=self.num_classes, max_batch=self.max_batch,
                                       server_steps=self.half.steps)
-        self.on_event("handshake", {"client_id": cid, "epsilon": request.epsilon if request.HasField("epsilon")
-                                    else None, "delta": request.delta, "encoding": request.encoding,
+        self.on_event("handshake", {"client_id": cid, "epsilon": request.epsilon if noisy else None,
+                                    "delta": request.delta, "encoding": request.encoding,
                                     "last_step": reply.last_step})
         return reply
 
@@ -165,14 +193,14 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
                 reply.replayed = True
                 return reply
             if request.step <= client.last_step:
-                context.abort(grpc.StatusCode.ALREADY_EXISTS,
-                              f"step {request.step} was already applied (last applied step of this client: "
-                              f"{client.last_step}); a retry must resend the identical request, new work is "
-                              f"step {client.last_step + 1}")
+                self._refuse(context, grpc.StatusCode.ALREADY_EXISTS,
+                             f"step {request.step} was already applied (last applied step of this client: "
+                             f"{client.last_step}); a retry must resend the identical request, new work is "
+                             f"step {client.last_step + 1}", client.client_id)
             if request.step != client.last_step + 1:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"out-of-order step {request.step}: the next step of this client is "
-                              f"{client.last_step + 1}")
+                self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
+                             f"out-of-order step {request.step}: the next step of this client is "
+                             f"{client.last_step + 1}", client.client_id)
             act, labels = self._check(request.activation, request.labels, client, context)
             reply = self._apply(client, request, act, labels, journal=True)
             if self.checkpoint_every and self.half.steps % self.checkpoint_every == 0:
@@ -191,17 +219,26 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
     def _client(self, session_id: str, context: grpc.ServicerContext) -> _Client:
         cid = self._sessions.get(session_id)
         if cid is None:
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          "unknown session (the server may have restarted); call Handshake again")
+            self._refuse(context, grpc.StatusCode.NOT_FOUND,
+                         "unknown session (the server may have restarted); call Handshake again")
         return self._clients[cid]
+
+    def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, message: str,
+                client_id: Optional[str] = None) -> None:
+        """Report a refusal through ``on_event`` and end the call with ``code`` (never returns)."""
+        self.on_event("refused", {"client_id": client_id, "code": code.name, "message": message})
+        context.abort(code, message)
 
     def _check(self, activation: pb.Activation, labels, client: _Client,
                context: grpc.ServicerContext) -> Tuple[np.ndarray, np.ndarray]:
         try:
-            return check_batch(activation, labels, activation_shape=self.activation_shape,
-                               encoding=client.encoding, num_classes=self.num_classes, max_batch=self.max_batch)
+            batch = check_batch(activation, labels, activation_shape=self.activation_shape,
+                                encoding=client.encoding, num_classes=self.num_classes, max_batch=self.max_batch)
+            if client.spec is not None:
+                check_levels(activation, client.spec)
+            return batch
         except ValueError as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(err), client.client_id)
 
     def _apply(self, client: _Client, request: pb.TrainStepRequest, act: np.ndarray, labels: np.ndarray, *,
                journal: bool) -> pb.TrainStepReply:
@@ -220,13 +257,20 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
             return {cid: c.last_step for cid, c in self._clients.items()}
 
 
+@functools.lru_cache(maxsize=64)
+def _mechanism(epsilon: float, delta: float) -> GridSpec:
+    """The release mechanism a client declares with (epsilon, delta): :func:`dpact_tf.grid.check_release`."""
+    return check_release(epsilon, delta)
+
+
 class _TokenInterceptor(grpc.ServerInterceptor):
     """Refuses every call whose metadata lacks ``authorization: Bearer <token>`` (before any handler runs)."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, on_event: Callable[[str, dict], None]) -> None:
         self._expected = f"Bearer {token}".encode()
 
         def deny(request, context):
+            on_event("refused", {"client_id": None, "code": "UNAUTHENTICATED", "message": "missing or wrong token"})
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
 
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
@@ -256,7 +300,7 @@ def make_server(service: EdgeService, *, host: str = "127.0.0.1", port: int = 0,
     limit = max_message_bytes or default_max_message_bytes(service.activation_shape, service.max_batch)
     options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                ("grpc.so_reuseport", 0)]
-    chain = ([_TokenInterceptor(token)] if token else []) + list(interceptors)
+    chain = ([_TokenInterceptor(token, service.on_event)] if token else []) + list(interceptors)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options,
                          interceptors=chain)
     pb_grpc.add_EdgeTrainingServicer_to_server(service, server)

@@ -1,40 +1,50 @@
 """Between NumPy arrays and the protocol buffers of ``dpact_edge.proto``, with the checks the server applies.
 
-The upload is :mod:`dpact_tf.encoding` (float32, float16 or uint8 with a per-tensor scale) applied to the
-*noisy* activation, so encoding is post-processing of the DP release.  Everything here is pure NumPy and
-protobuf: the TensorFlow-free phone process imports it as well as the server.
+The upload is :mod:`dpact_tf.encoding` applied to the release, so encoding is post-processing of the DP
+release: a noisy release travels as its integer grid levels ("grid"), the no-noise baseline as float32,
+float16 or uint8.  The server checks a grid upload against the mechanism the client declared
+(:func:`check_levels`).  Everything here is pure NumPy and protobuf: the TensorFlow-free phone process
+imports it as well as the server.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence, Tuple
+import math
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 from dpact_tf.edge import dpact_edge_pb2 as pb
-from dpact_tf.encoding import ENCODINGS, EncodedActivation, decode, encode
+from dpact_tf.encoding import GRID, WIRE_ENCODINGS, EncodedActivation, decode, decode_levels, encode
+from dpact_tf.grid import GridSpec, noise_table
 
-__all__ = ["to_proto", "from_proto", "check_batch", "request_digest", "token_metadata", "TOKEN_HEADER"]
+__all__ = ["to_proto", "from_proto", "check_batch", "check_levels", "level_bounds", "request_digest",
+           "token_metadata", "TOKEN_HEADER"]
 
 TOKEN_HEADER = "authorization"  # gRPC metadata key of the shared secret: "Bearer <token>"
 
 
-def to_proto(array: np.ndarray, encoding: str = "float32") -> pb.Activation:
-    """Encode a (noisy) activation batch for the wire; refuses NaN/inf (``ValueError``)."""
-    enc = encode(array, encoding)
+def to_proto(array: np.ndarray, encoding: str = "float32", *, step: Optional[float] = None) -> pb.Activation:
+    """Encode a release for the wire: integer levels and their ``step`` for "grid", else a float activation;
+    refuses NaN/inf and non-integer levels (``ValueError``)."""
+    enc = encode(array, encoding, step=step)
     return pb.Activation(data=enc.data, encoding=enc.encoding, shape=list(enc.shape), scale=enc.scale,
                          offset=enc.offset)
+
+
+def _encoded(message: pb.Activation) -> EncodedActivation:
+    if message.encoding not in WIRE_ENCODINGS:
+        raise ValueError(f"encoding must be one of {WIRE_ENCODINGS} (got {message.encoding!r})")
+    if any(s < 0 for s in message.shape):
+        raise ValueError(f"shape must not be negative (got {list(message.shape)})")
+    return EncodedActivation(data=message.data, encoding=message.encoding, shape=tuple(message.shape),
+                             scale=message.scale, offset=message.offset)
 
 
 def from_proto(message: pb.Activation) -> np.ndarray:
     """The float32 array a message carries; ``ValueError`` on an unknown encoding, a payload that does not
     match its shape, or non-finite values."""
-    if message.encoding not in ENCODINGS:
-        raise ValueError(f"encoding must be one of {ENCODINGS} (got {message.encoding!r})")
-    if any(s < 0 for s in message.shape):
-        raise ValueError(f"shape must not be negative (got {list(message.shape)})")
-    out = decode(EncodedActivation(data=message.data, encoding=message.encoding, shape=tuple(message.shape),
-                                   scale=message.scale, offset=message.offset))
+    out = decode(_encoded(message))
     if not np.all(np.isfinite(out)):
         raise ValueError("the activation contains NaN or inf")
     return out
@@ -61,6 +71,29 @@ def check_batch(message: pb.Activation, labels: Sequence[int], *, activation_sha
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"labels must be in [0, {num_classes}) (got {int(y.min())}..{int(y.max())})")
     return from_proto(message), y.astype(np.int32)
+
+
+def level_bounds(spec: GridSpec) -> Tuple[int, int]:
+    """[-T, D + T]: every level the declared mechanism can release (T: its noise table's largest magnitude,
+    D: its largest dithered level)."""
+    t = noise_table(spec.steps_per_std).max_magnitude
+    return -t, spec.max_level + t
+
+
+def check_levels(message: pb.Activation, spec: GridSpec) -> None:
+    """Refuse a grid upload the declared mechanism cannot have produced: a step other than its grid step, or a
+    level outside :func:`level_bounds` (``ValueError`` naming the range and the mechanism)."""
+    if message.encoding != GRID:
+        raise ValueError(f"a noisy release travels as 'grid' levels (got {message.encoding!r})")
+    levels, step = decode_levels(_encoded(message))
+    if not math.isclose(step, spec.step, rel_tol=1e-6):
+        raise ValueError(f"grid step {step!r} is not the step {spec.step!r} of the mechanism declared at the "
+                         f"handshake (epsilon={spec.epsilon:g}, {spec.steps_per_std} steps per std)")
+    lo, hi = level_bounds(spec)
+    if levels.size and (int(levels.min()) < lo or int(levels.max()) > hi):
+        raise ValueError(f"grid levels must lie in [{lo}, {hi}] for the mechanism declared at the handshake "
+                         f"(epsilon={spec.epsilon:g}: levels 0..{spec.max_level} plus noise of magnitude <= "
+                         f"{-lo}); got {int(levels.min())}..{int(levels.max())}")
 
 
 def request_digest(request: pb.TrainStepRequest) -> bytes:
