@@ -91,7 +91,9 @@ def main() -> None:
             client = EdgeClient(f"127.0.0.1:{port}", client_id=encoding, epsilon=args.epsilon, delta=1e-5,
                                 cut=split.cut, activation_shape=split.activation_shape, encoding=encoding)
             timer = _Timer()
-            history = RemoteTrainer(KerasHead(split.client, cfg, decay), client, callbacks=[timer]).fit(
+            # the same seeded noise as the in-process run: the comparison is exact
+            history = RemoteTrainer(KerasHead(split.client, cfg, decay, allow_replayable_noise=True), client,
+                                    callbacks=[timer]).fit(
                 train(seed), args.epochs, validation_data=test)
             client.close()
         finally:

@@ -30,6 +30,11 @@ from tests.edge_util import (CLASSES, CONFIG, DEADLINE, batch, running, self_sig
 ACT = (32, 32, 4)  # activation shape of tiny_split
 
 
+
+def _seeded_head() -> KerasHead:
+    """A Keras head whose noise is seeded (replayable): allowed here because these are tests."""
+    return KerasHead(tiny_split(epsilon=5.0).client, CONFIG, 10, allow_replayable_noise=True)
+
 def _client(address, client_id="phone", **kw):
     kw.setdefault("epsilon", None)
     kw.setdefault("timeout", DEADLINE)
@@ -299,8 +304,8 @@ def test_the_server_receives_only_the_grid_levels_of_the_noisy_release_and_the_l
     labels = rng.integers(0, CLASSES, 8).astype(np.int32)
     with running(service, token="t", interceptors=[recorder]) as address:
         with _client(address, token="t", epsilon=epsilon) as client:
-            RemoteTrainer(KerasHead(split.client, CONFIG, 10, allow_replayable_noise=True), client).train_step(images,
-                                                                                                 labels)
+            RemoteTrainer(KerasHead(split.client, CONFIG, 10, allow_replayable_noise=True), client).train_step(
+                images, labels)
     assert [m for m, _ in recorder.requests] == ["Handshake", "TrainStep"]
     for metadata in recorder.metadata:  # the token, and gRPC's own headers
         assert set(metadata) <= {"authorization", "user-agent"}, metadata
@@ -561,7 +566,8 @@ def test_a_release_beyond_the_budget_is_refused_before_anything_is_sent(tmp_path
     budget = Budget(epsilon=accounting.image_epsilon(z, 1e-5, releases=4))
     with running(service, interceptors=[recorder]) as address, _client(address, epsilon=5.0) as client, \
             PrivacyLedger(str(tmp_path / "releases.jsonl"), budget=budget) as ledger:
-        trainer = RemoteTrainer(KerasHead(split.client, CONFIG, 10), client, ledger=ledger)
+        trainer = RemoteTrainer(KerasHead(split.client, CONFIG, 10, allow_replayable_noise=True), client,
+                                ledger=ledger)
         trainer.train_step(x, y)
         sent = len(recorder.requests)
         with pytest.raises(BudgetExceeded, match="refused before release"):
@@ -617,7 +623,7 @@ def test_a_restarted_client_resends_the_request_in_flight_and_releases_nothing_a
         state = RunState(str(tmp_path / "run"), settings=settings)
         client = _client(address, client_id=state.client_id, epsilon=5.0)
         ledger = PrivacyLedger(str(tmp_path / "releases.jsonl"), budget=Budget(epsilon=math.inf))
-        trainer = RemoteTrainer(KerasHead(tiny_split(epsilon=5.0).client, CONFIG, 10), client, ledger=ledger,
+        trainer = RemoteTrainer(_seeded_head(), client, ledger=ledger,
                                 state=state)
         try:
             return trainer.fit(lambda epoch: iter(data), 1, validation_data=lambda: iter(data[:1])), state, ledger
@@ -645,12 +651,12 @@ def test_a_restarted_client_resends_the_request_in_flight_and_releases_nothing_a
     with running(fresh) as address:
         state = RunState(str(tmp_path / "run2"), settings=settings)
         with _client(address, client_id=state.client_id, epsilon=5.0) as client:
-            trainer = RemoteTrainer(KerasHead(tiny_split(epsilon=5.0).client, CONFIG, 10), client, state=state)
+            trainer = RemoteTrainer(_seeded_head(), client, state=state)
             trainer.train_step(*data[0])
         forgetful = tiny_service(seed=4)
         with running(forgetful) as other, _client(other, client_id=state.client_id, epsilon=5.0) as client:
             state = RunState(str(tmp_path / "run2"), settings=settings)
-            trainer = RemoteTrainer(KerasHead(tiny_split(epsilon=5.0).client, CONFIG, 10), client, state=state)
+            trainer = RemoteTrainer(_seeded_head(), client, state=state)
             with pytest.raises(EdgeError, match="nothing is released again"):
                 trainer.fit(lambda epoch: iter(data), 1)
             assert forgetful.half.steps == 0
