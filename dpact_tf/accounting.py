@@ -81,15 +81,21 @@ def image_sensitivities(activation_shape: Sequence[int]) -> Dict[str, float]:
 
 
 def image_noise_multiplier(epsilon: float, delta: float, activation_shape: Sequence[int], *,
-                           method: str = "classic", bound: str = "upper") -> float:
+                           method: str = "classic", bound: str = "upper", grid_rounding: bool = False) -> float:
     """Noise multiplier z = (S_f sigma) / Delta_2 of one image's release with per-coordinate (epsilon, delta).
 
     ``bound`` picks Delta_2 (see :data:`BOUNDS`); ``"paper"`` gives the old sigma / sqrt(H W C).
+    ``grid_rounding=True`` adds the grid release's worst case to Delta_2: its dithered rounding (coupled across
+    the two images) moves each of the H W C coordinates by at most one more grid step g, so
+    Delta_2 + g sqrt(H W C) (:mod:`dpact_tf.grid`; what a budget that must hold for the release as it runs uses).
     """
     if bound not in BOUNDS:
         raise ValueError(f"bound must be one of {BOUNDS} (got {bound!r})")
     std = privacy.noise_std(epsilon, delta, method=method)
-    return std / image_sensitivities(activation_shape)[bound]
+    sens = image_sensitivities(activation_shape)[bound]
+    if grid_rounding:
+        sens += grid.grid_spec(epsilon, delta, method=method).step * math.sqrt(math.prod(activation_shape))
+    return std / sens
 
 
 def release_count(*, train_conv1: bool, n_train: int, n_test: int, epochs: int, evaluations_per_epoch: int = 1,
@@ -193,7 +199,8 @@ def accounting_table(epsilons: Sequence[Optional[float]], *, delta: float = 1e-5
             "n_test": int(n_test), "trained_total_releases": counts["trained"]["total"]}
         step = grid.grid_spec(eps, delta, method=method).step
         row["grid_step"] = step
-        row["image_sensitivity_grid"] = sens["upper"] + step * math.sqrt(row["activation_coordinates"])
+        row["image_sensitivity_grid"] = std / image_noise_multiplier(eps, delta, activation_shape, method=method,
+                                                                     grid_rounding=True)
         row["image_epsilon_grid"] = image_epsilon(std / row["image_sensitivity_grid"], delta)
         row["trained_epsilon_grid"] = image_epsilon(std / row["image_sensitivity_grid"], delta,
                                                     releases=counts["trained"]["per_image"])

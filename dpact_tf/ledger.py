@@ -23,8 +23,9 @@ longer vouch for the budget.  Several processes may share one file.
 What it does not do: it knows images by their bytes, so a re-encoded, resized or cropped copy of a face is a new
 image to it, and other photos of the same person are not linked (the guarantee is per image, not per person);
 the labels travel in the clear and no epsilon here covers them; and the per-image epsilon is the Gaussian
-mechanism's (the grid release's per-coordinate delta as implemented, :func:`dpact_tf.grid.implemented_delta`,
-is not added to it).
+mechanism's with the grid's worst-case rounding added to the sensitivity (``grid_rounding`` of
+:func:`dpact_tf.accounting.image_noise_multiplier`), a model of the release, not the exact accounting of its
+discrete noise table.
 
 Pure Python and NumPy (no TensorFlow): the phone's process runs it.
 """
@@ -59,8 +60,9 @@ class Budget:
     The default, epsilon = 8 at delta = 1e-5, is the largest epsilon at which differentially private image
     classifiers are commonly reported (De et al. 2022 train ImageNet and CIFAR-10 at epsilon = 8); it is no
     promise that a face cannot be recognised at 8.  It refuses the paper's method: one release at the paper's
-    per-coordinate epsilon = 1 and 224 x 224 x 64 activations costs a per-image epsilon of about 35,700, and a
-    tiny profile's 32 x 32 x 8 activation about 152.
+    per-coordinate epsilon = 1 and 224 x 224 x 64 activations costs a per-image epsilon of about 35,700 under the
+    Gaussian model and about 72,000 with the grid's worst-case rounding (what the ledger counts), and a tiny
+    profile's 32 x 32 x 8 activation about 152 and 270.
     """
 
     epsilon: float = 8.0   # per-image epsilon (inf: record without a limit)
@@ -111,7 +113,8 @@ def run_epsilon(epsilon: Optional[float], delta: float, activation_shape: Sequen
         return math.inf
     count = accounting.release_count(train_conv1=train_conv1, n_train=n_train, n_test=n_test, epochs=epochs,
                                      batch_size=batch_size)
-    z = accounting.image_noise_multiplier(epsilon, delta, tuple(int(s) for s in activation_shape))
+    z = accounting.image_noise_multiplier(epsilon, delta, tuple(int(s) for s in activation_shape),
+                                          grid_rounding=True)
     return float(accounting.image_epsilon(z, budget_delta, releases=count["per_image"]))
 
 
@@ -120,7 +123,7 @@ def _inverse_variance(epsilon: Optional[float], delta: float, shape: Tuple[int, 
     """1/z^2 of one image release (inf: no noise)."""
     if epsilon is None:
         return math.inf
-    return accounting.image_noise_multiplier(epsilon, delta, shape) ** -2
+    return accounting.image_noise_multiplier(epsilon, delta, shape, grid_rounding=True) ** -2
 
 
 @dataclasses.dataclass(frozen=True)

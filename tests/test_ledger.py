@@ -63,24 +63,23 @@ def test_the_planned_epsilon_of_a_run_is_what_the_ledger_records(tmp_path, train
 
 
 def test_per_image_epsilon_composes_the_gaussians(tmp_path):
-    z = {e: accounting.image_noise_multiplier(e, DELTA, SHAPE) for e in (1.0, 3.0, math.sqrt(10.0))}
+    z = {e: accounting.image_noise_multiplier(e, DELTA, SHAPE, grid_rounding=True) for e in (1.0, 2.0, 3.0)}
     with PrivacyLedger(str(tmp_path / "l.jsonl"), budget=UNLIMITED) as ledger:
         for _ in range(3):
             _record(ledger, ["a"])
         assert ledger.image_epsilon("a") == pytest.approx(
-            accounting.image_epsilon(accounting.image_noise_multiplier(2.0, DELTA, SHAPE), DELTA, releases=3),
-            rel=1e-9)
-        # z is proportional to 1 / epsilon (classic calibration): z(1)^-2 + z(3)^-2 = (1 + 9) / c^2 = z(sqrt 10)^-2
+            accounting.image_epsilon(z[2.0], DELTA, releases=3), rel=1e-9)
+        # Gaussians of multipliers z1, z3 compose to one of multiplier (z1^-2 + z3^-2)^(-1/2)
         _record(ledger, ["b"], epsilon=1.0)
         _record(ledger, ["b"], epsilon=3.0)
-        assert ledger.image_epsilon("b") == pytest.approx(accounting.image_epsilon(z[math.sqrt(10.0)], DELTA),
-                                                          rel=1e-9)
+        composed = (z[1.0] ** -2 + z[3.0] ** -2) ** -0.5
+        assert ledger.image_epsilon("b") == pytest.approx(accounting.image_epsilon(composed, DELTA), rel=1e-9)
         assert ledger.image_epsilon("never released") == 0.0
         assert ledger.max_image_epsilon() == max(ledger.image_epsilon("a"), ledger.image_epsilon("b"))
 
 
 def test_a_release_beyond_the_budget_is_refused_before_it_is_recorded(tmp_path):
-    z = accounting.image_noise_multiplier(2.0, DELTA, SHAPE)
+    z = accounting.image_noise_multiplier(2.0, DELTA, SHAPE, grid_rounding=True)
     budget = Budget(epsilon=accounting.image_epsilon(z, DELTA, releases=2), delta=DELTA)  # two releases fit
     path = str(tmp_path / "l.jsonl")
     with PrivacyLedger(path, budget=budget) as ledger:
@@ -96,7 +95,7 @@ def test_a_release_beyond_the_budget_is_refused_before_it_is_recorded(tmp_path):
 
 
 def test_with_conv1_trained_new_images_are_refused_when_an_earlier_one_is_spent(tmp_path):
-    z = accounting.image_noise_multiplier(2.0, DELTA, SHAPE)
+    z = accounting.image_noise_multiplier(2.0, DELTA, SHAPE, grid_rounding=True)
     budget = Budget(epsilon=accounting.image_epsilon(z, DELTA, releases=5), delta=DELTA)
     with PrivacyLedger(str(tmp_path / "l.jsonl"), budget=budget) as ledger:
         # a and b: 1 release, then +2 per later batch of two: 3 after [c, d], 5 after [e, f]
@@ -145,7 +144,8 @@ def test_two_processes_share_one_ledger(tmp_path):
     lines = open(path).read().splitlines()
     assert len(lines) == 80 and all(json.loads(line)["run"] in ("p", "q") for line in lines)
     # the budget holds across processes: a third one is refused for the image the others spent
-    spent = accounting.image_epsilon(accounting.image_noise_multiplier(2.0, DELTA, SHAPE), DELTA, releases=80)
+    z = accounting.image_noise_multiplier(2.0, DELTA, SHAPE, grid_rounding=True)
+    spent = accounting.image_epsilon(z, DELTA, releases=80)
     code = ("import sys; from dpact_tf.ledger import PrivacyLedger, Budget, BudgetExceeded\n"
             f"ledger = PrivacyLedger(sys.argv[1], budget=Budget(epsilon={spent!r}))\n"
             "ledger.record(['new'], epsilon=2.0, delta=1e-5, activation_shape=(8, 8, 4), train_conv1=False, run='r', "
