@@ -250,3 +250,24 @@ def test_method_chapter_states_the_delta_as_implemented():
     assert table in chapter, f"regenerate the grid table in book/method.md:\n{table}"
     lo, hi = grid.certified_epsilons(1e-5)
     assert f"{lo:.3f} \\le \\epsilon \\le {hi:.2f}" in chapter
+
+
+def test_the_consistency_test_cannot_tell_an_image_from_one_with_a_sub_pixel_changed_by_one_grey_level():
+    # The server holds the client's weights: it computes the clean activation of the true image and of the same
+    # image with one sub-pixel one grey level brighter, and checks a release of the true image against both.
+    from dpact_tf import build_split_vggface
+
+    split = build_split_vggface((32, 32, 3), 3, width=1 / 4, fc_units=8, epsilon=5.0)
+    layer = split.dp_layer
+    clean_path = tf.keras.Model(split.client.input, layer.input)
+    image = np.random.default_rng(6).integers(0, 255, (1, 32, 32, 3)).astype(np.float32)
+    brighter = image.copy()
+    brighter[0, 16, 16, 1] += 1
+    clean, guess = (layer.normalize(clean_path(x / 255.0)).numpy() for x in (image, brighter))
+    assert np.count_nonzero(clean != guess) > 0  # the grey level moves some coordinates
+    t = grid.noise_table(layer.spec.steps_per_std).max_magnitude
+    for _ in range(10):
+        levels = layer.release_levels(tf.constant(clean)).numpy()
+        for candidate in (clean, guess):
+            lo = np.floor(np.maximum(candidate, 0) * np.float32(layer.spec.scale)).astype(np.int64)
+            assert np.all((np.abs(levels - lo) <= t) | (np.abs(levels - lo - 1) <= t))
