@@ -35,7 +35,7 @@ from dp_accounting import pld, rdp
 
 from dpact_tf import grid, privacy, sensitivity
 
-__all__ = ["paper_composition_bound", "image_sensitivities", "image_noise_multiplier", "image_epsilon",
+__all__ = ["paper_composition_bound", "composition_readings", "image_sensitivities", "image_noise_multiplier", "image_epsilon",
            "release_count", "accounting_table", "RDP_ORDERS", "PLD_MAX_EPSILON", "PLD_SKIPPED", "BOUNDS"]
 
 # Above this epsilon the PLD accountant is not run (reported as None); exact and RDP still are.
@@ -66,6 +66,17 @@ def paper_composition_bound(epsilon: float, delta: float, *, positions: int = 9,
     k = positions
     eps = epsilon * math.sqrt(2 * k * math.log(1 / delta_prime)) + k * epsilon * math.expm1(epsilon)
     return {"epsilon": eps, "delta": k * delta + delta_prime}
+
+
+def composition_readings(activation_shape: Sequence[int], *, kernel: int = 3) -> Dict[str, int]:
+    """The number of releases p q that the paper's composition bound composes over, under three readings.
+
+    The paper names p, q "the dimensions of the activations each kernel produces" and uses l for the kernel
+    size, so its text supports ``"map"``: the H x W positions of the activation map.  ``"kernel"`` is the 3 x 3
+    positions one kernel of the next layer sees, and ``"kernel_inputs"`` the 3 x 3 x C coordinates it reads.
+    """
+    h, w, c = (int(n) for n in activation_shape)
+    return {"map": h * w, "kernel": kernel * kernel, "kernel_inputs": kernel * kernel * c}
 
 
 def image_sensitivities(activation_shape: Sequence[int]) -> Dict[str, float]:
@@ -185,9 +196,13 @@ def accounting_table(epsilons: Sequence[Optional[float]], *, delta: float = 1e-5
         std = privacy.noise_std(eps, delta, method=method)
         z = {b: std / sens[b] for b in BOUNDS}
         comp = paper_composition_bound(eps, delta, positions=positions, delta_prime=delta_prime)
+        readings = {name: paper_composition_bound(eps, delta, positions=k, delta_prime=delta_prime)["epsilon"]
+                    for name, k in composition_readings(activation_shape).items()}
         row: Dict[str, object] = {
             "epsilon_per_coordinate": float(eps), "delta": delta, "noise_std": std,
             "paper_composition_epsilon": comp["epsilon"], "paper_composition_delta": comp["delta"],
+            "paper_composition_epsilon_map": readings["map"],
+            "paper_composition_epsilon_kernel_inputs": readings["kernel_inputs"],
             "activation_coordinates": int(math.prod(activation_shape)),
             "pixel_sensitivity_sq_upper": pix.upper_sq, "pixel_sensitivity_sq_lower": pix.lower_sq,
             "pixel_sensitivity_sq_paper": pix.paper_sq, "pixel_sensitivity_exact": pix.exact,

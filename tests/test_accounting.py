@@ -165,3 +165,18 @@ def test_bad_arguments():
         accounting.image_epsilon(0.5, 1e-5, accountant="moments")
     with pytest.raises(ValueError, match="positions"):
         accounting.paper_composition_bound(1.0, 1e-5, positions=0)
+
+
+def test_the_papers_bound_under_its_three_readings():
+    # p q = H W = 224 * 224 = 50,176 at paper size: eps' = sqrt(2 * 50176 * ln 1e5) + 50176 (e - 1) ~ 87,300
+    readings = accounting.composition_readings((224, 224, 64))
+    assert readings == {"map": 50176, "kernel": 9, "kernel_inputs": 576}
+    k = readings["map"]
+    expected = math.sqrt(2 * k * math.log(1e5)) + k * (math.e - 1)
+    assert accounting.paper_composition_bound(1.0, 1e-5, positions=k)["epsilon"] == pytest.approx(expected)
+    assert 87_000 < expected < 87_500
+    row = accounting.accounting_table([1.0], activation_shape=(224, 224, 64), epochs=1, n_train=10, n_test=2,
+                                      batch_size=2)[0]
+    assert row["paper_composition_epsilon_map"] == pytest.approx(expected)
+    assert row["paper_composition_epsilon_kernel_inputs"] == pytest.approx(
+        math.sqrt(2 * 576 * math.log(1e5)) + 576 * (math.e - 1))

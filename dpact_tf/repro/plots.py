@@ -222,7 +222,9 @@ def accounting_plot(tables: Dict[str, List[Dict[str, Any]]], *, dataset: str):
     for ax, (label, rows) in zip(axes[0], tables.items()):
         eps = [r["epsilon_per_coordinate"] for r in rows]
         ax.plot(eps, eps, "k--", label="paper: per coordinate")
-        ax.plot(eps, [r["paper_composition_epsilon"] for r in rows], "o-", label="paper: composed over 3×3 positions")
+        ax.plot(eps, [r["paper_composition_epsilon"] for r in rows], "o-", label="paper's bound over 3×3 positions")
+        ax.plot(eps, [r["paper_composition_epsilon_map"] for r in rows], "o--", color="C1",
+                label="paper's bound over the H×W map")
         ax.fill_between(eps, [r["image_epsilon_lower"] for r in rows], [r["image_epsilon_exact"] for r in rows],
                         alpha=0.3, color="C2")
         ax.plot(eps, [r["image_epsilon_exact"] for r in rows], "s-", color="C2", label="per image, one release")
