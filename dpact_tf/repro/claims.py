@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from dpact_tf.repro.results import load_metrics
 
 __all__ = ["claims_table", "summary_text", "CLAIMS", "NOT_RUN", "NOT_MEASURED",
-           "FIG2_MAX_SSIM_AT_SMALLEST_EPS", "FIG2_MONOTONE_SLACK", "FIG3_GAP_AT_EPS20", "FIG4_TOLERANCE",
+           "FIG2_MAX_SSIM_AT_SMALLEST_EPS", "FIG2_MONOTONE_SLACK", "FIG2_PRESERVED_SSIM", "FIG2_PRESERVED_EPSILON", "FIG3_GAP_AT_EPS20", "FIG4_TOLERANCE",
            "FIG4_FAIL_MARGIN", "ATTACK_SSIM_MARGIN", "MIA_WEAK_AUC", "FIG3_TRAINS_WELL_RELATIVE", "CONSISTENT",
            "INCONCLUSIVE", "CONTRADICTED", "BUDGET_ARTEFACT", "WEAK_PUBLIC_MODEL"]
 
@@ -23,8 +23,11 @@ NOT_MEASURED = "not measured"
 
 # Fig. 2: the SSIM between released and clean maps grows with epsilon (up to this slack between neighbours) ...
 FIG2_MONOTONE_SLACK = 0.02
-# ... and is below this at the smallest epsilon (the map has lost its content).
+# ... and is below this at the smallest epsilon (the map has lost its content) ...
 FIG2_MAX_SSIM_AT_SMALLEST_EPS = 0.2
+# ... while at epsilon 5 the paper calls the images "well preserved": an SSIM of at least this.
+FIG2_PRESERVED_SSIM = 0.5
+FIG2_PRESERVED_EPSILON = 5.0
 # Fig. 3: "approaches the baseline" = final test accuracy at epsilon 20 within this many (absolute) points.
 FIG3_GAP_AT_EPS20 = 0.05
 # Fig. 4: "reaches the baseline within 5 epochs" = best of epochs 1-5 at epsilon 3 >= baseline final - this.
@@ -46,6 +49,9 @@ CONSISTENT = "not reproduced at this scale; trend consistent with the paper"
 INCONCLUSIVE = "not reproduced at this scale; trend inconclusive"
 CONTRADICTED = "contradicted (the trend predicts it fails at the paper's size too)"
 WEAK_PUBLIC_MODEL = "not reproduced with the stand-in public model (VGG-Face itself not tested)"
+REPRODUCED_WEAK_PUBLIC_MODEL = "reproduced with the stand-in public model, under which ε = 3 fails too"
+PARTLY = "partly reproduced"
+WITHIN_BOUNDS = "within the bounds on a server CPU; not tested on a phone"
 
 
 def _row(figure: str, claim: str, ours: str, verdict: str, rule: str, why: str = "") -> Row:
@@ -118,17 +124,29 @@ def _eps(e: Optional[float]) -> str:
 
 
 def claim_fig2(act: Optional[Mapping[str, Any]]) -> Row:
-    claim = "Activation images lose their content as ε decreases"
+    claim = (f"Activation images are well preserved at ε ≈ {FIG2_PRESERVED_EPSILON:g} and lose their content as ε "
+             "decreases")
     rule = (f"SSIM to the clean map grows with ε (slack {FIG2_MONOTONE_SLACK:g}) and is < "
-            f"{FIG2_MAX_SSIM_AT_SMALLEST_EPS:g} at the smallest ε")
+            f"{FIG2_MAX_SSIM_AT_SMALLEST_EPS:g} at the smallest ε (the loss); ≥ {FIG2_PRESERVED_SSIM:g} at "
+            f"ε = {FIG2_PRESERVED_EPSILON:g} (well preserved)")
     if not act:
         return _row("Fig. 2", claim, NOT_RUN, "—", rule)
     t = sorted(act["table"], key=lambda r: r["epsilon"])
     ssim = [r["ssim"] for r in t]
     increasing = all(b - a > -FIG2_MONOTONE_SLACK for a, b in zip(ssim, ssim[1:]))
-    ok = increasing and ssim[0] < FIG2_MAX_SSIM_AT_SMALLEST_EPS
-    return _row("Fig. 2", claim, "SSIM to the clean map: " + ", ".join(
-        f"ε={r['epsilon']:g}: {r['ssim']:.2f}" for r in t), "reproduced" if ok else "not reproduced", rule)
+    loses = increasing and ssim[0] < FIG2_MAX_SSIM_AT_SMALLEST_EPS
+    at = next((r["ssim"] for r in t if r["epsilon"] == FIG2_PRESERVED_EPSILON), None)
+    ours = "SSIM to the clean map: " + ", ".join(f"ε={r['epsilon']:g}: {r['ssim']:.2f}" for r in t)
+    if at is None:
+        return _row("Fig. 2", claim, ours + f" (ε = {FIG2_PRESERVED_EPSILON:g} not run)", NOT_MEASURED, rule)
+    preserved = at >= FIG2_PRESERVED_SSIM
+    if loses and preserved:
+        return _row("Fig. 2", claim, ours, "reproduced", rule)
+    if loses:
+        return _row("Fig. 2", claim, ours, PARTLY, rule,
+                    f"the content fades with ε, but at ε = {FIG2_PRESERVED_EPSILON:g} the SSIM is {at:.2f}, not "
+                    "'well preserved'")
+    return _row("Fig. 2", claim, ours, "not reproduced", rule)
 
 
 def claim_fig3(sc: Optional[Mapping[str, Any]], conv: Optional[Mapping[str, Any]] = None,
@@ -234,6 +252,9 @@ def claim_fig4_low_eps(ft: Optional[Mapping[str, Any]]) -> Row:
     vals = ", ".join(f"ε={e:g}: {v:.3f}" for e, v in sorted(finals.items()))
     ours = f"final test accuracy {vals} (majority class {chance:.3f})"
     if ok:
+        if (ft.get("pretrain") or {}).get("source") not in (None, "vggface"):
+            # A weak public model makes every noisy fine-tuning fail: ε = 3's row carries the same caveat.
+            return _row("Fig. 4", claim, ours, REPRODUCED_WEAK_PUBLIC_MODEL, rule, _fig4_not_reproduced(ft)[1])
         return _row("Fig. 4", claim, ours, "reproduced", rule)
     verdict, why = _fig4_not_reproduced(ft)
     return _row("Fig. 4", claim, ours, verdict, rule, why)
@@ -281,11 +302,11 @@ def claim_cost(mob: Optional[Mapping[str, Any]]) -> Row:
         if not value < paper[bound]:
             outside.append(name)
     if outside:
-        verdict = "outside the bounds (" + ", ".join(outside) + "; different hardware)"
+        verdict = "outside the bounds (" + ", ".join(outside) + ") on a server CPU; not tested on a phone"
     elif missing:
         verdict = NOT_MEASURED + " (" + ", ".join(missing) + ")"
     else:
-        verdict = "within the bounds (different hardware)"
+        verdict = WITHIN_BOUNDS
     if lite.get("model_load_s") is not None:
         parts.append(f"(model load {lite['model_load_s']:.3g} s, not a paper bound)")
     return _row("Sec. VI (cost)", claim, f"LiteRT, 224×224, {mob['hardware']['cpu']}: " + ", ".join(parts),
