@@ -292,6 +292,10 @@ def test_book_builds_with_warnings_as_errors(tiny_book):
     for name in ("fig-activations", "fig-scratch-curves", "fig-finetune-curves", "fig-accounting", "fig-attacks",
                  "fig-convergence", "fig-ladder"):
         assert f'#{name}"' in page, f"numref to {name} not resolved into a link"
+    # The math renders without a network: MathJax is served from the book's own _static, not a CDN.
+    method = open(os.path.join(html, "book", "method.html")).read()
+    assert "_static/mathjax/tex-chtml.js" in method and "cdn.jsdelivr.net" not in method
+    assert os.path.getsize(os.path.join(html, "_static", "mathjax", "tex-chtml.js")) > 100_000
 
 
 def test_book_stops_without_lfw(tmp_path, monkeypatch):
