@@ -13,6 +13,7 @@ from dpact_tf import TrainingConfig, build_split_vggface
 from dpact_tf.edge.model import ServerHalf
 from dpact_tf.edge.server import EdgeService, make_server
 from dpact_tf.edge.store import CheckpointStore
+from dpact_tf.privacy import PAPER_ACTIVATION_RANGE
 
 SHAPE = (32, 32, 3)
 CLASSES = 3
@@ -45,8 +46,10 @@ def running(service: EdgeService, **kwargs) -> Iterator[str]:
 
 
 def batch(n: int = 4, seed: int = 0, shape=(32, 32, 4)) -> Tuple[np.ndarray, np.ndarray]:
+    """A no-noise upload: activations in [0, R] (R = 1/sqrt(3), the clipped Eq. (1) range) and labels."""
     rng = np.random.default_rng(seed)
-    return rng.uniform(0, 1, (n,) + tuple(shape)).astype(np.float32), rng.integers(0, CLASSES, n).astype(np.int32)
+    return (rng.uniform(0, PAPER_ACTIVATION_RANGE, (n,) + tuple(shape)).astype(np.float32),
+            rng.integers(0, CLASSES, n).astype(np.int32))
 
 
 def weights(service: EdgeService):

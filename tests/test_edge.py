@@ -22,7 +22,7 @@ from dpact_tf.edge.trainer import KerasHead, LiteRTHead, RemoteTrainer, batches
 from dpact_tf import grid
 from dpact_tf.edge.wire import level_bounds, to_proto, token_metadata
 from dpact_tf.encoding import bytes_per_image
-from dpact_tf.privacy import noise_std
+from dpact_tf.privacy import PAPER_ACTIVATION_RANGE, noise_std
 from dpact_tf.repro.profiles import get_profile
 from tests.edge_util import (CLASSES, CONFIG, DEADLINE, batch, running, self_signed_certificate, tiny_service,
                              tiny_split, weights)
@@ -205,6 +205,85 @@ def test_bad_input_is_refused_with_clear_codes_and_changes_nothing():
         _, loss, _, replayed = good.train_step(2, *batch(seed=1))
         assert np.isfinite(loss) and not replayed and service.half.steps == steps + 1
         good.close()
+
+
+def test_huge_finite_uploads_are_refused_logged_and_never_journaled(tmp_path):
+    """The payloads that once broke the shared model for every client: huge but finite activations.  A
+    no-noise client's values must lie in [0, R], R = 1/sqrt(3); each is refused (training and evaluation),
+    logged with the client id, and kept out of the journal, so a restart does not replay it."""
+    store = CheckpointStore(str(tmp_path))
+    service = tiny_service(store=store)
+    events = _events(service)
+    r = PAPER_ACTIVATION_RANGE
+    x, y = batch(seed=1)
+    one = x.copy()
+    one[0, 3, 3, 1] = 3e38
+    negative = x.copy()
+    negative[2, 0, 0, 0] = -0.25
+    n = x.size
+    cases = {  # encoding -> upload
+        "1e10": ("float32", to_proto(np.full_like(x, 1e10))),
+        "one coordinate 3e38": ("float32", to_proto(one)),
+        "negative": ("float32", to_proto(negative)),
+        "just above R": ("float32", to_proto(np.full_like(x, r * (1 + 2 ** -9)))),
+        "float16 65504": ("float16", to_proto(np.full_like(x, 65504.0), "float16")),
+        "uint8 scale 1e30": ("uint8", pb.Activation(data=bytes(range(256)) * (n // 256), encoding="uint8",
+                                                    shape=list(x.shape), scale=1e30)),
+    }
+    with running(service) as address, _client(address, client_id="honest") as honest:
+        honest.train_step(1, *batch())
+        # the largest value the mechanism produces is accepted, and so is 0
+        honest.train_step(2, np.resize(np.array([0.0, r], np.float32), x.shape), y)
+        before = weights(service)
+        stub = pb_grpc.EdgeTrainingStub(honest.channel)
+        for name, (encoding, upload) in cases.items():
+            session = stub.Handshake(pb.HandshakeRequest(client_id="mallory", delta=1e-5, cut="conv1_1",
+                                                         activation_shape=list(ACT), encoding=encoding),
+                                     timeout=DEADLINE).session_id
+            calls = (lambda: stub.TrainStep(pb.TrainStepRequest(session_id=session, step=1, activation=upload,
+                                                                labels=list(y)), timeout=DEADLINE),
+                     lambda: stub.Evaluate(pb.EvaluateRequest(session_id=session, activation=upload, labels=list(y)),
+                                           timeout=DEADLINE))
+            for call in calls:
+                code, details = _code(call)
+                assert code == grpc.StatusCode.INVALID_ARGUMENT, (name, details)
+                assert "lies in [0, 0.57735]" in details, (name, details)
+        assert service.half.steps == 2 and service.client_steps() == {"honest": 2, "mallory": 0}
+        for a, b in zip(before, weights(service)):
+            np.testing.assert_array_equal(a, b)
+        _, loss, _, _ = honest.train_step(3, *batch(seed=2))  # the others' next step is unharmed
+        assert np.isfinite(loss) and loss < 5
+    refused = [info for name, info in events if name == "refused"]
+    assert len(refused) == 2 * len(cases)
+    assert {(r["client_id"], r["code"], r["reason"]) for r in refused} == {("mallory", "INVALID_ARGUMENT", "range")}
+    _, records = store.load()
+    assert [(r.client_id, r.request.step) for r in records] == [("honest", 1), ("honest", 2), ("honest", 3)]
+    store.close()
+
+
+def test_a_step_that_would_make_the_model_non_finite_is_refused_and_not_journaled(tmp_path):
+    """Behind the range checks: with an absurd learning rate an honest batch's update overflows; the step is
+    rolled back, refused and logged, and it is not in the journal."""
+    store = CheckpointStore(str(tmp_path))
+    split = tiny_split()
+    service = EdgeService(ServerHalf(split.server, TrainingConfig(learning_rate=1e38, lr_decay_steps=10), 10),
+                          num_classes=CLASSES, cut="conv1_1", activation_shape=ACT, store=store)
+    events = _events(service)
+    with running(service) as address, _client(address) as client:
+        code, details = None, None
+        for step in range(1, 4):
+            try:
+                client.train_step(step, *batch(seed=step))
+            except grpc.RpcError as err:
+                code, details = err.code(), err.details()
+                break
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "rolled back" in details
+        assert service.client_steps() == {"phone": step - 1} and service.half.steps == step - 1
+        assert all(np.all(np.isfinite(w)) for w in weights(service))
+    refused = [info for name, info in events if name == "refused"]
+    assert [(r["client_id"], r["reason"]) for r in refused] == [("phone", "unsafe_update")]
+    assert [r.request.step for r in store.load()[1]] == list(range(1, step))
+    store.close()
 
 
 def test_step_ids_are_idempotent_and_replays_are_refused():

@@ -15,6 +15,7 @@ import numpy as np
 from dpact_tf.edge.cli import build_split, training_config
 from dpact_tf.edge.client import EdgeClient
 from dpact_tf.edge.model import ServerHalf
+from dpact_tf.privacy import PAPER_ACTIVATION_RANGE
 from dpact_tf.repro.profiles import get_profile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,8 +66,9 @@ def test_kill_9_and_restart_resumes_without_losing_or_repeating_a_step(tmp_path)
     prof = get_profile("tiny")
     rng = np.random.default_rng(0)
     shape = (32, 32, 8)  # tiny profile: 32x32 input, conv1_1 with 64/8 channels
-    steps = [(rng.normal(0.5, 0.3, (8,) + shape).astype(np.float32), rng.integers(0, CLASSES, 8)) for _ in range(8)]
-    probe = (rng.normal(0.5, 0.3, (16,) + shape).astype(np.float32), rng.integers(0, CLASSES, 16))
+    r = PAPER_ACTIVATION_RANGE  # a no-noise upload lies in [0, R]
+    steps = [(rng.uniform(0, r, (8,) + shape).astype(np.float32), rng.integers(0, CLASSES, 8)) for _ in range(8)]
+    probe = (rng.uniform(0, r, (16,) + shape).astype(np.float32), rng.integers(0, CLASSES, 16))
     port, directory = _free_port(), str(tmp_path / "ckpt")
     server = _Server(port, directory)
     try:

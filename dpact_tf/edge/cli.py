@@ -115,7 +115,8 @@ def serve(args: argparse.Namespace, prof: Any) -> int:
     strategy = tf.distribute.MirroredStrategy() if args.strategy == "mirrored" else None
     with (strategy.scope() if strategy else tf.distribute.get_strategy().scope()):
         split = build_split(prof, num_classes, args.cut, args.seed, None, 1e-5)
-    half = ServerHalf(split.server, training_config(prof), args.decay_steps, strategy=strategy)
+    half = ServerHalf(split.server, training_config(prof), args.decay_steps, strategy=strategy,
+                      max_grad_norm=args.max_grad_norm)
 
     def on_event(name: str, info: dict) -> None:
         if name != "step" or info["step"] % 50 == 0:
@@ -123,7 +124,7 @@ def serve(args: argparse.Namespace, prof: Any) -> int:
 
     store = CheckpointStore(args.checkpoint_dir) if args.checkpoint_dir else None
     service = EdgeService(half, num_classes=num_classes, cut=args.cut, activation_shape=split.activation_shape,
-                          max_batch=args.max_batch, store=store,
+                          max_batch=args.max_batch, activation_range=split.dp_layer.true_range, store=store,
                           checkpoint_every=args.checkpoint_every if store else 0, on_event=on_event)
     tls = None
     if args.tls_cert or args.tls_key:
@@ -296,6 +297,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-batch", type=int, default=256, help="largest batch accepted in one call")
     s.add_argument("--max-message-mb", type=float, help="message size limit (default: a float32 batch of "
                    "--max-batch activations)")
+    s.add_argument("--max-grad-norm", type=float, help="clip the global norm of the server's weight gradients of "
+                   "one step to this (default: no clipping)")
     s.add_argument("--max-workers", type=int, default=16, help="gRPC worker threads (steps are serialised)")
     s.add_argument("--strategy", choices=("none", "mirrored"), default="none",
                    help="tf.distribute strategy of the server half (mirrored: every local GPU)")

@@ -18,12 +18,18 @@ phone of the batch, and break the per-client replay of a step after a crash.  On
 every core of the machine (or, under tf.distribute, every GPU), so serialising costs no throughput on a
 busy server; the gRPC thread pool only overlaps decoding and network I/O.
 
+**No client can damage the shared model.** Every upload is checked against what the mechanism its client
+declared can produce: a grid upload's step and levels in [-T, D + T], a no-noise upload's values in [0, R]
+(``activation_range``), on training and evaluation calls alike.  Behind the checks, a step whose update would
+leave the loss, dL/d(activation), a weight or an optimizer slot non-finite is rolled back
+(:class:`~dpact_tf.edge.model.UnsafeStep`); it is refused and never reaches the journal.
+
 Bad input is refused with a gRPC status and nothing changes: a wrong token -> UNAUTHENTICATED; an unknown
 session -> NOT_FOUND; a step id already applied -> ALREADY_EXISTS; a gap in step ids -> FAILED_PRECONDITION;
-a wrong shape, encoding, label, NaN/inf, a grid level or step the declared mechanism cannot produce ->
-INVALID_ARGUMENT; a handshake with another cut or activation shape -> FAILED_PRECONDITION; a message above
-the size limit -> RESOURCE_EXHAUSTED (gRPC's own check).  Every refusal by the service is reported through
-``on_event("refused", ...)`` (the ``serve`` command prints it as a log line).
+a wrong shape, encoding, label, NaN/inf, a value the declared mechanism cannot produce, a step that would
+make the model non-finite -> INVALID_ARGUMENT; a handshake with another cut or activation shape ->
+FAILED_PRECONDITION; a message above the size limit -> RESOURCE_EXHAUSTED (gRPC's own check).  Every refusal
+by the service is reported through ``on_event("refused", {"client_id", "code", "reason", "message"})``.
 """
 from __future__ import annotations
 
@@ -41,11 +47,12 @@ import numpy as np
 
 from dpact_tf.edge import dpact_edge_pb2 as pb
 from dpact_tf.edge import dpact_edge_pb2_grpc as pb_grpc
-from dpact_tf.edge.model import ServerHalf
+from dpact_tf.edge.model import ServerHalf, UnsafeStep
 from dpact_tf.edge.store import CheckpointStore
-from dpact_tf.edge.wire import TOKEN_HEADER, check_batch, check_levels, request_digest, to_proto
+from dpact_tf.edge.wire import TOKEN_HEADER, MechanismError, check_batch, check_levels, request_digest, to_proto
 from dpact_tf.encoding import ENCODINGS, GRID, WIRE_ENCODINGS
 from dpact_tf.grid import GridSpec, check_release
+from dpact_tf.privacy import PAPER_ACTIVATION_RANGE
 
 __all__ = ["EdgeService", "make_server", "default_max_message_bytes"]
 
@@ -68,6 +75,9 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
       half: the server model and its optimizer.
       num_classes, cut, activation_shape: what a client's handshake must agree with.
       max_batch: the largest batch accepted in one call.
+      activation_range: R, the largest value of a clipped Eq. (1) coordinate
+        (:func:`dpact_tf.privacy.lrn_output_bound` of the model's LRN constants): a no-noise upload must lie
+        in [0, R].
       store: where checkpoints and the step journal go (None: in memory only).
       checkpoint_every: checkpoint after every this many server steps (0: only on :meth:`save`).
       on_event: callback ``(name, info)`` for "handshake", "step", "checkpoint", "restored", "refused" (no
@@ -75,10 +85,14 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
     """
 
     def __init__(self, half: ServerHalf, *, num_classes: int, cut: str, activation_shape: Sequence[int],
-                 max_batch: int = 256, store: Optional[CheckpointStore] = None, checkpoint_every: int = 0,
+                 max_batch: int = 256, activation_range: float = PAPER_ACTIVATION_RANGE,
+                 store: Optional[CheckpointStore] = None, checkpoint_every: int = 0,
                  on_event: Optional[Callable[[str, dict], None]] = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 (got {max_batch})")
+        if not (math.isfinite(activation_range) and activation_range > 0):
+            raise ValueError(f"activation_range must be finite and > 0 (got {activation_range})")
+        self.activation_range = float(activation_range)
         if checkpoint_every < 0 or (checkpoint_every and store is None):
             raise ValueError("checkpoint_every must be >= 0 and needs a store (a checkpoint directory)")
         self.half = half
@@ -111,7 +125,8 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
             act, labels = check_batch(record.request.activation, record.request.labels,
                                       activation_shape=self.activation_shape,
                                       encoding=record.request.activation.encoding,
-                                      num_classes=self.num_classes, max_batch=self.max_batch)
+                                      num_classes=self.num_classes, max_batch=self.max_batch,
+                                      value_range=self.activation_range)
             self._apply(client, record.request, act, labels, journal=False)
             if self.half.steps != record.server_steps:
                 raise RuntimeError(f"journal replay out of step: {self.half.steps} != {record.server_steps}")
@@ -202,7 +217,10 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
                              f"out-of-order step {request.step}: the next step of this client is "
                              f"{client.last_step + 1}", client.client_id)
             act, labels = self._check(request.activation, request.labels, client, context)
-            reply = self._apply(client, request, act, labels, journal=True)
+            try:
+                reply = self._apply(client, request, act, labels, journal=True)
+            except UnsafeStep as err:
+                self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(err), client.client_id, "unsafe_update")
             if self.checkpoint_every and self.half.steps % self.checkpoint_every == 0:
                 self._save()
         self.on_event("step", {"client_id": client.client_id, "step": request.step, "loss": reply.loss})
@@ -224,19 +242,22 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
         return self._clients[cid]
 
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, message: str,
-                client_id: Optional[str] = None) -> None:
+                client_id: Optional[str] = None, reason: str = "input") -> None:
         """Report a refusal through ``on_event`` and end the call with ``code`` (never returns)."""
-        self.on_event("refused", {"client_id": client_id, "code": code.name, "message": message})
+        self.on_event("refused", {"client_id": client_id, "code": code.name, "reason": reason, "message": message})
         context.abort(code, message)
 
     def _check(self, activation: pb.Activation, labels, client: _Client,
                context: grpc.ServicerContext) -> Tuple[np.ndarray, np.ndarray]:
         try:
             batch = check_batch(activation, labels, activation_shape=self.activation_shape,
-                                encoding=client.encoding, num_classes=self.num_classes, max_batch=self.max_batch)
+                                encoding=client.encoding, num_classes=self.num_classes, max_batch=self.max_batch,
+                                value_range=self.activation_range)
             if client.spec is not None:
                 check_levels(activation, client.spec)
             return batch
+        except MechanismError as err:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(err), client.client_id, "range")
         except ValueError as err:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(err), client.client_id)
 
