@@ -13,6 +13,7 @@ import tensorflow as tf
 from dpact_tf import SplitTrainer, TrainingConfig, build_split_vggface
 from dpact_tf.edge import dpact_edge_pb2 as pb
 from dpact_tf.edge import dpact_edge_pb2_grpc as pb_grpc
+from dpact_tf.edge.auth import TokenBook, issue_token
 from dpact_tf.edge.cli import parser
 from dpact_tf.edge.client import EdgeClient
 from dpact_tf.edge.model import ServerHalf
@@ -310,8 +311,8 @@ def test_step_ids_are_idempotent_and_replays_are_refused():
 
 def test_wrong_token_is_unauthenticated_and_changes_nothing():
     service = tiny_service()
-    with running(service, token="s3cret") as address:
-        good = _client(address, client_id="good", token="s3cret")
+    with running(service, tokens=TokenBook(tokens={"good": "good.s3cret"})) as address:
+        good = _client(address, client_id="good", token="good.s3cret")
         good.train_step(1, *batch())
         before = weights(service)
         for token in ("wrong", None):
@@ -345,12 +346,12 @@ def test_tls_with_a_throwaway_self_signed_certificate():
     cert, key = self_signed_certificate()
     other_cert, _ = self_signed_certificate()
     service = tiny_service()
-    with running(service, tls=(cert, key), token="t") as address:
-        with _client(address, token="t", root_certificates=cert) as client:
+    with running(service, tls=(cert, key), tokens=TokenBook(tokens={"phone": "phone.t"})) as address:
+        with _client(address, token="phone.t", root_certificates=cert) as client:
             _, loss, _, _ = client.train_step(1, *batch())
             assert np.isfinite(loss)
         for kwargs in ({}, {"root_certificates": other_cert}):  # plaintext, or a certificate we do not trust
-            with _client(address, client_id="x", token="t", timeout=3.0, **kwargs) as client:
+            with _client(address, token="phone.t", timeout=3.0, **kwargs) as client:
                 assert _code(client.connect)[0] == grpc.StatusCode.UNAVAILABLE
         assert service.half.steps == 1
 
@@ -381,8 +382,8 @@ def test_the_server_receives_only_the_grid_levels_of_the_noisy_release_and_the_l
     rng = np.random.default_rng(7)
     images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, CLASSES, 8).astype(np.int32)
-    with running(service, token="t", interceptors=[recorder]) as address:
-        with _client(address, token="t", epsilon=epsilon) as client:
+    with running(service, tokens=TokenBook(tokens={"phone": "phone.t"}), interceptors=[recorder]) as address:
+        with _client(address, token="phone.t", epsilon=epsilon) as client:
             RemoteTrainer(KerasHead(split.client, CONFIG, 10, allow_replayable_noise=True), client).train_step(
                 images, labels)
     assert [m for m, _ in recorder.requests] == ["Handshake", "TrainStep"]
@@ -534,9 +535,9 @@ def test_train_command_against_a_running_server(tmp_path, capsys, epsilon):
     split = build_split(prof, prof.synthetic_identities, "conv1_1", 0, None, 1e-5)
     service = EdgeService(ServerHalf(split.server, training_config(prof), 100), num_classes=prof.synthetic_identities,
                           cut="conv1_1", activation_shape=split.activation_shape, max_batch=prof.batch_size)
-    (tmp_path / "token").write_text("s3cret\n")
+    (tmp_path / "token").write_text(issue_token(str(tmp_path / "tokens.txt"), "phone") + "\n")
     extra = ["--encoding", "uint8"] if epsilon == "none" else []
-    with running(service, token="s3cret") as address:
+    with running(service, tokens=TokenBook(str(tmp_path / "tokens.txt"))) as address:
         code = main(["train", "--server", address, "--profile", "tiny", "--epochs", "1", "--epsilon", epsilon,
                      "--image-budget", "inf", "--ledger", str(tmp_path / "ledger"), *extra,
                      "--token-file", str(tmp_path / "token"), "--json", str(tmp_path / "history.json"),
@@ -548,6 +549,7 @@ def test_train_command_against_a_running_server(tmp_path, capsys, epsilon):
     history = result["history"]
     assert history["epoch"] == [1] and len(history["test_accuracy"]) == 1
     assert result["encoding"] == ("uint8" if epsilon == "none" else "grid")
+    assert result["client_id"].startswith("phone/")  # the run is named after the id its token was issued to
     steps = service.client_steps()[result["client_id"]]
     assert steps == service.half.steps and steps >= 1
     data = synthetic_faces(prof.synthetic_identities, prof.synthetic_images_per_identity, prof.image_size)

@@ -35,11 +35,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hmac
 import math
 import secrets
 import threading
-from concurrent import futures
+import time
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import grpc
@@ -47,14 +46,15 @@ import numpy as np
 
 from dpact_tf.edge import dpact_edge_pb2 as pb
 from dpact_tf.edge import dpact_edge_pb2_grpc as pb_grpc
+from dpact_tf.edge.auth import caller, owns
 from dpact_tf.edge.model import ServerHalf, UnsafeStep
 from dpact_tf.edge.store import CheckpointStore
-from dpact_tf.edge.wire import TOKEN_HEADER, MechanismError, check_batch, check_levels, request_digest, to_proto
+from dpact_tf.edge.wire import MechanismError, check_batch, check_levels, request_digest, to_proto
 from dpact_tf.encoding import ENCODINGS, GRID, WIRE_ENCODINGS
 from dpact_tf.grid import GridSpec, check_release
 from dpact_tf.privacy import PAPER_ACTIVATION_RANGE
 
-__all__ = ["EdgeService", "make_server", "default_max_message_bytes"]
+__all__ = ["EdgeService"]
 
 
 @dataclasses.dataclass
@@ -66,6 +66,7 @@ class _Client:
     last_step: int = 0
     digest: bytes = b""
     reply: Optional[pb.TrainStepReply] = None
+    seen: float = 0.0  # time.monotonic() of the session's last call
 
 
 class EdgeService(pb_grpc.EdgeTrainingServicer):
@@ -80,19 +81,22 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
         in [0, R].
       store: where checkpoints and the step journal go (None: in memory only).
       checkpoint_every: checkpoint after every this many server steps (0: only on :meth:`save`).
+      session_ttl: seconds after which a session without calls expires (NOT_FOUND: the client handshakes again).
       on_event: callback ``(name, info)`` for "handshake", "step", "checkpoint", "restored", "refused" (no
         printing here).
     """
 
     def __init__(self, half: ServerHalf, *, num_classes: int, cut: str, activation_shape: Sequence[int],
                  max_batch: int = 256, activation_range: float = PAPER_ACTIVATION_RANGE,
-                 store: Optional[CheckpointStore] = None, checkpoint_every: int = 0,
+                 store: Optional[CheckpointStore] = None, checkpoint_every: int = 0, session_ttl: float = 3600.0,
                  on_event: Optional[Callable[[str, dict], None]] = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 (got {max_batch})")
         if not (math.isfinite(activation_range) and activation_range > 0):
             raise ValueError(f"activation_range must be finite and > 0 (got {activation_range})")
-        self.activation_range = float(activation_range)
+        if not session_ttl > 0:
+            raise ValueError(f"session_ttl must be > 0 seconds (got {session_ttl})")
+        self.activation_range, self.session_ttl = float(activation_range), float(session_ttl)
         if checkpoint_every < 0 or (checkpoint_every and store is None):
             raise ValueError("checkpoint_every must be >= 0 and needs a store (a checkpoint directory)")
         self.half = half
@@ -152,43 +156,49 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
     def Handshake(self, request: pb.HandshakeRequest, context: grpc.ServicerContext) -> pb.HandshakeReply:
         cid = request.client_id
         if not cid or len(cid) > 128:
-            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "client_id must be 1..128 characters")
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "client_id must be 1..128 characters",
+                         caller(), "handshake")
+        principal = caller()
+        if principal is not None and not owns(principal, cid):
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                         f"this token was issued to client {principal!r}: it opens sessions for {principal!r} or "
+                         f"{principal + '/<run>'!r}, not {cid!r}", principal, "impersonation")
         noisy = request.HasField("epsilon")
         if noisy and not (math.isfinite(request.epsilon) and request.epsilon > 0):
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         f"epsilon must be finite and > 0, or absent for no noise (got {request.epsilon})", cid)
+                         f"epsilon must be finite and > 0, or absent for no noise (got {request.epsilon})", cid, "handshake")
         if not 0 < request.delta < 1:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"delta must be in (0, 1) (got {request.delta})",
-                         cid)
+                         cid, "handshake")
         if request.encoding not in WIRE_ENCODINGS:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         f"encoding must be one of {WIRE_ENCODINGS} (got {request.encoding!r})", cid)
+                         f"encoding must be one of {WIRE_ENCODINGS} (got {request.encoding!r})", cid, "handshake")
         if noisy and request.encoding != GRID:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
                          f"a noisy release (epsilon={request.epsilon:g}) must be uploaded as its integer grid levels "
                          f"(encoding {GRID!r}), not {request.encoding!r}: a float encoding of a noisy release "
-                         "exposes its floating-point sample to exact tests", cid)
+                         "exposes its floating-point sample to exact tests", cid, "handshake")
         if not noisy and request.encoding == GRID:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
                          f"the {GRID!r} encoding carries a noisy release: state its epsilon (or upload the no-noise "
-                         f"baseline as one of {ENCODINGS})", cid)
+                         f"baseline as one of {ENCODINGS})", cid, "handshake")
         if request.cut != self.cut or tuple(request.activation_shape) != self.activation_shape:
             self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
                          f"this server trains the network cut after {self.cut} with activations "
                          f"{list(self.activation_shape)}; the client states cut {request.cut!r} and "
-                         f"{list(request.activation_shape)}", cid)
+                         f"{list(request.activation_shape)}", cid, "handshake")
         spec = None
         if noisy:
             try:
                 spec = _mechanism(request.epsilon, request.delta)
             except ValueError as err:
                 self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"no release mechanism for this client: {err}",
-                             cid)
+                             cid, "handshake")
         with self._lock:
             client = self._clients.setdefault(cid, _Client(cid))
             self._sessions.pop(client.session_id, None)  # one live session per client
             client.session_id = secrets.token_hex(16)
-            client.encoding, client.spec = request.encoding, spec
+            client.encoding, client.spec, client.seen = request.encoding, spec, time.monotonic()
             self._sessions[client.session_id] = cid
             reply = pb.HandshakeReply(session_id=client.session_id, last_step=client.last_step,
                                       num_classes=self.num_classes, max_batch=self.max_batch,
@@ -211,11 +221,11 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
                 self._refuse(context, grpc.StatusCode.ALREADY_EXISTS,
                              f"step {request.step} was already applied (last applied step of this client: "
                              f"{client.last_step}); a retry must resend the identical request, new work is "
-                             f"step {client.last_step + 1}", client.client_id)
+                             f"step {client.last_step + 1}", client.client_id, "step_order")
             if request.step != client.last_step + 1:
                 self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
                              f"out-of-order step {request.step}: the next step of this client is "
-                             f"{client.last_step + 1}", client.client_id)
+                             f"{client.last_step + 1}", client.client_id, "step_order")
             act, labels = self._check(request.activation, request.labels, client, context)
             try:
                 reply = self._apply(client, request, act, labels, journal=True)
@@ -236,10 +246,21 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
     # --- helpers -----------------------------------------------------------------------------------------
     def _client(self, session_id: str, context: grpc.ServicerContext) -> _Client:
         cid = self._sessions.get(session_id)
+        principal = caller()
         if cid is None:
             self._refuse(context, grpc.StatusCode.NOT_FOUND,
-                         "unknown session (the server may have restarted); call Handshake again")
-        return self._clients[cid]
+                         "unknown session (the server may have restarted); call Handshake again", principal, "session")
+        if principal is not None and not owns(principal, cid):
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                         f"this session belongs to client {cid!r}, not to {principal!r} whose token this call carries",
+                         principal, "impersonation")
+        client, now = self._clients[cid], time.monotonic()
+        if now - client.seen > self.session_ttl:
+            del self._sessions[session_id]
+            self._refuse(context, grpc.StatusCode.NOT_FOUND, f"session expired after {self.session_ttl:g} s without "
+                         "calls; call Handshake again", cid, "session")
+        client.seen = now
+        return client
 
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, message: str,
                 client_id: Optional[str] = None, reason: str = "input") -> None:
@@ -272,6 +293,11 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
         client.last_step, client.digest, client.reply = request.step, request_digest(request), reply
         return reply
 
+    def session_count(self) -> int:
+        """Sessions that have not expired."""
+        now = time.monotonic()
+        return sum(now - self._clients[cid].seen <= self.session_ttl for cid in list(self._sessions.values()))
+
     def client_steps(self) -> Dict[str, int]:
         """Last applied step id per client id."""
         with self._lock:
@@ -282,54 +308,3 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
 def _mechanism(epsilon: float, delta: float) -> GridSpec:
     """The release mechanism a client declares with (epsilon, delta): :func:`dpact_tf.grid.check_release`."""
     return check_release(epsilon, delta)
-
-
-class _TokenInterceptor(grpc.ServerInterceptor):
-    """Refuses every call whose metadata lacks ``authorization: Bearer <token>`` (before any handler runs)."""
-
-    def __init__(self, token: str, on_event: Callable[[str, dict], None]) -> None:
-        self._expected = f"Bearer {token}".encode()
-
-        def deny(request, context):
-            on_event("refused", {"client_id": None, "code": "UNAUTHENTICATED", "message": "missing or wrong token"})
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
-
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
-
-    def intercept_service(self, continuation, handler_call_details):
-        got = dict(handler_call_details.invocation_metadata or ()).get(TOKEN_HEADER, "")
-        if hmac.compare_digest(str(got).encode(), self._expected):
-            return continuation(handler_call_details)
-        return self._deny
-
-
-def default_max_message_bytes(activation_shape: Sequence[int], max_batch: int) -> int:
-    """A float32 batch of ``max_batch`` activations plus 64 KiB for labels and framing (at most 2 GiB - 1,
-    gRPC's largest limit)."""
-    return min(int(np.prod(activation_shape, dtype=np.int64)) * 4 * int(max_batch) + (1 << 16), 2**31 - 1)
-
-
-def make_server(service: EdgeService, *, host: str = "127.0.0.1", port: int = 0, token: Optional[str] = None,
-                tls: Optional[Tuple[bytes, bytes]] = None, max_message_bytes: Optional[int] = None,
-                max_workers: int = 16, interceptors: Sequence[grpc.ServerInterceptor] = ()
-                ) -> Tuple[grpc.Server, int]:
-    """A (not yet started) gRPC server for ``service``; returns (server, bound port).
-
-    ``tls`` is (certificate chain PEM, private key PEM); without it the port is plaintext (loopback or a
-    trusted network only).  ``token`` is the shared secret every call must carry.
-    """
-    limit = max_message_bytes or default_max_message_bytes(service.activation_shape, service.max_batch)
-    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-               ("grpc.so_reuseport", 0)]
-    chain = ([_TokenInterceptor(token, service.on_event)] if token else []) + list(interceptors)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options,
-                         interceptors=chain)
-    pb_grpc.add_EdgeTrainingServicer_to_server(service, server)
-    address = f"{host}:{port}"
-    if tls is not None:
-        bound = server.add_secure_port(address, grpc.ssl_server_credentials([(tls[1], tls[0])]))
-    else:
-        bound = server.add_insecure_port(address)
-    if bound == 0:
-        raise OSError(f"could not bind {address}")
-    return server, bound
