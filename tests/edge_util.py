@@ -31,11 +31,11 @@ def tiny_split(seed: int = 0, epsilon: Optional[float] = None):
 
 
 def tiny_service(*, seed: int = 0, store: Optional[CheckpointStore] = None, checkpoint_every: int = 0,
-                 max_batch: int = 16) -> EdgeService:
+                 max_batch: int = 16, **kwargs) -> EdgeService:
     split = tiny_split(seed)
     half = ServerHalf(split.server, CONFIG, 10)
     return EdgeService(half, num_classes=CLASSES, cut="conv1_1", activation_shape=split.activation_shape,
-                       max_batch=max_batch, store=store, checkpoint_every=checkpoint_every)
+                       max_batch=max_batch, store=store, checkpoint_every=checkpoint_every, **kwargs)
 
 
 @contextlib.contextmanager

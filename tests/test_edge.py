@@ -513,19 +513,6 @@ def test_the_phone_side_runs_without_tensorflow():
     assert res.returncode == 0, res.stderr[-2000:]
 
 
-def test_journal_drops_a_record_cut_short_by_a_kill(tmp_path):
-    store = CheckpointStore(str(tmp_path))
-    for step in (1, 2):
-        store.append(pb.JournalRecord(server_steps=step, client_id="c", request=pb.TrainStepRequest(step=step)))
-    store.close()
-    path = str(tmp_path / "journal.bin")
-    size = os.path.getsize(path)
-    with open(path, "r+b") as fh:  # the kill hit while step 2 was being written: it was never acknowledged
-        fh.truncate(size - 3)
-    state, records = CheckpointStore(str(tmp_path)).load()
-    assert state is None and [r.request.step for r in records] == [1]
-
-
 @pytest.mark.parametrize("epsilon", ["5", "none"])
 def test_train_command_against_a_running_server(tmp_path, capsys, epsilon):
     from dpact_tf.edge.cli import build_split, main, training_config

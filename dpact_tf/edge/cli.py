@@ -193,7 +193,7 @@ def train(args: argparse.Namespace, prof: Any) -> int:
                             activation_shape=activation_shape, encoding=args.encoding,
                             token=token, root_certificates=read_file(args.tls_ca, "CA certificate"),
                             server_name=args.server_name, timeout=args.timeout,
-                            reconnect_timeout=args.reconnect_timeout)
+                            reconnect_timeout=args.reconnect_timeout, epoch_images=len(data.train_labels))
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
 

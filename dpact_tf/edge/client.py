@@ -55,13 +55,15 @@ class EdgeClient:
       server_name: the name the server's certificate was issued to, if it differs from the target's host.
       timeout: deadline of one call, seconds.
       reconnect_timeout: how long to keep trying to re-open the session after a failure, seconds.
+      epoch_images: training images in one epoch of this client's data, stated at the handshake (a server whose
+        learning rate decays per epoch of each client's data needs it).
     """
 
     def __init__(self, target: str, *, client_id: str, epsilon: Optional[float], delta: float, cut: str,
                  activation_shape: Sequence[int], encoding: Optional[str] = None, token: Optional[str] = None,
                  root_certificates: Optional[bytes] = None, server_name: Optional[str] = None,
                  timeout: float = 30.0, reconnect_timeout: float = 60.0,
-                 max_message_bytes: int = 1 << 30) -> None:
+                 max_message_bytes: int = 1 << 30, epoch_images: Optional[int] = None) -> None:
         if epsilon is not None and not (math.isfinite(epsilon) and epsilon > 0):
             raise ValueError(f"epsilon must be finite and > 0, or None for no noise (got {epsilon})")
         encoding = encoding or (GRID if epsilon is not None else "float32")
@@ -78,6 +80,8 @@ class EdgeClient:
                                           activation_shape=[int(s) for s in activation_shape], encoding=encoding)
         if epsilon is not None:
             self._hello.epsilon = float(epsilon)
+        if epoch_images is not None:
+            self._hello.epoch_images = int(epoch_images)
         self._metadata = token_metadata(token) if token else ()
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),

@@ -94,7 +94,7 @@ class Metrics:
 
     def watch(self, service) -> "Metrics":
         """Read the gauges of ``service`` (an :class:`~dpact_tf.edge.server.EdgeService`) at each scrape."""
-        self.clients.set_function(lambda: len(service.client_steps()))
+        self.clients.set_function(service.client_count)
         self.sessions.set_function(service.session_count)
         self.server_steps.set_function(lambda: service.half.steps)
         return self

@@ -43,6 +43,7 @@ def serve(args: argparse.Namespace, prof: Any) -> int:
     from dpact_tf.edge.cli import build_split, read_file, training_config
     from dpact_tf.edge.model import ServerHalf
     from dpact_tf.edge.ops import EventLog, Metrics, fanout, make_server
+    from dpact_tf.edge.schedule import EpochDecay, StepDecay
     from dpact_tf.edge.server import EdgeService
     from dpact_tf.edge.store import CheckpointStore
 
@@ -64,12 +65,17 @@ def serve(args: argparse.Namespace, prof: Any) -> int:
     strategy = tf.distribute.MirroredStrategy() if args.strategy == "mirrored" else None
     with (strategy.scope() if strategy else tf.distribute.get_strategy().scope()):
         split = build_split(prof, num_classes, args.cut, args.seed, None, 1e-5)
-    half = ServerHalf(split.server, training_config(prof), args.decay_steps, strategy=strategy,
-                      max_grad_norm=args.max_grad_norm)
+    config = training_config(prof)
+    half = ServerHalf(split.server, config, args.decay_steps, strategy=strategy, max_grad_norm=args.max_grad_norm)
+    if args.decay == "per-epoch":
+        schedule = EpochDecay(config.learning_rate, config.lr_decay_rate, args.decay_epochs or prof.epochs)
+    else:
+        schedule = StepDecay(config.learning_rate, config.lr_decay_rate, args.decay_steps)
     metrics = Metrics() if args.metrics_port is not None else None
     store = CheckpointStore(args.checkpoint_dir, fsync=args.fsync) if args.checkpoint_dir else None
     service = EdgeService(half, num_classes=num_classes, cut=args.cut, activation_shape=split.activation_shape,
-                          max_batch=args.max_batch, activation_range=split.dp_layer.true_range, store=store,
+                          max_batch=args.max_batch, activation_range=split.dp_layer.true_range, schedule=schedule,
+                          store=store,
                           checkpoint_every=args.checkpoint_every if store else 0, session_ttl=args.session_ttl,
                           on_event=fanout(EventLog(log), metrics))
     health_servicer = health.HealthServicer()
@@ -132,8 +138,13 @@ def add_serve_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--num-classes", type=int, help="identities of fc8 (default: the profile's synthetic set)")
     s.add_argument("--cut", default="conv1_1", help="last client layer (the paper: conv1_1)")
     s.add_argument("--seed", type=int, default=0, help="initialisation seed (use the client's for comparable runs)")
-    s.add_argument("--decay-steps", type=int, default=1000, help="server steps (all clients together) over which "
-                   "the learning rate decays by the profile's lr_decay_rate")
+    s.add_argument("--decay", choices=("per-step", "per-epoch"), default="per-step",
+                   help="what the learning rate's decay counts: the server's steps, all clients together "
+                        "(--decay-steps), or each client's own epochs of the data it declares (--decay-epochs)")
+    s.add_argument("--decay-steps", type=int, default=1000, help="per-step: server steps (all clients together) over "
+                   "which the learning rate decays by the profile's lr_decay_rate (N phones x epochs x batches)")
+    s.add_argument("--decay-epochs", type=float, help="per-epoch: epochs of each client's data over which its steps' "
+                   "learning rate decays by lr_decay_rate (default: the profile's epochs)")
     s.add_argument("--max-grad-norm", type=float, help="clip the global norm of the server's weight gradients of "
                    "one step to this (default: no clipping)")
     s.add_argument("--checkpoint-dir", help="checkpoints, stored replies and step journal; restored from at start")

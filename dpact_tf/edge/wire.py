@@ -11,6 +11,7 @@ imports it as well as the server.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from typing import Optional, Sequence, Tuple
@@ -18,11 +19,12 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from dpact_tf.edge import dpact_edge_pb2 as pb
-from dpact_tf.encoding import GRID, WIRE_ENCODINGS, EncodedActivation, decode, decode_levels, encode
-from dpact_tf.grid import GridSpec, noise_table
+from dpact_tf.encoding import ENCODINGS, GRID, WIRE_ENCODINGS, EncodedActivation, decode, decode_levels, encode
+from dpact_tf.grid import GridSpec, check_release, noise_table
 
-__all__ = ["to_proto", "from_proto", "check_batch", "check_levels", "level_bounds", "request_digest",
-           "token_metadata", "TOKEN_HEADER", "MechanismError", "FLOAT_RANGE_TOLERANCE"]
+__all__ = ["to_proto", "from_proto", "check_batch", "check_levels", "check_handshake", "level_bounds",
+           "request_digest", "token_metadata", "TOKEN_HEADER", "MechanismError", "HandshakeError",
+           "FLOAT_RANGE_TOLERANCE"]
 
 TOKEN_HEADER = "authorization"  # gRPC metadata key of the client's token: "Bearer <token>"
 # Relative slack above R for a no-noise upload: float16 rounds a value by at most 2**-11 of it, and uint8's
@@ -114,6 +116,58 @@ def check_levels(message: pb.Activation, spec: GridSpec) -> None:
         raise MechanismError(f"grid levels must lie in [{lo}, {hi}] for the mechanism declared at the handshake "
                          f"(epsilon={spec.epsilon:g}: levels 0..{spec.max_level} plus noise of magnitude <= "
                          f"{-lo}); got {int(levels.min())}..{int(levels.max())}")
+
+
+class HandshakeError(ValueError):
+    """A handshake the server refuses; ``precondition`` is True when the client is fine but this server trains
+    another network (FAILED_PRECONDITION), False for an invalid request (INVALID_ARGUMENT)."""
+
+    def __init__(self, message: str, *, precondition: bool = False) -> None:
+        super().__init__(message)
+        self.precondition = precondition
+
+
+def check_handshake(request: pb.HandshakeRequest, *, cut: str, activation_shape: Sequence[int],
+                    needs_epoch_size: bool = False) -> Optional[GridSpec]:
+    """The release mechanism a client declares (None: no noise), or :class:`HandshakeError`: an epsilon that is
+    not finite and > 0, a delta outside (0, 1), an encoding that does not match the noise (a noisy release
+    travels as grid levels only), another cut or activation shape than the server's, no grid for (epsilon,
+    delta), a missing or non-positive epoch size where the server's schedule counts epochs."""
+    noisy = request.HasField("epsilon")
+    if noisy and not (math.isfinite(request.epsilon) and request.epsilon > 0):
+        raise HandshakeError(f"epsilon must be finite and > 0, or absent for no noise (got {request.epsilon})")
+    if not 0 < request.delta < 1:
+        raise HandshakeError(f"delta must be in (0, 1) (got {request.delta})")
+    if request.encoding not in WIRE_ENCODINGS:
+        raise HandshakeError(f"encoding must be one of {WIRE_ENCODINGS} (got {request.encoding!r})")
+    if noisy and request.encoding != GRID:
+        raise HandshakeError(f"a noisy release (epsilon={request.epsilon:g}) must be uploaded as its integer grid "
+                             f"levels (encoding {GRID!r}), not {request.encoding!r}: a float encoding of a noisy "
+                             "release exposes its floating-point sample to exact tests")
+    if not noisy and request.encoding == GRID:
+        raise HandshakeError(f"the {GRID!r} encoding carries a noisy release: state its epsilon (or upload the "
+                             f"no-noise baseline as one of {ENCODINGS})")
+    if request.cut != cut or tuple(request.activation_shape) != tuple(activation_shape):
+        raise HandshakeError(f"this server trains the network cut after {cut} with activations "
+                             f"{list(activation_shape)}; the client states cut {request.cut!r} and "
+                             f"{list(request.activation_shape)}", precondition=True)
+    if request.HasField("epoch_images") and not 0 < request.epoch_images <= 10**12:
+        raise HandshakeError(f"epoch_images must be in 1..10**12 (got {request.epoch_images})")
+    if needs_epoch_size and not request.HasField("epoch_images"):
+        raise HandshakeError("this server decays its learning rate per epoch of each client's data: state the "
+                             "number of training images in one epoch (epoch_images)", precondition=True)
+    if not noisy:
+        return None
+    try:
+        return _mechanism(request.epsilon, request.delta)
+    except ValueError as err:
+        raise HandshakeError(f"no release mechanism for this client: {err}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _mechanism(epsilon: float, delta: float) -> GridSpec:
+    """The release mechanism a client declares with (epsilon, delta): :func:`dpact_tf.grid.check_release`."""
+    return check_release(epsilon, delta)
 
 
 def request_digest(request: pb.TrainStepRequest) -> bytes:
