@@ -119,7 +119,7 @@ def _data(args: argparse.Namespace, prof: Any):
 
 
 def train(args: argparse.Namespace, prof: Any) -> int:
-    from dpact_tf.edge.client import EdgeClient, EdgeError
+    from dpact_tf.edge.client import EdgeClient, EdgeError, TLSFailure
     from dpact_tf.edge.resume import RunState
     from dpact_tf.edge.trainer import KerasHead, LiteRTHead, RemoteTrainer, batches
     from dpact_tf.ledger import Budget, BudgetExceeded, PrivacyLedger, run_epsilon
@@ -193,7 +193,8 @@ def train(args: argparse.Namespace, prof: Any) -> int:
                             activation_shape=activation_shape, encoding=args.encoding,
                             token=token, root_certificates=read_file(args.tls_ca, "CA certificate"),
                             server_name=args.server_name, timeout=args.timeout,
-                            reconnect_timeout=args.reconnect_timeout, epoch_images=len(data.train_labels))
+                            reconnect_timeout=args.reconnect_timeout, epoch_images=len(data.train_labels),
+                            allow_plaintext_token=args.insecure)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
 
@@ -218,7 +219,7 @@ def train(args: argparse.Namespace, prof: Any) -> int:
             lambda epoch: batches(data.train_images, data.train_labels, prof.batch_size, shuffle=True,
                                   seed=args.seed, epoch=epoch), epochs,
             validation_data=lambda: batches(data.test_images, data.test_labels, prof.batch_size))
-    except (BudgetExceeded, EdgeError) as err:
+    except (BudgetExceeded, EdgeError, TLSFailure) as err:
         raise SystemExit(f"error: {err}") from None
     finally:
         client.close()
@@ -273,6 +274,8 @@ def parser() -> argparse.ArgumentParser:
                    "<client id>/<run>")
     t.add_argument("--tls-ca", help="PEM certificate to trust (enables TLS)")
     t.add_argument("--server-name", help="name in the server's certificate, if not the host of --server")
+    t.add_argument("--insecure", action="store_true",
+                   help="send the token without TLS to a host other than this machine (a network trusted as a whole)")
     t.add_argument("--timeout", type=float, default=60.0, help="deadline of one call, seconds")
     t.add_argument("--reconnect-timeout", type=float, default=120.0,
                    help="how long to keep re-opening the session after the server went away, seconds")
