@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from dpact_tf.edge.auth import TokenBook
-from dpact_tf.edge.client import EdgeClient, TLSFailure
+from dpact_tf.edge.client import EdgeClient
 from dpact_tf.edge.ops import SERVICE_NAME, EventLog, Metrics, fanout
 from dpact_tf.repro.profiles import get_profile
 from tests.edge_util import DEADLINE, batch, running, self_signed_certificate, tiny_service
