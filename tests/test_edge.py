@@ -210,9 +210,9 @@ def test_bad_input_is_refused_with_clear_codes_and_changes_nothing():
 
 
 def test_huge_finite_uploads_are_refused_logged_and_never_journaled(tmp_path):
-    """The payloads that once broke the shared model for every client: huge but finite activations.  A
-    no-noise client's values must lie in [0, R], R = 1/sqrt(3); each is refused (training and evaluation),
-    logged with the client id, and kept out of the journal, so a restart does not replay it."""
+    """Huge but finite activations, each of which would poison the shared model for every client.  A no-noise
+    client's values must lie in [0, R], R = 1/sqrt(3); each is refused (training and evaluation), logged with the
+    client id, and kept out of the journal, so a restart does not replay it."""
     store = CheckpointStore(str(tmp_path))
     service = tiny_service(store=store)
     events = _events(service)
