@@ -59,10 +59,20 @@ def _service(directory, seed=5):
     return service, events
 
 
+def _hello(stub, client_id="c"):
+    return stub.Handshake(pb.HandshakeRequest(client_id=client_id, delta=1e-5, cut="conv1_1",
+                                              activation_shape=list(ACT), encoding="float32"), timeout=DEADLINE)
+
+
+def _flip(path, index, mask=1):
+    data = bytearray(open(path, "rb").read())
+    data[index] ^= mask
+    open(path, "wb").write(bytes(data))
+
+
 def _steps(address, steps, client_id="c"):
     stub = pb_grpc.EdgeTrainingStub(grpc.insecure_channel(address))
-    hello = stub.Handshake(pb.HandshakeRequest(client_id=client_id, delta=1e-5, cut="conv1_1",
-                                               activation_shape=list(ACT), encoding="float32"), timeout=DEADLINE)
+    hello = _hello(stub, client_id)
     for step in steps:
         x, y = batch(seed=step)
         stub.TrainStep(pb.TrainStepRequest(session_id=hello.session_id, step=step, activation=to_proto(x),
@@ -140,23 +150,16 @@ def test_each_reply_lives_in_its_own_file_and_answers_a_retry_after_a_restart(tm
     second, _ = _service(directory)
     with running(second) as address:
         stub = pb_grpc.EdgeTrainingStub(grpc.insecure_channel(address))
-        retry.session_id = stub.Handshake(pb.HandshakeRequest(client_id="a", delta=1e-5, cut="conv1_1",
-                                                              activation_shape=list(ACT), encoding="float32"),
-                                          timeout=DEADLINE).session_id
+        retry.session_id = _hello(stub, "a").session_id
         again = stub.TrainStep(retry, timeout=DEADLINE)
     second.store.close()
     assert again.replayed and again.grad.data == first_reply.grad.data and again.loss == first_reply.loss
     # a damaged reply file is not served: the retry is refused, saying why
-    path = second.store._reply_path("a")
-    data = bytearray(open(path, "rb").read())
-    data[-1] ^= 1
-    open(path, "wb").write(bytes(data))
-    third, events = _service(directory)
+    _flip(second.store._reply_path("a"), -1)
+    third, _ = _service(directory)
     with running(third) as address:
         stub = pb_grpc.EdgeTrainingStub(grpc.insecure_channel(address))
-        retry.session_id = stub.Handshake(pb.HandshakeRequest(client_id="a", delta=1e-5, cut="conv1_1",
-                                                              activation_shape=list(ACT), encoding="float32"),
-                                          timeout=DEADLINE).session_id
+        retry.session_id = _hello(stub, "a").session_id
         with pytest.raises(grpc.RpcError) as err:
             stub.TrainStep(retry, timeout=DEADLINE)
     third.store.close()
@@ -169,10 +172,7 @@ def test_a_damaged_state_file_stops_the_server_with_a_clear_error(tmp_path):
     with running(first) as address:
         _steps(address, range(1, 4))
     first.store.close()
-    path = os.path.join(directory, "state.bin")
-    data = bytearray(open(path, "rb").read())
-    data[-2] ^= 4
-    open(path, "wb").write(bytes(data))
+    _flip(os.path.join(directory, "state.bin"), -2, 4)
     with pytest.raises(DamagedFile, match="state.bin: record at byte 0 fails its CRC-32C checksum"):
         _service(directory)
 
