@@ -8,7 +8,8 @@ server with tokens (:mod:`dpact_tf.edge.auth`) a token issued to ``alice`` opens
 :mod:`dpact_tf.grid` ("grid" encoding; a float encoding of a noisy release is refused at the handshake), and
 every upload is checked against the mechanism ``grid.check_release(ε, δ)`` it declared: the grid step, and
 levels within [-T, D + T].  A client without noise uploads floats (float32, float16, uint8).  The server keeps,
-per client, the last applied step id, the digest of its request and its reply.  A retry of the last step with
+per client, the last applied step id, the digest of its request and its reply (in memory until a checkpoint
+writes it to the client's reply file, then read back only for a retry).  A retry of the last step with
 the identical request returns the stored reply and applies nothing (idempotent step ids); any other step id
 that is not the next one is refused.
 
@@ -71,7 +72,7 @@ class _Client:
     spec: Optional[GridSpec] = None  # the release mechanism declared at the handshake (None: no noise)
     last_step: int = 0
     digest: bytes = b""
-    reply: Optional[pb.TrainStepReply] = None
+    reply: Optional[pb.TrainStepReply] = None  # the last reply while it is not in a checkpoint's reply file
     dirty: bool = False  # the reply changed since the last checkpoint
     images: int = 0  # images of the applied steps
     epoch_images: int = 0  # images in one epoch of its data, as declared (0: not declared)
@@ -145,16 +146,12 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
             self.on_event("journal_damaged", dropped)
         if state is None and not replayed:
             self._save()  # a fresh directory: checkpoint the initial model, so a restart never depends on the seed
-        for client in self._clients.values():
-            stored = self.store.load_reply(client.client_id) if client.reply is None else None
-            if stored and stored[0].step == client.last_step and stored[0].request_digest == client.digest:
-                client.reply = stored[1]
         self.on_event("restored", {"server_steps": self.half.steps, "replayed": replayed,
                                    "clients": len(self._clients)})
 
     def _replay(self, record: pb.JournalRecord) -> Optional[str]:
         """Apply one journal record; why it cannot be applied, or None."""
-        client = self._clients.setdefault(record.client_id, _Client(record.client_id))
+        client = self._clients.get(record.client_id) or _Client(record.client_id)
         if record.server_steps != self.half.steps + 1 or record.request.step != client.last_step + 1:
             return (f"journal record of server step {record.server_steps} (client {record.client_id!r} step "
                     f"{record.request.step}) does not follow server step {self.half.steps}")
@@ -166,6 +163,7 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
             self._apply(client, record.request, act, labels, learning_rate=record.learning_rate, journal=False)
         except ValueError as err:  # includes UnsafeStep and a learning rate that is not finite and > 0
             return f"journal record of server step {record.server_steps} cannot be applied: {err}"
+        self._clients[client.client_id] = client
         return None
 
     def save(self) -> None:
@@ -183,8 +181,8 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
             if c.dirty and c.reply is not None:
                 replies[c.client_id] = (c.last_step, c.digest, c.reply)
         self.store.save(self.half.checkpoint, state, replies)
-        for c in self._clients.values():
-            c.dirty = False
+        for c in self._clients.values():  # every reply is on disk now: memory holds those of later steps only
+            c.dirty, c.reply = False, None
         self.on_event("checkpoint", {"server_steps": state.server_steps, "replies_written": len(replies),
                                      "seconds": time.monotonic() - start})
 
@@ -224,17 +222,16 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
         start = time.monotonic()
         with self._lock:
             client = self._client(request.session_id, context)
-            if request.step == client.last_step and client.reply is not None \
-                    and request_digest(request) == client.digest:
+            if request.step == client.last_step and client.last_step and request_digest(request) == client.digest:
+                stored = client.reply or self._stored_reply(client)  # a retry: answered, not applied again
+                if stored is None:
+                    self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
+                                 f"step {request.step} was applied but its stored reply was lost (a damaged file in "
+                                 "the checkpoint directory); this run cannot resume it", client.client_id, "reply_lost")
                 reply = pb.TrainStepReply()
-                reply.CopyFrom(client.reply)
+                reply.CopyFrom(stored)
                 reply.replayed = True
                 return reply
-            if request.step == client.last_step and client.reply is None and client.last_step \
-                    and request_digest(request) == client.digest:
-                self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
-                             f"step {request.step} was applied but its stored reply was lost (a damaged file in the "
-                             "checkpoint directory); this run cannot resume it", client.client_id, "reply_lost")
             if request.step <= client.last_step:
                 self._refuse(context, grpc.StatusCode.ALREADY_EXISTS,
                              f"step {request.step} was already applied (last applied step of this client: "
@@ -300,6 +297,13 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(err), client.client_id, "range")
         except ValueError as err:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(err), client.client_id)
+
+    def _stored_reply(self, client: _Client) -> Optional[pb.TrainStepReply]:
+        """The client's last reply from its file (None without a store, or if it is missing or damaged)."""
+        stored = self.store.load_reply(client.client_id) if self.store is not None else None
+        if stored and stored[0].step == client.last_step and stored[0].request_digest == client.digest:
+            return stored[1]
+        return None
 
     def _learning_rate(self, client: _Client) -> float:
         if self.schedule is None:
