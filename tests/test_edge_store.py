@@ -175,6 +175,10 @@ def test_a_damaged_state_file_stops_the_server_with_a_clear_error(tmp_path):
     _flip(os.path.join(directory, "state.bin"), -2, 4)
     with pytest.raises(DamagedFile, match="state.bin: record at byte 0 fails its CRC-32C checksum"):
         _service(directory)
+    os.remove(os.path.join(directory, "state.bin"))
+    open(os.path.join(directory, "state.pb"), "wb").write(b"\x08\x03")  # a state file of another layout
+    with pytest.raises(DamagedFile, match="holds a state.pb"):
+        _service(directory)
 
 
 def test_an_idle_session_expires_and_the_client_opens_another(tmp_path):

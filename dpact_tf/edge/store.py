@@ -59,6 +59,9 @@ class CheckpointStore:
         """The state of the last checkpoint (None before the first); :class:`DamagedFile` if it fails its
         checksum (the directory cannot be restored: restore it from a backup, or move it away to start afresh)."""
         if not os.path.exists(self.state_path):
+            if os.path.exists(os.path.join(self.directory, "state.pb")):
+                raise DamagedFile(f"{self.directory} holds a state.pb, which this server does not read (its state is "
+                                  "state.bin, checksummed): move the directory away to start afresh")
             return None
         records = read_records(self.state_path)
         if len(records) != 1:
