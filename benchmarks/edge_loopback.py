@@ -23,7 +23,8 @@ from dpact_tf import SplitTrainer, build_split_vggface
 from dpact_tf.edge.cli import training_config
 from dpact_tf.edge.client import EdgeClient
 from dpact_tf.edge.model import ServerHalf
-from dpact_tf.edge.server import EdgeService, make_server
+from dpact_tf.edge.ops import make_server
+from dpact_tf.edge.server import EdgeService
 from dpact_tf.edge.trainer import KerasHead, RemoteTrainer, batches
 from dpact_tf.encoding import ENCODINGS, GRID, bytes_per_image
 from dpact_tf.repro.profiles import get_profile

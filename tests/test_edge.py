@@ -4,6 +4,7 @@ import json
 import math
 import os
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -13,8 +14,9 @@ import tensorflow as tf
 from dpact_tf import SplitTrainer, TrainingConfig, build_split_vggface
 from dpact_tf.edge import dpact_edge_pb2 as pb
 from dpact_tf.edge import dpact_edge_pb2_grpc as pb_grpc
+from dpact_tf.edge.auth import TokenBook, issue_token
 from dpact_tf.edge.cli import parser
-from dpact_tf.edge.client import EdgeClient
+from dpact_tf.edge.client import EdgeClient, TLSFailure
 from dpact_tf.edge.model import ServerHalf
 from dpact_tf.edge.server import EdgeService
 from dpact_tf.edge.store import CheckpointStore
@@ -22,7 +24,7 @@ from dpact_tf.edge.trainer import KerasHead, LiteRTHead, RemoteTrainer, batches
 from dpact_tf import grid
 from dpact_tf.edge.wire import level_bounds, to_proto, token_metadata
 from dpact_tf.encoding import bytes_per_image
-from dpact_tf.privacy import noise_std
+from dpact_tf.privacy import PAPER_ACTIVATION_RANGE, noise_std
 from dpact_tf.repro.profiles import get_profile
 from tests.edge_util import (CLASSES, CONFIG, DEADLINE, batch, running, self_signed_certificate, tiny_service,
                              tiny_split, weights)
@@ -207,6 +209,85 @@ def test_bad_input_is_refused_with_clear_codes_and_changes_nothing():
         good.close()
 
 
+def test_huge_finite_uploads_are_refused_logged_and_never_journaled(tmp_path):
+    """Huge but finite activations, each of which would poison the shared model for every client.  A no-noise
+    client's values must lie in [0, R], R = 1/sqrt(3); each is refused (training and evaluation), logged with the
+    client id, and kept out of the journal, so a restart does not replay it."""
+    store = CheckpointStore(str(tmp_path))
+    service = tiny_service(store=store)
+    events = _events(service)
+    r = PAPER_ACTIVATION_RANGE
+    x, y = batch(seed=1)
+    one = x.copy()
+    one[0, 3, 3, 1] = 3e38
+    negative = x.copy()
+    negative[2, 0, 0, 0] = -0.25
+    n = x.size
+    cases = {  # encoding -> upload
+        "1e10": ("float32", to_proto(np.full_like(x, 1e10))),
+        "one coordinate 3e38": ("float32", to_proto(one)),
+        "negative": ("float32", to_proto(negative)),
+        "just above R": ("float32", to_proto(np.full_like(x, r * (1 + 2 ** -9)))),
+        "float16 65504": ("float16", to_proto(np.full_like(x, 65504.0), "float16")),
+        "uint8 scale 1e30": ("uint8", pb.Activation(data=bytes(range(256)) * (n // 256), encoding="uint8",
+                                                    shape=list(x.shape), scale=1e30)),
+    }
+    with running(service) as address, _client(address, client_id="honest") as honest:
+        honest.train_step(1, *batch())
+        # the largest value the mechanism produces is accepted, and so is 0
+        honest.train_step(2, np.resize(np.array([0.0, r], np.float32), x.shape), y)
+        before = weights(service)
+        stub = pb_grpc.EdgeTrainingStub(honest.channel)
+        for name, (encoding, upload) in cases.items():
+            session = stub.Handshake(pb.HandshakeRequest(client_id="mallory", delta=1e-5, cut="conv1_1",
+                                                         activation_shape=list(ACT), encoding=encoding),
+                                     timeout=DEADLINE).session_id
+            calls = (lambda: stub.TrainStep(pb.TrainStepRequest(session_id=session, step=1, activation=upload,
+                                                                labels=list(y)), timeout=DEADLINE),
+                     lambda: stub.Evaluate(pb.EvaluateRequest(session_id=session, activation=upload, labels=list(y)),
+                                           timeout=DEADLINE))
+            for call in calls:
+                code, details = _code(call)
+                assert code == grpc.StatusCode.INVALID_ARGUMENT, (name, details)
+                assert "lies in [0, 0.57735]" in details, (name, details)
+        assert service.half.steps == 2 and service.client_steps() == {"honest": 2, "mallory": 0}
+        for a, b in zip(before, weights(service)):
+            np.testing.assert_array_equal(a, b)
+        _, loss, _, _ = honest.train_step(3, *batch(seed=2))  # the others' next step is unharmed
+        assert np.isfinite(loss) and loss < 5
+    refused = [info for name, info in events if name == "refused"]
+    assert len(refused) == 2 * len(cases)
+    assert {(r["client_id"], r["code"], r["reason"]) for r in refused} == {("mallory", "INVALID_ARGUMENT", "range")}
+    _, records = store.load()
+    assert [(r.client_id, r.request.step) for r in records] == [("honest", 1), ("honest", 2), ("honest", 3)]
+    store.close()
+
+
+def test_a_step_that_would_make_the_model_non_finite_is_refused_and_not_journaled(tmp_path):
+    """Behind the range checks: with an absurd learning rate an honest batch's update overflows; the step is
+    rolled back, refused and logged, and it is not in the journal."""
+    store = CheckpointStore(str(tmp_path))
+    split = tiny_split()
+    service = EdgeService(ServerHalf(split.server, TrainingConfig(learning_rate=1e38, lr_decay_steps=10), 10),
+                          num_classes=CLASSES, cut="conv1_1", activation_shape=ACT, store=store)
+    events = _events(service)
+    with running(service) as address, _client(address) as client:
+        code, details = None, None
+        for step in range(1, 4):
+            try:
+                client.train_step(step, *batch(seed=step))
+            except grpc.RpcError as err:
+                code, details = err.code(), err.details()
+                break
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "rolled back" in details
+        assert service.client_steps() == {"phone": step - 1} and service.half.steps == step - 1
+        assert all(np.all(np.isfinite(w)) for w in weights(service))
+    refused = [info for name, info in events if name == "refused"]
+    assert [(r["client_id"], r["reason"]) for r in refused] == [("phone", "unsafe_update")]
+    assert [r.request.step for r in store.load()[1]] == list(range(1, step))
+    store.close()
+
+
 def test_step_ids_are_idempotent_and_replays_are_refused():
     service = tiny_service()
     with running(service) as address:
@@ -231,8 +312,8 @@ def test_step_ids_are_idempotent_and_replays_are_refused():
 
 def test_wrong_token_is_unauthenticated_and_changes_nothing():
     service = tiny_service()
-    with running(service, token="s3cret") as address:
-        good = _client(address, client_id="good", token="s3cret")
+    with running(service, tokens=TokenBook(tokens={"good": "good.s3cret"})) as address:
+        good = _client(address, client_id="good", token="good.s3cret")
         good.train_step(1, *batch())
         before = weights(service)
         for token in ("wrong", None):
@@ -266,14 +347,21 @@ def test_tls_with_a_throwaway_self_signed_certificate():
     cert, key = self_signed_certificate()
     other_cert, _ = self_signed_certificate()
     service = tiny_service()
-    with running(service, tls=(cert, key), token="t") as address:
-        with _client(address, token="t", root_certificates=cert) as client:
+    with running(service, tls=(cert, key), tokens=TokenBook(tokens={"phone": "phone.t"})) as address:
+        with _client(address, token="phone.t", root_certificates=cert) as client:
             _, loss, _, _ = client.train_step(1, *batch())
             assert np.isfinite(loss)
-        for kwargs in ({}, {"root_certificates": other_cert}):  # plaintext, or a certificate we do not trust
-            with _client(address, client_id="x", token="t", timeout=3.0, **kwargs) as client:
-                assert _code(client.connect)[0] == grpc.StatusCode.UNAVAILABLE
+        with _client(address, token="phone.t", timeout=3.0) as client:  # plaintext
+            assert _code(client.connect)[0] == grpc.StatusCode.UNAVAILABLE
+        with _client(address, token="phone.t", root_certificates=other_cert) as client:  # a certificate not trusted
+            start = time.monotonic()
+            with pytest.raises(TLSFailure, match="TLS handshake with 127.0.0.1:.*CERTIFICATE_VERIFY_FAILED"):
+                client.connect(wait=60.0)  # named at once, not retried for a minute
+            assert time.monotonic() - start < 5.0
         assert service.half.steps == 1
+    with running(service) as address, _client(address, root_certificates=cert) as client:  # a server without TLS
+        with pytest.raises(TLSFailure, match="WRONG_VERSION_NUMBER"):
+            client.connect(wait=60.0)
 
 
 class _Recorder(grpc.ServerInterceptor):
@@ -302,8 +390,8 @@ def test_the_server_receives_only_the_grid_levels_of_the_noisy_release_and_the_l
     rng = np.random.default_rng(7)
     images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, CLASSES, 8).astype(np.int32)
-    with running(service, token="t", interceptors=[recorder]) as address:
-        with _client(address, token="t", epsilon=epsilon) as client:
+    with running(service, tokens=TokenBook(tokens={"phone": "phone.t"}), interceptors=[recorder]) as address:
+        with _client(address, token="phone.t", epsilon=epsilon) as client:
             RemoteTrainer(KerasHead(split.client, CONFIG, 10, allow_replayable_noise=True), client).train_step(
                 images, labels)
     assert [m for m, _ in recorder.requests] == ["Handshake", "TrainStep"]
@@ -433,19 +521,6 @@ def test_the_phone_side_runs_without_tensorflow():
     assert res.returncode == 0, res.stderr[-2000:]
 
 
-def test_journal_drops_a_record_cut_short_by_a_kill(tmp_path):
-    store = CheckpointStore(str(tmp_path))
-    for step in (1, 2):
-        store.append(pb.JournalRecord(server_steps=step, client_id="c", request=pb.TrainStepRequest(step=step)))
-    store.close()
-    path = str(tmp_path / "journal.bin")
-    size = os.path.getsize(path)
-    with open(path, "r+b") as fh:  # the kill hit while step 2 was being written: it was never acknowledged
-        fh.truncate(size - 3)
-    state, records = CheckpointStore(str(tmp_path)).load()
-    assert state is None and [r.request.step for r in records] == [1]
-
-
 @pytest.mark.parametrize("epsilon", ["5", "none"])
 def test_train_command_against_a_running_server(tmp_path, capsys, epsilon):
     from dpact_tf.edge.cli import build_split, main, training_config
@@ -455,9 +530,9 @@ def test_train_command_against_a_running_server(tmp_path, capsys, epsilon):
     split = build_split(prof, prof.synthetic_identities, "conv1_1", 0, None, 1e-5)
     service = EdgeService(ServerHalf(split.server, training_config(prof), 100), num_classes=prof.synthetic_identities,
                           cut="conv1_1", activation_shape=split.activation_shape, max_batch=prof.batch_size)
-    (tmp_path / "token").write_text("s3cret\n")
+    (tmp_path / "token").write_text(issue_token(str(tmp_path / "tokens.txt"), "phone") + "\n")
     extra = ["--encoding", "uint8"] if epsilon == "none" else []
-    with running(service, token="s3cret") as address:
+    with running(service, tokens=TokenBook(str(tmp_path / "tokens.txt"))) as address:
         code = main(["train", "--server", address, "--profile", "tiny", "--epochs", "1", "--epsilon", epsilon,
                      "--image-budget", "inf", "--ledger", str(tmp_path / "ledger"), *extra,
                      "--token-file", str(tmp_path / "token"), "--json", str(tmp_path / "history.json"),
@@ -469,6 +544,7 @@ def test_train_command_against_a_running_server(tmp_path, capsys, epsilon):
     history = result["history"]
     assert history["epoch"] == [1] and len(history["test_accuracy"]) == 1
     assert result["encoding"] == ("uint8" if epsilon == "none" else "grid")
+    assert result["client_id"].startswith("phone/")  # the run is named after the id its token was issued to
     steps = service.client_steps()[result["client_id"]]
     assert steps == service.half.steps and steps >= 1
     data = synthetic_faces(prof.synthetic_identities, prof.synthetic_images_per_identity, prof.image_size)

@@ -7,13 +7,17 @@
 * :mod:`~dpact_tf.edge.model`   -- :class:`ServerHalf`: the server model behind the front, optionally under
   ``tf.distribute``.
 * :mod:`~dpact_tf.edge.store`   -- checkpoints every N steps plus a step journal (survives ``kill -9``).
-* :mod:`~dpact_tf.edge.server`  -- :class:`EdgeService` (sessions, step ids, checks) and :func:`make_server`.
+* :mod:`~dpact_tf.edge.server`  -- :class:`EdgeService` (sessions, step ids, checks).
+* :mod:`~dpact_tf.edge.auth`    -- per-client tokens (:class:`TokenBook`, :func:`issue_token`) and the gate that
+  checks them before a request body is read.
+* :mod:`~dpact_tf.edge.ops`     -- :func:`make_server` (bounded resources, health, reflection) and
+  :class:`Metrics` (Prometheus), :class:`EventLog`.
 * :mod:`~dpact_tf.edge.client`  -- :class:`EdgeClient` (TensorFlow-free; retries and resumes).
 * :mod:`~dpact_tf.edge.resume`  -- :class:`RunState`: the client's id, progress and write-ahead outbox, so that
   a restarted client resends instead of releasing again.
 * :mod:`~dpact_tf.edge.trainer` -- :class:`RemoteTrainer` with a Keras or LiteRT head, a privacy ledger
   (:mod:`dpact_tf.ledger`) and a run state.
-* ``python -m dpact_tf.edge serve|train`` -- the two commands.
+* ``python -m dpact_tf.edge serve|train|issue-token`` -- the commands.
 
 Imports are lazy so that the phone's side (client, trainer with a LiteRT head) runs without TensorFlow.
 """
@@ -26,7 +30,10 @@ _LAZY = {
     "EdgeClient": "dpact_tf.edge.client",
     "EdgeError": "dpact_tf.edge.client",
     "EdgeService": "dpact_tf.edge.server",
-    "make_server": "dpact_tf.edge.server",
+    "make_server": "dpact_tf.edge.ops",
+    "TokenBook": "dpact_tf.edge.auth",
+    "issue_token": "dpact_tf.edge.auth",
+    "Metrics": "dpact_tf.edge.ops",
     "ServerHalf": "dpact_tf.edge.model",
     "CheckpointStore": "dpact_tf.edge.store",
     "RemoteTrainer": "dpact_tf.edge.trainer",

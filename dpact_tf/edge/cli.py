@@ -1,8 +1,12 @@
-"""``python -m dpact_tf.edge serve|train``: the edge server and a client that trains against it.
+"""``python -m dpact_tf.edge serve|issue-token|train``: the edge server, its clients' tokens, and a client that
+trains against it.
 
-    python -m dpact_tf.edge serve --port 50051 --profile tiny --checkpoint-dir ckpt --token-file token.txt
+    python -m dpact_tf.edge issue-token --client-id alice --tokens-file tokens.txt --out alice.token
+    python -m dpact_tf.edge serve --port 50051 --profile tiny --checkpoint-dir ckpt --tokens-file tokens.txt
     python -m dpact_tf.edge train --server 127.0.0.1:50051 --profile tiny --epsilon 5 --image-budget 1e6 \
-        --token-file token.txt [--ledger ~/.dpact/ledger] [--head build/head.tflite]
+        --token-file alice.token [--ledger ~/.dpact/ledger] [--head build/head.tflite]
+
+``serve`` and ``issue-token`` live in :mod:`dpact_tf.edge.serve_cli`.
 
 ``train`` needs ``--epsilon``: a per-coordinate epsilon (the release is uploaded as integer grid levels), or
 ``none``, which uploads the clean activation and says so loudly on every run.  It keeps a privacy ledger
@@ -23,15 +27,13 @@ Both sides build the network from the same ``--seed``, so with noise off the run
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import signal
 import sys
-import threading
 from typing import Any, Callable, List, Optional
 
 from dpact_tf import privacy
+from dpact_tf.edge.serve_cli import add_issue_token_arguments, add_serve_arguments
 from dpact_tf.encoding import WIRE_ENCODINGS
 from dpact_tf.ledger import DEFAULT_BUDGET
 
@@ -67,7 +69,8 @@ def _budget(text: str) -> float:
     return value
 
 
-def _read(path: Optional[str], what: str) -> Optional[bytes]:
+def read_file(path: Optional[str], what: str) -> Optional[bytes]:
+    """The bytes of ``path`` (None if no path is given); exits naming ``what`` when it is missing."""
     if not path:
         return None
     if not os.path.exists(path):
@@ -77,7 +80,7 @@ def _read(path: Optional[str], what: str) -> Optional[bytes]:
 
 
 def _token(path: Optional[str]) -> Optional[str]:
-    data = _read(path, "token file")
+    data = read_file(path, "token file")
     if data is None:
         return None
     token = data.decode().strip()
@@ -104,55 +107,6 @@ def training_config(prof: Any):
     return TrainingConfig(learning_rate=prof.learning_rate, momentum=prof.momentum, lr_decay_rate=prof.lr_decay_rate)
 
 
-def serve(args: argparse.Namespace, prof: Any) -> int:
-    import tensorflow as tf
-
-    from dpact_tf.edge.model import ServerHalf
-    from dpact_tf.edge.server import EdgeService, make_server
-    from dpact_tf.edge.store import CheckpointStore
-
-    num_classes = args.num_classes or prof.synthetic_identities
-    strategy = tf.distribute.MirroredStrategy() if args.strategy == "mirrored" else None
-    with (strategy.scope() if strategy else tf.distribute.get_strategy().scope()):
-        split = build_split(prof, num_classes, args.cut, args.seed, None, 1e-5)
-    half = ServerHalf(split.server, training_config(prof), args.decay_steps, strategy=strategy)
-
-    def on_event(name: str, info: dict) -> None:
-        if name != "step" or info["step"] % 50 == 0:
-            print(f"[edge] {name}: {json.dumps(info)}", flush=True)
-
-    store = CheckpointStore(args.checkpoint_dir) if args.checkpoint_dir else None
-    service = EdgeService(half, num_classes=num_classes, cut=args.cut, activation_shape=split.activation_shape,
-                          max_batch=args.max_batch, store=store,
-                          checkpoint_every=args.checkpoint_every if store else 0, on_event=on_event)
-    tls = None
-    if args.tls_cert or args.tls_key:
-        if not (args.tls_cert and args.tls_key):
-            raise SystemExit("error: TLS needs both --tls-cert and --tls-key")
-        tls = (_read(args.tls_cert, "certificate"), _read(args.tls_key, "private key"))
-    limit = int(args.max_message_mb * 2**20) if args.max_message_mb else None
-    server, port = make_server(service, host=args.host, port=args.port, token=_token(args.token_file), tls=tls,
-                               max_message_bytes=limit, max_workers=args.max_workers)
-    server.start()
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not (tls and args.token_file):
-        print("[edge] warning: listening beyond this machine without TLS and a token; anyone who reaches the "
-              "port can read the uploads and train the model (pass --tls-cert/--tls-key and --token-file)",
-              flush=True)
-    print(f"[edge] serving {'TLS' if tls else 'plaintext'} on {args.host}:{port} (profile {prof.name}, "
-          f"cut {args.cut}, activation {list(split.activation_shape)}, {num_classes} classes, "
-          f"{half.steps} server steps restored)", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    server.stop(grace=2.0).wait()
-    if store is not None:
-        service.save()
-        store.close()
-    print(f"[edge] stopped after {half.steps} server steps", flush=True)
-    return 0
-
-
 def _data(args: argparse.Namespace, prof: Any):
     if args.dataset == "lfw":
         from dpact_tf.data import load_lfw
@@ -165,7 +119,7 @@ def _data(args: argparse.Namespace, prof: Any):
 
 
 def train(args: argparse.Namespace, prof: Any) -> int:
-    from dpact_tf.edge.client import EdgeClient, EdgeError
+    from dpact_tf.edge.client import EdgeClient, EdgeError, TLSFailure
     from dpact_tf.edge.resume import RunState
     from dpact_tf.edge.trainer import KerasHead, LiteRTHead, RemoteTrainer, batches
     from dpact_tf.ledger import Budget, BudgetExceeded, PrivacyLedger, run_epsilon
@@ -225,16 +179,22 @@ def train(args: argparse.Namespace, prof: Any) -> int:
     settings = {"server": args.server, "profile": prof.name, "dataset": args.dataset, "epochs": epochs,
                 "seed": args.seed, "epsilon": args.epsilon, "delta": delta, "encoding": args.encoding,
                 "cut": cut, "head": os.path.abspath(args.head) if args.head else None}
+    token = _token(args.token_file)
+    principal = token.split(".", 1)[0] if token and "." in token else None  # the id the token was issued to
+    if principal is not None:
+        settings["client"] = principal
     try:
-        state = RunState(os.path.join(ledger_dir, "run"), settings=settings, new_run=args.new_run)
+        state = RunState(os.path.join(ledger_dir, "run"), settings=settings, new_run=args.new_run,
+                         client_prefix=principal)
     except ValueError as err:
         raise SystemExit(f"error: {err} (--new-run)") from None
     try:
         client = EdgeClient(args.server, client_id=state.client_id, epsilon=args.epsilon, delta=delta, cut=cut,
                             activation_shape=activation_shape, encoding=args.encoding,
-                            token=_token(args.token_file), root_certificates=_read(args.tls_ca, "CA certificate"),
+                            token=token, root_certificates=read_file(args.tls_ca, "CA certificate"),
                             server_name=args.server_name, timeout=args.timeout,
-                            reconnect_timeout=args.reconnect_timeout)
+                            reconnect_timeout=args.reconnect_timeout, epoch_images=len(data.train_labels),
+                            allow_plaintext_token=args.insecure)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
 
@@ -259,7 +219,7 @@ def train(args: argparse.Namespace, prof: Any) -> int:
             lambda epoch: batches(data.train_images, data.train_labels, prof.batch_size, shuffle=True,
                                   seed=args.seed, epoch=epoch), epochs,
             validation_data=lambda: batches(data.test_images, data.test_labels, prof.batch_size))
-    except (BudgetExceeded, EdgeError) as err:
+    except (BudgetExceeded, EdgeError, TLSFailure) as err:
         raise SystemExit(f"error: {err}") from None
     finally:
         client.close()
@@ -279,27 +239,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dpact_tf.edge", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="run the edge server (the server half, its optimizer and checkpoints)")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for every interface)")
-    s.add_argument("--port", type=int, default=50051, help="port (0: any free port, printed at start)")
-    s.add_argument("--profile", default="tiny", help="model size profile: tiny, small or paper")
-    s.add_argument("--num-classes", type=int, help="identities of fc8 (default: the profile's synthetic set)")
-    s.add_argument("--cut", default="conv1_1", help="last client layer (the paper: conv1_1)")
-    s.add_argument("--seed", type=int, default=0, help="initialisation seed (use the client's for comparable runs)")
-    s.add_argument("--decay-steps", type=int, default=1000, help="steps over which the learning rate decays by "
-                   "the profile's lr_decay_rate (epochs x batches per epoch of the clients)")
-    s.add_argument("--checkpoint-dir", help="checkpoints and step journal; restored from at start")
-    s.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint every this many server steps")
-    s.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: serve TLS)")
-    s.add_argument("--tls-key", help="PEM private key")
-    s.add_argument("--token-file", help="file holding the shared secret every call must carry")
-    s.add_argument("--max-batch", type=int, default=256, help="largest batch accepted in one call")
-    s.add_argument("--max-message-mb", type=float, help="message size limit (default: a float32 batch of "
-                   "--max-batch activations)")
-    s.add_argument("--max-workers", type=int, default=16, help="gRPC worker threads (steps are serialised)")
-    s.add_argument("--strategy", choices=("none", "mirrored"), default="none",
-                   help="tf.distribute strategy of the server half (mirrored: every local GPU)")
-    s.set_defaults(func=serve)
+    add_serve_arguments(sub.add_parser("serve", help="run the edge server (the server half, its optimizer and "
+                                                     "checkpoints)"))
+    add_issue_token_arguments(sub.add_parser("issue-token", help="issue a client its token (the server keeps its "
+                                                                 "digest in --tokens-file)"))
     t = sub.add_parser("train", help="train the client half against a running edge server")
     t.add_argument("--server", required=True, help="host:port of the edge server")
     t.add_argument("--profile", default="tiny", help="model size profile: tiny, small or paper")
@@ -327,9 +270,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--cut", default="conv1_1", help="last client layer of the Keras head")
     t.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
     t.add_argument("--decay-steps", type=int, help="learning-rate decay horizon (default: epochs x batches)")
-    t.add_argument("--token-file", help="file holding the shared secret")
+    t.add_argument("--token-file", help="file holding this client's token (from issue-token); runs are named "
+                   "<client id>/<run>")
     t.add_argument("--tls-ca", help="PEM certificate to trust (enables TLS)")
     t.add_argument("--server-name", help="name in the server's certificate, if not the host of --server")
+    t.add_argument("--insecure", action="store_true",
+                   help="send the token without TLS to a host other than this machine (a network trusted as a whole)")
     t.add_argument("--timeout", type=float, default=60.0, help="deadline of one call, seconds")
     t.add_argument("--reconnect-timeout", type=float, default=120.0,
                    help="how long to keep re-opening the session after the server went away, seconds")
@@ -346,6 +292,8 @@ def main(argv: Optional[List[str]] = None, *, get_profile: Callable[[str], Any])
     if args.command == "train" and args.epsilon is _UNSET:
         p.error("train needs --epsilon: a per-coordinate epsilon (e.g. --epsilon 5), or --epsilon none to upload "
                 "the clean activation without noise")
+    if not hasattr(args, "profile"):
+        return args.func(args)
     try:
         prof = get_profile(args.profile)
     except ValueError as err:

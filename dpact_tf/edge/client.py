@@ -8,6 +8,11 @@ the server, and it is also a privacy rule: drawing fresh noise for a retry would
 the same images.  A caller that persists the request before sending it
 (:class:`dpact_tf.edge.resume.RunState`) can resend the same bytes after its own restart.
 
+A token is sent only over TLS, or to this machine (loopback): :class:`EdgeClient` refuses a plaintext
+channel to another host unless told the network is trusted (``allow_plaintext_token``).  A TLS handshake that
+fails -- a server certificate the client does not trust (``root_certificates``), or a server without TLS --
+raises :class:`TLSFailure` at once, naming the cause, instead of being retried until ``reconnect_timeout``.
+
 When the server is unreachable (restarting after a crash) or has forgotten the session, the client
 handshakes again until ``reconnect_timeout`` and reads the server's last applied step of this client:
 equal to the step in flight -> resend it (the server answers from its stored reply, applying nothing);
@@ -28,7 +33,7 @@ from dpact_tf.edge import dpact_edge_pb2_grpc as pb_grpc
 from dpact_tf.edge.wire import from_proto, to_proto, token_metadata
 from dpact_tf.encoding import ENCODINGS, GRID, WIRE_ENCODINGS
 
-__all__ = ["EdgeClient", "EdgeError", "Release"]
+__all__ = ["EdgeClient", "EdgeError", "TLSFailure", "Release"]
 
 # What a head releases: (int levels, grid step) of a noisy release, or a float activation (no noise).
 Release = Union[Tuple[np.ndarray, float], np.ndarray]
@@ -38,6 +43,38 @@ _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.Statu
 
 class EdgeError(RuntimeError):
     """The server and the client disagree about which steps were applied; training cannot resume safely."""
+
+
+class TLSFailure(RuntimeError):
+    """The TLS handshake with the server failed (a certificate the client does not trust, a name that does not
+    match it, or a server that does not speak TLS)."""
+
+
+_TLS_SIGNS = ("tls handshake", "ssl handshake", "ssl_error", "certificate_verify_failed", "wrong_version_number")
+
+
+def _tls_failure(err: grpc.RpcError) -> Optional[str]:
+    """The TLS cause of a failed call, if that is what failed."""
+    details = err.details() or ""
+    if err.code() == grpc.StatusCode.UNAVAILABLE and any(sign in details.lower() for sign in _TLS_SIGNS):
+        return details.split("last error: ", 1)[-1]
+    return None
+
+
+def _retryable(err: grpc.RpcError) -> bool:
+    """A failure a later call may not meet: the server away or restarted, a session expired, a deadline, or too
+    many calls in flight (not a message above the size limit, also RESOURCE_EXHAUSTED)."""
+    if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        details = err.details() or ""
+        return "in flight" in details or "Concurrent RPC limit" in details
+    return err.code() in _RETRYABLE and not _tls_failure(err)
+
+
+def _is_loopback(target: str) -> bool:
+    if target.startswith("unix:"):
+        return True
+    host = target.split("///", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 class EdgeClient:
@@ -50,18 +87,23 @@ class EdgeClient:
       cut, activation_shape: the client's split point and per-image activation shape [H, W, C].
       encoding: upload encoding: "grid" (the only one, and the default, with noise), or "float32" (the default),
         "float16" or "uint8" without noise.
-      token: the shared secret (None if the server has none).
+      token: this client's token, from ``issue-token`` (None if the server checks none).
       root_certificates: PEM of the CA (or self-signed certificate) to trust; enables TLS.
       server_name: the name the server's certificate was issued to, if it differs from the target's host.
       timeout: deadline of one call, seconds.
       reconnect_timeout: how long to keep trying to re-open the session after a failure, seconds.
+      epoch_images: training images in one epoch of this client's data, stated at the handshake (a server whose
+        learning rate decays per epoch of each client's data needs it).
+      allow_plaintext_token: send the token without TLS to a host other than this machine (a network trusted as a
+        whole); refused otherwise.
     """
 
     def __init__(self, target: str, *, client_id: str, epsilon: Optional[float], delta: float, cut: str,
                  activation_shape: Sequence[int], encoding: Optional[str] = None, token: Optional[str] = None,
                  root_certificates: Optional[bytes] = None, server_name: Optional[str] = None,
                  timeout: float = 30.0, reconnect_timeout: float = 60.0,
-                 max_message_bytes: int = 1 << 30) -> None:
+                 max_message_bytes: int = 1 << 30, epoch_images: Optional[int] = None,
+                 allow_plaintext_token: bool = False) -> None:
         if epsilon is not None and not (math.isfinite(epsilon) and epsilon > 0):
             raise ValueError(f"epsilon must be finite and > 0, or None for no noise (got {epsilon})")
         encoding = encoding or (GRID if epsilon is not None else "float32")
@@ -70,6 +112,10 @@ class EdgeClient:
         if (epsilon is not None) != (encoding == GRID):
             raise ValueError(f"a noisy release (epsilon set) is uploaded as {GRID!r} levels and the no-noise baseline "
                              f"as one of {ENCODINGS}; got epsilon={epsilon} with encoding {encoding!r}")
+        if token and root_certificates is None and not _is_loopback(target) and not allow_plaintext_token:
+            raise ValueError(f"refusing to send the token in the clear to {target}: give the server's CA certificate "
+                             "(root_certificates, --tls-ca), or allow it on a network you trust as a whole "
+                             "(allow_plaintext_token, --insecure)")
         self.target, self.client_id, self.encoding = target, client_id, encoding
         self.epsilon, self.delta = epsilon, float(delta)
         self.activation_shape = tuple(int(s) for s in activation_shape)
@@ -78,6 +124,8 @@ class EdgeClient:
                                           activation_shape=[int(s) for s in activation_shape], encoding=encoding)
         if epsilon is not None:
             self._hello.epsilon = float(epsilon)
+        if epoch_images is not None:
+            self._hello.epoch_images = int(epoch_images)
         self._metadata = token_metadata(token) if token else ()
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
@@ -95,14 +143,17 @@ class EdgeClient:
         self.bytes_down = 0  # serialized reply bytes of those calls
 
     def connect(self, *, wait: float = 0.0) -> pb.HandshakeReply:
-        """Open the session (waiting up to ``wait`` seconds for the server to come up)."""
+        """Open the session (waiting up to ``wait`` seconds for the server to come up); :class:`TLSFailure` at
+        once if the TLS handshake fails."""
         deadline = time.monotonic() + wait
         while True:
             try:
-                self.session = self.stub.Handshake(self._hello, timeout=self.timeout, metadata=self._metadata,
-                                                   wait_for_ready=wait > 0)
+                self.session = self.stub.Handshake(self._hello, timeout=self.timeout, metadata=self._metadata)
                 return self.session
             except grpc.RpcError as err:
+                cause = _tls_failure(err)
+                if cause:
+                    raise TLSFailure(f"TLS handshake with {self.target} failed: {cause}") from None
                 if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
                         or time.monotonic() > deadline:
                     raise
@@ -141,7 +192,7 @@ class EdgeClient:
                 reply = self.stub.TrainStep(request, timeout=self.timeout, metadata=self._metadata)
                 break
             except grpc.RpcError as err:
-                if err.code() not in _RETRYABLE or time.monotonic() > deadline:
+                if not _retryable(err) or time.monotonic() > deadline:
                     raise
                 hello = self.connect(wait=max(0.0, deadline - time.monotonic()))
                 if hello.last_step not in (step - 1, step):
@@ -169,7 +220,7 @@ class EdgeClient:
         try:
             reply = self.stub.Evaluate(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as err:
-            if err.code() not in _RETRYABLE:
+            if not _retryable(err):
                 raise
             request.session_id = self.connect(wait=self.reconnect_timeout).session_id
             reply = self.stub.Evaluate(request, timeout=self.timeout, metadata=self._metadata)

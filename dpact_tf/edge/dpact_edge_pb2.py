@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x64pact_tf/edge/dpact_edge.proto\x12\rdpact.edge.v1\"Z\n\nActivation\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x65ncoding\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x05\x12\r\n\x05scale\x18\x04 \x01(\x01\x12\x0e\n\x06offset\x18\x05 \x01(\x01\"\x8f\x01\n\x10HandshakeRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x14\n\x07\x65psilon\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x0b\n\x03\x63ut\x18\x04 \x01(\t\x12\x18\n\x10\x61\x63tivation_shape\x18\x05 \x03(\x05\x12\x10\n\x08\x65ncoding\x18\x06 \x01(\tB\n\n\x08_epsilon\"u\n\x0eHandshakeReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tlast_step\x18\x02 \x01(\x03\x12\x13\n\x0bnum_classes\x18\x03 \x01(\x05\x12\x11\n\tmax_batch\x18\x04 \x01(\x05\x12\x14\n\x0cserver_steps\x18\x05 \x01(\x03\"s\n\x10TrainStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12-\n\nactivation\x18\x03 \x01(\x0b\x32\x19.dpact.edge.v1.Activation\x12\x0e\n\x06labels\x18\x04 \x03(\x05\"x\n\x0eTrainStepReply\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\'\n\x04grad\x18\x02 \x01(\x0b\x32\x19.dpact.edge.v1.Activation\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x04 \x01(\x05\x12\x10\n\x08replayed\x18\x05 \x01(\x08\"d\n\x0f\x45valuateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12-\n\nactivation\x18\x02 \x01(\x0b\x32\x19.dpact.edge.v1.Activation\x12\x0e\n\x06labels\x18\x03 \x03(\x05\"A\n\rEvaluateReply\x12\x10\n\x08loss_sum\x18\x01 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x02 \x01(\x05\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\"~\n\x0b\x43lientState\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x11\n\tlast_step\x18\x02 \x01(\x03\x12\x16\n\x0erequest_digest\x18\x03 \x01(\x0c\x12\x31\n\nlast_reply\x18\x04 \x01(\x0b\x32\x1d.dpact.edge.v1.TrainStepReply\"d\n\x0bServerState\x12\x14\n\x0cserver_steps\x18\x01 \x01(\x03\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12+\n\x07\x63lients\x18\x03 \x03(\x0b\x32\x1a.dpact.edge.v1.ClientState\"j\n\rJournalRecord\x12\x14\n\x0cserver_steps\x18\x01 \x01(\x03\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x30\n\x07request\x18\x03 \x01(\x0b\x32\x1f.dpact.edge.v1.TrainStepRequest2\xf2\x01\n\x0c\x45\x64geTraining\x12K\n\tHandshake\x12\x1f.dpact.edge.v1.HandshakeRequest\x1a\x1d.dpact.edge.v1.HandshakeReply\x12K\n\tTrainStep\x12\x1f.dpact.edge.v1.TrainStepRequest\x1a\x1d.dpact.edge.v1.TrainStepReply\x12H\n\x08\x45valuate\x12\x1e.dpact.edge.v1.EvaluateRequest\x1a\x1c.dpact.edge.v1.EvaluateReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x64pact_tf/edge/dpact_edge.proto\x12\rdpact.edge.v1\"Z\n\nActivation\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x65ncoding\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x05\x12\r\n\x05scale\x18\x04 \x01(\x01\x12\x0e\n\x06offset\x18\x05 \x01(\x01\"\xbb\x01\n\x10HandshakeRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x14\n\x07\x65psilon\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x0b\n\x03\x63ut\x18\x04 \x01(\t\x12\x18\n\x10\x61\x63tivation_shape\x18\x05 \x03(\x05\x12\x10\n\x08\x65ncoding\x18\x06 \x01(\t\x12\x19\n\x0c\x65poch_images\x18\x07 \x01(\x03H\x01\x88\x01\x01\x42\n\n\x08_epsilonB\x0f\n\r_epoch_images\"u\n\x0eHandshakeReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tlast_step\x18\x02 \x01(\x03\x12\x13\n\x0bnum_classes\x18\x03 \x01(\x05\x12\x11\n\tmax_batch\x18\x04 \x01(\x05\x12\x14\n\x0cserver_steps\x18\x05 \x01(\x03\"s\n\x10TrainStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12-\n\nactivation\x18\x03 \x01(\x0b\x32\x19.dpact.edge.v1.Activation\x12\x0e\n\x06labels\x18\x04 \x03(\x05\"x\n\x0eTrainStepReply\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\'\n\x04grad\x18\x02 \x01(\x0b\x32\x19.dpact.edge.v1.Activation\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x04 \x01(\x05\x12\x10\n\x08replayed\x18\x05 \x01(\x08\"d\n\x0f\x45valuateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12-\n\nactivation\x18\x02 \x01(\x0b\x32\x19.dpact.edge.v1.Activation\x12\x0e\n\x06labels\x18\x03 \x03(\x05\"A\n\rEvaluateReply\x12\x10\n\x08loss_sum\x18\x01 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x02 \x01(\x05\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\"w\n\x0b\x43lientState\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x11\n\tlast_step\x18\x02 \x01(\x03\x12\x16\n\x0erequest_digest\x18\x03 \x01(\x0c\x12\x0e\n\x06images\x18\x05 \x01(\x03\x12\x14\n\x0c\x65poch_images\x18\x06 \x01(\x03J\x04\x08\x04\x10\x05\"t\n\x0bStoredReply\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x16\n\x0erequest_digest\x18\x03 \x01(\x0c\x12,\n\x05reply\x18\x04 \x01(\x0b\x32\x1d.dpact.edge.v1.TrainStepReply\"d\n\x0bServerState\x12\x14\n\x0cserver_steps\x18\x01 \x01(\x03\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12+\n\x07\x63lients\x18\x03 \x03(\x0b\x32\x1a.dpact.edge.v1.ClientState\"\x81\x01\n\rJournalRecord\x12\x14\n\x0cserver_steps\x18\x01 \x01(\x03\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x30\n\x07request\x18\x03 \x01(\x0b\x32\x1f.dpact.edge.v1.TrainStepRequest\x12\x15\n\rlearning_rate\x18\x04 \x01(\x01\x32\xf2\x01\n\x0c\x45\x64geTraining\x12K\n\tHandshake\x12\x1f.dpact.edge.v1.HandshakeRequest\x1a\x1d.dpact.edge.v1.HandshakeReply\x12K\n\tTrainStep\x12\x1f.dpact.edge.v1.TrainStepRequest\x1a\x1d.dpact.edge.v1.TrainStepReply\x12H\n\x08\x45valuate\x12\x1e.dpact.edge.v1.EvaluateRequest\x1a\x1c.dpact.edge.v1.EvaluateReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -24,23 +24,25 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_ACTIVATION']._serialized_start=49
   _globals['_ACTIVATION']._serialized_end=139
   _globals['_HANDSHAKEREQUEST']._serialized_start=142
-  _globals['_HANDSHAKEREQUEST']._serialized_end=285
-  _globals['_HANDSHAKEREPLY']._serialized_start=287
-  _globals['_HANDSHAKEREPLY']._serialized_end=404
-  _globals['_TRAINSTEPREQUEST']._serialized_start=406
-  _globals['_TRAINSTEPREQUEST']._serialized_end=521
-  _globals['_TRAINSTEPREPLY']._serialized_start=523
-  _globals['_TRAINSTEPREPLY']._serialized_end=643
-  _globals['_EVALUATEREQUEST']._serialized_start=645
-  _globals['_EVALUATEREQUEST']._serialized_end=745
-  _globals['_EVALUATEREPLY']._serialized_start=747
-  _globals['_EVALUATEREPLY']._serialized_end=812
-  _globals['_CLIENTSTATE']._serialized_start=814
-  _globals['_CLIENTSTATE']._serialized_end=940
-  _globals['_SERVERSTATE']._serialized_start=942
-  _globals['_SERVERSTATE']._serialized_end=1042
-  _globals['_JOURNALRECORD']._serialized_start=1044
-  _globals['_JOURNALRECORD']._serialized_end=1150
-  _globals['_EDGETRAINING']._serialized_start=1153
-  _globals['_EDGETRAINING']._serialized_end=1395
+  _globals['_HANDSHAKEREQUEST']._serialized_end=329
+  _globals['_HANDSHAKEREPLY']._serialized_start=331
+  _globals['_HANDSHAKEREPLY']._serialized_end=448
+  _globals['_TRAINSTEPREQUEST']._serialized_start=450
+  _globals['_TRAINSTEPREQUEST']._serialized_end=565
+  _globals['_TRAINSTEPREPLY']._serialized_start=567
+  _globals['_TRAINSTEPREPLY']._serialized_end=687
+  _globals['_EVALUATEREQUEST']._serialized_start=689
+  _globals['_EVALUATEREQUEST']._serialized_end=789
+  _globals['_EVALUATEREPLY']._serialized_start=791
+  _globals['_EVALUATEREPLY']._serialized_end=856
+  _globals['_CLIENTSTATE']._serialized_start=858
+  _globals['_CLIENTSTATE']._serialized_end=977
+  _globals['_STOREDREPLY']._serialized_start=979
+  _globals['_STOREDREPLY']._serialized_end=1095
+  _globals['_SERVERSTATE']._serialized_start=1097
+  _globals['_SERVERSTATE']._serialized_end=1197
+  _globals['_JOURNALRECORD']._serialized_start=1200
+  _globals['_JOURNALRECORD']._serialized_end=1329
+  _globals['_EDGETRAINING']._serialized_start=1332
+  _globals['_EDGETRAINING']._serialized_end=1574
 # @@protoc_insertion_point(module_scope)

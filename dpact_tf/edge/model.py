@@ -7,17 +7,36 @@ over the GPUs of one machine, MultiWorkerMirroredStrategy over several) the batc
 across the replicas; each replica's loss is its sum of per-example losses over the *global* batch size, the
 optimizer all-reduces (sums) the weight gradients, and dL/d(activation) is concatenated back in order -- the
 same numbers as one device computing the mean loss of the whole batch.
+
+**A step that would damage the shared model is undone.** The server's checks keep every upload within what
+the client's declared mechanism can produce, so its values are bounded; behind them, :meth:`ServerHalf.train_step`
+keeps the weights and optimizer slots of before the step and restores them -- and raises
+:class:`UnsafeStep` -- when the loss, dL/d(activation) or any weight or slot after the update is not finite
+(the in-process client does the same with the server's gradient, :meth:`dpact_tf.split.SplitClient.backward`).
+``max_grad_norm`` also clips the global norm of the server's weight gradients (Keras' ``global_clipnorm``,
+applied after the replicas' gradients are summed), which bounds what one batch can move the model.
+
+The learning rate is a number the caller passes with every step (:mod:`dpact_tf.edge.schedule` computes
+it), so that a step replayed from the journal uses exactly the rate it was first applied with.  Without one
+the step uses SGD's exponential decay over server steps, ``learning_rate x decay_rate ** (steps /
+decay_steps)``: what the in-process trainer's schedule gives.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from dpact_tf.split import ActivationMessage, EdgeServer, GradientMessage, TrainingConfig, make_optimizer
+from dpact_tf.split import ActivationMessage, EdgeServer, GradientMessage, TrainingConfig
 
-__all__ = ["ServerHalf"]
+__all__ = ["ServerHalf", "UnsafeStep"]
+
+
+class UnsafeStep(ValueError):
+    """The step would have left the loss, dL/d(activation), a weight or an optimizer slot non-finite; it was
+    rolled back and nothing changed."""
 
 
 class _DistributedEdgeServer(EdgeServer):
@@ -68,37 +87,68 @@ class ServerHalf:
     Args:
       model: the server half of a :class:`dpact_tf.vggface.SplitModel` (built inside ``strategy.scope()``
         when a strategy is given).
-      config: optimizer and schedule (the same :class:`TrainingConfig` as in-process).
-      decay_steps: steps over which the learning rate decays by ``config.lr_decay_rate``.
+      config: optimizer settings (the same :class:`TrainingConfig` as in-process).
+      decay_steps: server steps over which the default learning rate decays by ``config.lr_decay_rate``.
       strategy: a ``tf.distribute`` strategy, or None for the plain :class:`EdgeServer`.
+      max_grad_norm: clip the global norm of the weight gradients of one step to this (None: no clipping).
     """
 
     def __init__(self, model: tf.keras.Model, config: TrainingConfig, decay_steps: int, *,
-                 strategy: Optional[tf.distribute.Strategy] = None) -> None:
+                 strategy: Optional[tf.distribute.Strategy] = None, max_grad_norm: Optional[float] = None) -> None:
         if int(decay_steps) < 1:
             raise ValueError(f"decay_steps must be >= 1 (got {decay_steps})")
-        self.model = model
+        if max_grad_norm is not None and not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be finite and > 0, or None for no clipping (got {max_grad_norm})")
+        self.model, self.config, self.decay_steps = model, config, int(decay_steps)
         self.strategy = strategy
-        scope = strategy.scope() if strategy is not None else tf.distribute.get_strategy().scope()
-        with scope:
-            optimizer = make_optimizer(config, decay_steps)
+        with self._scope():
+            optimizer = tf.keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=config.momentum,
+                                                global_clipnorm=max_grad_norm)
             if strategy is None:
                 self.edge = EdgeServer(model, optimizer, config.server_trainable)
             else:
                 self.edge = _DistributedEdgeServer(model, optimizer, config.server_trainable, strategy)
             optimizer.build(model.trainable_variables)  # slots exist before a checkpoint is restored into them
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        # everything a step changes: the weights, the momentum slots and the iteration count
+        state = list(model.trainable_variables) + [v for v in optimizer.variables
+                                                  if v.dtype.is_floating or v.dtype.is_integer]
+        floats = [v for v in state if v.dtype.is_floating]
+        self._snapshot = tf.function(lambda: [tf.identity(v) for v in state])
+        self._finite = tf.function(lambda: tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in floats]))
+        self._restore = tf.function(lambda values: [v.assign(b) for v, b in zip(state, values)])
+
+    def _scope(self):
+        return self.strategy.scope() if self.strategy is not None else tf.distribute.get_strategy().scope()
 
     @property
     def steps(self) -> int:
         """Optimizer updates applied to the server model so far (restored with a checkpoint)."""
         return int(self.edge.optimizer.iterations.numpy())
 
-    def train_step(self, activations: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, float, int]:
-        """One update; returns (dL/d activation float32, mean loss, correct count)."""
-        msg = self.edge.step(ActivationMessage(activations=tf.constant(activations, tf.float32),
-                                               labels=tf.constant(labels, tf.int32)))
-        return (np.asarray(msg.grad_activations, np.float32), float(msg.loss), int(round(float(msg.correct))))
+    def default_learning_rate(self, steps: int) -> float:
+        """``learning_rate x decay_rate ** (steps / decay_steps)``: the rate of the step after ``steps`` updates."""
+        return float(self.config.learning_rate * self.config.lr_decay_rate ** (steps / self.decay_steps))
+
+    def train_step(self, activations: np.ndarray, labels: np.ndarray, *, learning_rate: Optional[float] = None
+                   ) -> Tuple[np.ndarray, float, int]:
+        """One update at ``learning_rate`` (default: :meth:`default_learning_rate`); returns (dL/d activation
+        float32, mean loss, correct count).  Raises :class:`UnsafeStep`, with nothing changed, when the step would
+        leave anything non-finite."""
+        rate = self.default_learning_rate(self.steps) if learning_rate is None else float(learning_rate)
+        if not (math.isfinite(rate) and rate > 0):
+            raise ValueError(f"learning_rate must be finite and > 0 (got {rate})")
+        with self._scope():
+            self.edge.optimizer.learning_rate = rate
+            before = self._snapshot()
+            msg = self.edge.step(ActivationMessage(activations=tf.constant(activations, tf.float32),
+                                                   labels=tf.constant(labels, tf.int32)))
+            grad, loss = np.asarray(msg.grad_activations, np.float32), float(msg.loss)
+            if not (math.isfinite(loss) and np.all(np.isfinite(grad)) and bool(self._finite())):
+                self._restore(before)
+                raise UnsafeStep(f"this batch would make the server model non-finite (loss {loss:.6g}); the step "
+                                 "was rolled back and nothing changed")
+        return grad, loss, int(round(float(msg.correct)))
 
     def evaluate(self, activations: np.ndarray, labels: np.ndarray) -> Tuple[float, int]:
         """(summed cross-entropy, correct count) of the current model; changes nothing."""

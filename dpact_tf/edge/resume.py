@@ -50,9 +50,12 @@ class RunState:
       settings: what makes two invocations the same run (server, data, model, epsilon, seed, ...): an unfinished
         run with other settings is not resumed (``ValueError``) unless ``new_run``.
       new_run: abandon an unfinished run and start a new one (its releases stay in the ledger).
+      client_prefix: a new run's id is ``<client_prefix>/<random>`` (the client id its server token was issued
+        to, which may act for such ids only); without it, the random part alone.
     """
 
-    def __init__(self, directory: str, *, settings: Dict[str, Any], new_run: bool = False) -> None:
+    def __init__(self, directory: str, *, settings: Dict[str, Any], new_run: bool = False,
+                 client_prefix: Optional[str] = None) -> None:
         if not directory:
             raise ValueError("directory must name a folder for the client's run state")
         self.directory = directory
@@ -74,7 +77,9 @@ class RunState:
         if not self.resumed:
             for sub in (self.outbox, self.head_dir):
                 shutil.rmtree(sub, ignore_errors=True)
-            state = {"client_id": uuid.uuid4().hex, "settings": settings, "step": 0, "evaluated_epoch": 0,
+            run = uuid.uuid4().hex
+            state = {"client_id": f"{client_prefix}/{run}" if client_prefix else run, "settings": settings,
+                     "step": 0, "evaluated_epoch": 0,
                      "head": None, "finished": False}
         os.makedirs(self.outbox, exist_ok=True)
         os.makedirs(self.head_dir, exist_ok=True)

@@ -2,11 +2,14 @@
 
 Per-client sessions: a client opens one with :meth:`EdgeService.Handshake` (stating ε, δ, the cut, the
 activation shape and the upload encoding; the server refuses a cut or shape its model does not have) and
-numbers its steps 1, 2, 3, ...  A client with noise (ε stated) uploads the integer levels of
+numbers its steps 1, 2, 3, ...; a session expires after ``session_ttl`` seconds without calls.  Behind a
+server with tokens (:mod:`dpact_tf.edge.auth`) a token issued to ``alice`` opens sessions for ``alice`` and
+``alice/<run>`` only, and a call on another client's session is refused.  A client with noise (ε stated) uploads the integer levels of
 :mod:`dpact_tf.grid` ("grid" encoding; a float encoding of a noisy release is refused at the handshake), and
 every upload is checked against the mechanism ``grid.check_release(ε, δ)`` it declared: the grid step, and
 levels within [-T, D + T].  A client without noise uploads floats (float32, float16, uint8).  The server keeps,
-per client, the last applied step id, the digest of its request and its reply.  A retry of the last step with
+per client, the last applied step id, the digest of its request and its reply (in memory until a checkpoint
+writes it to the client's reply file, then read back only for a retry).  A retry of the last step with
 the identical request returns the stored reply and applies nothing (idempotent step ids); any other step id
 that is not the next one is refused.
 
@@ -18,22 +21,30 @@ phone of the batch, and break the per-client replay of a step after a crash.  On
 every core of the machine (or, under tf.distribute, every GPU), so serialising costs no throughput on a
 busy server; the gRPC thread pool only overlaps decoding and network I/O.
 
-Bad input is refused with a gRPC status and nothing changes: a wrong token -> UNAUTHENTICATED; an unknown
-session -> NOT_FOUND; a step id already applied -> ALREADY_EXISTS; a gap in step ids -> FAILED_PRECONDITION;
-a wrong shape, encoding, label, NaN/inf, a grid level or step the declared mechanism cannot produce ->
-INVALID_ARGUMENT; a handshake with another cut or activation shape -> FAILED_PRECONDITION; a message above
-the size limit -> RESOURCE_EXHAUSTED (gRPC's own check).  Every refusal by the service is reported through
-``on_event("refused", ...)`` (the ``serve`` command prints it as a log line).
+**No client can damage the shared model.** Every upload is checked against what the mechanism its client
+declared can produce: a grid upload's step and levels in [-T, D + T], a no-noise upload's values in [0, R]
+(``activation_range``), on training and evaluation calls alike.  Behind the checks, a step whose update would
+leave the loss, dL/d(activation), a weight or an optimizer slot non-finite is rolled back
+(:class:`~dpact_tf.edge.model.UnsafeStep`); it is refused and never reaches the journal.
+
+The learning rate of each step comes from ``schedule`` (:mod:`dpact_tf.edge.schedule`: per server step, or
+per epoch of each client's declared data), and the journal records it with the step
+(:mod:`dpact_tf.edge.store`).
+
+Bad input is refused with a gRPC status and nothing changes: a wrong token -> UNAUTHENTICATED; another
+client's id or session -> PERMISSION_DENIED; an unknown or expired session -> NOT_FOUND; a step id already applied -> ALREADY_EXISTS; a gap in step ids -> FAILED_PRECONDITION;
+a wrong shape, encoding, label, NaN/inf, a value the declared mechanism cannot produce, a step that would
+make the model non-finite -> INVALID_ARGUMENT; a handshake with another cut or activation shape ->
+FAILED_PRECONDITION; a message above the size limit -> RESOURCE_EXHAUSTED (gRPC's own check).  Every refusal
+by the service is reported through ``on_event("refused", {"client_id", "code", "reason", "message"})``.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hmac
 import math
 import secrets
 import threading
-from concurrent import futures
+import time
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import grpc
@@ -41,13 +52,16 @@ import numpy as np
 
 from dpact_tf.edge import dpact_edge_pb2 as pb
 from dpact_tf.edge import dpact_edge_pb2_grpc as pb_grpc
-from dpact_tf.edge.model import ServerHalf
+from dpact_tf.edge.auth import caller, owns
+from dpact_tf.edge.model import ServerHalf, UnsafeStep
+from dpact_tf.edge.schedule import Schedule
 from dpact_tf.edge.store import CheckpointStore
-from dpact_tf.edge.wire import TOKEN_HEADER, check_batch, check_levels, request_digest, to_proto
-from dpact_tf.encoding import ENCODINGS, GRID, WIRE_ENCODINGS
-from dpact_tf.grid import GridSpec, check_release
+from dpact_tf.edge.wire import (HandshakeError, MechanismError, check_batch, check_handshake, check_levels,
+                                request_digest, to_proto)
+from dpact_tf.grid import GridSpec
+from dpact_tf.privacy import PAPER_ACTIVATION_RANGE
 
-__all__ = ["EdgeService", "make_server", "default_max_message_bytes"]
+__all__ = ["EdgeService"]
 
 
 @dataclasses.dataclass
@@ -58,7 +72,11 @@ class _Client:
     spec: Optional[GridSpec] = None  # the release mechanism declared at the handshake (None: no noise)
     last_step: int = 0
     digest: bytes = b""
-    reply: Optional[pb.TrainStepReply] = None
+    reply: Optional[pb.TrainStepReply] = None  # the last reply while it is not in a checkpoint's reply file
+    dirty: bool = False  # the reply changed since the last checkpoint
+    images: int = 0  # images of the applied steps
+    epoch_images: int = 0  # images in one epoch of its data, as declared (0: not declared)
+    seen: float = 0.0  # time.monotonic() of the session's last call
 
 
 class EdgeService(pb_grpc.EdgeTrainingServicer):
@@ -68,22 +86,34 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
       half: the server model and its optimizer.
       num_classes, cut, activation_shape: what a client's handshake must agree with.
       max_batch: the largest batch accepted in one call.
-      store: where checkpoints and the step journal go (None: in memory only).
+      activation_range: R, the largest value of a clipped Eq. (1) coordinate
+        (:func:`dpact_tf.privacy.lrn_output_bound` of the model's LRN constants): a no-noise upload must lie
+        in [0, R].
+      schedule: the learning rate of each step (None: the half's own decay over server steps).
+      store: where checkpoints, replies and the step journal go (None: in memory only).
       checkpoint_every: checkpoint after every this many server steps (0: only on :meth:`save`).
-      on_event: callback ``(name, info)`` for "handshake", "step", "checkpoint", "restored", "refused" (no
-        printing here).
+      session_ttl: seconds after which a session without calls expires (NOT_FOUND: the client handshakes again).
+      on_event: callback ``(name, info)`` for "handshake", "step", "checkpoint", "restored", "journal_damaged",
+        "refused" (no printing here; :mod:`dpact_tf.edge.ops` logs and counts them).
     """
 
     def __init__(self, half: ServerHalf, *, num_classes: int, cut: str, activation_shape: Sequence[int],
-                 max_batch: int = 256, store: Optional[CheckpointStore] = None, checkpoint_every: int = 0,
+                 max_batch: int = 256, activation_range: float = PAPER_ACTIVATION_RANGE,
+                 schedule: Optional[Schedule] = None, store: Optional[CheckpointStore] = None,
+                 checkpoint_every: int = 0, session_ttl: float = 3600.0,
                  on_event: Optional[Callable[[str, dict], None]] = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 (got {max_batch})")
+        if not (math.isfinite(activation_range) and activation_range > 0):
+            raise ValueError(f"activation_range must be finite and > 0 (got {activation_range})")
+        if not session_ttl > 0:
+            raise ValueError(f"session_ttl must be > 0 seconds (got {session_ttl})")
         if checkpoint_every < 0 or (checkpoint_every and store is None):
             raise ValueError("checkpoint_every must be >= 0 and needs a store (a checkpoint directory)")
-        self.half = half
+        self.half, self.schedule = half, schedule
         self.num_classes, self.cut, self.max_batch = int(num_classes), cut, int(max_batch)
         self.activation_shape = tuple(int(s) for s in activation_shape)
+        self.activation_range, self.session_ttl = float(activation_range), float(session_ttl)
         self.store, self.checkpoint_every = store, int(checkpoint_every)
         self.on_event = on_event or (lambda name, info: None)
         self._lock = threading.Lock()
@@ -94,30 +124,47 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
 
     # --- persistence -------------------------------------------------------------------------------------
     def _restore(self) -> None:
-        state, records = self.store.load()
+        state = self.store.load_state()
         if state is not None:
             self.half.checkpoint.read(self.store.checkpoint_prefix(state)).assert_existing_objects_matched()
             for c in state.clients:
                 self._clients[c.client_id] = _Client(c.client_id, last_step=c.last_step, digest=c.request_digest,
-                                                     reply=c.last_reply if c.HasField("last_reply") else None)
+                                                     images=c.images, epoch_images=c.epoch_images)
         base = state.server_steps if state is not None else 0
         if self.half.steps != base:
             raise RuntimeError(f"checkpoint holds {self.half.steps} optimizer steps but its state says {base}")
-        replayed = 0
-        for record in records:
+        replayed, refused = 0, None
+        for record in self.store.journal_records():
             if record.server_steps <= base:
                 continue  # already in the checkpoint (killed between checkpoint and journal reset)
-            client = self._clients.setdefault(record.client_id, _Client(record.client_id))
-            act, labels = check_batch(record.request.activation, record.request.labels,
-                                      activation_shape=self.activation_shape,
-                                      encoding=record.request.activation.encoding,
-                                      num_classes=self.num_classes, max_batch=self.max_batch)
-            self._apply(client, record.request, act, labels, journal=False)
-            if self.half.steps != record.server_steps:
-                raise RuntimeError(f"journal replay out of step: {self.half.steps} != {record.server_steps}")
+            refused = self._replay(record)
+            if refused:
+                break
             replayed += 1
+        dropped = self.store.recover_journal(refused)
+        if dropped:
+            self.on_event("journal_damaged", dropped)
+        if state is None and not replayed:
+            self._save()  # a fresh directory: checkpoint the initial model, so a restart never depends on the seed
         self.on_event("restored", {"server_steps": self.half.steps, "replayed": replayed,
                                    "clients": len(self._clients)})
+
+    def _replay(self, record: pb.JournalRecord) -> Optional[str]:
+        """Apply one journal record; why it cannot be applied, or None."""
+        client = self._clients.get(record.client_id) or _Client(record.client_id)
+        if record.server_steps != self.half.steps + 1 or record.request.step != client.last_step + 1:
+            return (f"journal record of server step {record.server_steps} (client {record.client_id!r} step "
+                    f"{record.request.step}) does not follow server step {self.half.steps}")
+        try:
+            act, labels = check_batch(record.request.activation, record.request.labels,
+                                      activation_shape=self.activation_shape,
+                                      encoding=record.request.activation.encoding, num_classes=self.num_classes,
+                                      max_batch=self.max_batch, value_range=self.activation_range)
+            self._apply(client, record.request, act, labels, learning_rate=record.learning_rate, journal=False)
+        except ValueError as err:  # includes UnsafeStep and a learning rate that is not finite and > 0
+            return f"journal record of server step {record.server_steps} cannot be applied: {err}"
+        self._clients[client.client_id] = client
+        return None
 
     def save(self) -> None:
         """Checkpoint now (the caller holds no lock)."""
@@ -125,87 +172,85 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
             self._save()
 
     def _save(self) -> None:
+        start = time.monotonic()
         state = pb.ServerState(server_steps=self.half.steps)
+        replies = {}
         for c in self._clients.values():
-            entry = state.clients.add(client_id=c.client_id, last_step=c.last_step, request_digest=c.digest)
-            if c.reply is not None:
-                entry.last_reply.CopyFrom(c.reply)
-        self.store.save(self.half.checkpoint, state)
-        self.on_event("checkpoint", {"server_steps": state.server_steps})
+            state.clients.add(client_id=c.client_id, last_step=c.last_step, request_digest=c.digest,
+                              images=c.images, epoch_images=c.epoch_images)
+            if c.dirty and c.reply is not None:
+                replies[c.client_id] = (c.last_step, c.digest, c.reply)
+        self.store.save(self.half.checkpoint, state, replies)
+        for c in self._clients.values():  # every reply is on disk now: memory holds those of later steps only
+            c.dirty, c.reply = False, None
+        self.on_event("checkpoint", {"server_steps": state.server_steps, "replies_written": len(replies),
+                                     "seconds": time.monotonic() - start})
 
     # --- the three calls ---------------------------------------------------------------------------------
     def Handshake(self, request: pb.HandshakeRequest, context: grpc.ServicerContext) -> pb.HandshakeReply:
-        cid = request.client_id
+        cid, principal = request.client_id, caller()
         if not cid or len(cid) > 128:
-            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "client_id must be 1..128 characters")
-        noisy = request.HasField("epsilon")
-        if noisy and not (math.isfinite(request.epsilon) and request.epsilon > 0):
-            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         f"epsilon must be finite and > 0, or absent for no noise (got {request.epsilon})", cid)
-        if not 0 < request.delta < 1:
-            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"delta must be in (0, 1) (got {request.delta})",
-                         cid)
-        if request.encoding not in WIRE_ENCODINGS:
-            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         f"encoding must be one of {WIRE_ENCODINGS} (got {request.encoding!r})", cid)
-        if noisy and request.encoding != GRID:
-            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         f"a noisy release (epsilon={request.epsilon:g}) must be uploaded as its integer grid levels "
-                         f"(encoding {GRID!r}), not {request.encoding!r}: a float encoding of a noisy release "
-                         "exposes its floating-point sample to exact tests", cid)
-        if not noisy and request.encoding == GRID:
-            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         f"the {GRID!r} encoding carries a noisy release: state its epsilon (or upload the no-noise "
-                         f"baseline as one of {ENCODINGS})", cid)
-        if request.cut != self.cut or tuple(request.activation_shape) != self.activation_shape:
-            self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
-                         f"this server trains the network cut after {self.cut} with activations "
-                         f"{list(self.activation_shape)}; the client states cut {request.cut!r} and "
-                         f"{list(request.activation_shape)}", cid)
-        spec = None
-        if noisy:
-            try:
-                spec = _mechanism(request.epsilon, request.delta)
-            except ValueError as err:
-                self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"no release mechanism for this client: {err}",
-                             cid)
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "client_id must be 1..128 characters",
+                         principal, "handshake")
+        if principal is not None and not owns(principal, cid):
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                         f"this token was issued to client {principal!r}: it opens sessions for {principal!r} or "
+                         f"{principal + '/<run>'!r}, not {cid!r}", principal, "impersonation")
+        try:
+            spec = check_handshake(request, cut=self.cut, activation_shape=self.activation_shape,
+                                   needs_epoch_size=getattr(self.schedule, "needs_epoch_size", False))
+        except HandshakeError as err:
+            code = grpc.StatusCode.FAILED_PRECONDITION if err.precondition else grpc.StatusCode.INVALID_ARGUMENT
+            self._refuse(context, code, str(err), cid, "handshake")
         with self._lock:
             client = self._clients.setdefault(cid, _Client(cid))
             self._sessions.pop(client.session_id, None)  # one live session per client
             client.session_id = secrets.token_hex(16)
-            client.encoding, client.spec = request.encoding, spec
+            client.encoding, client.spec, client.seen = request.encoding, spec, time.monotonic()
+            if request.HasField("epoch_images"):
+                client.epoch_images = int(request.epoch_images)
             self._sessions[client.session_id] = cid
             reply = pb.HandshakeReply(session_id=client.session_id, last_step=client.last_step,
                                       num_classes=self.num_classes, max_batch=self.max_batch,
                                       server_steps=self.half.steps)
-        self.on_event("handshake", {"client_id": cid, "epsilon": request.epsilon if noisy else None,
+        self.on_event("handshake", {"client_id": cid, "epsilon": request.epsilon if spec else None,
                                     "delta": request.delta, "encoding": request.encoding,
                                     "last_step": reply.last_step})
         return reply
 
     def TrainStep(self, request: pb.TrainStepRequest, context: grpc.ServicerContext) -> pb.TrainStepReply:
+        start = time.monotonic()
         with self._lock:
             client = self._client(request.session_id, context)
-            if request.step == client.last_step and client.reply is not None \
-                    and request_digest(request) == client.digest:
+            if request.step == client.last_step and client.last_step and request_digest(request) == client.digest:
+                stored = client.reply or self._stored_reply(client)  # a retry: answered, not applied again
+                if stored is None:
+                    self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
+                                 f"step {request.step} was applied but its stored reply was lost (a damaged file in "
+                                 "the checkpoint directory); this run cannot resume it", client.client_id, "reply_lost")
                 reply = pb.TrainStepReply()
-                reply.CopyFrom(client.reply)
+                reply.CopyFrom(stored)
                 reply.replayed = True
                 return reply
             if request.step <= client.last_step:
                 self._refuse(context, grpc.StatusCode.ALREADY_EXISTS,
                              f"step {request.step} was already applied (last applied step of this client: "
                              f"{client.last_step}); a retry must resend the identical request, new work is "
-                             f"step {client.last_step + 1}", client.client_id)
+                             f"step {client.last_step + 1}", client.client_id, "step_order")
             if request.step != client.last_step + 1:
                 self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
                              f"out-of-order step {request.step}: the next step of this client is "
-                             f"{client.last_step + 1}", client.client_id)
+                             f"{client.last_step + 1}", client.client_id, "step_order")
             act, labels = self._check(request.activation, request.labels, client, context)
-            reply = self._apply(client, request, act, labels, journal=True)
-            if self.checkpoint_every and self.half.steps % self.checkpoint_every == 0:
+            try:
+                reply = self._apply(client, request, act, labels, journal=True)
+            except UnsafeStep as err:
+                self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(err), client.client_id, "unsafe_update")
+            server_steps = self.half.steps
+            if self.checkpoint_every and server_steps % self.checkpoint_every == 0:
                 self._save()
-        self.on_event("step", {"client_id": client.client_id, "step": request.step, "loss": reply.loss})
+        self.on_event("step", {"client_id": client.client_id, "step": request.step, "loss": reply.loss,
+                               "server_steps": server_steps, "seconds": time.monotonic() - start})
         return reply
 
     def Evaluate(self, request: pb.EvaluateRequest, context: grpc.ServicerContext) -> pb.EvaluateReply:
@@ -217,98 +262,79 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
 
     # --- helpers -----------------------------------------------------------------------------------------
     def _client(self, session_id: str, context: grpc.ServicerContext) -> _Client:
-        cid = self._sessions.get(session_id)
+        cid, principal = self._sessions.get(session_id), caller()
         if cid is None:
             self._refuse(context, grpc.StatusCode.NOT_FOUND,
-                         "unknown session (the server may have restarted); call Handshake again")
-        return self._clients[cid]
+                         "unknown session (the server may have restarted); call Handshake again", principal, "session")
+        if principal is not None and not owns(principal, cid):
+            self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                         f"this session belongs to client {cid!r}, not to {principal!r} whose token this call carries",
+                         principal, "impersonation")
+        client, now = self._clients[cid], time.monotonic()
+        if now - client.seen > self.session_ttl:
+            del self._sessions[session_id]
+            self._refuse(context, grpc.StatusCode.NOT_FOUND, f"session expired after {self.session_ttl:g} s without "
+                         "calls; call Handshake again", cid, "session")
+        client.seen = now
+        return client
 
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, message: str,
-                client_id: Optional[str] = None) -> None:
+                client_id: Optional[str] = None, reason: str = "input") -> None:
         """Report a refusal through ``on_event`` and end the call with ``code`` (never returns)."""
-        self.on_event("refused", {"client_id": client_id, "code": code.name, "message": message})
+        self.on_event("refused", {"client_id": client_id, "code": code.name, "reason": reason, "message": message})
         context.abort(code, message)
 
     def _check(self, activation: pb.Activation, labels, client: _Client,
                context: grpc.ServicerContext) -> Tuple[np.ndarray, np.ndarray]:
         try:
             batch = check_batch(activation, labels, activation_shape=self.activation_shape,
-                                encoding=client.encoding, num_classes=self.num_classes, max_batch=self.max_batch)
+                                encoding=client.encoding, num_classes=self.num_classes, max_batch=self.max_batch,
+                                value_range=self.activation_range)
             if client.spec is not None:
                 check_levels(activation, client.spec)
             return batch
+        except MechanismError as err:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(err), client.client_id, "range")
         except ValueError as err:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(err), client.client_id)
 
+    def _stored_reply(self, client: _Client) -> Optional[pb.TrainStepReply]:
+        """The client's last reply from its file (None without a store, or if it is missing or damaged)."""
+        stored = self.store.load_reply(client.client_id) if self.store is not None else None
+        if stored and stored[0].step == client.last_step and stored[0].request_digest == client.digest:
+            return stored[1]
+        return None
+
+    def _learning_rate(self, client: _Client) -> float:
+        if self.schedule is None:
+            return self.half.default_learning_rate(self.half.steps)
+        return self.schedule.rate(server_steps=self.half.steps, client_images=client.images,
+                                  epoch_images=client.epoch_images)
+
     def _apply(self, client: _Client, request: pb.TrainStepRequest, act: np.ndarray, labels: np.ndarray, *,
-               journal: bool) -> pb.TrainStepReply:
-        grad, loss, correct = self.half.train_step(act, labels)
+               journal: bool, learning_rate: Optional[float] = None) -> pb.TrainStepReply:
+        rate = self._learning_rate(client) if learning_rate is None else learning_rate
+        grad, loss, correct = self.half.train_step(act, labels, learning_rate=rate)  # UnsafeStep: nothing changed
         reply = pb.TrainStepReply(step=request.step, grad=to_proto(grad, "float32"), loss=loss, correct=correct)
         if journal and self.store is not None:
             body = pb.TrainStepRequest(step=request.step, activation=request.activation, labels=request.labels)
             self.store.append(pb.JournalRecord(server_steps=self.half.steps, client_id=client.client_id,
-                                               request=body))
+                                               request=body, learning_rate=rate))
         client.last_step, client.digest, client.reply = request.step, request_digest(request), reply
+        client.images += len(labels)
+        client.dirty = True
         return reply
+
+    def session_count(self) -> int:
+        """Sessions that have not expired."""
+        now = time.monotonic()
+        return sum(now - self._clients[cid].seen <= self.session_ttl for cid in list(self._sessions.values()))
+
+    def client_count(self) -> int:
+        """Client ids the server keeps progress for."""
+        return len(self._clients)
 
     def client_steps(self) -> Dict[str, int]:
         """Last applied step id per client id."""
         with self._lock:
             return {cid: c.last_step for cid, c in self._clients.items()}
-
-
-@functools.lru_cache(maxsize=64)
-def _mechanism(epsilon: float, delta: float) -> GridSpec:
-    """The release mechanism a client declares with (epsilon, delta): :func:`dpact_tf.grid.check_release`."""
-    return check_release(epsilon, delta)
-
-
-class _TokenInterceptor(grpc.ServerInterceptor):
-    """Refuses every call whose metadata lacks ``authorization: Bearer <token>`` (before any handler runs)."""
-
-    def __init__(self, token: str, on_event: Callable[[str, dict], None]) -> None:
-        self._expected = f"Bearer {token}".encode()
-
-        def deny(request, context):
-            on_event("refused", {"client_id": None, "code": "UNAUTHENTICATED", "message": "missing or wrong token"})
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
-
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
-
-    def intercept_service(self, continuation, handler_call_details):
-        got = dict(handler_call_details.invocation_metadata or ()).get(TOKEN_HEADER, "")
-        if hmac.compare_digest(str(got).encode(), self._expected):
-            return continuation(handler_call_details)
-        return self._deny
-
-
-def default_max_message_bytes(activation_shape: Sequence[int], max_batch: int) -> int:
-    """A float32 batch of ``max_batch`` activations plus 64 KiB for labels and framing (at most 2 GiB - 1,
-    gRPC's largest limit)."""
-    return min(int(np.prod(activation_shape, dtype=np.int64)) * 4 * int(max_batch) + (1 << 16), 2**31 - 1)
-
-
-def make_server(service: EdgeService, *, host: str = "127.0.0.1", port: int = 0, token: Optional[str] = None,
-                tls: Optional[Tuple[bytes, bytes]] = None, max_message_bytes: Optional[int] = None,
-                max_workers: int = 16, interceptors: Sequence[grpc.ServerInterceptor] = ()
-                ) -> Tuple[grpc.Server, int]:
-    """A (not yet started) gRPC server for ``service``; returns (server, bound port).
-
-    ``tls`` is (certificate chain PEM, private key PEM); without it the port is plaintext (loopback or a
-    trusted network only).  ``token`` is the shared secret every call must carry.
-    """
-    limit = max_message_bytes or default_max_message_bytes(service.activation_shape, service.max_batch)
-    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-               ("grpc.so_reuseport", 0)]
-    chain = ([_TokenInterceptor(token, service.on_event)] if token else []) + list(interceptors)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options,
-                         interceptors=chain)
-    pb_grpc.add_EdgeTrainingServicer_to_server(service, server)
-    address = f"{host}:{port}"
-    if tls is not None:
-        bound = server.add_secure_port(address, grpc.ssl_server_credentials([(tls[1], tls[0])]))
-    else:
-        bound = server.add_insecure_port(address)
-    if bound == 0:
-        raise OSError(f"could not bind {address}")
-    return server, bound

@@ -2,12 +2,16 @@
 
 The upload is :mod:`dpact_tf.encoding` applied to the release, so encoding is post-processing of the DP
 release: a noisy release travels as its integer grid levels ("grid"), the no-noise baseline as float32,
-float16 or uint8.  The server checks a grid upload against the mechanism the client declared
-(:func:`check_levels`).  Everything here is pure NumPy and protobuf: the TensorFlow-free phone process
+float16 or uint8.  The server checks every upload against what the mechanism the client declared can
+produce: a grid upload's step and levels (:func:`check_levels`), a no-noise upload's values, which the
+clipped Eq. (1) activation keeps in [0, R] (``value_range`` of :func:`check_batch`; R is
+:func:`dpact_tf.privacy.lrn_output_bound` of the LRN constants).  A value outside raises
+:class:`MechanismError`.  Everything here is pure NumPy and protobuf: the TensorFlow-free phone process
 imports it as well as the server.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from typing import Optional, Sequence, Tuple
@@ -15,13 +19,21 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from dpact_tf.edge import dpact_edge_pb2 as pb
-from dpact_tf.encoding import GRID, WIRE_ENCODINGS, EncodedActivation, decode, decode_levels, encode
-from dpact_tf.grid import GridSpec, noise_table
+from dpact_tf.encoding import ENCODINGS, GRID, WIRE_ENCODINGS, EncodedActivation, decode, decode_levels, encode
+from dpact_tf.grid import GridSpec, check_release, noise_table
 
-__all__ = ["to_proto", "from_proto", "check_batch", "check_levels", "level_bounds", "request_digest",
-           "token_metadata", "TOKEN_HEADER"]
+__all__ = ["to_proto", "from_proto", "check_batch", "check_levels", "check_handshake", "level_bounds",
+           "request_digest", "token_metadata", "TOKEN_HEADER", "MechanismError", "HandshakeError",
+           "FLOAT_RANGE_TOLERANCE"]
 
-TOKEN_HEADER = "authorization"  # gRPC metadata key of the shared secret: "Bearer <token>"
+TOKEN_HEADER = "authorization"  # gRPC metadata key of the client's token: "Bearer <token>"
+# Relative slack above R for a no-noise upload: float16 rounds a value by at most 2**-11 of it, and uint8's
+# offset + scale x q is computed in float32.
+FLOAT_RANGE_TOLERANCE = 2.0 ** -10
+
+
+class MechanismError(ValueError):
+    """An upload holds a value the mechanism declared at the handshake cannot produce."""
 
 
 def to_proto(array: np.ndarray, encoding: str = "float32", *, step: Optional[float] = None) -> pb.Activation:
@@ -51,11 +63,15 @@ def from_proto(message: pb.Activation) -> np.ndarray:
 
 
 def check_batch(message: pb.Activation, labels: Sequence[int], *, activation_shape: Sequence[int],
-                encoding: str, num_classes: int, max_batch: int) -> Tuple[np.ndarray, np.ndarray]:
+                encoding: str, num_classes: int, max_batch: int,
+                value_range: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Decode and validate one uploaded batch against the session; returns (activations, labels).
 
     Raises ``ValueError`` naming what is wrong: encoding other than the handshake's, a shape other than
-    [N, *activation_shape], an empty or too large batch, a label count or value out of range, NaN/inf.
+    [N, *activation_shape], an empty or too large batch, a label count or value out of range, NaN/inf; and
+    :class:`MechanismError` for a float value outside [0, ``value_range``] (up to
+    :data:`FLOAT_RANGE_TOLERANCE`), which no clipped Eq. (1) activation takes.  (Grid uploads are checked by
+    :func:`check_levels`.)
     """
     if message.encoding != encoding:
         raise ValueError(f"this session uploads {encoding} (stated at the handshake); got {message.encoding!r}")
@@ -70,7 +86,13 @@ def check_batch(message: pb.Activation, labels: Sequence[int], *, activation_sha
         raise ValueError(f"got {y.size} labels for {shape[0]} activations")
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"labels must be in [0, {num_classes}) (got {int(y.min())}..{int(y.max())})")
-    return from_proto(message), y.astype(np.int32)
+    values = from_proto(message)
+    if value_range is not None and message.encoding != GRID and values.size:
+        lo, hi = float(values.min()), float(values.max())
+        if lo < 0.0 or hi > value_range * (1.0 + FLOAT_RANGE_TOLERANCE):
+            raise MechanismError(f"a no-noise activation lies in [0, {value_range:.6g}] (the clipped Eq. (1) "
+                                 f"activation's range); got values in [{lo:.6g}, {hi:.6g}]")
+    return values, y.astype(np.int32)
 
 
 def level_bounds(spec: GridSpec) -> Tuple[int, int]:
@@ -82,18 +104,70 @@ def level_bounds(spec: GridSpec) -> Tuple[int, int]:
 
 def check_levels(message: pb.Activation, spec: GridSpec) -> None:
     """Refuse a grid upload the declared mechanism cannot have produced: a step other than its grid step, or a
-    level outside :func:`level_bounds` (``ValueError`` naming the range and the mechanism)."""
+    level outside :func:`level_bounds` (:class:`MechanismError` naming the range and the mechanism)."""
     if message.encoding != GRID:
         raise ValueError(f"a noisy release travels as 'grid' levels (got {message.encoding!r})")
     levels, step = decode_levels(_encoded(message))
     if not math.isclose(step, spec.step, rel_tol=1e-6):
-        raise ValueError(f"grid step {step!r} is not the step {spec.step!r} of the mechanism declared at the "
+        raise MechanismError(f"grid step {step!r} is not the step {spec.step!r} of the mechanism declared at the "
                          f"handshake (epsilon={spec.epsilon:g}, {spec.steps_per_std} steps per std)")
     lo, hi = level_bounds(spec)
     if levels.size and (int(levels.min()) < lo or int(levels.max()) > hi):
-        raise ValueError(f"grid levels must lie in [{lo}, {hi}] for the mechanism declared at the handshake "
+        raise MechanismError(f"grid levels must lie in [{lo}, {hi}] for the mechanism declared at the handshake "
                          f"(epsilon={spec.epsilon:g}: levels 0..{spec.max_level} plus noise of magnitude <= "
                          f"{-lo}); got {int(levels.min())}..{int(levels.max())}")
+
+
+class HandshakeError(ValueError):
+    """A handshake the server refuses; ``precondition`` is True when the client is fine but this server trains
+    another network (FAILED_PRECONDITION), False for an invalid request (INVALID_ARGUMENT)."""
+
+    def __init__(self, message: str, *, precondition: bool = False) -> None:
+        super().__init__(message)
+        self.precondition = precondition
+
+
+def check_handshake(request: pb.HandshakeRequest, *, cut: str, activation_shape: Sequence[int],
+                    needs_epoch_size: bool = False) -> Optional[GridSpec]:
+    """The release mechanism a client declares (None: no noise), or :class:`HandshakeError`: an epsilon that is
+    not finite and > 0, a delta outside (0, 1), an encoding that does not match the noise (a noisy release
+    travels as grid levels only), another cut or activation shape than the server's, no grid for (epsilon,
+    delta), a missing or non-positive epoch size where the server's schedule counts epochs."""
+    noisy = request.HasField("epsilon")
+    if noisy and not (math.isfinite(request.epsilon) and request.epsilon > 0):
+        raise HandshakeError(f"epsilon must be finite and > 0, or absent for no noise (got {request.epsilon})")
+    if not 0 < request.delta < 1:
+        raise HandshakeError(f"delta must be in (0, 1) (got {request.delta})")
+    if request.encoding not in WIRE_ENCODINGS:
+        raise HandshakeError(f"encoding must be one of {WIRE_ENCODINGS} (got {request.encoding!r})")
+    if noisy and request.encoding != GRID:
+        raise HandshakeError(f"a noisy release (epsilon={request.epsilon:g}) must be uploaded as its integer grid "
+                             f"levels (encoding {GRID!r}), not {request.encoding!r}: a float encoding of a noisy "
+                             "release exposes its floating-point sample to exact tests")
+    if not noisy and request.encoding == GRID:
+        raise HandshakeError(f"the {GRID!r} encoding carries a noisy release: state its epsilon (or upload the "
+                             f"no-noise baseline as one of {ENCODINGS})")
+    if request.cut != cut or tuple(request.activation_shape) != tuple(activation_shape):
+        raise HandshakeError(f"this server trains the network cut after {cut} with activations "
+                             f"{list(activation_shape)}; the client states cut {request.cut!r} and "
+                             f"{list(request.activation_shape)}", precondition=True)
+    if request.HasField("epoch_images") and not 0 < request.epoch_images <= 10**12:
+        raise HandshakeError(f"epoch_images must be in 1..10**12 (got {request.epoch_images})")
+    if needs_epoch_size and not request.HasField("epoch_images"):
+        raise HandshakeError("this server decays its learning rate per epoch of each client's data: state the "
+                             "number of training images in one epoch (epoch_images)", precondition=True)
+    if not noisy:
+        return None
+    try:
+        return _mechanism(request.epsilon, request.delta)
+    except ValueError as err:
+        raise HandshakeError(f"no release mechanism for this client: {err}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _mechanism(epsilon: float, delta: float) -> GridSpec:
+    """The release mechanism a client declares with (epsilon, delta): :func:`dpact_tf.grid.check_release`."""
+    return check_release(epsilon, delta)
 
 
 def request_digest(request: pb.TrainStepRequest) -> bytes:
@@ -103,5 +177,5 @@ def request_digest(request: pb.TrainStepRequest) -> bytes:
 
 
 def token_metadata(token: str) -> Tuple[Tuple[str, str], ...]:
-    """The call metadata that carries the shared secret."""
+    """The call metadata that carries the client's token."""
     return ((TOKEN_HEADER, f"Bearer {token}"),)
