@@ -276,11 +276,7 @@ def accounting_summary(tables: Dict[str, List[Dict[str, Any]]]) -> str:
     for label, rows in tables.items():
         lo, hi = rows[0], rows[-1]
         parts.append(
-            f"At **{label}**, the paper's composition bound at per-coordinate ε = {lo['epsilon_per_coordinate']:g} "
-            f"is {lo['paper_composition_epsilon_map']:,.0f} over the H×W map (the reading its text supports), "
-            f"{lo['paper_composition_epsilon_kernel_inputs']:,.0f} over the 3×3×C inputs of a kernel and "
-            f"{lo['paper_composition_epsilon']:,.2f} over 3×3 positions. "
-            f"With {lo['activation_coordinates']:,} coordinates released at once, a per-coordinate ε of "
+            f"At **{label}** ({lo['activation_coordinates']:,} coordinates), a per-coordinate ε of "
             f"{lo['epsilon_per_coordinate']:g} is a per-image ε between {lo['image_epsilon_lower']:,.0f} and "
             f"{lo['image_epsilon_exact']:,.0f} for one release (the paper's implicit bound S_f√d would give "
             f"{lo['image_epsilon_paper_bound']:,.0f}). "
