@@ -249,6 +249,7 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
             server_steps = self.half.steps
             if self.checkpoint_every and server_steps % self.checkpoint_every == 0:
                 self._save()
+            client.seen = time.monotonic()  # idle time counts from the end of a call, however long it took
         self.on_event("step", {"client_id": client.client_id, "step": request.step, "loss": reply.loss,
                                "server_steps": server_steps, "seconds": time.monotonic() - start})
         return reply
@@ -258,6 +259,7 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
             client = self._client(request.session_id, context)
             act, labels = self._check(request.activation, request.labels, client, context)
             loss_sum, correct = self.half.evaluate(act, labels)
+            client.seen = time.monotonic()
         return pb.EvaluateReply(loss_sum=loss_sum, correct=correct, count=len(labels))
 
     # --- helpers -----------------------------------------------------------------------------------------
