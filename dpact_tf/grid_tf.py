@@ -5,7 +5,8 @@ Two samplers of the same noise, tested equal to :func:`dpact_tf.grid.release` on
 * ``"searchsorted"`` (Keras, training): ``tf.searchsorted`` of the 55 magnitude bits in the table's thresholds;
 * ``"tree"`` (TFLite builtin ops only): a branch-free binary search -- the thresholds (times 256, so the 64-bit
   word is compared without a shift) in breadth-first (Eytzinger) order, one GATHER and one comparison per level
-  of the tree.
+  of the tree (the first two levels, whose three nodes are known, by comparisons with constants).  A word is
+  compared as ``v > threshold * 256 - 1``, so the padding (int64 max) is above every v, 2^63 - 1 included.
 
 Entropy: one uniform int64 word per coordinate.  :func:`random_words` draws them inside a graph from a key
 (stateless, so the key decides everything; the layer passes a fresh key per release).
@@ -51,11 +52,18 @@ def _magnitude(v: tf.Tensor, table: grid.NoiseTable, sampler: str) -> tf.Tensor:
         flat = tf.reshape(bits, [1, -1])
         count = tf.searchsorted(tf.constant(table.thresholds[None, :]), flat, side="right", out_type=tf.int32)
         return tf.reshape(count, tf.shape(v))
-    tree = tf.constant(eytzinger_thresholds(table))
-    levels = int(np.log2(int(tree.shape[0])))
-    node = tf.ones_like(v, dtype=tf.int32)
-    for _ in range(levels):
-        node = node + node + tf.cast(v >= tf.gather(tree, node), tf.int32)
+    tree = eytzinger_thresholds(table)
+    # v >= t  <=>  v > t - 1 for the thresholds; the padding stays int64 max, which no v exceeds
+    below = np.where(tree == _INT64_MAX, _INT64_MAX, tree - 1)
+    levels = int(np.log2(len(tree)))
+    # the first levels' nodes are known: after them, node = 2^top + #{their thresholds below v}
+    top = min(2, levels)
+    node = tf.constant(1 << top, tf.int32)
+    for t in below[1:1 << top]:
+        node = node + tf.cast(v > t, tf.int32)
+    below = tf.constant(below)
+    for _ in range(levels - top):
+        node = node + node + tf.cast(v > tf.gather(below, node), tf.int32)
     return node - (1 << levels)
 
 
@@ -74,8 +82,9 @@ def release_levels(clean: tf.Tensor, words: tf.Tensor, scale: tf.Tensor, max_lev
     noise = tf.where(negative, -magnitude, magnitude)
     if sampler == "searchsorted":
         dither = tf.bitwise.bitwise_and(v, tf.constant(0xFF, tf.int64))
-    else:  # TFLite has no 64-bit AND: the remainder is the same for v >= 0
-        dither = tf.math.floormod(v, tf.constant(256, tf.int64))
+    else:  # TFLite has no 64-bit AND: the low byte of v's low 32 bits (the cast keeps them), by an arithmetic shift
+        low = tf.cast(v, tf.int32)
+        dither = low - tf.bitwise.right_shift(low, 8) * 256
     u = (tf.cast(dither, tf.float32) + 0.5) * (1.0 / grid.DITHER_LEVELS)
     x = tf.maximum(clean, 0.0) * scale + u
     level = tf.minimum(tf.cast(x, tf.int32), max_level)  # x > 0: the cast is the floor
