@@ -7,7 +7,7 @@ socket: the head releases the noisy activation, :class:`~dpact_tf.edge.client.Ed
 * :class:`KerasHead` -- the client model in Keras, trained by :class:`dpact_tf.split.SplitClient` (imports
   TensorFlow).
 * :class:`LiteRTHead` -- the exported ``head.tflite`` in the LiteRT interpreter, through
-  :class:`dpact_tf.runtime.HeadRunner`'s ``infer`` and ``train`` signatures: the phone's path, no
+  :class:`dpact_tf.runtime.HeadRunner`'s ``release`` (``clean`` without noise) and ``train``: the phone's path, no
   TensorFlow.  Its learning rate follows the same exponential decay as the Keras optimizer.
 
 Images arrive as uint8 RGB batches; the Keras head scales them to [0, 1] as :func:`dpact_tf.data.make_dataset`
@@ -74,7 +74,8 @@ class KerasHead:
 
 
 class LiteRTHead:
-    """The phone's head: a ``HeadRunner`` (``infer(image_uint8, epsilon)``, ``train(image, grad, lr)``)."""
+    """The phone's head: a ``HeadRunner`` (``release(image_uint8, epsilon)`` -- uploaded as levels / scale --,
+    ``clean(image_uint8)`` for epsilon None, ``train(image, grad, lr)``)."""
 
     def __init__(self, runner: Any, *, epsilon: Optional[float], learning_rate: float, decay_rate: float,
                  decay_steps: int, train: bool = True) -> None:
@@ -85,7 +86,7 @@ class LiteRTHead:
 
     def forward(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
         self._images = images
-        return np.asarray(self.runner.infer(images, self.epsilon), np.float32)
+        return self.release(images)
 
     def backward(self, grad: np.ndarray, step: int) -> None:
         if not self.train:
@@ -96,7 +97,9 @@ class LiteRTHead:
         self.runner.train(images, grad, decayed_learning_rate(*self.schedule, step))
 
     def release(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self.runner.infer(images, self.epsilon), np.float32)
+        if math.isinf(self.epsilon):
+            return np.asarray(self.runner.clean(images), np.float32)
+        return self.runner.release(images, self.epsilon).activation()
 
 
 class RemoteTrainer:
