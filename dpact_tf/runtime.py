@@ -32,7 +32,7 @@ import numpy as np
 __all__ = ["HeadRunner", "Release", "TrainResult", "EntropyStream"]
 
 # The most bytes of one strip's entropy (HeadRunner's rows_per_call=None): a strip's tensors stay in the CPU's cache.
-_STRIP_BYTES = 1 << 20
+_STRIP_BYTES = 1 << 19
 
 
 def _tflite_inspect():
@@ -157,7 +157,7 @@ class HeadRunner:
         of rows (a conv1_1 cut: ``release.halo_rows`` = 1).  Each strip is passed with one row of its neighbours
         above and below (zero rows at the image's border, which is conv1_1's own SAME padding), so the release is
         the same; a strip's tensors stay in the CPU's cache.  ``None`` picks the most rows that divide the image
-        height and keep a strip's entropy within 1 MiB (8 rows at 224x224x64; whole images at 64x64x8).
+        height and keep a strip's entropy within 512 KiB (4 rows at 224x224x64; whole images at 64x64x8).
 
         ``workers``: interpreters that release strips in parallel, each in its own thread with ``num_threads``
         threads of its own (TFLite's int64 kernels, which draw the noise, are single-threaded: ``workers=2,

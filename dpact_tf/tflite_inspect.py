@@ -2,9 +2,9 @@
 
 The privacy and trust properties of the phone head are properties of the *flatbuffer*, not of the Python object
 that was converted: the converter may silently keep a Select-TF op (the Flex delegate), a random op would be a
-source of noise the app does not control (TFLite seeds an unseeded one from 32 bits of ``/dev/urandom`` per
-process, a space a server holding the model can search; a seeded one replays in every interpreter), and the
-weights a phone runs are those stored in the file, whatever its JSON sidecar says.  This module reads them back
+source of noise the app does not control (seeded by the runtime, or replayed in every interpreter if its seeds
+are fixed; SECURITY.md), and the weights a phone runs are those stored in the file, whatever its JSON sidecar
+says.  This module reads them back
 from the bytes with the TFLite schema (``ai_edge_litert.schema_py_generated``), without TensorFlow, so the
 converter, the tests and ``HeadRunner`` on the phone side all look at the same thing:
 

@@ -1,5 +1,6 @@
 """The TF-free runtime of the phone head: the app's words (AES-CTR keystream as int64), HeadRunner's streaming of
 `release` in chunks of images and strips of rows on parallel interpreters, and the weights the user trusts."""
+import itertools
 import json
 import math
 import shutil
@@ -66,9 +67,10 @@ class _KnownWords:
     """A stand-in for EntropyStream that records the words it writes (a test can then compute the release)."""
 
     written = []
+    seeds = itertools.count(100)  # next() is atomic: the workers' streams never share a seed
 
     def __init__(self):
-        self.rng = np.random.default_rng(len(self.written) + 100)
+        self.rng = np.random.default_rng(next(self.seeds))
 
     def fill(self, out):
         out[...] = self.rng.integers(-2 ** 63, 2 ** 63 - 1, out.shape, dtype=np.int64, endpoint=True)
@@ -117,7 +119,7 @@ def test_strip_rows_are_checked(heads):
     for rows in (0, 5, 1.5, 128):
         with pytest.raises(ValueError, match="divisor of the image height 64"):
             HeadRunner(path, rows_per_call=rows)
-    # rows_per_call=None: the most rows whose entropy fits 1 MiB -- all 64 rows of 32 x 8 words here
+    # rows_per_call=None: the most rows whose entropy fits 512 KiB -- all 64 rows of 32 x 8 words here
     assert HeadRunner(path).rows_per_call == 64
     # a pool1 head's release takes whole images only (its strips would need more than one row of halo)
     assert HeadRunner(pool1).rows_per_call == 32
