@@ -76,20 +76,57 @@ def test_certified_interval_is_the_float32_one_inside_grids(head):
         assert _spec(eps).delta <= DELTA
 
 
-def test_tree_sampler_equals_the_reference_on_every_threshold():
-    # The TFLite sampler as TF ops, against grid.release: the words at each threshold of the table and next to it,
-    # 0, 2^63 - 1 and -2^63 (whose magnitude bits are all ones: the largest |Z|, not the search tree's padding)
-    words = _words((4, 8, 16, 16), seed=1)
+def _bucket_edges(steps_per_std):
+    """The words at both ends of every bucket of the lookup sampler, and next to them (both signs)."""
+    v_lo, v_hi = grid_tf._bucket_words(grid_tf.lookup_tables(grid.noise_table(steps_per_std)).shift)
+    v = np.concatenate([v_lo, v_hi, np.maximum(v_lo - 1, 0), np.minimum(v_hi + 1, 2 ** 63 - 1)])
+    return np.concatenate([v, -v - 1])
+
+
+@pytest.mark.parametrize("steps_per_std", [grid.STEPS_PER_STD, 64])
+def test_every_sampler_equals_the_reference_on_every_threshold(steps_per_std):
+    # The TFLite samplers as TF ops, against grid.release: the words at each threshold of the table and next to it,
+    # at both ends of every bucket of the lookup, 0, 2^63 - 1 and -2^63 (whose magnitude bits are all ones: the
+    # largest |Z|, not the search tree's padding)
+    words = np.concatenate([_words((4, 8, 16, 16), seed=1).ravel(), _bucket_edges(steps_per_std)])
+    words = np.resize(words, (words.size // 64 + 1) * 64).reshape(-1, 8, 8)
     clean = np.random.default_rng(2).uniform(0, 0.6, words.shape).astype(np.float32)
     for eps in (LO * (1 + 1e-6), 5.0, HI * (1 - 1e-6)):
-        spec = _spec(eps)
+        spec = _spec(eps) if steps_per_std == grid.STEPS_PER_STD else grid.grid_spec(
+            eps, DELTA, steps_per_std=steps_per_std)
         ref = grid.release(clean, words, spec)
         for sampler in grid_tf.SAMPLERS:
             out = grid_tf.release_levels(tf.constant(clean), tf.constant(words), tf.constant(np.float32(spec.scale)),
-                                         tf.constant(spec.max_level, tf.int32), sampler=sampler).numpy()
+                                         tf.constant(spec.max_level, tf.int32), grid.noise_table(steps_per_std),
+                                         sampler=sampler).numpy()
             np.testing.assert_array_equal(out, ref, err_msg=f"{sampler} at epsilon {eps}")
     top = grid.noise_table().max_magnitude
     assert grid.sample(np.array([2 ** 63 - 1, -2 ** 63], np.int64)).tolist() == [top, -top]
+
+
+def _float32_neighbours(d):
+    """The float32 values just below and above each integer d (equal when d is a float32): what a cast may round to."""
+    nearest = d.astype(np.float32)
+    exact = np.array([int(x) for x in nearest.astype(np.float64)], dtype=object)
+    ints = np.array([int(x) for x in d], dtype=object)
+    down = np.where(exact > ints, np.nextafter(nearest, np.float32(-1)), nearest)
+    up = np.where(exact < ints, np.nextafter(nearest, np.float32(np.inf)), nearest)
+    return down, up
+
+
+def test_the_lookup_is_exact_whichever_way_the_cast_rounds():
+    # The lookup's bucket comes from float32(2^63 - 1 - v); a runtime may round that cast down or up (or through
+    # float64).  Its tables give the exact |Z| for both neighbours of every d, on every bucket's ends and thresholds.
+    table = grid.noise_table()
+    tables = grid_tf.lookup_tables(table)
+    t = table.thresholds.astype(np.int64) << 8
+    v = np.concatenate([_bucket_edges(grid.STEPS_PER_STD), t - 1, t, t + 255, [0, 2 ** 63 - 1]])
+    v = v[v >= 0]
+    exact = np.searchsorted(table.thresholds, v >> 8, side="right")
+    for rounded in _float32_neighbours(np.iinfo(np.int64).max - v):
+        bucket = rounded.view(np.int32) >> tables.shift
+        got = np.where(v > tables.split[bucket], tables.high[bucket], tables.low[bucket])
+        np.testing.assert_array_equal(got, exact)
 
 
 @pytest.mark.parametrize("k", range(5))
