@@ -10,8 +10,8 @@ Three samplers of the same noise, tested equal to :func:`dpact_tf.grid.release` 
 * ``"lookup"`` (TFLite builtin ops only, what the .tflite head runs; ~3x faster than the tree there): the word's
   distance to the top, d = 2^63 - 1 - v, cast to float32, has its exponent and leading mantissa bits read as a
   bucket index (:func:`lookup_tables`: buckets on a log scale of d, i.e. of the tail probability, where the table's
-  thresholds are spread); the buckets are fine enough that each holds at most one threshold value, so one GATHER of
-  the bucket's two magnitudes and its threshold and one comparison give |Z|.  The float32 cast only picks the
+  thresholds are spread); the buckets are fine enough that each holds at most one threshold, so a GATHER of the
+  bucket's smallest |Z| and of its threshold and one comparison give |Z|.  The float32 cast only picks the
   bucket: the tables allow it to round either way, so |Z| is exact whatever rounding a runtime's cast uses.
 
 Entropy: one uniform int64 word per coordinate.  :func:`random_words` draws them inside a graph from a key
@@ -57,13 +57,11 @@ def eytzinger_thresholds(table: grid.NoiseTable) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class LookupTables:
     """The ``"lookup"`` sampler's tables, indexed by bucket b = bits(float32(2^63 - 1 - v)) >> shift: every v whose
-    d = 2^63 - 1 - v casts (rounded either way) to a float32 of bucket b has |Z| = high[b] if v > split[b] else
-    low[b]."""
+    d = 2^63 - 1 - v casts (rounded either way) to a float32 of bucket b has |Z| = low[b] + (v > split[b])."""
 
     shift: int           # right shift of the float32's bits: 23 - shift leading mantissa bits per octave of d
     low: np.ndarray      # int32 [B]: |Z| at the bucket's smallest v
-    high: np.ndarray     # int32 [B]: |Z| at its largest v
-    split: np.ndarray    # int64 [B]: threshold * 256 - 1 of the one threshold value inside (int64 max: none)
+    split: np.ndarray    # int64 [B]: threshold * 256 - 1 of the one threshold inside the bucket (int64 max: none)
 
 
 def _bucket_words(shift: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -83,9 +81,9 @@ def _bucket_words(shift: int) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def lookup_tables(table: grid.NoiseTable) -> LookupTables:
-    """The coarsest buckets (largest shift) in which no bucket holds two threshold values: the table's thresholds
-    are spaced at least ~1/20 of the tail probability apart, so 32 buckets per octave of d suffice for the paper's
-    K."""
+    """The coarsest buckets (largest shift) in which no bucket holds two thresholds: the table's thresholds are
+    spaced at least ~1/20 of the tail probability apart, so 16 buckets per octave of d suffice for the paper's K
+    (a bucket with a repeated threshold, which |Z| would jump by 2, counts as two); ``ValueError`` if none do."""
     return _lookup_tables(table.thresholds.astype(np.int64).tobytes(), table.steps_per_std)
 
 
@@ -96,10 +94,9 @@ def _lookup_tables(thresholds: bytes, steps_per_std: int) -> LookupTables:
         v_lo, v_hi = _bucket_words(shift)
         low = np.searchsorted(scaled, v_lo, side="right")
         high = np.searchsorted(scaled, v_hi, side="right")
-        # the thresholds in (v_lo, v_hi] are scaled[low:high]: one value at most (duplicates jump |Z| by 2 at once)
-        if np.all((high == low) | (scaled[np.minimum(high, len(scaled)) - 1] == scaled[np.minimum(low, len(scaled) - 1)])):
+        if np.all(high - low <= 1):  # the thresholds in (v_lo, v_hi] are scaled[low:high]
             split = np.where(high > low, scaled[np.minimum(low, len(scaled) - 1)] - 1, _INT64_MAX)
-            return LookupTables(shift, low.astype(np.int32), high.astype(np.int32), split.astype(np.int64))
+            return LookupTables(shift, low.astype(np.int32), split.astype(np.int64))
     raise ValueError(f"no bucket size separates the thresholds of the table with K = {steps_per_std}")
 
 
@@ -115,7 +112,7 @@ def _magnitude(v: tf.Tensor, table: grid.NoiseTable, sampler: str) -> tf.Tensor:
         distance = tf.constant(_INT64_MAX, tf.int64) - v
         bucket = tf.bitwise.right_shift(tf.bitcast(tf.cast(distance, tf.float32), tf.int32), t.shift)
         above = v > tf.gather(tf.constant(t.split), bucket)
-        return tf.where(above, tf.gather(tf.constant(t.high), bucket), tf.gather(tf.constant(t.low), bucket))
+        return tf.gather(tf.constant(t.low), bucket) + tf.cast(above, tf.int32)
     tree = eytzinger_thresholds(table)
     # v >= t  <=>  v > t - 1 for the thresholds; the padding stays int64 max, which no v exceeds
     below = np.where(tree == _INT64_MAX, _INT64_MAX, tree - 1)
