@@ -47,8 +47,8 @@ def _images(n=2, seed=0):
 
 
 def _words(shape, seed):
-    """Uniform int64 words, with the words at every threshold of the table and next to it (both signs) scattered
-    among them: 0, 255, 256, 2^63 - 1 and -2^63 (all magnitude bits set: the largest |Z|) among them."""
+    """Uniform int64 words with these scattered among them, for both signs: the words at every threshold of the table
+    and next to it, 0, 255, 256 and 2^63 - 1 (-2^63 for the negative sign: all magnitude bits set, the largest |Z|)."""
     rng = np.random.default_rng(seed)
     words = rng.integers(-2 ** 63, 2 ** 63 - 1, shape, dtype=np.int64, endpoint=True)
     t = grid.noise_table().thresholds.astype(np.int64) << 8
