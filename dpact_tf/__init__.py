@@ -12,7 +12,7 @@ Public API (one module per concept):
   (the tight per-pixel sensitivity, composition), what a server recovers; :mod:`dpact_tf.ledger` -- the
   client's per-image privacy ledger and budget.
 * :mod:`dpact_tf.export`, :mod:`dpact_tf.runtime`, :mod:`dpact_tf.encoding` -- the phone's head and its upload;
-  :mod:`dpact_tf.tflite_inspect` -- what a written .tflite contains (ops, random-op seeds).
+  :mod:`dpact_tf.tflite_inspect` -- what a written .tflite contains (ops, random ops, signatures, stored weights).
 
 The reproduction of the paper (profiles, cached runs, studies, claims, plots, the book) is the sub-package
 :mod:`dpact_tf.repro`; nothing in the library imports it.

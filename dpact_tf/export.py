@@ -1,16 +1,36 @@
-"""The client head as a phone-ready TensorFlow Lite model (builtin ops only).
+"""The client head as a phone-ready TensorFlow Lite model (builtin ops only) whose release is on an integer grid.
 
 Signatures of the exported model:
 
-* ``infer(image: uint8 [N, H, W, 3], epsilon: float32 []) -> activation: float32, valid: int32``: scales the
-  raw RGB image to [0, 1], runs the client's layers, clips, applies Eq. (1) and adds Gaussian noise with
-  std = S_f * sqrt(2 ln(1.25/delta)) / epsilon computed in-graph (``epsilon=+inf`` -> no noise).  The
-  constant sqrt(2 ln(1.25/delta)) comes from :func:`dpact_tf.privacy.gaussian_sigma` (one formula in the code
-  base); delta and S_f are fixed at conversion and recorded in the JSON sidecar.  An epsilon outside
-  (0, max_epsilon] and not +inf (NaN, <= 0, -inf, 1e38) gives ``valid = 0`` and an all-zero activation: the raw
-  signature never releases less noise than asked, whatever the app passes.  ``max_epsilon`` is
-  ``privacy.MAX_EPSILON`` capped where the classic calibration stops being (epsilon, delta)-DP for the
-  coordinate's true range (``privacy.classic_valid_max_epsilon``: ~21.9 for the paper's S_f and Eq. (1)).
+* ``release(image: uint8 [N, R + 2h, W, 3], epsilon: float32 [], entropy: int64 [N, R', W', C]) -> levels: int32
+  [N, R', W', C], scale: float32 [], valid: int32 []``: what a deployed app calls.  The head scales the raw RGB
+  image to [0, 1], runs the client's layers, clips to [0, 1], applies Eq. (1) and releases every coordinate f as
+  the integer ``n = min(floor(max(f, 0) * scale + (j + 1/2) / 256), D) + Z`` of :func:`dpact_tf.grid.release`
+  (dithered rounding to a grid of K steps per noise std, then discrete Gaussian noise), computed from ONE uniform
+  int64 word of ``entropy`` per coordinate by :func:`dpact_tf.grid_lite.release_levels` (``sampler="lookup"``, or
+  ``"tree"`` for a K whose table the lookup's buckets cannot separate: builtin ops only).  ``entropy`` is the noise's only source: the head has no random op.  The server reads
+  ``levels / scale``.  In the graph, all in float32 as :func:`dpact_tf.grid.grid_scale` and
+  :func:`dpact_tf.grid.max_shift` compute it: ``scale = epsilon * float32(K / (S_f sqrt(2 ln(1.25/delta))))``
+  and ``D = ceil(float32(R) * scale)``, with K, delta, S_f and the true range R fixed at conversion and recorded
+  in the JSON sidecar.
+  ``valid = 1`` iff epsilon lies in the head's certified interval (:func:`dpact_tf.grid.certified_epsilons`: every
+  epsilon in it releases with the delta asked for as implemented; NaN, inf and <= 0 lie outside) and the entropy
+  passes its checks: the activation's shape (LiteRT would broadcast a [1, 1, 1, C] buffer), a plausible spread --
+  the words below 0 and those in [-2^62, 2^62) each half of the buffer within :data:`ENTROPY_TOLERANCE_SE`
+  standard errors (a zero-filled or constant buffer, 63-bit words that are never negative, or 32-bit values
+  sign-extended to 64 bits, which would give no noise at all, fail) -- and not the last accepted call's: the head
+  keeps the first :data:`FINGERPRINT_SIZE` words of the buffer's first row and the last of its last row in a
+  resource variable, and refuses a call whose entropy matches either end (LiteRT keeps an input tensor between
+  calls, so an app that forgets to refill would release a second image with the first one's noise; a buffer
+  resized or refilled at one end only keeps the other).  The fingerprint remembers one call per interpreter:
+  the app must still write new words before every call.  An invalid release returns all-zero ``levels`` (and
+  ``scale = 0``).
+  ``h`` is the sidecar's ``release.halo_rows``: a conv1_1 head (h = 1) takes a strip of R image rows with one
+  row of its neighbours above and below (zero rows outside the image: conv1_1's own SAME padding) and releases
+  the R rows' activation, so an app releases an image in strips whose tensors stay in the CPU's cache (what
+  ``HeadRunner`` does) or whole, padded with a zero row above and below; other cuts (h = 0) take whole images.
+* ``clean(image: uint8 [N, H, W, 3]) -> activation: float32``: the activation WITHOUT noise, for tests,
+  benchmarks and the no-noise baseline.  Never send it: it is what the release protects.
 * ``train(image, grad_activation, learning_rate) -> grad_norm, applied``: the client's half of a training step
   -- back-propagates the server's dL/d(activation) into conv1_1 and applies SGD with momentum (the Keras
   SGD update).  The update is applied only if the gradient, the learning rate (> 0) and the new weights are
@@ -18,45 +38,15 @@ Signatures of the exported model:
   poison the phone with NaN/inf.  Written with builtin ops only (a hand-derived backward pass of ReLU, clip
   and Eq. (1), and the conv1_1 weight gradient as an im2col matrix product), because TFLite has no builtin
   kernels for TensorFlow's gradient ops (LRNGrad, Conv2DBackpropFilter, ReluGrad).  Available when the cut is
-  conv1_1.
+  conv1_1, with ``gradient`` + ``apply_gradient``, the same step in two calls.
 
-* ``release(image: uint8 [N, R, W, 3], epsilon, entropy: float32 [N, R', W', 2 ceil(C/2)]) -> activation,
-  valid``: the deployable path (Box-Muller heads).  The same as ``infer``, but the noise is drawn from the app's
-  ``entropy`` alone: 24-bit uniforms (k + 1) / 2^24 in (0, 1] from a cryptographic generator (``HeadRunner``:
-  AES-128-CTR keyed with 128 bits from ``secrets``; an Android app: ``javax.crypto`` AES/CTR keyed from
-  ``SecureRandom``).  Channel c < C/2 of the noise is r cos(2 pi u2), channel C/2 + c is r sin(2 pi u2), with
-  r = std sqrt(-2 ln u1), u1 = entropy[..., c] and u2 = entropy[..., C/2 + c] (Box-Muller: exactly N(0, std^2)
-  up to float32, |z| <= 5.77 std as with TensorFlow's own sampler).  ``valid = 0`` and an all-zero activation
-  when ``entropy`` has an entry outside [2^-24, 1] (a zero -- an unfilled buffer or a gap in one --, NaN, inf),
-  another shape than the activation's, or a mean or variance no 24-bit uniform tensor has (a constant fill), and
-  for ``epsilon = +inf`` (a deployed release always adds noise; the no-noise baseline is ``infer``'s).  LiteRT
-  keeps an input tensor's contents between calls, so an app that forgets to refill ``entropy`` would release a
-  second image with the first one's noise (the difference of the two releases is the difference of the clean
-  activations): the head keeps a fingerprint of the last accepted entropy in a resource variable (the first
-  :data:`FINGERPRINT_SIZE` uniforms of its first row and the last of its last row) and refuses (``valid = 0``) a
-  release whose entropy matches it at either end -- a stale buffer resized or refilled at one end only keeps the
-  other (a false match of fresh 24-bit uniforms has probability ~2^-767).  It is per interpreter and remembers
-  one call: the app must still write new uniforms before every call (an older buffer, one shared by two
-  interpreters, or one refilled at both ends but stale in the middle is not caught).
-  ``R`` is any number of rows (``R' = R`` for a conv1_1 head, whose sidecar says ``release_strip_halo_rows:
-  1``): an app can release an image in strips of rows, each with one row of its neighbours above and below
-  (zero rows at the image's border: conv1_1's own SAME padding) whose outputs it drops -- the same release,
-  with tensors small enough to stay in the CPU's cache (what ``HeadRunner`` does).
-
-The head's random op (``infer`` only) carries the seed options (0, 0): each interpreter seeds it from the OS.
-The converter reads the seeds back from the written flatbuffer (:mod:`dpact_tf.tflite_inspect`) and refuses a
-fixed seed unless ``replayable_noise_for_tests=True``.  Fresh is not secret, though: LiteRT seeds that op from a
-per-process ``mt19937_64`` started from 32 bits of ``/dev/urandom``, and an adversarial review recovered the
-exact noise of an ``infer`` release by searching those 2^32 seeds (about 40 core-minutes).  ``infer`` is kept
-for tests and benchmarks; a deployed app calls ``release``, whose noise depends on the app's secret entropy only.
-
-Quantizing the *already-noisy* output (float16, uint8: :mod:`dpact_tf.encoding`) is post-processing and keeps
-the DP guarantee.
+The converter reads the written flatbuffer back (:mod:`dpact_tf.tflite_inspect`): no custom (Flex) op, no random
+op, and a ``release`` whose inputs and outputs are those of the grid release; and it records the hash of the conv
+weights stored in the file (:func:`weights_hash`), which ``HeadRunner(trusted_weights_sha256=...)`` checks.
+Quantizing the released integers further (:mod:`dpact_tf.encoding`) is post-processing and keeps the guarantee.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import math
 import os
 from typing import Any, Dict, List, Optional, Tuple
@@ -64,20 +54,25 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from dpact_tf import __version__, privacy
+from dpact_tf import __version__, grid, grid_lite, privacy, tflite_inspect
 from dpact_tf.jsonio import write_json
 from dpact_tf.layers import DPActivation
-from dpact_tf.runtime import MAX_BOX_MULLER_STD  # the one bound, shared with HeadRunner
 
-__all__ = ["ClientHead", "convert_client_head", "head_layers", "weights_hash", "ConversionError", "FINGERPRINT_SIZE"]
+__all__ = ["ClientHead", "convert_client_head", "head_layers", "weights_hash", "client_for_export", "ConversionError",
+           "FINGERPRINT_SIZE", "ENTROPY_TOLERANCE_SE", "LRN_KINDS"]
 
-# Uniforms at each end of ``release``'s entropy kept in the head's fingerprint of the last accepted call.
-FINGERPRINT_SIZE = 32
+# Words at each end of ``release``'s entropy kept in the head's fingerprint of the last accepted call.
+FINGERPRINT_SIZE = 8
+# The entropy's plausibility checks allow this many standard errors (a fair buffer fails with probability ~1e-23).
+ENTROPY_TOLERANCE_SE = 10.0
+LRN_KINDS = ("builtin_ops", "lrn_kernel")
+# Float32's largest finite value: a squared gradient norm or a weight above it is non-finite.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class ConversionError(RuntimeError):
-    """The head cannot be deployed: it needs ops outside the TFLite builtin set (Select-TF / Flex), or its
-    written random op carries a fixed seed (replayable noise)."""
+    """The head cannot be deployed: it needs ops outside the TFLite builtin set (Select-TF / Flex), or the written
+    model is not the grid release (a random op, another release signature)."""
 
 
 def head_layers(client: tf.keras.Model) -> List[Tuple[str, str, Optional[np.ndarray], Optional[np.ndarray]]]:
@@ -96,41 +91,12 @@ def head_layers(client: tf.keras.Model) -> List[Tuple[str, str, Optional[np.ndar
     return out
 
 
-def weights_hash(layers) -> str:
-    h = hashlib.sha256()
-    for name, kind, kernel, bias in layers:
-        h.update(name.encode())
-        if kernel is not None:
-            h.update(np.ascontiguousarray(kernel, np.float32).tobytes())
-            h.update(np.ascontiguousarray(bias, np.float32).tobytes())
-    return h.hexdigest()
-
-
-# Float32's largest finite value: a noise std, a squared gradient norm or a weight above it is non-finite.
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-_TWO_PI_HI = float(np.float16(2.0 * math.pi))                 # 6.28125, exact in float16
-_TWO_PI_LO = float(np.float16(2.0 * math.pi - _TWO_PI_HI))    # 0.001935: 2 pi to ~3e-7 rad in a float16 head
-
-
-
-def _head_max_epsilon(delta: float, sensitivity: float, true_range: float) -> float:
-    """The largest finite epsilon the head accepts: MAX_EPSILON, and no more than where the classic calibration
-    it implements stays (epsilon, delta)-DP for the coordinate's true range (~21.9 for the paper's constants).
-    Rounded down to a float16 value, so a float16 head's constant cannot round above it."""
-    limit = min(privacy.MAX_EPSILON, privacy.classic_valid_max_epsilon(delta, sensitivity=sensitivity,
-                                                                       true_range=true_range))
-    half = np.float16(limit)
-    if float(half) > limit:
-        half = np.nextafter(half, np.float16(0))
-    return float(half)
-
-
-def _is_pos_inf(x: tf.Tensor, finite_max: float) -> tf.Tensor:
-    """x == +inf without an inf constant (float16 conversion turns inf and float32's max into 65504).
-
-    Fails closed: if a kernel clamped x * 0.5 to float32's max, +inf would count as invalid, never the reverse.
-    """
-    return tf.logical_and(x > finite_max, tf.equal(x * 0.5, x))
+def weights_hash(client: tf.keras.Model) -> str:
+    """The SHA-256 of the client's conv weights as a head exported from it stores them: the value to pass as
+    ``HeadRunner(path, trusted_weights_sha256=...)``, which hashes the weights read from the .tflite itself
+    (:func:`dpact_tf.tflite_inspect.weights_sha256` defines the bytes hashed)."""
+    return tflite_inspect.weights_sha256([(kernel, bias) for _, kind, kernel, bias in head_layers(client)
+                                          if kind == "conv"])
 
 
 def _all_finite(*tensors: tf.Tensor) -> tf.Tensor:
@@ -147,57 +113,63 @@ def _all_finite(*tensors: tf.Tensor) -> tf.Tensor:
     return out
 
 
-NOISE_KINDS = ("box_muller", "standard_normal")
-LRN_KINDS = ("builtin_ops", "lrn_kernel")
+def _float32_inside(lo: float, hi: float) -> Tuple[float, float]:
+    """The float32 interval [lo', hi'] inside [lo, hi]: the graph compares a float32 epsilon with float32 ends."""
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    if float(lo32) < lo:
+        lo32 = np.nextafter(lo32, np.float32(np.inf))
+    if float(hi32) > hi:
+        hi32 = np.nextafter(hi32, np.float32(0))
+    return float(lo32), float(hi32)
 
 
 class ClientHead(tf.Module):
-    """conv layers -> clip -> Eq. (1) -> noise, as a tf.Module with ``infer`` and (cut conv1_1) ``train``.
+    """conv layers -> clip -> Eq. (1) -> the grid release, as a tf.Module with ``release``, ``clean`` and (cut
+    conv1_1) ``train``, ``gradient`` and ``apply_gradient``.
 
     Args:
-      client: the Keras client (its ``dp_activation`` layer gives delta, S_f and the LRN constants).
+      client: the Keras client (its ``dp_activation`` layer gives delta, S_f, the true range and the LRN constants).
       momentum: the SGD momentum of the on-device update.
-      replayable_noise_for_tests: write fixed seeds into the random op, so every interpreter replays the same
-        noise.  For tests only: whoever holds such a model file can regenerate and subtract the noise.
-      noise: ``"box_muller"``: ``infer`` draws N(0, 1) from one ``RANDOM_UNIFORM`` (Box-Muller transform, both
-        outputs used) and the head gets ``release`` (Box-Muller of the app's uniforms); ``"standard_normal"``:
-        ``infer`` uses ``RANDOM_STANDARD_NORMAL`` and there is no ``release``.  Both are exact N(0, 1) up to
-        float32 (|z| <= ~5.7, as TensorFlow's own Box-Muller sampler).
       lrn: ``"builtin_ops"`` writes Eq. (1) as square -> 1x1 conv with a banded 0/1 kernel -> rsqrt -> mul
         (ops XNNPACK accelerates); ``"lrn_kernel"`` uses TFLite's reference LOCAL_RESPONSE_NORMALIZATION.
       batch: a fixed batch size for the signatures (``None``, the default: any batch size).
       with_train: give a conv1_1-only head the ``train``, ``gradient`` and ``apply_gradient`` signatures (its
         weights stay variables).  ``False``: the weights are frozen into constants at conversion.
+      steps_per_std: K, the grid steps per noise std of the release (fixed at conversion; the certified
+        interval of run-time epsilons depends on it).
     """
 
-    def __init__(self, client: tf.keras.Model, *, momentum: float = 0.9, replayable_noise_for_tests: bool = False,
-                 noise: str = "box_muller", lrn: str = "builtin_ops", batch: Optional[int] = None,
-                 with_train: bool = True) -> None:
+    def __init__(self, client: tf.keras.Model, *, momentum: float = 0.9, lrn: str = "builtin_ops",
+                 batch: Optional[int] = None, with_train: bool = True,
+                 steps_per_std: int = grid.STEPS_PER_STD) -> None:
         super().__init__(name="client_head")
-        if noise not in NOISE_KINDS:
-            raise ValueError(f"noise must be one of {NOISE_KINDS} (got {noise!r})")
         if lrn not in LRN_KINDS:
             raise ValueError(f"lrn must be one of {LRN_KINDS} (got {lrn!r})")
         dp: DPActivation = client.get_layer("dp_activation")
         if dp.method != "classic":
-            raise ValueError("the in-graph calibration of the head implements the paper's classic sigma; "
-                             f"the client uses method={dp.method!r}")
+            raise ValueError("the head's grid scale implements the paper's classic sigma (scale proportional to "
+                             f"epsilon); the client uses method={dp.method!r}")
         self.layers = head_layers(client)
         self.image_shape = tuple(int(s) for s in client.input_shape[1:])
-        self.delta, self.sensitivity = dp.delta, dp.sensitivity
+        self.delta, self.sensitivity, self.true_range = dp.delta, dp.sensitivity, float(dp.true_range)
         self.lrn = {"depth_radius": dp.depth_radius, "bias": dp.bias, "alpha": dp.alpha, "beta": dp.beta}
-        # std(eps) = S_f * sigma(1, delta) / eps: sigma is 1/eps-homogeneous in the classic calibration.
-        self.noise_scale = float(self.sensitivity * privacy.gaussian_sigma(1.0, self.delta))
-        self.noise_scale_hi = float(np.float16(self.noise_scale))
-        self.noise_scale_lo = float(np.float16(self.noise_scale - self.noise_scale_hi))
-        self.max_epsilon = _head_max_epsilon(self.delta, self.sensitivity, dp.true_range)
         self.momentum = float(momentum)
-        self.noise_kind, self.lrn_kind = noise, lrn
-        # (0, 0) = TFLite seeds the random op from the OS in every interpreter; anything else replays.
-        self.seeds = (20180, 1) if replayable_noise_for_tests else (0, 0)
+        self.lrn_kind = lrn
+        # The grid: K, the noise table, scale(epsilon) = epsilon * scale_per_epsilon (grid.grid_scale's float32
+        # constant) and the float32 interval of epsilons the graph accepts.
+        self.table = grid.noise_table(steps_per_std)
+        self.steps_per_std = self.table.steps_per_std
+        try:  # the same noise as the tree search, ~3x faster in TFLite (grid_lite)
+            grid_lite.lookup_tables(self.table)
+            self.sampler = "lookup"
+        except ValueError:
+            self.sampler = "tree"
+        self.scale_per_epsilon = grid.grid_scale(1.0, self.delta, sensitivity=self.sensitivity,
+                                                 steps_per_std=self.steps_per_std)
+        self.certified_epsilons = _float32_inside(*grid.certified_epsilons(
+            self.delta, steps_per_std=self.steps_per_std, sensitivity=self.sensitivity, true_range=self.true_range))
         self.trainable_head = with_train and [kind for _, kind, _, _ in self.layers] == ["conv"]
-        # Variables only where `train` updates them: a head's resource variables (the release fingerprint below)
-        # would otherwise keep frozen weights as variables too, which XNNPACK runs slower and in more memory.
+        # Variables only where `train` updates them: XNNPACK runs constant weights faster and in less memory.
         weight = tf.Variable if self.trainable_head else (lambda value, name: tf.constant(value, name=name))
         self.kernels, self.biases = [], []
         for name, kind, kernel, bias in self.layers:
@@ -215,10 +187,21 @@ class ClientHead(tf.Module):
         self.band_kernel = tf.constant(band[None, None])  # the same as a 1x1 convolution kernel
         h, w, _ = self.image_shape
         self.batch = batch
+        # `release` of a conv1_1 head takes strips of rows with one halo row above and below; other cuts (whose
+        # strips would need more) take whole images.
+        self.halo_rows = 1 if [kind for _, kind, _, _ in self.layers] == ["conv"] else 0
+        # The first and last FINGERPRINT_SIZE words of the last accepted release's entropy (0: none yet).
+        self.entropy_fingerprint = tf.Variable(tf.zeros([2 * FINGERPRINT_SIZE], tf.int64), trainable=False,
+                                               name="entropy_fingerprint")
         spec = tf.TensorSpec([batch, h, w, 3], tf.uint8, name="image")
+        act_w = int(client.output_shape[2])
+
         # Named functions: TFLite takes the signature keys from the function names.
-        def infer(image, epsilon):
-            return self._infer(image, epsilon)
+        def release(image, epsilon, entropy):
+            return self._release(image, epsilon, entropy)
+
+        def clean(image):
+            return {"activation": self._features(image)[0]}
 
         def train(image, grad_activation, learning_rate):
             return self._train(image, grad_activation, learning_rate)
@@ -230,25 +213,11 @@ class ClientHead(tf.Module):
         def apply_gradient(grad_kernel, grad_bias, learning_rate):
             return self._apply(grad_kernel, grad_bias, learning_rate)
 
-        eps_spec = tf.TensorSpec([], tf.float32, name="epsilon")
-        self.infer = tf.function(infer, input_signature=[spec, eps_spec])
-        act_w = int(client.output_shape[2])
-        self.entropy_channels = 2 * ((n + 1) // 2)
-        self.has_release = noise == "box_muller"
-        # `release` takes any number of image rows: a whole image, or (conv1_1 heads) a strip of rows with one row
-        # of its neighbours above and below, whose tensors stay in the CPU's cache (HeadRunner streams strips).
-        self.strip_halo_rows = 1 if [kind for _, kind, _, _ in self.layers] == ["conv"] else None
-        if self.has_release:
-            # The first and last FINGERPRINT_SIZE uniforms of the last accepted release's entropy (0: none yet).
-            self.entropy_fingerprint = tf.Variable(tf.zeros([2 * FINGERPRINT_SIZE]), trainable=False,
-                                                   name="entropy_fingerprint")
-
-            def release(image, epsilon, entropy):
-                return self._infer(image, epsilon, entropy)
-
-            self.release = tf.function(release, input_signature=[
-                tf.TensorSpec([batch, None, w, 3], tf.uint8, name="image"), eps_spec,
-                tf.TensorSpec([batch, None, act_w, self.entropy_channels], tf.float32, name="entropy")])
+        self.release = tf.function(release, input_signature=[
+            tf.TensorSpec([batch, None if self.halo_rows else h, w, 3], tf.uint8, name="image"),
+            tf.TensorSpec([], tf.float32, name="epsilon"),
+            tf.TensorSpec([batch, None, act_w, n], tf.int64, name="entropy")])
+        self.clean = tf.function(clean, input_signature=[spec])
         if self.trainable_head:
             grad_spec = tf.TensorSpec([batch, h, w, n], tf.float32, name="grad_activation")
             lr_spec = tf.TensorSpec([], tf.float32, name="learning_rate")
@@ -262,6 +231,13 @@ class ClientHead(tf.Module):
     def output_channels(self) -> int:
         return int([k for _, kind, k, _ in self.layers if kind == "conv"][-1].shape[-1])
 
+    @property
+    def signatures(self) -> Dict[str, Any]:
+        out = {"release": self.release, "clean": self.clean}
+        if self.trainable_head:
+            out.update(train=self.train, gradient=self.gradient, apply_gradient=self.apply_gradient)
+        return out
+
     def _normalize(self, c: tf.Tensor) -> tf.Tensor:
         """Eq. (1) on the clipped activation ``c``: c / (bias + alpha * window sum of c^2)^beta."""
         if self.lrn_kind == "lrn_kernel":
@@ -270,116 +246,70 @@ class ClientHead(tf.Module):
         d = bias + a * tf.nn.conv2d(c * c, self.band_kernel, 1, "VALID")
         return c * (tf.math.rsqrt(d) if beta == 0.5 else tf.pow(d, -beta))
 
-    def _features(self, image: tf.Tensor, upper: Any = 1.0) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """(Eq. (1) output, the clipped activation, the last conv's pre-activation); ``upper`` is the clip's top
-        (0 makes the whole output 0)."""
-        x = tf.cast(image, tf.float32) / 255.0
+    def _features(self, image: tf.Tensor, halo_rows: int = 0) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(Eq. (1) output, the clipped activation, the last conv's pre-activation).  ``halo_rows=1`` (a conv1_1
+        head's strip): the first and last image rows are the neighbours' and give no output row."""
+        # The ReLU of the scaled image changes nothing (it is >= 0) but keeps the converter from folding the 1/255
+        # into constant conv weights: the .tflite stores the client's own kernel, which weights_hash checks.
+        x = tf.nn.relu(tf.cast(image, tf.float32) / 255.0)
         pre = x
         ci = 0
         for _, kind, _, _ in self.layers:
             if kind == "conv":
-                pre = tf.nn.conv2d(x, self.kernels[ci], 1, "SAME") + self.biases[ci]
+                padding = [[0, 0], [0, 0], [1, 1], [0, 0]] if halo_rows else "SAME"
+                pre = tf.nn.conv2d(x, self.kernels[ci], 1, padding) + self.biases[ci]
                 x = tf.nn.relu(pre)
                 ci += 1
             else:
                 x = tf.nn.max_pool2d(x, 2, 2, "VALID")
-        c = tf.minimum(x, upper)  # x >= 0 after ReLU: the clip to [0, 1] of the Keras layer
+        c = tf.minimum(x, 1.0)  # x >= 0 after ReLU: the clip to [0, 1] of the Keras layer
         return self._normalize(c), c, pre
 
-    def _box_muller(self, v1: tf.Tensor, u2: tf.Tensor, std: tf.Tensor, two_pi: tf.Tensor) -> tf.Tensor:
-        """N(0, std^2) pairs from uniforms: z1 = r cos(2 pi u2), z2 = r sin(2 pi u2), r = std sqrt(-2 ln v1), with
-        v1 in (0, 1] and u2 uniform; concatenated along the channels (cos first), cut to the head's channels.
-        std enters under the square root (-2 std^2 ln v1): no full-size multiplication by std."""
-        r = tf.sqrt(tf.math.log(v1) * (-2.0 * std * std))
-        theta = u2 * two_pi
-        z = tf.concat([r * tf.cos(theta), r * tf.sin(theta)], axis=-1)
-        c = self.output_channels
-        return z if z.shape[-1] == c else z[..., :c]
-
-    def _noise(self, shape: tf.Tensor, std: tf.Tensor, two_pi: tf.Tensor) -> tf.Tensor:
-        """``infer``'s N(0, std^2) noise of ``shape`` from the head's unseeded (or, for tests, seeded) random op."""
-        seed, seed2 = self.seeds
-        if self.noise_kind == "standard_normal":
-            # raw op: its seed attributes are written verbatim, whatever global seed Python has set
-            return tf.raw_ops.RandomStandardNormal(shape=shape, dtype=tf.float32, seed=seed, seed2=seed2) * std
-        # Box-Muller from ONE uniform draw (a second op with the same fixed seeds would replay the first);
-        # u in [0, 1) -> 1 - u1 in (0, 1].
-        half = (self.output_channels + 1) // 2
-        u = tf.raw_ops.RandomUniform(shape=tf.concat([[2], shape[:-1], [half]], 0), dtype=tf.float32,
-                                     seed=seed, seed2=seed2)
-        return self._box_muller(1.0 - u[0], u[1], std, two_pi)
-
     def _entropy_ok(self, entropy: tf.Tensor, act_shape: tf.Tensor) -> tf.Tensor:
-        """True iff ``entropy`` is what ``release`` needs: the whole [N, H', W', 2 ceil(C/2)] tensor of the
-        activation's shape ``act_shape`` (LiteRT would broadcast a [1, 1, 1, C] one: C values for a whole image),
-        every entry on the 24-bit grid's range [2^-24, 1] (a zero -- an unfilled buffer, or a gap in one --, NaN,
-        inf or a negative value fails), and plausibly uniform: mean 1/2 and variance 1/12 within 15 standard errors
-        (a constant fill fails), every entry on the grid (k + 1) / 2^24 and half of the k + 1 odd within 15
-        standard errors (coarser uniforms -- 8 or 16 bits, or 23 -- are all even: they would leave whole
-        coordinates without noise and cut the Gaussian's tail early)."""
-        expected = tf.concat([act_shape[:3], [self.entropy_channels]], 0)
-        shape_ok = tf.reduce_all(tf.equal(tf.shape(entropy), expected))
-        # 2^-24 as 4096^-2: every constant stays exact in a float16 head
-        in_range = tf.logical_and(tf.reduce_min(entropy) * 4096.0 * 4096.0 >= 1.0, tf.reduce_max(entropy) <= 1.0)
-        mean = tf.reduce_mean(entropy)  # NaN and inf make the mean NaN or inf: not plausible
-        var = tf.reduce_mean(entropy * entropy) - mean * mean
+        """True iff ``entropy`` has the activation's shape and a plausible spread: the words below 0 and those in
+        [-2^62, 2^62) are each n/2 within ENTROPY_TOLERANCE_SE standard errors (sqrt(n)/2) of a fair count."""
+        shape_ok = tf.reduce_all(tf.equal(tf.shape(entropy), act_shape))
+        # The same ops as grid_lite.release_levels' first lines, so that the converter computes them once: v < 2^62
+        # exactly when the word is in [-2^62, 2^62).
+        negative = entropy < 0
+        v = tf.where(negative, -(entropy + 1), entropy)
+        middle = v < tf.constant(1 << 62, tf.int64)
         n = tf.cast(tf.size(entropy), tf.float32)
-        plausible = tf.logical_and(tf.abs(mean - 0.5) < 15.0 * 0.2887 / tf.sqrt(n) + 1e-3,
-                                   tf.abs(var - 1.0 / 12.0) < 15.0 * 0.0745 / tf.sqrt(n) + 1e-3)
-        # On the grid, h = entropy * 2^23 = (k + 1) / 2 exactly, so its fractional part f is 0 (k + 1 even) or 1/2
-        # (odd): every entry is on the grid iff max |f (1/2 - f)| = 0, and the odd fraction is 2 mean(f).  Cheap
-        # element-wise ops XNNPACK runs (a first version's FLOOR_MOD / EQUAL / REDUCE_ALL over the whole tensor
-        # made `release` ~10x slower at 224x224x64, found by the cost chapter).  2^23 as 4096 * 2048: float16-exact.
-        h = entropy * 4096.0 * 2048.0
-        f = h - tf.floor(h)
-        on_grid = tf.reduce_max(tf.abs(f * (0.5 - f))) <= 0.0  # NaN entries: caught by the mean above
-        odd = 2.0 * tf.reduce_mean(f)
-        fine = tf.logical_and(on_grid, tf.abs(odd - 0.5) < 15.0 * 0.5 / tf.sqrt(n) + 1e-3)
-        return tf.logical_and(tf.logical_and(shape_ok, in_range), tf.logical_and(plausible, fine))
+        tolerance = ENTROPY_TOLERANCE_SE * 0.5 * tf.sqrt(n)
+        ok = shape_ok
+        for bits in (negative, middle):
+            count = tf.cast(tf.reduce_sum(tf.cast(bits, tf.int32)), tf.float32)
+            ok = tf.logical_and(ok, tf.abs(count - 0.5 * n) < tolerance)
+        return ok
 
-    def _infer(self, image: tf.Tensor, epsilon: tf.Tensor, entropy: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
-        # valid: 0 < epsilon <= max_epsilon, or (infer only) epsilon = +inf (no noise), and a finite std; NaN fails
-        # every test.
-        # noise scale as a float16-exact high part plus a low part (exact in float32 and in float16 heads)
-        std = (self.noise_scale_hi + self.noise_scale_lo) / epsilon  # +inf -> 0: no noise; DIV clamps to FLT_MAX
-        eps_ok = epsilon <= self.max_epsilon
-        if entropy is None:  # infer: +inf is the no-noise baseline; release (deployed) always adds noise
-            eps_ok = tf.logical_or(eps_ok, _is_pos_inf(epsilon, self.max_epsilon))
-        valid = tf.logical_and(tf.logical_and(epsilon > 0.0, eps_ok),
-                               std < MAX_BOX_MULLER_STD)  # -2 std^2 ln(v) finite for v >= 2^-24: eps > ~1.1e-18
-        if entropy is not None:
-            clean, _, _ = self._features(image)
-            valid = tf.logical_and(valid, self._entropy_ok(entropy, tf.shape(clean)))
-            # Refuse the previous accepted call's entropy (an app that did not refill the buffer), then remember
-            # this one's if accepted: the first FINGERPRINT_SIZE uniforms of the buffer's first row and the last
-            # of its last row (zero-padded when a row is shorter; sliced before reshaping: no full-size copy).
-            # EITHER end matching refuses: a stale buffer that was resized (LiteRT keeps a tensor's contents when
-            # it shrinks) or refilled at one end only keeps the other end (the adversarial review of F2).
-            head_row = tf.reshape(entropy[:1, :1], [-1])[:FINGERPRINT_SIZE]
-            tail_row = tf.reshape(entropy[-1:, -1:], [-1])[-FINGERPRINT_SIZE:]
-            pad = tf.zeros([FINGERPRINT_SIZE], tf.float32)
-            fingerprint = tf.concat([tf.concat([head_row, pad], 0)[:FINGERPRINT_SIZE],
-                                     tf.concat([pad, tail_row], 0)[-FINGERPRINT_SIZE:]], 0)
-            same = tf.equal(fingerprint, self.entropy_fingerprint)
-            repeated = tf.logical_or(tf.reduce_all(same[:FINGERPRINT_SIZE]), tf.reduce_all(same[FINGERPRINT_SIZE:]))
-            valid = tf.logical_and(valid, tf.logical_not(repeated))
-            self.entropy_fingerprint.assign(tf.where(valid, fingerprint, self.entropy_fingerprint))
-        std = tf.where(valid, std, 0.0)
-        # 2 pi as a float16-exact high part plus a low part, added at run time (the sum depends on `valid`, so the
-        # converter cannot fold it into one constant): a float16 head would otherwise use 6.28125 and never draw
-        # an angle in a wedge of 0.002 rad (the re-review: delta > 1e-5).  An invalid release's angle is unused.
-        two_pi = _TWO_PI_HI + _TWO_PI_LO * tf.cast(valid, tf.float32)
-        if entropy is None:
-            # An invalid epsilon clips every activation to [0, 0]: the output is exactly 0, no trace of the image.
-            clean, _, _ = self._features(image, upper=tf.cast(valid, tf.float32))
-            noisy = clean + self._noise(tf.shape(clean), std, two_pi)
-            return {"activation": noisy, "valid": tf.cast(valid, tf.int32)}
-        # release: the noise is Box-Muller of the app's uniforms alone -- radius from the first half of the
-        # channels, angle from the second.  Invalid entropy may be NaN or out of range: the release is selected
-        # to exactly 0 at the end (one select with a scalar condition, instead of sanitizing the whole input).
-        half = self.entropy_channels // 2
-        noisy = clean + self._box_muller(entropy[..., :half], entropy[..., half:], std, two_pi)
-        return {"activation": tf.where(valid, noisy, 0.0), "valid": tf.cast(valid, tf.int32)}
+    def _fresh(self, entropy: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+        """``valid`` and not the last accepted call's entropy; remembers this call's if it is accepted."""
+        # The first FINGERPRINT_SIZE words of the first row and the last of the last row (zero-padded when a row is
+        # shorter; sliced before reshaping: no full-size copy).  EITHER end matching refuses: a stale buffer that
+        # was resized (LiteRT keeps a tensor's contents when it shrinks) or refilled at one end keeps the other.
+        head_row = tf.reshape(entropy[:1, :1], [-1])[:FINGERPRINT_SIZE]
+        tail_row = tf.reshape(entropy[-1:, -1:], [-1])[-FINGERPRINT_SIZE:]
+        pad = tf.zeros([FINGERPRINT_SIZE], tf.int64)
+        fingerprint = tf.concat([tf.concat([head_row, pad], 0)[:FINGERPRINT_SIZE],
+                                 tf.concat([pad, tail_row], 0)[-FINGERPRINT_SIZE:]], 0)
+        same = tf.equal(fingerprint, self.entropy_fingerprint)
+        repeated = tf.logical_or(tf.reduce_all(same[:FINGERPRINT_SIZE]), tf.reduce_all(same[FINGERPRINT_SIZE:]))
+        valid = tf.logical_and(valid, tf.logical_not(repeated))
+        self.entropy_fingerprint.assign(tf.where(valid, fingerprint, self.entropy_fingerprint))
+        return valid
+
+    def _release(self, image: tf.Tensor, epsilon: tf.Tensor, entropy: tf.Tensor) -> Dict[str, tf.Tensor]:
+        lo, hi = self.certified_epsilons
+        valid = tf.logical_and(epsilon >= lo, epsilon <= hi)  # NaN fails both
+        clean, _, _ = self._features(image, self.halo_rows)
+        valid = tf.logical_and(valid, self._entropy_ok(entropy, tf.shape(clean)))
+        valid = self._fresh(entropy, valid)
+        # grid.grid_scale and grid.max_shift in float32; an invalid call quantizes with scale 0 (nothing of the
+        # image) and is zeroed at the end.
+        scale = tf.where(valid, epsilon * np.float32(self.scale_per_epsilon), 0.0)
+        max_level = tf.maximum(tf.cast(tf.math.ceil(np.float32(self.true_range) * scale), tf.int32), 1)
+        levels = grid_lite.release_levels(clean, entropy, scale, max_level, self.table, sampler=self.sampler)
+        return {"levels": tf.where(valid, levels, 0), "scale": scale, "valid": tf.cast(valid, tf.int32)}
 
     def _weight_gradient(self, image: tf.Tensor, grad_activation: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
         """dL/d(conv1_1 kernel, bias) from the server's dL/d(activation), summed over the batch."""
@@ -420,11 +350,12 @@ class ClientHead(tf.Module):
         return self._apply(gk, gb, learning_rate)
 
 
-def _convert(head: tf.Module, signatures: Dict[str, Any], precision: str, resource_variables: bool) -> bytes:
+
+def _convert(head: tf.Module, signatures: Dict[str, Any]) -> bytes:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        # Through a SavedModel so that the TFLite signature keys are ours ("infer", "train").
+        # Through a SavedModel so that the TFLite signature keys are ours ("release", "clean", "train").
         logger = tf.get_logger()  # the library prints nothing: not even "Assets written to <tmp path>"
         level = logger.level
         logger.setLevel("WARNING")
@@ -434,90 +365,89 @@ def _convert(head: tf.Module, signatures: Dict[str, Any], precision: str, resour
             logger.setLevel(level)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(signatures))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Select-TF / Flex ops
-        converter.experimental_enable_resource_variables = resource_variables
-        if precision == "float16":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.target_spec.supported_types = [tf.float16]
+        # resource variables: the weights `train` updates and `release`'s fingerprint of the last accepted entropy
+        converter.experimental_enable_resource_variables = True
         try:
             return converter.convert()
         except Exception as err:  # the converter raises ConverterError on ops outside the builtin set
             raise ConversionError(f"the client head needs ops outside the TFLite builtins (Flex): {err}") from err
 
 
-def convert_client_head(client: tf.keras.Model, out_path: str, *, precision: str = "float32",
-                        with_train: bool = True, momentum: float = 0.9, replayable_noise_for_tests: bool = False,
-                        noise: str = "box_muller", lrn: str = "builtin_ops",
-                        batch: Optional[int] = None) -> Dict[str, Any]:
+def convert_client_head(client: tf.keras.Model, out_path: str, *, with_train: bool = True, momentum: float = 0.9,
+                        lrn: str = "builtin_ops", batch: Optional[int] = None,
+                        steps_per_std: int = grid.STEPS_PER_STD) -> Dict[str, Any]:
     """Write ``out_path`` (.tflite) and its JSON sidecar (same name, .json); returns the sidecar dict.
 
-    ``precision="float16"`` stores the weights as float16 (inference only: variables cannot be float16); its
-    in-graph constants are float16 too, so it also reports epsilon < ~5e-5 (noise std above 65504) invalid.
-    ``with_train=False`` writes an inference-only head: its weights are constants, which XNNPACK runs faster and
-    in less memory than the variables the ``train`` signature updates.  The written flatbuffer is read back:
-    a random op with a fixed seed (noise anyone holding the file can replay) raises :class:`ConversionError`
-    unless ``replayable_noise_for_tests=True``, which exists for tests only and is recorded in the sidecar.
-    See :class:`ClientHead` for ``noise`` and ``lrn``.
+    The head is float32 throughout: the release's constants (the grid scale per epsilon, the certified interval's
+    ends, the true range) must be the float32 values :mod:`dpact_tf.grid` computes with, which a float16 model
+    (whose converter rounds every constant) would change.  ``with_train=False`` writes an inference-only head:
+    its weights are constants, which XNNPACK runs faster and in less memory than the variables the ``train``
+    signature updates.  The written flatbuffer is read back and
+    refused (:class:`ConversionError`, nothing written) unless it has builtin ops only, no random op and the grid
+    release (:func:`dpact_tf.tflite_inspect.check_grid_release`).  See :class:`ClientHead` for ``lrn`` and
+    ``steps_per_std``.
     """
-    from dpact_tf import tflite_inspect
-
-    if precision not in ("float32", "float16"):
-        raise ValueError(f"precision must be 'float32' or 'float16' (got {precision!r})")
-    head = ClientHead(client, momentum=momentum, replayable_noise_for_tests=replayable_noise_for_tests,
-                      noise=noise, lrn=lrn, batch=batch, with_train=with_train and precision == "float32")
-    train = head.trainable_head
-    signatures = {"infer": head.infer}
-    if head.has_release:
-        signatures["release"] = head.release
-    if train:
-        signatures.update(train=head.train, gradient=head.gradient, apply_gradient=head.apply_gradient)
-    # resource variables: the weights `train` updates, and `release`'s fingerprint of the last accepted entropy
-    model = _convert(head, signatures, precision, resource_variables=train or head.has_release)
+    head = ClientHead(client, momentum=momentum, lrn=lrn, batch=batch, steps_per_std=steps_per_std,
+                      with_train=with_train)
+    signatures = head.signatures
+    model = _convert(head, signatures)
     # Check the bytes that will be deployed, not the Python object.
-    tflite_inspect.check_builtin_only(model)
-    rand = tflite_inspect.random_ops(model)
-    if not rand:
-        raise ConversionError("the converted head has no random op: it would release the clean activation")
-    fixed = [op for op in rand if not op.fresh]
-    if fixed and not replayable_noise_for_tests:
-        raise ConversionError(f"the converted head has random ops with fixed seeds {fixed}: every interpreter "
-                              "would replay the same noise; refusing to write a deployable model")
-    if replayable_noise_for_tests and len(fixed) != len(rand):
-        raise ConversionError(f"replayable_noise_for_tests=True but some random ops are unseeded: {rand}")
+    try:
+        tflite_inspect.check_builtin_only(model)
+        tflite_inspect.check_grid_release(model)
+    except ValueError as err:
+        raise ConversionError(f"refusing to write a head that cannot be deployed: {err}") from err
     os.makedirs(os.path.dirname(os.path.abspath(out_path)) or ".", exist_ok=True)
     with open(out_path, "wb") as fh:
         fh.write(model)
     dp = client.get_layer("dp_activation")
     h, w, _ = head.image_shape
-    probe = head.infer(tf.zeros([head.batch or 1, h, w, 3], tf.uint8), tf.constant(math.inf))["activation"]
+    act_shape = list(head.clean(tf.zeros([head.batch or 1, h, w, 3], tf.uint8))["activation"].shape[1:])
+    lo, hi = head.certified_epsilons
+    halo = head.halo_rows
     sidecar = {
-        "tflite": os.path.basename(out_path), "precision": precision, "bytes": len(model),
+        "tflite": os.path.basename(out_path), "bytes": len(model),
         "input": {"name": "image", "shape": [head.batch, h, w, 3], "dtype": "uint8", "range": "0..255 RGB"},
-        "epsilon_input": {"name": "epsilon", "dtype": "float32", "no_noise": "inf",
-                          "valid": f"0 < epsilon <= {head.max_epsilon:g}, or inf"},
-        "output": {"name": "activation", "shape": [head.batch] + list(probe.shape[1:]), "dtype": "float32"},
-        "valid_output": {"name": "valid", "dtype": "int32",
-                         "meaning": "1 = released with the noise of epsilon; 0 = invalid epsilon (or, in release, "
-                                    "invalid entropy), activation is all zeros (nothing of the image) and must not "
-                                    "be sent"},
-        "noise": "replayable (TEST ONLY)" if replayable_noise_for_tests else "fresh per interpreter",
-        "entropy_input": ({"name": "entropy", "signature": "release", "dtype": "float32",
-                           "range": "(0, 1]: (k + 1) / 2^24 for k uniform in 0 .. 2^24 - 1",
-                           "shape": [head.batch] + list(probe.shape[1:3]) + [head.entropy_channels],
-                           "meaning": "24-bit uniforms from the app's cryptographic generator, the only source of "
-                                      "release's noise (use release, not infer, in a deployed app); rows: those "
-                                      "of the activation of the image rows passed"}
-                          if head.has_release else None),
-        "release_strip_halo_rows": head.strip_halo_rows if head.has_release else None,
-        "random_ops": [dataclasses.asdict(op) for op in rand], "noise_sampler": head.noise_kind,
+        "activation_shape": [head.batch] + act_shape,
+        "release": {
+            "inputs": {"image": f"uint8 [N, R + {2 * halo}, {w}, 3]: " + (
+                           "R image rows with one row of their neighbours above and below (zero rows outside the "
+                           "image); R = the image height with a zero row above and below releases a whole image"
+                           if halo else f"whole images (R = {h})"),
+                       "epsilon": f"float32 []: released iff {lo!r} <= epsilon <= {hi!r}",
+                       "entropy": f"int64 [N, R', {act_shape[1]}, {act_shape[2]}]: one uniform 64-bit word per "
+                                  "coordinate from the app's cryptographic generator (AES-CTR keystream), fresh for "
+                                  "every call: the noise's only source"},
+            "outputs": {"levels": "int32: the released integers n = min(floor(f * scale + (j + 1/2) / 256), "
+                                  "max_level) + Z; the server reads levels / scale",
+                        "scale": "float32 []: grid steps per activation unit, epsilon * scale_per_epsilon",
+                        "valid": "int32 []: 1 = released; 0 = refused (epsilon outside certified_epsilons, or "
+                                 "entropy of another shape, implausible, or the last accepted call's): levels all "
+                                 "zero, send nothing"},
+            "halo_rows": halo, "steps_per_std": head.steps_per_std, "sampler": head.sampler,
+            "certified_epsilons": [lo, hi],
+            "scale_per_epsilon": head.scale_per_epsilon, "true_range": head.true_range,
+            "max_level": "ceil(float32(true_range) * scale), in float32",
+            "noise": f"discrete Gaussian N_Z(0, {head.steps_per_std}^2) from a {grid.MAGNITUDE_BITS}-bit table "
+                     f"(dpact_tf.grid.noise_table), sampled with builtin ops (dpact_tf.grid_lite, sampler "
+                     f"{head.sampler!r})",
+            "delta_as_implemented": "dpact_tf.grid.grid_spec(epsilon, delta, steps_per_std=steps_per_std, "
+                                    "sensitivity=sensitivity, true_range=true_range).delta: at most delta for "
+                                    "every epsilon in certified_epsilons",
+            "entropy_fingerprint_words": FINGERPRINT_SIZE},
+        "clean": {"output": "activation", "dtype": "float32", "meaning": "the activation WITHOUT noise (tests, "
+                  "benchmarks, the no-noise baseline): never send it"},
+        "noise_source": "the app's entropy only: the head has no random op",
         "lrn_implementation": head.lrn_kind,
         "cut": [n for n, _, _, _ in head.layers][-1], "layers": [n for n, _, _, _ in head.layers],
-        "delta": head.delta, "sensitivity": head.sensitivity, "method": dp.method, "max_epsilon": head.max_epsilon,
-        "noise_std_times_epsilon": head.noise_scale, "lrn": dict(head.lrn),
+        "delta": head.delta, "sensitivity": head.sensitivity, "method": dp.method, "lrn": dict(head.lrn),
         "signatures": sorted(signatures),
-        "train_optimizer": {"type": "SGD", "momentum": head.momentum} if train else None,
+        "train_optimizer": {"type": "SGD", "momentum": head.momentum} if head.trainable_head else None,
         "train_outputs": {"grad_norm": "float32", "applied": "int32: 1 = weights updated; 0 = refused (non-finite "
-                          "gradient or learning rate, or learning_rate <= 0), weights unchanged"} if train else None,
-        "dpact_version": __version__, "weights_sha256": weights_hash(head.layers),
+                          "gradient or learning rate, or learning_rate <= 0), weights unchanged"}
+        if head.trainable_head else None,
+        "dpact_version": __version__,
+        "weights_sha256": tflite_inspect.weights_sha256(tflite_inspect.stored_conv_weights(model)),
     }
     write_json(os.path.splitext(out_path)[0] + ".json", sidecar)
     return sidecar
@@ -539,8 +469,8 @@ def client_for_export(*, image_size: int, cut: str = "conv1_1", width: float = 1
     split = build_split_vggface((image_size, image_size, 3), 2, width=width, fc_units=2, cut=cut,
                                 epsilon=None, delta=delta, sensitivity=sensitivity)
     if seed is not None:
-        # Seeded weights from a private generator: a global tf.keras.utils.set_random_seed here would leak into
-        # the seeds of the head's random op when it is traced later.
+        # Seeded weights from a private generator: a global tf.keras.utils.set_random_seed here would also fix the
+        # seeds of every random op the calling process creates later.
         rng = np.random.default_rng(seed)
         for layer in split.client.layers:
             if isinstance(layer, tf.keras.layers.Conv2D):

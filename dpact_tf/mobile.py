@@ -9,12 +9,14 @@ the app stays under 500 MB.  Measured here, per batch of 8:
 * **model load** -- everything before the first result (read the flatbuffer, build the interpreter, allocate,
   first call); the same for Keras (load the .keras model, trace, first call).  This first call is the warm-up
   and is reported, never mixed into the timed repeats;
-* **forward** -- the deployable release with noise (``HeadRunner.infer``: the ``release`` signature with the
-  app's AES-CTR uniforms, in strips of rows; both runtimes at the same epsilon and thread count), median and
-  interquartile range of the repeats, with the achieved GFLOP/s of conv1_1 (2 H W 27 C FLOPs per image);
+* **forward** -- the deployable release (``HeadRunner.release``: the grid release of :mod:`dpact_tf.grid` with the
+  app's AES-CTR words, in strips of rows on parallel interpreters); Keras runs the same mechanism after the same
+  conv1_1 and Eq. (1) (:func:`dpact_tf.grid_tf.release_levels` with ``tf.searchsorted``, words from TensorFlow's
+  stateless generator), both at the same epsilon and thread count; median and interquartile range of the
+  repeats, with the achieved GFLOP/s of conv1_1 (2 H W 27 C FLOPs per image);
 * **backward** -- the on-device update (LiteRT ``gradient`` + ``apply_gradient``; Keras GradientTape + SGD);
 * **memory** -- the peak resident size of the LiteRT process minus that of a bare interpreter process that
-  imported only NumPy, PIL and LiteRT (reported beside it), for ``infer`` and ``train`` in separate processes.
+  imported only NumPy, PIL and LiteRT (reported beside it), for ``release`` and ``train`` in separate processes.
 
 Every runtime runs in its own process, loaded and warm, and the repeats are interleaved
 (:mod:`dpact_tf.interleave`): each round times one forward or backward of every process in turn, so a busy
@@ -41,23 +43,30 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["PAPER_NEXUS6P", "VARIANTS", "upload_bytes", "litert_session", "keras_session", "measure_litert",
-           "bare_process_mb", "run_mobile_benchmark"]
+__all__ = ["PAPER_NEXUS6P", "VARIANTS", "DEPLOYED", "upload_bytes", "litert_session", "keras_session",
+           "measure_litert", "bare_process_mb", "run_mobile_benchmark"]
 
 # Mao et al. (2018), Sec. VI-D: the client on a Nexus 6P, batch of 8 images (upper bounds read from the paper).
 # load_s is the paper's batch load (8 LFW images decoded and resized), not the model's.
 PAPER_NEXUS6P: Dict[str, float] = {"load_s": 0.4, "forward_s": 0.6, "backward_s_per_sample": 0.2, "memory_mb": 500.0}
 
-# Exports compared by the benchmark.  "before": the head as first exported (TFLite's RANDOM_STANDARD_NORMAL and
-# reference LOCAL_RESPONSE_NORMALIZATION kernels, the whole batch in one call, infer and train in one model);
-# "after": the deployable `release` (Box-Muller of the app's AES-CTR uniforms), Eq. (1) as square -> 1x1 conv ->
-# rsqrt -> mul (XNNPACK ops), each image streamed in strips of rows; "after, inference only": the same with
-# constant weights (no train), which XNNPACK's CONV_2D takes (variable weights run TFLite's own conv kernel).
+# Exports and runners compared by the benchmark, all releasing on the grid.  "reference kernels, whole batch":
+# TFLite's reference LOCAL_RESPONSE_NORMALIZATION kernel, the whole batch in one call on one interpreter with all
+# threads, release and train in one model; "parallel strips": Eq. (1) as square -> 1x1 conv -> rsqrt -> mul
+# (XNNPACK ops), each image streamed in strips of rows on two interpreters in two threads (the noise's int64
+# kernels are single-threaded), the training signatures in the model; "parallel strips, inference only": the same
+# with constant weights (no train), which XNNPACK's CONV_2D takes (variable weights run TFLite's own conv kernel).
+# workers: interpreters (each with num_threads / workers threads); rows_per_call None: HeadRunner's strips.
 VARIANTS: Dict[str, Dict[str, Any]] = {
-    "before": {"noise": "standard_normal", "lrn": "lrn_kernel", "with_train": True, "max_batch": 8},
-    "after": {"noise": "box_muller", "lrn": "builtin_ops", "with_train": True, "max_batch": 1},
-    "after, inference only": {"noise": "box_muller", "lrn": "builtin_ops", "with_train": False, "max_batch": 1},
+    "reference kernels, whole batch": {"lrn": "lrn_kernel", "with_train": True, "max_batch": 8, "workers": 1,
+                                       "whole_images": True},
+    "parallel strips": {"lrn": "builtin_ops", "with_train": True, "max_batch": 1, "workers": 2,
+                        "whole_images": False},
+    "parallel strips, inference only": {"lrn": "builtin_ops", "with_train": False, "max_batch": 1, "workers": 2,
+                                        "whole_images": False},
 }
+# The variant a deployed app runs (on-device training included, as on the paper's phone): the cost chapter's verdict.
+DEPLOYED = "parallel strips"
 _CROP_FRACTION = 224 / 250  # data.load_lfw's default crop of the 250x250 LFW images
 
 
@@ -117,22 +126,28 @@ def _jpegs(jpeg_dir: Optional[str], batch: int, tmp: str) -> List[str]:
     return paths
 
 
-def litert_session(path: str, *, mode: str = "infer", batch: int = 8, repeats: int = 10, epsilon: float = 5.0,
-                   num_threads: Optional[int] = None, max_batch: int = 1,
+def litert_session(path: str, *, mode: str = "release", batch: int = 8, repeats: int = 10, epsilon: float = 5.0,
+                   num_threads: Optional[int] = None, max_batch: int = 1, workers: int = 1,
+                   whole_images: bool = False,
                    jpeg_dir: Optional[str] = None) -> Tuple[Dict[str, Any], Dict[str, Callable[[], Any]],
                                                             Callable[[], Dict[str, Any]]]:
     """Load a head in LiteRT and warm it up: (what setup measured, the timed operation -- ``forward`` for
-    ``mode="infer"``, ``backward`` for ``"train"`` --, a function reporting memory at the end).  Setup measures
-    the batch load (``repeats`` times) and the model load (everything up to the first result).  Run it in a
-    TF-free process (``python dpact_tf/mobile.py litert ...``)."""
-    if mode not in ("infer", "train"):
-        raise ValueError(f"mode must be 'infer' or 'train' (got {mode!r})")
+    ``mode="release"``, ``backward`` for ``"train"`` --, a function reporting memory at the end).  Setup measures
+    the batch load (``repeats`` times) and the model load (everything up to the first result).  ``num_threads``
+    in all, split over ``workers`` interpreters; ``whole_images``: one call per chunk of images instead of
+    HeadRunner's strips.  Run it in a TF-free process (``python dpact_tf/mobile.py litert ...``)."""
+    if mode not in ("release", "train"):
+        raise ValueError(f"mode must be 'release' or 'train' (got {mode!r})")
     num_threads = num_threads or os.cpu_count()
     runtime, data = _sibling("runtime"), _sibling("data")
     rss_before = _status_mb("VmRSS")
     start = time.perf_counter()
-    # the "before" export (RANDOM_STANDARD_NORMAL, no `release`) is measured for comparison only
-    runner = runtime.HeadRunner(path, num_threads=num_threads, max_batch=max_batch, allow_runtime_noise_only=True)
+    per_worker = max(1, num_threads // workers)
+    rows = None
+    if whole_images:
+        with open(os.path.splitext(path)[0] + ".json") as fh:
+            rows = json.load(fh)["input"]["shape"][1]
+    runner = runtime.HeadRunner(path, num_threads=per_worker, max_batch=max_batch, workers=workers, rows_per_call=rows)
     create_s = time.perf_counter() - start
     size = runner.image_shape[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,19 +162,20 @@ def litert_session(path: str, *, mode: str = "infer", batch: int = 8, repeats: i
         first_load = time.perf_counter() - start
         load_batch_t = _timed(load_batch, repeats)
     info: Dict[str, Any] = {"runtime": "litert", "mode": mode, "batch": batch, "num_threads": num_threads,
-                            "max_batch": max_batch, "rows_per_call": runner.rows_per_call, "epsilon": epsilon,
+                            "workers": workers, "threads_per_worker": per_worker, "max_batch": max_batch,
+                            "rows_per_call": runner.rows_per_call, "epsilon": epsilon,
                             "jpegs": "LFW" if jpeg_dir else "synthetic", "batch_load_s": load_batch_t["median"],
                             "batch_load_iqr_s": load_batch_t["iqr"], "batch_load_first_s": first_load,
                             "tflite_bytes": os.path.getsize(path), "rss_before_model_mb": rss_before,
                             "load_avg_before": os.getloadavg()[0]}
-    if mode == "infer":
+    if mode == "release":
         start = time.perf_counter()
-        act = runner.infer(images, epsilon)  # the first result: allocation + warm-up
+        levels = runner.release(images, epsilon).levels  # the first result: allocation + warm-up
         info["model_load_s"] = create_s + time.perf_counter() - start
-        h, w, c = act.shape[1:]
+        h, w, c = levels.shape[1:]
         info["activation_shape"] = [h, w, c]
         info["conv1_1_gflop_per_batch"] = batch * 2 * h * w * 27 * c / 1e9 if h == size else None
-        ops = {"forward": lambda: runner.infer(images, epsilon)}
+        ops = {"forward": lambda: runner.release(images, epsilon)}
     else:
         if not runner.has_train:
             raise ValueError(f"{path} has no train signature")
@@ -176,21 +192,28 @@ def litert_session(path: str, *, mode: str = "infer", batch: int = 8, repeats: i
     return info, ops, finish
 
 
-def keras_session(client_path: str, *, batch: int = 8, num_threads: Optional[int] = None,
+def keras_session(client_path: str, *, batch: int = 8, epsilon: float = 5.0, num_threads: Optional[int] = None,
                   jpeg_dir: Optional[str] = None) -> Tuple[Dict[str, Any], Dict[str, Callable[[], Any]],
                                                            Callable[[], Dict[str, Any]]]:
-    """The same for the Keras client saved at ``client_path`` (noise on, as saved): ``forward`` and ``backward``
-    (GradientTape + SGD on conv1_1).  Run it in a fresh process (``python -m dpact_tf.mobile keras ...``) so the
-    thread count applies."""
+    """The same for the Keras client saved at ``client_path`` (without noise): ``forward`` is the same release as
+    the head's -- the client's clean activation, then :func:`dpact_tf.grid_tf.release_levels` (``tf.searchsorted``)
+    on words from TensorFlow's stateless generator under a fresh key per call --, ``backward`` GradientTape + SGD on
+    conv1_1.  Run it in a fresh process (``python -m dpact_tf.mobile keras ...``) so the thread count applies."""
+    import secrets
+
     import tensorflow as tf
 
     import dpact_tf.layers  # noqa: F401  (registers DPActivation for load_model)
+    from dpact_tf import grid, grid_tf
 
     num_threads = num_threads or os.cpu_count()
     tf.config.threading.set_intra_op_parallelism_threads(num_threads)
     start = time.perf_counter()
     client = tf.keras.models.load_model(client_path)
     shape = tuple(int(s) for s in client.input_shape[1:])
+    dp = client.get_layer("dp_activation")
+    spec = grid.grid_spec(epsilon, dp.delta, sensitivity=dp.sensitivity, true_range=dp.true_range,
+                          steps_per_std=grid.STEPS_PER_STD)
     from dpact_tf.data import preprocess_image
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,8 +221,18 @@ def keras_session(client_path: str, *, batch: int = 8, num_threads: Optional[int
         images = np.stack([preprocess_image(open(p, "rb").read(), image_size=shape[0], crop_fraction=_CROP_FRACTION)
                            for p in paths])
     x = tf.constant(images.astype(np.float32) / 255.0)
-    fwd = tf.function(lambda t: client(t, training=False))
-    out = fwd(x).numpy()  # the first result: model load + tracing
+
+    @tf.function
+    def release(t, key):
+        clean = client(t, training=False)
+        words = grid_tf.random_words(tf.shape(clean), key)
+        return grid_tf.release_levels(clean, words, tf.constant(np.float32(spec.scale)),
+                                      tf.constant(spec.max_level, tf.int32), sampler="searchsorted")
+
+    def fwd():
+        return release(x, tf.constant(np.frombuffer(secrets.token_bytes(16), np.int64))).numpy()
+
+    out = fwd()  # the first result: model load + tracing
     model_load = time.perf_counter() - start
     variables = [client.get_layer("conv1_1").kernel, client.get_layer("conv1_1").bias]
     opt = tf.keras.optimizers.SGD(1e-6, momentum=0.9)
@@ -215,24 +248,24 @@ def keras_session(client_path: str, *, batch: int = 8, num_threads: Optional[int
 
     step(x, grad).numpy()  # traced and warm
     h, w, c = out.shape[1:]
-    dp = client.get_layer("dp_activation")
-    info = {"runtime": "keras", "batch": batch, "num_threads": num_threads, "epsilon": dp.epsilon,
-            "model_load_s": model_load,
+    info = {"runtime": "keras", "batch": batch, "num_threads": num_threads, "epsilon": epsilon,
+            "steps_per_std": spec.steps_per_std, "model_load_s": model_load,
             "conv1_1_gflop_per_batch": batch * 2 * h * w * 27 * c / 1e9 if h == shape[0] else None}
 
     def finish() -> Dict[str, Any]:
         return {"peak_rss_mb_process": _status_mb("VmHWM"), "load_avg_after": os.getloadavg()[0]}
 
-    return info, {"forward": lambda: fwd(x).numpy(), "backward": lambda: step(x, grad).numpy()}, finish
+    return info, {"forward": fwd, "backward": lambda: step(x, grad).numpy()}, finish
 
 
-def measure_litert(path: str, *, mode: str = "infer", batch: int = 8, repeats: int = 10, epsilon: float = 5.0,
-                   num_threads: Optional[int] = None, max_batch: int = 1,
-                   jpeg_dir: Optional[str] = None) -> Dict[str, Any]:
-    """Batch load, model load, forward (``mode="infer"``) or backward (``mode="train"``) and memory of a head in
+def measure_litert(path: str, *, mode: str = "release", batch: int = 8, repeats: int = 10, epsilon: float = 5.0,
+                   num_threads: Optional[int] = None, max_batch: int = 1, workers: int = 1,
+                   whole_images: bool = False, jpeg_dir: Optional[str] = None) -> Dict[str, Any]:
+    """Batch load, model load, forward (``mode="release"``) or backward (``mode="train"``) and memory of a head in
     LiteRT, its ``repeats`` one after the other (:func:`run_mobile_benchmark` interleaves them with Keras')."""
     info, ops, finish = litert_session(path, mode=mode, batch=batch, repeats=repeats, epsilon=epsilon,
-                                       num_threads=num_threads, max_batch=max_batch, jpeg_dir=jpeg_dir)
+                                       num_threads=num_threads, max_batch=max_batch, workers=workers,
+                                       whole_images=whole_images, jpeg_dir=jpeg_dir)
     (name, op), = ops.items()
     return {**info, **_summary(name, [_once(op) for _ in range(repeats)], batch), **finish()}
 
@@ -312,22 +345,23 @@ def run_mobile_benchmark(configs: Sequence[Tuple[str, int, float]], *, out_dir: 
                 for name in names:
                     v = VARIANTS[name]
                     path = os.path.join(out_dir, f"head_{label}_{name.replace(', ', '_').replace(' ', '_')}.tflite")
-                    metas[name] = convert_client_head(client, path, noise=v["noise"], lrn=v["lrn"],
-                                                      with_train=v["with_train"])
+                    metas[name] = convert_client_head(client, path, lrn=v["lrn"], with_train=v["with_train"])
                     tflite_inspect.check_builtin_only(path)
                     say(f"[{label}] {name}: loading LiteRT (TF-free processes) ...")
-                    lite = script + ["litert", path, "--max-batch", str(v["max_batch"])] + common
-                    workers[f"{name}/infer"] = Worker(lite + ["--mode", "infer"])
-                    schedule.append((f"{name}/infer", "forward"))
+                    lite = script + ["litert", path, "--max-batch", str(v["max_batch"]), "--workers",
+                                     str(v["workers"])] + (["--whole-images"] if v["whole_images"] else []) + common
+                    workers[f"{name}/release"] = Worker(lite + ["--mode", "release"])
+                    schedule.append((f"{name}/release", "forward"))
                     if metas[name]["train_optimizer"]:
                         workers[f"{name}/train"] = Worker(lite + ["--mode", "train"])
                         schedule.append((f"{name}/train", "backward"))
                 from dpact_tf.vggface import build_split_vggface
 
-                noisy = build_split_vggface((size, size, 3), 2, width=width, fc_units=2, epsilon=epsilon)
-                noisy.client.set_weights(client.get_weights())
-                noisy.client.save(os.path.join(tmp, "client.keras"))
-                say(f"[{label}] loading the Keras client (noise at epsilon {epsilon:g}, {num_threads} threads) ...")
+                clean = build_split_vggface((size, size, 3), 2, width=width, fc_units=2, epsilon=None)
+                clean.client.set_weights(client.get_weights())
+                clean.client.save(os.path.join(tmp, "client.keras"))
+                say(f"[{label}] loading the Keras client (the grid release at epsilon {epsilon:g}, "
+                    f"{num_threads} threads) ...")
                 workers["keras"] = Worker([sys.executable, "-m", "dpact_tf.mobile", "keras",
                                            os.path.join(tmp, "client.keras")] + common)
                 schedule += [("keras", "forward"), ("keras", "backward")]
@@ -341,26 +375,29 @@ def run_mobile_benchmark(configs: Sequence[Tuple[str, int, float]], *, out_dir: 
                  **_summary("forward", times[("keras", "forward")], batch, cpu[("keras", "forward")]),
                  **_summary("backward", times[("keras", "backward")], batch, cpu[("keras", "backward")])}
         for name in names:
-            info, meta = workers[f"{name}/infer"].info, metas[name]
-            lite = {**info, **_summary("forward", times[(f"{name}/infer", "forward")], batch,
-                                       cpu[(f"{name}/infer", "forward")])}
-            lite["infer_memory_mb"] = finals[f"{name}/infer"]["peak_rss_mb_process"] - bare
-            lite.update({k: finals[f"{name}/infer"][k] for k in ("tensorflow_imported", "dpact_package_imported")})
+            info, meta = workers[f"{name}/release"].info, metas[name]
+            lite = {**info, **_summary("forward", times[(f"{name}/release", "forward")], batch,
+                                       cpu[(f"{name}/release", "forward")])}
+            lite["release_memory_mb"] = finals[f"{name}/release"]["peak_rss_mb_process"] - bare
+            lite.update({k: finals[f"{name}/release"][k] for k in ("tensorflow_imported", "dpact_package_imported")})
             if f"{name}/train" in workers:
                 lite.update(_summary("backward", times[(f"{name}/train", "backward")], batch,
                                      cpu[(f"{name}/train", "backward")]),
                             train_memory_mb=finals[f"{name}/train"]["peak_rss_mb_process"] - bare)
-            lite.update({"memory_mb": max(lite["infer_memory_mb"], lite.get("train_memory_mb", 0.0)),
-                         "builtin_ops_only": True, "random_ops": meta["random_ops"], "noise": meta["noise"],
-                         "signatures": meta["signatures"], "noise_sampler": VARIANTS[name]["noise"],
-                         "lrn_implementation": VARIANTS[name]["lrn"], "with_train": VARIANTS[name]["with_train"]})
+            lite.update({"memory_mb": max(lite["release_memory_mb"], lite.get("train_memory_mb", 0.0)),
+                         "builtin_ops_only": True, "noise_source": meta["noise_source"],
+                         "steps_per_std": meta["release"]["steps_per_std"],
+                         "certified_epsilons": meta["release"]["certified_epsilons"],
+                         "signatures": meta["signatures"], "lrn_implementation": VARIANTS[name]["lrn"],
+                         "with_train": VARIANTS[name]["with_train"]})
             entry["variants"][name] = lite
         for run in list(entry["variants"].values()) + [keras]:
             flop = run.pop("conv1_1_gflop_per_batch", None)
             run["conv1_1_gflop_per_s"] = flop / run["forward_s"] if flop else None
-        after = entry["variants"].get("after") or next(iter(entry["variants"].values()))
-        entry.update(keras=keras, litert=after, activation_shape=after["activation_shape"],
-                     upload_bytes_per_image=upload_bytes(after["activation_shape"]), load_avg_end=os.getloadavg()[0])
+        deployed = entry["variants"].get(DEPLOYED) or next(iter(entry["variants"].values()))
+        entry.update(keras=keras, litert=deployed, activation_shape=deployed["activation_shape"],
+                     upload_bytes_per_image=upload_bytes(deployed["activation_shape"]),
+                     load_avg_end=os.getloadavg()[0])
         entry["ratio_litert_over_keras"] = {
             name: {**{k: lite[k] / keras[k] for k in ("forward_s", "backward_s_per_sample", "model_load_s")
                       if lite.get(k) and keras.get(k)},
@@ -407,22 +444,26 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         p.add_argument("--serve", action="store_true",
                        help="load and warm up, then time one call per command on stdin (dpact_tf.interleave)")
         if name == "litert":
-            p.add_argument("--mode", choices=["infer", "train"], default="infer")
+            p.add_argument("--mode", choices=["release", "train"], default="release")
             p.add_argument("--max-batch", type=int, default=1)
+            p.add_argument("--workers", type=int, default=1, help="interpreters releasing strips in parallel")
+            p.add_argument("--whole-images", action="store_true", help="one call per chunk of images, no strips")
     args = parser.parse_args(argv)
     if args.cmd == "litert":
         if not args.serve:
             print(json.dumps(measure_litert(args.path, mode=args.mode, batch=args.batch, repeats=args.repeats,
                                             epsilon=args.epsilon, num_threads=args.threads, max_batch=args.max_batch,
+                                            workers=args.workers, whole_images=args.whole_images,
                                             jpeg_dir=args.jpeg_dir)))
             return 0
         session = litert_session(args.path, mode=args.mode, batch=args.batch, repeats=args.repeats,
                                  epsilon=args.epsilon, num_threads=args.threads, max_batch=args.max_batch,
-                                 jpeg_dir=args.jpeg_dir)
+                                 workers=args.workers, whole_images=args.whole_images, jpeg_dir=args.jpeg_dir)
     else:
         if not args.serve:
             raise SystemExit("keras: use --serve (run_mobile_benchmark interleaves it with LiteRT)")
-        session = keras_session(args.path, batch=args.batch, num_threads=args.threads, jpeg_dir=args.jpeg_dir)
+        session = keras_session(args.path, batch=args.batch, epsilon=args.epsilon, num_threads=args.threads,
+                                jpeg_dir=args.jpeg_dir)
     _sibling("interleave").serve(*session)
     return 0
 

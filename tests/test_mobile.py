@@ -7,7 +7,7 @@ import pytest
 
 from dpact_tf import build_split_vggface, encoding
 from dpact_tf.export import convert_client_head
-from dpact_tf.mobile import PAPER_NEXUS6P, VARIANTS, bare_process_mb, run_mobile_benchmark, upload_bytes
+from dpact_tf.mobile import DEPLOYED, PAPER_NEXUS6P, VARIANTS, bare_process_mb, run_mobile_benchmark, upload_bytes
 
 MOBILE = os.path.join(os.path.dirname(__file__), os.pardir, "dpact_tf", "mobile.py")
 
@@ -26,16 +26,17 @@ def head(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("mode", ["infer", "train"])
+@pytest.mark.parametrize("mode", ["release", "train"])
 def test_litert_measurement_imports_neither_tensorflow_nor_dpact(head, mode):
-    res = subprocess.run([sys.executable, MOBILE, "litert", head, "--mode", mode, "--batch", "2", "--repeats", "2"],
+    res = subprocess.run([sys.executable, MOBILE, "litert", head, "--mode", mode, "--batch", "2", "--repeats", "2",
+                          "--workers", "2"],
                          check=True, capture_output=True, text=True, timeout=300).stdout.strip().splitlines()[-1]
     res = json.loads(res)
     # the measured process is a phone app's: no TensorFlow, and not the dpact_tf package (SciPy via privacy)
     assert res["tensorflow_imported"] is False and res["dpact_package_imported"] is False
     assert res["batch"] == 2 and res["batch_load_s"] > 0 and res["peak_rss_mb_process"] > 0
-    if mode == "infer":
-        assert res["activation_shape"] == [32, 32, 4] and res["forward_s"] > 0 and res["model_load_s"] > 0
+    if mode == "release":
+        assert res["activation_shape"] == [32, 32, 4] and res["workers"] == 2 and res["forward_s"] > 0 and res["model_load_s"] > 0
         lo, hi = res["forward_iqr_s"]
         assert lo <= res["forward_s"] <= hi
     else:
@@ -47,24 +48,27 @@ def test_bare_process_is_the_baseline():
 
 
 def test_benchmark_compares_variants_fairly(tmp_path):
-    res = run_mobile_benchmark([("tiny", 32, 1 / 16)], out_dir=str(tmp_path), batch=2, repeats=2,
-                               variants=["before", "after"], jpeg_dir="")
+    names = ["reference kernels, whole batch", DEPLOYED]
+    res = run_mobile_benchmark([("tiny", 32, 1 / 16)], out_dir=str(tmp_path), batch=2, repeats=2, variants=names,
+                               jpeg_dir="")
     assert json.load(open(tmp_path / "mobile_cost.json"))["configs"][0]["label"] == "tiny"
     conf = res["configs"][0]
-    assert set(conf["variants"]) == {"before", "after"} and conf["litert"] is conf["variants"]["after"]
+    assert set(conf["variants"]) == set(names) and conf["litert"] is conf["variants"][DEPLOYED]
     for name, lite in conf["variants"].items():
-        assert lite["noise"] == "fresh per interpreter" and lite["builtin_ops_only"]
+        assert lite["noise_source"].startswith("the app's entropy only") and lite["builtin_ops_only"]
         assert lite["epsilon"] == conf["keras"]["epsilon"] == res["epsilon"] and lite["num_threads"] == res["num_threads"]
-        assert lite["infer_memory_mb"] > 0 and lite["train_memory_mb"] > 0 and lite["max_batch"] == VARIANTS[name]["max_batch"]
+        assert lite["release_memory_mb"] > 0 and lite["train_memory_mb"] > 0
+        assert lite["max_batch"] == VARIANTS[name]["max_batch"] and lite["workers"] == VARIANTS[name]["workers"]
         assert {"forward_s", "backward_s_per_sample"} <= set(conf["ratio_litert_over_keras"][name])
     assert conf["keras"]["forward_s"] > 0 and conf["keras"]["num_threads"] == res["num_threads"]
     # interleaved: every runtime timed once per round, the ratio also taken round by round
     assert res["interleaved"] and len(conf["keras"]["forward_all_s"]) == len(conf["litert"]["forward_all_s"]) == 2
-    paired = conf["ratio_litert_over_keras"]["after"]["forward_paired"]
+    paired = conf["ratio_litert_over_keras"][DEPLOYED]["forward_paired"]
     ratios = sorted(a / b for a, b in zip(conf["litert"]["forward_all_s"], conf["keras"]["forward_all_s"]))
     assert paired["median"] == pytest.approx(sum(ratios) / 2) and paired["iqr"][0] <= paired["median"]
-    assert conf["ratio_litert_over_keras"]["after"]["forward_cpu"] == pytest.approx(
+    assert conf["ratio_litert_over_keras"][DEPLOYED]["forward_cpu"] == pytest.approx(
         conf["litert"]["forward_cpu_s"] / conf["keras"]["forward_cpu_s"])
-    assert conf["litert"]["tensorflow_imported"] is False and conf["variants"]["before"]["rows_per_call"] == 32
+    assert conf["litert"]["tensorflow_imported"] is False
+    assert conf["variants"]["reference kernels, whole batch"]["rows_per_call"] == 32
     assert res["bare_process_mb"] > 0 and "load_avg_start" in res
     assert set(PAPER_NEXUS6P) == {"load_s", "forward_s", "backward_s_per_sample", "memory_mb"}

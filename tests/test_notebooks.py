@@ -123,9 +123,11 @@ def test_mobile_notebook(tiny_book):
     (conf,) = res["configs"]
     assert conf["label"] == "tiny" and conf["litert"]["tensorflow_imported"] is False
     assert conf["litert"]["forward_s"] > 0 and conf["upload_bytes_per_image"]["float32"] == 4 * 32 * 32 * 8
-    assert set(conf["variants"]) == {"before", "after", "after, inference only"}
-    assert conf["litert"]["noise"] == "fresh per interpreter" and conf["keras"]["epsilon"] == res["epsilon"]
-    assert conf["litert"]["batch_load_s"] > 0 and conf["litert"]["infer_memory_mb"] > 0
+    assert set(conf["variants"]) == {"reference kernels, whole batch", "parallel strips",
+                                     "parallel strips, inference only"}
+    assert conf["litert"]["workers"] == 2 and conf["keras"]["epsilon"] == res["epsilon"]
+    assert conf["litert"]["noise_source"].startswith("the app's entropy only")
+    assert conf["litert"]["batch_load_s"] > 0 and conf["litert"]["release_memory_mb"] > 0
     enc = _metrics(base, "encoding")
     assert {(r["epsilon"], r["encoding"]) for r in enc["rows"]} == {(e, k) for e in EPSILONS
                                                                    for k in ("float32", "float16", "uint8")}

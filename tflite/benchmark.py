@@ -3,11 +3,12 @@
     python tflite/benchmark.py --out results/mobile                 # paper size (224x224, width 1) + small profile
     python tflite/benchmark.py --profile tiny --no-paper --repeats 3
 
-Both runtimes add noise at the same epsilon with the same thread count; the first result (model load + warm-up)
+Both runtimes release on the same grid (dpact_tf.grid) at the same epsilon with the same thread count; the first
+result (model load + warm-up)
 is reported apart from the timed repeats (median and interquartile range), which are interleaved: every runtime
 waits, loaded and warm, in its own process and each round times one call of each in turn; the batch load is the
 paper's (8 LFW JPEGs decoded and resized, from $DPACT_LFW_DIR, else synthetic JPEGs); memory is the increase over
-a bare interpreter process.  Each export variant (before/after the speed-ups, see dpact_tf.mobile.VARIANTS) is measured.
+a bare interpreter process.  Each export and runner variant (dpact_tf.mobile.VARIANTS) is measured.
 Prints ratios beside the paper's Nexus 6P bounds (different hardware!) and writes <out>/mobile_cost.json.
 """
 import argparse
@@ -23,7 +24,7 @@ def main() -> int:
     parser.add_argument("--no-paper", action="store_true", help="skip the paper's 224x224 full-width head")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int)
-    parser.add_argument("--epsilon", type=float, default=5.0, help="the epsilon of both runtimes' noise")
+    parser.add_argument("--epsilon", type=float, default=5.0, help="the epsilon of both runtimes' release")
     parser.add_argument("--threads", type=int, help="threads of both runtimes (default: all cores)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--out", default="results/mobile")
@@ -51,8 +52,8 @@ def main() -> int:
                   f"model load {lite['model_load_s']:.3f} s, forward {lite['forward_s']:.3f} s "
                   f"(IQR {lite['forward_iqr_s'][0]:.3f}-{lite['forward_iqr_s'][1]:.3f}; "
                   f"{lite['conv1_1_gflop_per_s'] or float('nan'):.1f} GFLOP/s), backward "
-                  f"{lite.get('backward_s_per_sample', float('nan')):.4f} s/sample, memory infer "
-                  f"{lite['infer_memory_mb']:.0f} MB / train {lite.get('train_memory_mb', float('nan')):.0f} MB | "
+                  f"{lite.get('backward_s_per_sample', float('nan')):.4f} s/sample, memory release "
+                  f"{lite['release_memory_mb']:.0f} MB / train {lite.get('train_memory_mb', float('nan')):.0f} MB | "
                   f"LiteRT/Keras forward {r.get('forward_s', float('nan')):.2f} (round by round "
                   f"{r['forward_paired']['median']:.2f}, IQR {r['forward_paired']['iqr'][0]:.2f}-"
                   f"{r['forward_paired']['iqr'][1]:.2f}; CPU time {r['forward_cpu']:.2f}), "

@@ -141,7 +141,7 @@ def train(args: argparse.Namespace, prof: Any) -> int:
                              f"has {prof.image_size}x{prof.image_size}")
         import numpy as np
 
-        activation_shape = tuple(runner.infer(np.zeros((1,) + runner.image_shape, np.uint8), math.inf).shape[1:])
+        activation_shape = tuple(runner.clean(np.zeros((1,) + runner.image_shape, np.uint8)).shape[1:])
         cut = runner.meta.get("cut", args.cut)
         delta = float(runner.meta.get("delta", args.delta))
         try:

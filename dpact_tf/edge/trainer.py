@@ -8,8 +8,8 @@ labels and gets dL/d(activation) back, the head applies it to its own weights.
 * :class:`KerasHead` -- the client model in Keras, trained by :class:`dpact_tf.split.SplitClient` (imports
   TensorFlow).
 * :class:`LiteRTHead` -- the exported ``head.tflite`` in the LiteRT interpreter, through
-  :class:`dpact_tf.runtime.HeadRunner` (``release_levels``, ``infer`` for the no-noise baseline, ``train``):
-  the phone's path, no TensorFlow.  Its learning rate follows the same exponential decay as the Keras optimizer.
+  :class:`dpact_tf.runtime.HeadRunner`'s ``release`` (``clean`` without noise) and ``train``: the phone's path, no
+  TensorFlow.  Its learning rate follows the same exponential decay as the Keras optimizer.
 
 With a :class:`~dpact_tf.ledger.PrivacyLedger`, :class:`RemoteTrainer` records every batch (training and
 evaluation) before it is released, and the ledger refuses a batch that would take an image beyond its budget.
@@ -119,20 +119,15 @@ class KerasHead:
 
 
 class LiteRTHead:
-    """The phone's head: a ``HeadRunner`` (``release_levels(image_uint8, epsilon)``, ``infer(image, inf)`` for the
-    no-noise baseline, ``train(image, grad, lr)``).  Its weights live in the interpreter: a resumed run
-    continues from the exported ones (there is no :meth:`save`)."""
+    """The phone's head: a ``HeadRunner`` (``release(image_uint8, epsilon)`` -- uploaded as the grid's integer
+    levels --, ``clean(image_uint8)`` for epsilon None, ``train(image, grad, lr)``).  Its weights live in the
+    interpreter: a resumed run continues from the exported ones (there is no :meth:`save`)."""
 
     def __init__(self, runner: Any, *, epsilon: Optional[float], learning_rate: float, decay_rate: float,
                  decay_steps: int, train: bool = True) -> None:
         self.runner, self.train = runner, train
         self.trains_conv1 = bool(train)
         self.epsilon = None if epsilon is None or math.isinf(epsilon) else float(epsilon)
-        # MERGE(HeadRunner.release_levels): assumed signature release_levels(image_uint8, epsilon) ->
-        # (int32 levels, float grid step), the .tflite grid release.
-        if self.epsilon is not None and not hasattr(runner, "release_levels"):
-            raise ValueError("this HeadRunner cannot release grid levels (no release_levels), and a noisy release "
-                             "is uploaded as grid levels only; export a head with the grid release")
         self.schedule = (float(learning_rate), float(decay_rate), int(decay_steps))
         self._images: Optional[np.ndarray] = None
 
@@ -154,9 +149,9 @@ class LiteRTHead:
 
     def release(self, images: np.ndarray) -> Release:
         if self.epsilon is None:
-            return np.asarray(self.runner.infer(images, math.inf), np.float32)
-        levels, step = self.runner.release_levels(images, self.epsilon)
-        return np.asarray(levels, np.int32), float(step)
+            return np.asarray(self.runner.clean(images), np.float32)
+        out = self.runner.release(images, self.epsilon)
+        return np.asarray(out.levels, np.int32), 1.0 / float(out.scale)
 
 
 class RemoteTrainer:

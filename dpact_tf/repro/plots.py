@@ -188,10 +188,12 @@ def mobile_cost_plot(results: Dict[str, Any]):
     panels = [("load (s)", [("batch_load_s", "batch load (8 JPEGs)"), ("model_load_s", "model load")], "load_s"),
               ("forward, batch of 8 (s)", [("forward_s", None)], "forward_s"),
               ("backward per sample (s)", [("backward_s_per_sample", None)], "backward_s_per_sample"),
-              ("memory over a bare process (MB)", [("infer_memory_mb", "infer"), ("train_memory_mb", "train")],
+              ("memory over a bare process (MB)", [("release_memory_mb", "release"), ("train_memory_mb", "train")],
                "memory_mb")]
-    short = {"before": "before", "after": "after", "after, inference only": "after,\ninfer only", "keras": "Keras"}
-    colors = {"before": "C3", "after": "C0", "after, inference only": "C2", "keras": "C1"}
+    short = {"reference kernels, whole batch": "reference,\nwhole batch", "parallel strips": "parallel\nstrips",
+             "parallel strips, inference only": "parallel strips,\ninference only", "keras": "Keras"}
+    colors = {"reference kernels, whole batch": "C3", "parallel strips": "C0", "parallel strips, inference only": "C2",
+              "keras": "C1"}
     for row, c in zip(axes, configs):
         runs = list(c.get("variants", {"litert": c["litert"]}).items()) + [("keras", c["keras"])]
         for ax, (label, keys, bound) in zip(row, panels):
@@ -207,8 +209,8 @@ def mobile_cost_plot(results: Dict[str, Any]):
             ax.set_yscale("log"), ax.set_ylabel(label, fontsize=8)
             ax.set_title(f"{c['label']} head, {c['image_size']}×{c['image_size']}", fontsize=8)
             ax.legend(fontsize=6)
-    fig.suptitle(f"Client cost: LiteRT before/after and Keras on {results['hardware']['cpu']} "
-                 f"({results.get('num_threads', results['hardware']['cores'])} threads, noise at ε = "
+    fig.suptitle(f"Client cost: LiteRT exports and Keras on {results['hardware']['cpu']} "
+                 f"({results.get('num_threads', results['hardware']['cores'])} threads, the grid release at ε = "
                  f"{results.get('epsilon', 5):g} in both) vs the paper's Nexus 6P bounds — different hardware",
                  fontsize=9)
     fig.tight_layout()
