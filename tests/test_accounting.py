@@ -25,7 +25,7 @@ def test_image_noise_multiplier():
 
 
 def test_paper_size_per_image_epsilon_bracket():
-    # the bracket: one release at 224x224x64, per-coordinate eps = 1, is eps ~ 35.7k-41.0k, not 69,982
+    # one release at 224x224x64, per-coordinate eps = 1, is eps ~ 35.7k-41.0k, not 69,982
     lo = accounting.image_epsilon(accounting.image_noise_multiplier(1.0, 1e-5, (224, 224, 64), bound="lower"), 1e-5)
     hi = accounting.image_epsilon(accounting.image_noise_multiplier(1.0, 1e-5, (224, 224, 64)), 1e-5)
     old = accounting.image_epsilon(accounting.image_noise_multiplier(1.0, 1e-5, (224, 224, 64), bound="paper"), 1e-5)

@@ -91,7 +91,7 @@ def test_cost_bounds_flip_and_missing_is_not_measured():
 
 
 def _attacks(ssim, auc, identity=0.0):
-    # baselines: grey SSIM 0.22, mean face 0.39 (the LFW 64x64 values); one of 158 people, 16 faces
+    # baselines: grey SSIM 0.22, mean face 0.39 (LFW 64x64 values); one of 158 people, 16 faces
     return {"rows": [{"epsilon": 1.0, "inversion_known_ssim": ssim, "inversion_known_avg_ssim": 0.0,
                       "decoder_known_avg_ssim": 0.0, "inversion_known_identity_accuracy": identity,
                       "inversion_known_avg_identity_accuracy": 0.0, "decoder_known_avg_identity_accuracy": 0.0,

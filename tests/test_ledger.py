@@ -205,3 +205,14 @@ def test_a_writer_killed_in_the_middle_loses_no_acknowledged_release(tmp_path):
         _record(ledger, ["after"])
         assert ledger.releases("after") == 1
     assert all(json.loads(line) for line in open(path).read().splitlines())
+
+
+@pytest.mark.parametrize("train_conv1", [True, False])
+def test_the_ledger_of_a_replayed_run_reads_back_the_accountings_epsilon(tmp_path, train_conv1):
+    from dpact_tf.repro import studies
+
+    replay = studies.ledger_replay(profile="tiny", dataset="synthetic", epsilon=5.0, train_conv1=train_conv1,
+                                   directory=str(tmp_path))
+    assert replay["ledger_epsilon"] == pytest.approx(replay["accounting_epsilon"], rel=1e-9)
+    assert replay["first_batch_refused"]  # the default budget (8 per image) refuses the paper's method
+    assert replay["records"] > 0 and replay["releases"] >= 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -310,3 +310,64 @@ def encoding_study(faces=None, *, profile: str, dataset: str, epsilons: Optional
         result = json.load(fh)
     record_metrics(results_dir, prof.name, dataset, "encoding", result)
     return result
+
+
+def ledger_replay(*, profile: str, dataset: str, epsilon: float, delta: float = 1e-5, train_conv1: bool = True,
+                  seed: int = 0, directory: Optional[str] = None) -> Dict[str, Any]:
+    """The ledger the edge client keeps for one run of ``profile``, written and read back.
+
+    The run's releases (every training batch, then the test set, each epoch: :func:`dpact_tf.accounting.
+    release_count`'s schedule) are recorded in a :class:`dpact_tf.ledger.PrivacyLedger` without a budget, one line
+    per batch as the client writes them, and the largest per-image epsilon it reads back is set beside the
+    accounting's for the same run.  Images are identified by their index (the ledger needs only identities).
+    Also: whether the default budget lets the run's first batch through.
+    """
+    import tempfile
+
+    from dpact_tf import accounting
+    from dpact_tf.ledger import Budget, BudgetExceeded, PrivacyLedger
+    from dpact_tf.repro.privacy_studies import split_counts
+    from dpact_tf.vggface import layer_plan
+
+    prof = get_profile(profile)
+    counts = split_counts(prof, dataset, seed=seed)
+    shape = (prof.image_size, prof.image_size, layer_plan(prof.width)[0][2])
+    epochs = prof.epochs if train_conv1 else prof.finetune_epochs
+    train = [f"train-{i}" for i in range(counts["n_train"])]
+    test = [f"test-{i}" for i in range(counts["n_test"])]
+    batch = prof.batch_size
+    args = dict(epsilon=epsilon, delta=delta, activation_shape=shape, train_conv1=train_conv1, run="replay")
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        with PrivacyLedger(os.path.join(tmp, "releases.jsonl"), budget=Budget(epsilon=math.inf)) as ledger:
+            for _ in range(epochs):
+                for start in range(0, len(train), batch):
+                    ledger.record(train[start:start + batch], kind="train", **args)
+                for start in range(0, len(test), batch):
+                    ledger.record(test[start:start + batch], kind="evaluate", **args)
+            records, read_back = ledger.records, ledger.max_image_epsilon(delta)
+        with PrivacyLedger(os.path.join(tmp, "default.jsonl")) as default:
+            try:
+                default.record(train[:batch], kind="train", **args)
+                first_batch_refused = False
+            except BudgetExceeded:
+                first_batch_refused = True
+    count = accounting.release_count(train_conv1=train_conv1, n_train=len(train), n_test=len(test), epochs=epochs,
+                                     batch_size=batch)
+    z = accounting.image_noise_multiplier(epsilon, delta, shape, grid_rounding=True)
+    return {"epsilon": float(epsilon), "records": int(records), "releases": int(count["per_image"]),
+            "ledger_epsilon": float(read_back),
+            "accounting_epsilon": float(accounting.image_epsilon(z, delta, releases=count["per_image"])),
+            "default_budget": Budget().epsilon, "first_batch_refused": first_batch_refused,
+            "train_conv1": bool(train_conv1), "shape": list(shape)}
+
+
+def ledger_summary(replay: Mapping[str, Any]) -> str:
+    """Markdown: what the ledger read back for the replayed run, beside the accounting (computed, not typed)."""
+    case = "conv1 trained" if replay["train_conv1"] else "conv1 frozen"
+    refused = ("refuses the run's first batch" if replay["first_batch_refused"]
+               else "lets the run's first batch through")
+    return (f"The ledger the edge client would keep for this profile's run at per-coordinate ε = "
+            f"{replay['epsilon']:g} ({case}: {replay['records']:,} batches recorded, {replay['releases']:,} releases "
+            f"composed for the worst-case image) reads back a per-image ε of {replay['ledger_epsilon']:,.0f}; the "
+            f"accounting above gives {replay['accounting_epsilon']:,.0f} for the same run (with the grid's worst-case "
+            f"rounding). Its default budget of ε = {replay['default_budget']:g} per image {refused}.")
