@@ -21,6 +21,7 @@ This module must not import TensorFlow (tests check it in a subprocess).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -148,7 +149,7 @@ class HeadRunner:
 
     def __init__(self, path: str, *, num_threads: Optional[int] = None, max_batch: int = 1,
                  rows_per_call: Optional[int] = None, workers: int = 1,
-                 trusted_weights_sha256: Optional[str] = None) -> None:
+                 trusted_sha256: Optional[str] = None, trusted_weights_sha256: Optional[str] = None) -> None:
         """``max_batch``: images per interpreter call.  Batches are streamed through the head in chunks of
         ``max_batch`` (the arena holds one chunk's intermediates, not the whole batch's) -- each chunk gets fresh
         words, so the release is the same.
@@ -162,6 +163,10 @@ class HeadRunner:
         ``workers``: interpreters that release strips in parallel, each in its own thread with ``num_threads``
         threads of its own (TFLite's int64 kernels, which draw the noise, are single-threaded: ``workers=2,
         num_threads=1`` uses two cores for all of it).  ``train`` updates every interpreter alike.
+
+        ``trusted_sha256``: the SHA-256 of the whole .tflite the user trusts (its graph and its weights: a graph
+        written by someone else can release anything, e.g. the clean activation, while passing every check below);
+        a mismatch raises ``ValueError``, and the interpreters run exactly the bytes that were hashed.
 
         ``trusted_weights_sha256``: the hash of the conv weights the user trusts
         (:func:`dpact_tf.export.weights_hash` of the Keras client); the weights stored in the file are read from
@@ -179,6 +184,12 @@ class HeadRunner:
         self.max_batch, self.workers = int(max_batch), int(workers)
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} not found; make one with `python tflite/convert.py --out {path}`")
+        with open(path, "rb") as fh:
+            content = fh.read()
+        self.sha256 = hashlib.sha256(content).hexdigest()
+        if trusted_sha256 is not None and trusted_sha256.lower() != self.sha256:
+            raise ValueError(f"{path} has SHA-256 {self.sha256}, not the trusted {trusted_sha256}: refusing to run a "
+                             "head you did not approve (its graph decides what is released)")
         sidecar = os.path.splitext(path)[0] + ".json"
         if not os.path.exists(sidecar):
             raise FileNotFoundError(f"{sidecar} not found: HeadRunner needs the head's JSON sidecar (written beside "
@@ -202,7 +213,7 @@ class HeadRunner:
         except (KeyError, TypeError) as err:
             raise ValueError(f"{sidecar} is not the sidecar of a grid-release head (no release.{err}); export the "
                              "head again") from err
-        self._interpreters = [Interpreter(model_path=path, num_threads=num_threads) for _ in range(self.workers)]
+        self._interpreters = [Interpreter(model_content=content, num_threads=num_threads) for _ in range(self.workers)]
         self.interpreter = self._interpreters[0]
         self.signatures = self.interpreter.get_signature_list()
         self._clean = self.interpreter.get_signature_runner("clean")

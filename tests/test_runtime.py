@@ -215,6 +215,26 @@ def test_weights_the_user_trusts(heads, tmp_path, with_train):
         HeadRunner(str(tmp_path / "other.tflite"), trusted_weights_sha256=trusted)
 
 
+def test_the_whole_head_the_user_trusts(heads, tmp_path):
+    # a graph written by someone else can release anything while storing the trusted weights, so the deployable
+    # check is the whole file's hash: the approved bytes run, one byte changed anywhere is refused
+    import hashlib
+
+    split, _, _, _ = heads
+    path = str(tmp_path / "head.tflite")
+    convert_client_head(split.client, path, with_train=False)
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    runner = HeadRunner(path, trusted_sha256=digest.upper())
+    assert runner.sha256 == digest
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 1
+    tampered = tmp_path / "tampered.tflite"
+    tampered.write_bytes(bytes(data))
+    shutil.copy(path.replace(".tflite", ".json"), str(tampered).replace(".tflite", ".json"))
+    with pytest.raises(ValueError, match="not the trusted"):
+        HeadRunner(str(tampered), trusted_sha256=digest)
+
+
 def test_head_runner_serializes_threads(heads):
     # two threads sharing one runner (and its two interpreters): calls are serialized, so no release has rows
     # without noise or noise shared with another release

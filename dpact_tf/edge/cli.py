@@ -135,11 +135,11 @@ def train(args: argparse.Namespace, prof: Any) -> int:
     if args.head:
         from dpact_tf.runtime import HeadRunner
 
-        runner = HeadRunner(args.head, trusted_weights_sha256=args.trusted_weights_sha256)
-        if not args.trusted_weights_sha256:
-            print(f"warning: the conv weights of {args.head} were not checked against a hash you trust "
-                  "(--trusted-weights-sha256): weights chosen by the server can make releases easier to invert",
-                  flush=True)
+        runner = HeadRunner(args.head, trusted_sha256=args.trusted_head_sha256,
+                            trusted_weights_sha256=args.trusted_weights_sha256)
+        if not args.trusted_head_sha256:
+            print(f"warning: {args.head} was not checked against a SHA-256 you trust (--trusted-head-sha256): a head "
+                  "written by the server decides what its release sends", flush=True)
         if runner.image_shape != (prof.image_size, prof.image_size, 3):
             raise SystemExit(f"error: {args.head} takes {list(runner.image_shape)} images; profile {prof.name} "
                              f"has {prof.image_size}x{prof.image_size}")
@@ -251,9 +251,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--server", required=True, help="host:port of the edge server")
     t.add_argument("--profile", default="tiny", help="model size profile: tiny, small or paper")
     t.add_argument("--head", help="run the head from this .tflite in LiteRT (the phone's path) instead of Keras")
-    t.add_argument("--trusted-weights-sha256", help="with --head: refuse the .tflite unless the conv weights stored "
-                   "in it have this hash (dpact_tf.export.weights_hash of the client you trust); without it a warning "
-                   "says the weights were not checked")
+    t.add_argument("--trusted-head-sha256", help="with --head: refuse the .tflite unless the whole file has this "
+                   "SHA-256 (a head you exported or approved; without it a warning says the head was not checked)")
+    t.add_argument("--trusted-weights-sha256", help="with --head: also refuse it unless the conv weights stored in "
+                   "it have this hash (dpact_tf.export.weights_hash of the client you trust)")
     t.add_argument("--epsilon", type=_epsilon, default=_UNSET,
                    help="required: the per-coordinate epsilon of the release, or 'none' to upload the clean "
                         "activation (no noise, no privacy; a warning is printed on every run)")
