@@ -1,14 +1,13 @@
-"""What the client's Gaussian noise costs: one compiled step (forward and backward) of the client head at several
-activation sizes, with the noise (DPActivation at epsilon=5, a fixed seed) and without (epsilon=None).
+"""What the client's release costs: one compiled step (forward and backward) of the client head at several
+activation sizes, with the grid release (DPActivation at epsilon=5, a fixed seed) and without noise (epsilon=None).
 
-The fidelity chapter's medium ladder found a noisy epoch at 64x64x32 ~17 s against ~11 s without noise: the head's
-noise is a draw of one standard normal per activation coordinate per image (64x64x32 x 64 images = 8.4 M per step).
-This benchmark isolates that cost from the server's network.  Both variants run the same compiled function on the
-same batch, interleaved (one timed call of each per round, their order alternating) so a change in the machine's
-load hits both alike.  It also times the sampling alone (``tf.random.stateless_normal`` of the activation's shape,
-Philox, TensorFlow's only stateless algorithm on CPU) for the normals per second it reaches.
+The release draws one uniform int64 word per activation coordinate per image (Philox) and finds each word's noise
+in the grid's table (``tf.searchsorted``; :mod:`dpact_tf.grid_tf`).  This benchmark isolates that cost from the
+server's network.  Both variants run the same compiled function on the same batch, interleaved (one timed call of
+each per round, their order alternating) so a change in the machine's load hits both alike.  It also times the
+release alone (the words and the table search for the activation's shape) for the coordinates per second it reaches.
 
-Prints, per shape: the median step time without and with noise, their ratio, and the median time of the sampling
+Prints, per shape: the median step time without and with noise, their ratio, and the median time of the release
 alone with its rate.  Not a timed test: ``python benchmarks/noise_cost.py [--shapes 64x32,96x64] [--rounds 20]``.
 """
 import argparse
@@ -19,7 +18,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from dpact_tf import build_split_vggface
+from dpact_tf import build_split_vggface, grid, grid_tf
 
 
 def parse_shapes(text):
@@ -35,7 +34,7 @@ def parse_shapes(text):
 
 
 def client_step(side, channels, epsilon):
-    """A compiled forward + backward of the client head (conv1_1 -> ReLU -> LRN -> noise), as the client trains."""
+    """A compiled forward + backward of the client head (conv1_1 -> ReLU -> LRN -> release), as the client trains."""
     model = build_split_vggface((side, side, 3), num_classes=10, width=1 / 8, fc_units=16,
                                 channels={"conv1_1": channels}, epsilon=epsilon, noise_seed=0)
     client = model.client
@@ -44,8 +43,8 @@ def client_step(side, channels, epsilon):
     def step(x, upstream):
         with tf.GradientTape() as tape:
             out = client(x, training=True)
-        # the output is returned too: a step that returned only the gradients would let TensorFlow prune the noise
-        # (the gradient of `clean + noise` does not depend on it) and time a noise-free head both times
+        # the output is returned too: a step that returned only the gradients would let TensorFlow prune the release
+        # (the straight-through gradient does not depend on it) and time a noise-free head both times
         return tape.gradient(out, client.trainable_variables, output_gradients=upstream), tf.reduce_sum(out)
 
     return client, step
@@ -78,8 +77,14 @@ def main() -> None:
             upstream = tf.ones((args.batch, *client.output_shape[1:]))
             steps[name] = (step, x, upstream)
         shape = upstream.shape
-        # the seed is an argument, so the draw cannot be folded into a constant when the function is traced
-        sample = tf.function(lambda key: tf.random.stateless_normal(shape, seed=key))
+        spec = grid.grid_spec(5.0, 1e-5)
+        clean = tf.constant(rng.uniform(0, 0.5, shape).astype(np.float32))
+
+        # the key is an argument, so the draw cannot be folded into a constant when the function is traced
+        @tf.function
+        def sample(key):
+            return grid_tf.release_levels(clean, grid_tf.random_words(shape, key), tf.constant(spec.scale, tf.float32),
+                                          tf.constant(spec.max_level), grid.noise_table(spec.steps_per_std))
         for _ in range(args.warmup):
             for step, *inputs in steps.values():
                 timed(step, *inputs)
@@ -95,7 +100,7 @@ def main() -> None:
         n = int(np.prod(shape))
         print(f"{side}x{side}x{channels}: {n / 1e6:.1f} M coordinates a step | step no noise {med['no noise']:.3f} s, "
               f"noise {med['noise']:.3f} s, ratio {med['noise'] / med['no noise']:.2f} | sampling alone "
-              f"{med['sampling']:.3f} s ({n / med['sampling'] / 1e6:.0f} M normals/s)")
+              f"{med['sampling']:.3f} s ({n / med['sampling'] / 1e6:.0f} M coordinates/s)")
     after = os.getloadavg()
     print(f"load after {after[0]:.2f}")
 
