@@ -265,7 +265,7 @@ def test_client_accepts_resize_rounding(noisy_trainer):
 
 
 def test_a_finite_but_overflowing_gradient_is_refused_and_rolled_back():
-    # found by the adversarial review: 3e38 is finite, but the SGD update it causes is not
+    # 3e38 is finite, but the SGD update it causes is not
     x, y = _data()
     split = _split(epsilon=5.0)
     trainer = SplitTrainer(split, TrainingConfig(lr_decay_steps=10))
