@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from dpact_tf.data import without_autotune
 
-__all__ = ["image_similarity", "trivial_baselines", "average_releases", "mean_release_client", "invert", "train_decoder", "decode",
+__all__ = ["image_similarity", "ssim_per_face", "trivial_baselines", "average_releases", "mean_release_client", "invert", "train_decoder", "decode",
            "train_embedding", "nearest_identity_accuracy", "reidentification_accuracy", "membership_inference"]
 
 
@@ -42,6 +42,12 @@ def image_similarity(reconstructed: np.ndarray, original: np.ndarray) -> Dict[st
     b = tf.convert_to_tensor(original, tf.float32)
     return {"ssim": float(tf.reduce_mean(tf.image.ssim(a, b, max_val=1.0))),
             "psnr": float(tf.reduce_mean(tf.image.psnr(a, b, max_val=1.0)))}
+
+
+def ssim_per_face(reconstructed: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """SSIM of each reconstruction to its face ([n]; images in [0, 1], reconstructions clipped to [0, 1])."""
+    a = tf.clip_by_value(tf.convert_to_tensor(reconstructed, tf.float32), 0.0, 1.0)
+    return tf.image.ssim(a, tf.convert_to_tensor(original, tf.float32), max_val=1.0).numpy().astype(np.float64)
 
 
 def _to_unit(images: np.ndarray) -> np.ndarray:

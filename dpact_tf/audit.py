@@ -21,7 +21,7 @@ from typing import Tuple
 import numpy as np
 
 __all__ = ["bootstrap_interval", "clopper_pearson", "MembershipAudit", "membership_audit", "epsilon_lower_bound",
-           "roc_auc"]
+           "largest_epsilon_lower", "roc_auc"]
 
 
 def bootstrap_interval(values, *, confidence: float = 0.95, resamples: int = 2000,
@@ -59,6 +59,13 @@ def epsilon_lower_bound(tpr_lo: float, fpr_hi: float, *, delta: float) -> float:
     if 1 - fpr_hi - delta > 0 and 1 - tpr_lo > 0:
         bounds.append(math.log((1 - fpr_hi - delta) / (1 - tpr_lo)))
     return max(bounds)
+
+
+def largest_epsilon_lower(heldout: int, *, confidence: float = 0.95, delta: float = 1e-5) -> float:
+    """The largest epsilon lower bound :func:`membership_audit` can give with ``heldout`` candidates per class
+    (a test that is right on every one of them): the bound's own ceiling, set by the sample size."""
+    tpr_lo, _ = clopper_pearson(heldout, heldout, confidence=(1 + confidence) / 2)
+    return epsilon_lower_bound(tpr_lo, 1 - tpr_lo, delta=delta)
 
 
 def roc_auc(members, nonmembers) -> float:

@@ -149,7 +149,7 @@ def test_the_attacks_chapter_runs_the_profiles_attack_epsilons():
 
 
 def test_the_attack_study_attacks_the_profiles_epsilons_by_default(monkeypatch):
-    from dpact_tf.repro import privacy_studies
+    from dpact_tf.repro import attack_study
     from dpact_tf.repro.profiles import DEFAULT_EPSILONS, get_profile
 
     class Stop(Exception):
@@ -159,9 +159,17 @@ def test_the_attack_study_attacks_the_profiles_epsilons_by_default(monkeypatch):
         raise Stop
 
     seen = []
-    real = privacy_studies.attack_epsilons
-    monkeypatch.setattr(privacy_studies, "attack_epsilons", lambda *a: seen.append(real(*a)) or seen[-1])
-    monkeypatch.setattr(privacy_studies, "load_faces", stop)  # stops before any work, once the epsilons are resolved
+    real = attack_study.attack_epsilons
+    monkeypatch.setattr(attack_study, "attack_epsilons", lambda *a: seen.append(real(*a)) or seen[-1])
+    monkeypatch.setattr(attack_study, "load_faces", stop)  # stops before any work, once the epsilons are resolved
     with pytest.raises(Stop):
-        privacy_studies.attack_study(profile="small", dataset="synthetic", progress=False)
+        attack_study.attack_study(profile="small", dataset="synthetic", progress=False)
     assert seen == [list(get_profile("small").attack_epsilons)] and seen[0] != list(DEFAULT_EPSILONS)
+
+
+def test_ssim_per_face_averages_to_the_mean_ssim():
+    rng = np.random.default_rng(4)
+    a, b = rng.uniform(size=(2, 5, 16, 16, 3)).astype(np.float32)
+    per_face = attacks.ssim_per_face(a, b)
+    assert per_face.shape == (5,) and per_face.mean() == pytest.approx(attacks.image_similarity(a, b)["ssim"], abs=1e-6)
+    assert attacks.ssim_per_face(b, b) == pytest.approx(np.ones(5))

@@ -40,8 +40,8 @@ NEEDS: Dict[str, Tuple[str, ...]] = {
     "04_partition": ("02_scratch",),       # at the paper profile its conv1_1 runs are 02's
     "05_mobile_cost": (),
     "06_accounting": (),
-    "07_attacks": ("01_activations", "02_scratch"),
-    "08_fidelity": ("02_scratch", "03_finetune"),
+    "07_attacks": ("01_activations", "03_finetune"),  # the public model, the fine-tuning runs (server classifier)
+    "08_fidelity": ("02_scratch", "03_finetune", "07_attacks"),  # 07 trains the no-noise convergence run (its oracle)
     "09_baselines": ("01_activations", "02_scratch"),
     "10_discussion": tuple(NOTEBOOKS[:-1]),
 }

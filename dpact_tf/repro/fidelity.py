@@ -26,7 +26,7 @@ from dpact_tf.repro.profiles import get_profile
 from dpact_tf.repro.results import record_metrics, relative_to_repo, study_dir
 from dpact_tf.repro.runs import RunSpec, load_faces, run_training
 
-__all__ = ["convergence_study", "ladder_study", "fit_trend", "epochs_to_reach", "retained_gain", "training_flops_per_image",
+__all__ = ["convergence_study", "convergence_spec", "ladder_study", "fit_trend", "epochs_to_reach", "retained_gain", "training_flops_per_image",
            "gpu_estimates", "profile_workload", "PAPER_COORDINATES", "REACH_FRACTIONS", "PREDICTION_LEVEL", "GPU_SUSTAINED_TFLOPS"]
 
 #: coordinates the paper's client releases per image: conv1_1 of VGG-Face on 224x224 inputs
@@ -60,6 +60,21 @@ def epochs_to_reach(values: Sequence[float], target: float) -> Optional[int]:
 
 
 # --- convergence ---------------------------------------------------------------------------------------------
+def convergence_spec(prof, dataset: str, epsilon: Optional[float], *, seed: int = 0, max_epochs: Optional[int] = None,
+                     patience: Optional[int] = None, min_delta: Optional[float] = None) -> RunSpec:
+    """The convergence study's run at ``epsilon`` (the profile's budgets unless given); its no-noise run is the
+    book's best non-private model, which the attacks chapter uses as its identity oracle."""
+    prof = get_profile(prof)
+    max_epochs = int(max_epochs or prof.convergence_max_epochs)
+    patience = int(patience or prof.convergence_patience)
+    min_delta = float(prof.convergence_min_delta if min_delta is None else min_delta)
+    # Not monitored before the sweep's own budget: a noisy run that sits near chance for its first epochs has not
+    # converged.
+    start = max(0, min(prof.epochs, max_epochs - patience))
+    return RunSpec(task="scratch", profile=prof.name, dataset=dataset, epsilon=epsilon, epochs=max_epochs, seed=seed,
+                   patience=patience, min_delta=min_delta, start_from_epoch=start)
+
+
 def convergence_study(faces=None, *, profile: str, dataset: str, epsilons: Optional[Sequence[Optional[float]]] = None,
                       max_epochs: Optional[int] = None, patience: Optional[int] = None,
                       min_delta: Optional[float] = None, seed: int = 0, results_dir: Optional[str] = None,
@@ -83,11 +98,8 @@ def convergence_study(faces=None, *, profile: str, dataset: str, epsilons: Optio
     min_delta = float(prof.convergence_min_delta if min_delta is None else min_delta)
     if faces is None:
         faces = load_faces(prof, dataset, seed=seed, progress=progress)
-    # Not monitored before the sweep's own budget: a noisy run that sits near chance for its first epochs has not
-    # converged.
-    start = max(0, min(prof.epochs, max_epochs - patience))
-    runs = [run_training(RunSpec(task="scratch", profile=prof.name, dataset=dataset, epsilon=eps, epochs=max_epochs,
-                                 seed=seed, patience=patience, min_delta=min_delta, start_from_epoch=start),
+    runs = [run_training(convergence_spec(prof, dataset, eps, seed=seed, max_epochs=max_epochs, patience=patience,
+                                          min_delta=min_delta),
                          results_dir=results_dir, force=force, progress=progress, data=faces)
             for eps in eps_list]
     base = next(r for r in runs if r.spec.epsilon is None)

@@ -14,7 +14,8 @@ import numpy as np
 from dpact_tf.jsonio import write_json
 
 __all__ = ["save_figure", "close", "eps_label", "eps_set", "activation_grid", "similarity_plot", "training_curves", "accounting_plot",
-           "reconstruction_grid", "attack_curves",
+           "reconstruction_grid", "reconstruction_quality_plot", "identity_attack_plot",
+           "membership_plot",
            "final_accuracy_plot", "partition_plot", "mobile_cost_plot", "ladder_plot", "dpsgd_plot", "privynet_plot",
            "dssgd_plot"]
 
@@ -272,41 +273,98 @@ def reconstruction_grid(faces: np.ndarray, recs: Dict[str, Dict[Any, np.ndarray]
     return fig
 
 
-def attack_curves(rows: List[Dict[str, Any]], *, chance: float, baselines: Dict[str, Dict[str, float]],
-                  identity_chance: float, dataset: str):
-    """Reconstruction SSIM and identity (with the trivial baselines), re-identification, membership inference."""
+def _interval(ax, x, rows, key, **style):
+    """Means with their 95 % interval as error bars (``key``, ``key_lo``, ``key_hi`` of each row)."""
+    mean = np.array([r[key] for r in rows])
+    err = np.array([[m - r[f"{key}_lo"] for m, r in zip(mean, rows)], [r[f"{key}_hi"] - m for m, r in zip(mean, rows)]])
+    ax.errorbar(x, mean, yerr=err, capsize=3, marker="o", ms=4, **style)
+
+
+def _eps_axis(ax, rows):
+    """Epsilons as evenly spaced categories (the no-noise run last, labelled "none")."""
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(["none" if r["epsilon"] is None else f"{r['epsilon']:g}" for r in rows])
+    ax.set_xlabel("ε per coordinate")
+
+
+def _ordered(rows):
+    return sorted(rows, key=lambda r: float("inf") if r["epsilon"] is None else r["epsilon"])
+
+
+def reconstruction_quality_plot(rows: List[Dict[str, Any]], baselines: Dict[str, Dict[str, Any]], *, dataset: str):
+    """SSIM to the true face per epsilon (95 % bootstrap intervals): the decoder, the inversion and the null decoder
+    beside the guesses that use no release (grey image, public mean face: bands)."""
     plt = _plt()
-    noisy = [r for r in rows if r["epsilon"] is not None]
-    base = next((r for r in rows if r["epsilon"] is None), None)
-    eps = [r["epsilon"] for r in noisy]
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    recs = (("inversion_known", "inversion, public conv1"), ("inversion_known_avg", "inversion, mean of E"),
-            ("decoder_known_avg", "decoder, public conv1, mean of E"),
-            ("inversion_unknown", "inversion, private conv1"), ("decoder_unknown", "decoder, private conv1"))
-    for key, lab in recs:
-        axes[0].plot(eps, [r[f"{key}_ssim"] for r in noisy], "o-", label=lab, ms=3)
-        axes[1].plot(eps, [r[f"{key}_identity_accuracy"] for r in noisy], "o-", label=lab, ms=3)
+    rows = _ordered(rows)
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    for key, label, color in (("decoder_ssim", "decoder, mean of E releases", "C0"),
+                              ("inversion_avg_ssim", "inversion, mean of E", "C1"),
+                              ("inversion_ssim", "inversion, one copy", "C2"),
+                              ("null_decoder_ssim", "decoder fed another face's releases", "C3")):
+        _interval(ax, x, rows, key, label=label, color=color, ls="-" if key != "null_decoder_ssim" else "--")
+    for name, color in (("grey", "0.5"), ("mean_face", "0.2")):
+        b = baselines[name]
+        ax.axhspan(b["ssim_lo"], b["ssim_hi"], color=color, alpha=0.25, lw=0)
+        ax.axhline(b["ssim"], color=color, lw=1, ls=":", label=f"{name.replace('_', ' ')} (no release)")
+    _eps_axis(ax, rows)
+    ax.set_ylabel("SSIM to the true face")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(_title("Reconstruction against guesses that use no release", dataset), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def identity_attack_plot(rows: List[Dict[str, Any]], baselines: Dict[str, Dict[str, Any]], *, oracle: Dict[str, Any],
+                         chance: float, dataset: str):
+    """Left: the oracle's identification of reconstructions as a share of its ceiling on the true faces.  Right: the
+    server's own classifier on noisy activations against always guessing the largest class."""
+    plt = _plt()
+    rows = _ordered(rows)
+    x = np.arange(len(rows))
+    ceiling = oracle["ceiling"] or float("nan")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.9))
+    for key, label in (("decoder_identity", "decoder"), ("inversion_avg_identity", "inversion, mean of E"),
+                       ("null_decoder_identity", "decoder, another face's releases")):
+        axes[0].plot(x, [r[key] / ceiling for r in rows], "o-", label=label, ms=4)
     for name, style in (("grey", ":"), ("mean_face", "--")):
-        axes[0].axhline(baselines[name]["ssim"], color="k", ls=style, lw=1, label=f"{name.replace('_', ' ')} (baseline)")
-        axes[1].axhline(baselines[name]["identity_accuracy"], color="k", ls=style, lw=1,
-                        label=f"{name.replace('_', ' ')} (baseline)")
-    axes[1].axhline(identity_chance, color="grey", ls="-.", lw=1, label="chance")
-    axes[0].set_ylabel("SSIM to the true face"), axes[0].set_title("reconstruction vs trivial baselines", fontsize=9)
-    axes[1].set_ylabel("re-identified among the private people"), axes[1].set_title("is it the person?", fontsize=9)
-    axes[2].plot(eps, [r["reidentification_accuracy"] for r in noisy], "o-", label="re-identification, one copy")
-    axes[2].plot(eps, [r["reidentification_accuracy_avg"] for r in noisy], "^-", label="re-id., mean of E copies")
-    axes[2].plot(eps, [r["model_test_accuracy"] for r in noisy], "s-", label="the trained model itself")
-    axes[2].axhline(chance, color="grey", ls=":", label="majority class")
-    if base:
-        axes[2].axhline(base["reidentification_accuracy"], color="C0", ls="--", lw=1, label="re-id., no noise")
-    axes[2].set_ylabel("accuracy"), axes[2].set_title("who is in the activation?", fontsize=9)
-    for attack, marker in (("threshold_attack", "o"), ("logistic_regression", "s")):
-        axes[3].plot(eps, [r[f"mia_{attack}_auc"] for r in noisy], marker + "-", label=f"{attack.replace('_', ' ')} AUC")
-    axes[3].axhline(0.5, color="grey", ls=":")
-    axes[3].set_ylabel("membership-inference AUC"), axes[3].set_title("membership inference", fontsize=9)
+        axes[0].axhline(baselines[name]["identity"] / ceiling, color="k", ls=style, lw=1,
+                        label=f"{name.replace('_', ' ')} (no release)")
+    axes[0].axhline(1.0, color="grey", lw=1, label="the true faces (ceiling)")
+    axes[0].set_ylabel("named correctly, share of the ceiling")
+    axes[0].set_title("Does the oracle recognize the reconstruction?", fontsize=9)
+    axes[1].plot(x, [r["server_classifier_accuracy"] for r in rows], "s-", label="server's classifier (test images)")
+    axes[1].axhline(chance, color="grey", ls=":", label="always the largest class")
+    axes[1].set_ylabel("identification accuracy")
+    axes[1].set_title("The server's own classifier as an identity attack", fontsize=9)
     for ax in axes:
-        ax.set_xlabel("ε (per coordinate)"), ax.legend(fontsize=6)
-    fig.suptitle(_title("What a curious server recovers", dataset), fontsize=10)
+        _eps_axis(ax, rows)
+        ax.legend(fontsize=7)
+    fig.suptitle(_title("Who is in the release?", dataset), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def membership_plot(rows: List[Dict[str, Any]], *, dataset: str):
+    """The server's membership test on held-out candidates: TPR (lower bound) and FPR (upper bound), and the
+    per-image epsilon lower bound they imply."""
+    plt = _plt()
+    rows = _ordered(rows)
+    x = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.9))
+    axes[0].plot(x, [r["mia_tpr"] for r in rows], "o-", color="C0", label="true-positive rate")
+    axes[0].plot(x, [r["mia_tpr_lower"] for r in rows], "o--", color="C0", alpha=0.6, label="its 97.5 % lower bound")
+    axes[0].plot(x, [r["mia_fpr"] for r in rows], "s-", color="C3", label="false-positive rate")
+    axes[0].plot(x, [r["mia_fpr_upper"] for r in rows], "s--", color="C3", alpha=0.6, label="its 97.5 % upper bound")
+    axes[0].set_ylim(-0.02, 1.02), axes[0].set_ylabel("rate on held-out candidates")
+    axes[0].set_title("Was this face a training release?", fontsize=9)
+    axes[1].bar(x, [r["mia_epsilon_lower"] for r in rows], color="C0")
+    axes[1].set_ylabel("per-image ε lower bound (95 %)")
+    axes[1].set_title("What the test proves about ε", fontsize=9)
+    for ax in axes:
+        _eps_axis(ax, rows)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(_title("Membership inference by the server", dataset), fontsize=10)
     fig.tight_layout()
     return fig
 
