@@ -136,13 +136,13 @@ def test_rules_state_the_thresholds_they_apply():
 
 # --- why (not) reproduced ------------------------------------------------------------------------------------
 def _conv(base_best, rel3, rel5, rel10=None):
-    rows = [{"epsilon": None, "best_test_accuracy": base_best, "retained_gain": 1.0, "epochs_trained": 30,
+    rows = [{"epsilon": None, "final_test_accuracy": base_best, "retained_gain": 1.0, "epochs_trained": 30,
              "stopped_early": True, "epochs_to_90%": 20}]
     for e, r in ((3.0, rel3), (5.0, rel5), (10.0, rel10)):
         if r is not None:
-            rows.append({"epsilon": e, "best_test_accuracy": r * base_best, "retained_gain": r,
+            rows.append({"epsilon": e, "final_test_accuracy": r * base_best, "retained_gain": r,
                          "epochs_trained": 40, "stopped_early": False, "epochs_to_90%": None})
-    return {"rows": rows, "baseline_best": base_best, "max_epochs": 40, "reach_fractions": [0.5, 0.9],
+    return {"rows": rows, "baseline_final": base_best, "max_epochs": 40, "reach_fractions": [0.5, 0.9],
             "majority_class_test_accuracy": 0.1}
 
 

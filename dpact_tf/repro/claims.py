@@ -38,7 +38,7 @@ FIG4_TOLERANCE = 0.02
 FIG4_FAIL_MARGIN = 0.05
 # Attacks: the confidence of the reconstruction's bootstrap intervals and of the membership test's joint bounds.
 ATTACK_CONFIDENCE = 0.95
-# Fig. 3: "trains well" at epsilon 3-5 = the best test accuracy keeps at least this share of the no-noise run's gain
+# Fig. 3: "trains well" at epsilon 3-5 = the final test accuracy keeps at least this share of the no-noise run's gain
 # over chance: (acc - chance) / (no-noise acc - chance) (dpact_tf.repro.fidelity.retained_gain).
 FIG3_TRAINS_WELL_RELATIVE = 0.8
 
@@ -101,13 +101,13 @@ def _convergence_text(conv: Mapping[str, Any]) -> str:
     base = next(r for r in conv["rows"] if r["epsilon"] is None)
     state = (f"stopped at epoch {base['epochs_trained']}" if base["stopped_early"]
              else f"still improving after {base['epochs_trained']} epochs")
-    parts = [f"best {_eps(r['epsilon'])} {r['best_test_accuracy']:.3f}" for r in conv["rows"]
+    parts = [f"final {_eps(r['epsilon'])} {r['final_test_accuracy']:.3f}" for r in conv["rows"]
              if r["epsilon"] is not None]
     frac = max(conv["reach_fractions"])
     key = f"epochs_to_{round(frac * 100)}%"
     reach = ", ".join(f"{_eps(r['epsilon'])} {r[key] if r[key] is not None else 'never'}" for r in conv["rows"])
-    return (f"convergence (budget {conv['max_epochs']} epochs, early stopping): baseline best "
-            f"{base['best_test_accuracy']:.3f}, {state}; " + ", ".join(parts)
+    return (f"convergence (budget {conv['max_epochs']} epochs, early stopping): baseline final "
+            f"{base['final_test_accuracy']:.3f}, {state}; " + ", ".join(parts)
             + f"; epochs to {frac:.0%} of the baseline: {reach}")
 
 
@@ -173,10 +173,10 @@ def claim_fig3(sc: Optional[Mapping[str, Any]], conv: Optional[Mapping[str, Any]
         why.append(_convergence_text(conv))
         noisy = [r for r in conv["rows"] if r["epsilon"] is not None]
         top = max(noisy, key=lambda r: r["epsilon"]) if noisy else None
-        if top and top["best_test_accuracy"] >= conv["baseline_best"] - FIG3_GAP_AT_EPS20:
+        if top and top["final_test_accuracy"] >= conv["baseline_final"] - FIG3_GAP_AT_EPS20:
             return _row("Fig. 3", claim, ours, BUDGET_ARTEFACT, rule, "; ".join(why))
-    base_best = conv["baseline_best"] if conv else base
-    gain = base_best - sc["majority_class_test_accuracy"]
+    base_final = conv["baseline_final"] if conv else base
+    gain = base_final - sc["majority_class_test_accuracy"]
     verdict, text = _ladder_outlook(ladder, None, 1 - FIG3_GAP_AT_EPS20 / gain if gain > 0 else 1.0,
                                     allow_contradiction=False)  # the ladder's ε are noisier than 20
     why.append(text)
@@ -185,7 +185,7 @@ def claim_fig3(sc: Optional[Mapping[str, Any]], conv: Optional[Mapping[str, Any]
 
 def claim_fig3_mid(conv: Optional[Mapping[str, Any]], ladder: Optional[Mapping[str, Any]] = None) -> Row:
     claim = "With ε between 2 and 5 the network still trains well, with more epochs as the noise grows"
-    rule = (f"convergence study: best test accuracy at ε=3 and ε=5 keeps ≥ {FIG3_TRAINS_WELL_RELATIVE:g} of the "
+    rule = (f"convergence study: final test accuracy at ε=3 and ε=5 keeps ≥ {FIG3_TRAINS_WELL_RELATIVE:g} of the "
             "baseline's gain over chance; if not, the scale ladder's prediction at the paper's size (ε=3 and 5) decides: "
             f"consistent (every prediction ≥ {FIG3_TRAINS_WELL_RELATIVE:g}), contradicted (an interval's upper end "
             "below it) or inconclusive")
@@ -196,7 +196,7 @@ def claim_fig3_mid(conv: Optional[Mapping[str, Any]], ladder: Optional[Mapping[s
         return _row("Fig. 3", claim, "the convergence study did not include no noise, ε=3 and ε=5", NOT_MEASURED,
                     rule)
     rel = {e: rows[e]["retained_gain"] for e in (3.0, 5.0)}
-    ours = (f"share of the baseline's gain over chance kept (baseline best {rows[None]['best_test_accuracy']:.3f}, "
+    ours = (f"share of the baseline's gain over chance kept (baseline final {rows[None]['final_test_accuracy']:.3f}, "
             f"chance {conv['majority_class_test_accuracy']:.3f}): "
             + ", ".join(f"ε={e:g}: {v:.2f}" for e, v in rel.items()))
     if all(v >= FIG3_TRAINS_WELL_RELATIVE for v in rel.values()):

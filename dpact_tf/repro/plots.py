@@ -14,7 +14,7 @@ import numpy as np
 from dpact_tf.jsonio import write_json
 
 __all__ = ["save_figure", "close", "eps_label", "eps_set", "activation_grid", "similarity_plot", "training_curves", "accounting_plot",
-           "reconstruction_grid", "reconstruction_quality_plot", "identity_attack_plot",
+           "reconstruction_grid", "reconstruction_pairs", "reconstruction_quality_plot", "identity_attack_plot",
            "membership_plot",
            "final_accuracy_plot", "partition_plot", "mobile_cost_plot", "ladder_plot", "dpsgd_plot", "privynet_plot",
            "dssgd_plot"]
@@ -246,6 +246,24 @@ def accounting_plot(tables: Dict[str, List[Dict[str, Any]]], *, dataset: str):
     return fig
 
 
+def reconstruction_pairs(faces: np.ndarray, reconstructed: np.ndarray, *, title: str, dataset: str):
+    """Two rows: the true faces above, their reconstructions below (one column per face)."""
+    plt = _plt()
+    n = len(faces)
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), squeeze=False)
+    for c in range(n):
+        for r, (image, label) in enumerate(((faces[c], "true"), (reconstructed[c], "reconstructed"))):
+            ax = axes[r, c]
+            ax.imshow(np.clip(image, 0, 1))
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.grid(False)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.suptitle(_title(title, dataset), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def reconstruction_grid(faces: np.ndarray, recs: Dict[str, Dict[Any, np.ndarray]], *, dataset: str,
                         column_label=eps_label):
     """Rows: faces x attack; columns: the true face, then the reconstruction per epsilon (or per any key,
@@ -331,11 +349,11 @@ def identity_attack_plot(rows: List[Dict[str, Any]], baselines: Dict[str, Dict[s
         axes[0].axhline(baselines[name]["identity"] / ceiling, color="k", ls=style, lw=1,
                         label=f"{name.replace('_', ' ')} (no release)")
     axes[0].axhline(1.0, color="grey", lw=1, label="the true faces (ceiling)")
-    axes[0].set_ylabel("named correctly, share of the ceiling")
+    axes[0].set_ylabel("named correctly, share of the ceiling"), axes[0].set_ylim(bottom=0)
     axes[0].set_title("Does the oracle recognize the reconstruction?", fontsize=9)
     axes[1].plot(x, [r["server_classifier_accuracy"] for r in rows], "s-", label="server's classifier (test images)")
     axes[1].axhline(chance, color="grey", ls=":", label="always the largest class")
-    axes[1].set_ylabel("identification accuracy")
+    axes[1].set_ylabel("identification accuracy"), axes[1].set_ylim(bottom=0)
     axes[1].set_title("The server's own classifier as an identity attack", fontsize=9)
     for ax in axes:
         _eps_axis(ax, rows)
