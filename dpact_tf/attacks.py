@@ -1,27 +1,23 @@
-"""What a curious edge server can actually recover from the noisy activations (and from the model).
-
-Threats named by the paper (Sec. III), measured against epsilon:
+"""What a curious edge server can recover from the noisy activations: reconstruction and identity.
 
 The server holds every release: a training face is released once per epoch (E noisy copies of the same
 activation when conv1 is frozen), so the full-strength attacker first averages them
-(:func:`average_releases`: noise / sqrt(E)) and simulates the same averaging when it trains on public faces.
+(:func:`average_releases`: noise / sqrt(E)) and simulates the same averaging when it trains on public faces
+(:func:`mean_release_client`).
 
-1. Reconstruction of the client's images from what the server receives:
+1. Reconstruction of the client's images from what the server receives, when it knows the released layer:
    * :func:`invert` -- optimization-based inversion: find x in [0, 1] minimizing
-     ||client_clean(x) - received||^2 + tv * TV(x) (the server knows, or guesses, the first layer);
+     ||client_clean(x) - received||^2 + tv * TV(x);
    * :func:`train_decoder` -- a learned decoder (activation -> image) the server trains on public faces,
-     simulating the client's noise (it knows epsilon and, when conv1 is public, the weights).
-   With unknown weights (training from scratch, conv1 private) the server uses a surrogate first layer.
-   Scores are compared with :func:`trivial_baselines` (a flat grey image, the public mean face): a
-   reconstruction that does not beat them has recovered nothing about the face; and at the identity level
-   with :func:`reidentification_accuracy` of the reconstructions among the private gallery (chance 1/people).
-2. Identity leakage: :func:`reidentification_accuracy` -- the server embeds each noisy activation with a
-   model trained on public identities *from noisy activations at the same epsilon*
-   (:func:`train_embedding`) and matches a client's new (unlabelled) activation to the labelled activations
-   it received during training.
-3. Membership inference on the trained model: :func:`membership_inference` (TF Privacy's threshold and
-   logistic-regression attacks; AUC, attacker advantage and TF Privacy's empirical epsilon lower bound),
-   seeded: TF Privacy draws its splits from NumPy's global generator, which is seeded around the call.
+     simulating the client's noise (it knows epsilon and the weights).
+   Scores (:func:`image_similarity`, :func:`ssim_per_face`) are compared with :func:`trivial_baselines` (a flat
+   grey image, the public mean face): a reconstruction that does not beat them has recovered nothing about the face.
+2. Identity: :func:`reidentification_accuracy` -- nearest-neighbour matching of embedded activations against a
+   labelled gallery, with an embedding trained on noisy public activations (:func:`train_embedding`).
+3. Membership inference on a trained model's outputs: :func:`membership_inference` (TF Privacy's threshold and
+   logistic-regression attacks; seeded: TF Privacy draws its splits from NumPy's global generator, which is
+   seeded around the call).  Membership against the server, from the releases it holds, is
+   :mod:`dpact_tf.membership`.
 """
 from __future__ import annotations
 

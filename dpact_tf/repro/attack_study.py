@@ -146,7 +146,8 @@ def attack_study(*, profile: str, dataset: str, results_dir: Optional[str] = Non
     settings = {"epsilons": eps_list, "seed": seed, "n_faces": len(inputs.faces), "n_candidates": n_candidates,
                 "inversion_steps": inversion_steps, "decoder_epochs": inputs.decoder_epochs,
                 "releases": inputs.releases, "pretrain": inputs.public_model.spec.key(),
-                "profile": prof.training_settings()}
+                "profile": prof.training_settings(), "oracle": _oracle_spec(prof, dataset, seed).key(),
+                "finetune": [_finetune_spec(prof, dataset, eps, inputs, seed).key() for eps in eps_list]}
     cache = os.path.join(study_dir(results_dir, prof.name, dataset, "attacks"), cache_key(settings, modules=ATTACK_MODULES))
     if not force and os.path.exists(cache + ".json") and os.path.exists(cache + ".npz"):
         with open(cache + ".json") as fh:
@@ -165,10 +166,22 @@ def attack_study(*, profile: str, dataset: str, results_dir: Optional[str] = Non
     return study
 
 
+def _oracle_spec(prof, dataset: str, seed: int) -> RunSpec:
+    """The identity oracle's run: the convergence study's no-noise run (the book's best non-private model)."""
+    from dpact_tf.repro.fidelity import convergence_spec
+
+    return convergence_spec(prof, dataset, None, seed=seed)
+
+
+def _finetune_spec(prof, dataset: str, eps, inputs: AttackInputs, seed: int) -> RunSpec:
+    """The fine-tuning chapter's run at ``eps``: the server's own classifier on the noisy activations."""
+    return RunSpec(task="finetune", profile=prof.name, dataset=dataset, epsilon=eps, epochs=prof.finetune_epochs,
+                   seed=seed, init=inputs.public_model.spec.key())
+
+
 def _run(prof, dataset, eps_list, inputs: AttackInputs, *, results_dir, seed, n_candidates, inversion_steps,
          progress):
     from dpact_tf import attacks, audit, membership
-    from dpact_tf.repro.fidelity import convergence_spec
 
     data, faces, E = inputs.data, inputs.faces, inputs.releases
     x_train = data.train_images.astype(np.float32) / 255.0
@@ -177,8 +190,7 @@ def _run(prof, dataset, eps_list, inputs: AttackInputs, *, results_dir, seed, n_
     rng = np.random.default_rng(seed)
     candidates = np.concatenate([x_train[rng.choice(len(x_train), n_cand, replace=False)],
                                  x_test[rng.choice(len(x_test), n_cand, replace=False)]])
-    oracle_run = run_training(convergence_spec(prof, dataset, None, seed=seed), results_dir=results_dir,
-                              progress=progress, data=data)
+    oracle_run = run_training(_oracle_spec(prof, dataset, seed), results_dir=results_dir, progress=progress, data=data)
     identity = recognizer_oracle(oracle_run.load_split(epsilon=None), inputs.face_labels)
     trivial = attacks.trivial_baselines(faces, inputs.public_images)
     per_face = {name: attacks.ssim_per_face(np.broadcast_to(b["image"], faces.shape), faces)
@@ -217,9 +229,8 @@ def _run(prof, dataset, eps_list, inputs: AttackInputs, *, results_dir, seed, n_
                                           seed=seed)
         row.update({"best_guess": best_guess, "decoder_margin": float(np.mean(ssim["decoder"] - guesses[best_guess])),
                     "decoder_margin_lo": lo, "decoder_margin_hi": hi})
-        finetune = run_training(RunSpec(task="finetune", profile=prof.name, dataset=dataset, epsilon=eps,
-                                        epochs=prof.finetune_epochs, seed=seed, init=inputs.public_model.spec.key()),
-                                results_dir=results_dir, progress=progress, data=data)
+        finetune = run_training(_finetune_spec(prof, dataset, eps, inputs, seed), results_dir=results_dir,
+                                progress=progress, data=data)
         row["server_classifier_accuracy"] = float(finetune.history["test_accuracy"][-1])
         scores = membership.server_membership_scores(clean_client, victim.dp_layer, x_train, candidates, releases=E)
         mia = audit.membership_audit(scores[:n_cand], scores[n_cand:], delta=victim.dp_layer.delta,
