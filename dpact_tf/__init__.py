@@ -9,8 +9,9 @@ Public API (one module per concept):
 * :mod:`dpact_tf.data`     -- LFW with the paper's protocol; :mod:`dpact_tf.synthetic` the offline stand-in;
   :mod:`dpact_tf.augment` random flips, crops and colour jitter for training pipelines.
 * :mod:`dpact_tf.sensitivity`, :mod:`dpact_tf.accounting`, :mod:`dpact_tf.attacks` -- what the noise guarantees
-  (the tight per-pixel sensitivity, composition), what a server recovers; :mod:`dpact_tf.ledger` -- the
-  client's per-image privacy ledger and budget.
+  (the tight per-pixel sensitivity, composition), what a server recovers; :mod:`dpact_tf.membership` -- the
+  server's membership test on its releases; :mod:`dpact_tf.audit` -- the confidence bounds of an attack's
+  measured success; :mod:`dpact_tf.ledger` -- the client's per-image privacy ledger and budget.
 * :mod:`dpact_tf.export`, :mod:`dpact_tf.runtime`, :mod:`dpact_tf.encoding` -- the phone's head and its upload;
   :mod:`dpact_tf.tflite_inspect` -- what a written .tflite contains (ops, random ops, signatures, stored weights).
 
