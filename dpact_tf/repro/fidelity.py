@@ -125,7 +125,7 @@ def convergence_study(faces=None, *, profile: str, dataset: str, epsilons: Optio
                       {"rows": rows})
     base_row = next(q for q in rows if q["epsilon"] is None)
     metrics = {"rows": rows, "histories": _histories(runs), "max_epochs": max_epochs, "patience": patience,
-               "min_delta": min_delta, "start_from_epoch": start, "baseline_final": base_final, "baseline_converged": base_row["stopped_early"],
+               "min_delta": min_delta, "start_from_epoch": base.spec.start_from_epoch, "baseline_final": base_final, "baseline_converged": base_row["stopped_early"],
                "baseline_epochs": base_row["epochs_trained"],
                "reach_fractions": list(REACH_FRACTIONS), "majority_class_test_accuracy": chance}
     record_metrics(results_dir, prof.name, dataset, "convergence", metrics)
