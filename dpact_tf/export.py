@@ -7,7 +7,7 @@ Signatures of the exported model:
   image to [0, 1], runs the client's layers, clips to [0, 1], applies Eq. (1) and releases every coordinate f as
   the integer ``n = min(floor(max(f, 0) * scale + (j + 1/2) / 256), D) + Z`` of :func:`dpact_tf.grid.release`
   (dithered rounding to a grid of K steps per noise std, then discrete Gaussian noise), computed from ONE uniform
-  int64 word of ``entropy`` per coordinate by :func:`dpact_tf.grid_lite.release_levels` (``sampler="lookup"``, or
+  int64 word of ``entropy`` per coordinate by :func:`dpact_tf.grid_tf.release_levels` (``sampler="lookup"``, or
   ``"tree"`` for a K whose table the lookup's buckets cannot separate: builtin ops only).  ``entropy`` is the noise's only source: the head has no random op.  The server reads
   ``levels / scale``.  In the graph, all in float32 as :func:`dpact_tf.grid.grid_scale` and
   :func:`dpact_tf.grid.max_shift` compute it: ``scale = epsilon * float32(K / (S_f sqrt(2 ln(1.25/delta))))``
@@ -54,7 +54,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from dpact_tf import __version__, grid, grid_lite, privacy, tflite_inspect
+from dpact_tf import __version__, grid, grid_tf, privacy, tflite_inspect
 from dpact_tf.jsonio import write_json
 from dpact_tf.layers import DPActivation
 
@@ -159,8 +159,8 @@ class ClientHead(tf.Module):
         # constant) and the float32 interval of epsilons the graph accepts.
         self.table = grid.noise_table(steps_per_std)
         self.steps_per_std = self.table.steps_per_std
-        try:  # the same noise as the tree search, ~3x faster in TFLite (grid_lite)
-            grid_lite.lookup_tables(self.table)
+        try:  # the same noise as the tree search, ~3x faster in TFLite
+            grid_tf.lookup_tables(self.table)
             self.sampler = "lookup"
         except ValueError:
             self.sampler = "tree"
@@ -269,7 +269,7 @@ class ClientHead(tf.Module):
         """True iff ``entropy`` has the activation's shape and a plausible spread: the words below 0 and those in
         [-2^62, 2^62) are each n/2 within ENTROPY_TOLERANCE_SE standard errors (sqrt(n)/2) of a fair count."""
         shape_ok = tf.reduce_all(tf.equal(tf.shape(entropy), act_shape))
-        # The same ops as grid_lite.release_levels' first lines, so that the converter computes them once: v < 2^62
+        # The same ops as grid_tf.release_levels' first lines, so that the converter computes them once: v < 2^62
         # exactly when the word is in [-2^62, 2^62).
         negative = entropy < 0
         v = tf.where(negative, -(entropy + 1), entropy)
@@ -308,7 +308,7 @@ class ClientHead(tf.Module):
         # image) and is zeroed at the end.
         scale = tf.where(valid, epsilon * np.float32(self.scale_per_epsilon), 0.0)
         max_level = tf.maximum(tf.cast(tf.math.ceil(np.float32(self.true_range) * scale), tf.int32), 1)
-        levels = grid_lite.release_levels(clean, entropy, scale, max_level, self.table, sampler=self.sampler)
+        levels = grid_tf.release_levels(clean, entropy, scale, max_level, self.table, sampler=self.sampler)
         return {"levels": tf.where(valid, levels, 0), "scale": scale, "valid": tf.cast(valid, tf.int32)}
 
     def _weight_gradient(self, image: tf.Tensor, grad_activation: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -429,7 +429,7 @@ def convert_client_head(client: tf.keras.Model, out_path: str, *, with_train: bo
             "scale_per_epsilon": head.scale_per_epsilon, "true_range": head.true_range,
             "max_level": "ceil(float32(true_range) * scale), in float32",
             "noise": f"discrete Gaussian N_Z(0, {head.steps_per_std}^2) from a {grid.MAGNITUDE_BITS}-bit table "
-                     f"(dpact_tf.grid.noise_table), sampled with builtin ops (dpact_tf.grid_lite, sampler "
+                     f"(dpact_tf.grid.noise_table), sampled with builtin ops (dpact_tf.grid_tf, sampler "
                      f"{head.sampler!r})",
             "delta_as_implemented": "dpact_tf.grid.grid_spec(epsilon, delta, steps_per_std=steps_per_std, "
                                     "sensitivity=sensitivity, true_range=true_range).delta: at most delta for "

@@ -11,7 +11,7 @@ the app stays under 500 MB.  Measured here, per batch of 8:
   and is reported, never mixed into the timed repeats;
 * **forward** -- the deployable release (``HeadRunner.release``: the grid release of :mod:`dpact_tf.grid` with the
   app's AES-CTR words, in strips of rows on parallel interpreters); Keras runs the same mechanism after the same
-  conv1_1 and Eq. (1) (:func:`dpact_tf.grid_tf.release_levels` with ``tf.searchsorted``, words from TensorFlow's
+  conv1_1 and Eq. (1) (:func:`dpact_tf.grid_tf.compiled_release_levels`, as the Keras layer runs it, words from TensorFlow's
   stateless generator), both at the same epsilon and thread count; median and interquartile range of the
   repeats, with the achieved GFLOP/s of conv1_1 (2 H W 27 C FLOPs per image);
 * **backward** -- the on-device update (LiteRT ``gradient`` + ``apply_gradient``; Keras GradientTape + SGD);
@@ -196,7 +196,7 @@ def keras_session(client_path: str, *, batch: int = 8, epsilon: float = 5.0, num
                   jpeg_dir: Optional[str] = None) -> Tuple[Dict[str, Any], Dict[str, Callable[[], Any]],
                                                            Callable[[], Dict[str, Any]]]:
     """The same for the Keras client saved at ``client_path`` (without noise): ``forward`` is the same release as
-    the head's -- the client's clean activation, then :func:`dpact_tf.grid_tf.release_levels` (``tf.searchsorted``)
+    the head's -- the client's clean activation, then :func:`dpact_tf.grid_tf.compiled_release_levels` (as the layer)
     on words from TensorFlow's stateless generator under a fresh key per call --, ``backward`` GradientTape + SGD on
     conv1_1.  Run it in a fresh process (``python -m dpact_tf.mobile keras ...``) so the thread count applies."""
     import secrets
@@ -226,8 +226,8 @@ def keras_session(client_path: str, *, batch: int = 8, epsilon: float = 5.0, num
     def release(t, key):
         clean = client(t, training=False)
         words = grid_tf.random_words(tf.shape(clean), key)
-        return grid_tf.release_levels(clean, words, tf.constant(np.float32(spec.scale)),
-                                      tf.constant(spec.max_level, tf.int32), sampler="searchsorted")
+        return grid_tf.compiled_release_levels(grid.noise_table(spec.steps_per_std))(
+            clean, words, tf.constant(np.float32(spec.scale)), tf.constant(spec.max_level, tf.int32))
 
     def fwd():
         return release(x, tf.constant(np.frombuffer(secrets.token_bytes(16), np.int64))).numpy()

@@ -236,7 +236,7 @@ def partition_study(*, profile: str, dataset: str, results_dir: Optional[str] = 
 # --- mobile cost -------------------------------------------------------------------------------------------
 # The code behind the mobile-cost benchmark (its cache key includes their source).
 MOBILE_MODULES = ("dpact_tf.mobile", "dpact_tf.interleave", "dpact_tf.export", "dpact_tf.runtime", "dpact_tf.layers",
-                  "dpact_tf.privacy", "dpact_tf.vggface", "dpact_tf.grid", "dpact_tf.grid_tf", "dpact_tf.grid_lite",
+                  "dpact_tf.privacy", "dpact_tf.vggface", "dpact_tf.grid", "dpact_tf.grid_tf",
                   "dpact_tf.tflite_inspect")
 
 
