@@ -12,8 +12,8 @@ import tensorflow as tf
 
 import dpact_tf
 from dpact_tf import build_split_vggface, grid, privacy
-from dpact_tf.export import ConversionError, _convert, convert_client_head
-from dpact_tf.runtime import HeadRunner
+from dpact_tf.deploy.convert import ConversionError, _convert, convert_client_head
+from dpact_tf.deploy.runtime import HeadRunner
 
 SHAPE = (32, 32, 3)
 
@@ -87,7 +87,7 @@ def test_release_noise_in_runtime(exported):
 def test_runs_without_tensorflow(exported):
     _, path, _ = exported
     code = ("import sys, numpy as np\n"
-            "from dpact_tf.runtime import HeadRunner\n"
+            "from dpact_tf.deploy.runtime import HeadRunner\n"
             f"r = HeadRunner({path!r}, workers=2)\n"
             "out = r.release(np.zeros((2, 32, 32, 3), np.uint8), 3.0)\n"
             "assert out.levels.shape == (2, 32, 32, 8) and r.clean(np.zeros((1, 32, 32, 3), np.uint8)).shape[-1] == 8\n"
@@ -167,7 +167,7 @@ def test_flex_ops_fail_loudly():
 def test_converter_refuses_a_release_off_the_grid(exported, tmp_path, monkeypatch, change):
     # The converter checks the written bytes: a random op anywhere (noise the app does not control) or a release
     # whose output is not the grid's integers is refused, and nothing is written
-    from dpact_tf import export
+    from dpact_tf.deploy import convert as export
 
     split, _, _ = exported
     release = export.ClientHead._release
@@ -186,7 +186,7 @@ def test_converter_refuses_a_release_off_the_grid(exported, tmp_path, monkeypatc
 
 
 def test_the_written_head_has_no_random_op(exported):
-    from dpact_tf.tflite_inspect import check_grid_release, random_ops
+    from dpact_tf.deploy.tflite_inspect import check_grid_release, random_ops
 
     assert random_ops(exported[1]) == []
     check_grid_release(exported[1])
@@ -199,7 +199,7 @@ def test_analytic_method_rejected(tmp_path):
 
 
 def test_client_for_export_from_weights(tmp_path):
-    from dpact_tf.export import client_for_export
+    from dpact_tf.deploy.convert import client_for_export
 
     split = build_split_vggface(SHAPE, 3, width=1 / 8, fc_units=8, epsilon=2.0, noise_seed=0)
     split.client.save_weights(str(tmp_path / "client.h5"))
@@ -333,7 +333,7 @@ def test_kotlin_snippet_uses_the_real_names(exported, doc):
 def test_model_analyzer_builtin_ops_only(exported):
     # LiteRT's model analyzer (what tf.lite.experimental.Analyzer prints), TensorFlow-free: every signature is
     # a subgraph of builtin ops; nothing needs the Flex delegate.
-    from dpact_tf.tflite_inspect import analyzer_report, check_builtin_only, operator_names
+    from dpact_tf.deploy.tflite_inspect import analyzer_report, check_builtin_only, operator_names
 
     report = analyzer_report(exported[1])
     for name in ("clean", "release", "train", "gradient", "apply_gradient"):

@@ -18,8 +18,8 @@ import pytest
 import tensorflow as tf
 
 from dpact_tf import build_split_vggface, grid, grid_tf, privacy
-from dpact_tf.export import convert_client_head
-from dpact_tf.runtime import HeadRunner
+from dpact_tf.deploy.convert import convert_client_head
+from dpact_tf.deploy.runtime import HeadRunner
 
 SHAPE = (32, 32, 3)
 DELTA = 1e-5
@@ -237,7 +237,7 @@ def test_the_server_cannot_rule_out_a_neighbour(head, epsilon):
 
 
 _HEADRUNNER = ("import sys, numpy as np\n"
-               "from dpact_tf.runtime import HeadRunner\n"
+               "from dpact_tf.deploy.runtime import HeadRunner\n"
                "np.save(sys.argv[3], HeadRunner(sys.argv[1], workers=2).release(np.load(sys.argv[2]), 5.0).levels)\n")
 
 
@@ -346,7 +346,7 @@ def test_a_stale_buffer_that_shrank_releases_zeros(head):
     # release the second image with the first one's noise
     from ai_edge_litert.interpreter import Interpreter
 
-    from dpact_tf.runtime import _InPlaceSignature
+    from dpact_tf.deploy.runtime import _InPlaceSignature
 
     _, path, _ = head
     call = _InPlaceSignature(Interpreter(model_path=path).get_signature_runner("release"))

@@ -235,9 +235,9 @@ def partition_study(*, profile: str, dataset: str, results_dir: Optional[str] = 
 
 # --- mobile cost -------------------------------------------------------------------------------------------
 # The code behind the mobile-cost benchmark (its cache key includes their source).
-MOBILE_MODULES = ("dpact_tf.mobile", "dpact_tf.interleave", "dpact_tf.export", "dpact_tf.runtime", "dpact_tf.layers",
+MOBILE_MODULES = ("dpact_tf.repro.mobile_cost", "dpact_tf.repro.interleave", "dpact_tf.deploy.convert", "dpact_tf.deploy.head", "dpact_tf.deploy.graph", "dpact_tf.deploy.entropy", "dpact_tf.deploy.runtime", "dpact_tf.layers",
                   "dpact_tf.privacy", "dpact_tf.vggface", "dpact_tf.grid", "dpact_tf.grid_tf",
-                  "dpact_tf.tflite_inspect")
+                  "dpact_tf.deploy.tflite_inspect")
 
 
 def mobile_study(*, profile: str, dataset: str, results_dir: Optional[str] = None, force: bool = False,
@@ -247,7 +247,7 @@ def mobile_study(*, profile: str, dataset: str, results_dir: Optional[str] = Non
     The benchmark does not depend on the dataset; its result is cached under ``<profile>/mobile/<key>/`` by a
     hash of its settings and code, and recorded as the ``mobile`` metrics of ``dataset`` for the discussion.
     """
-    from dpact_tf.mobile import run_mobile_benchmark
+    from dpact_tf.repro.mobile_cost import run_mobile_benchmark
 
     prof = get_profile(profile)
     configs = ([("paper", 224, 1.0)] if include_paper_size else []) + [(prof.name, prof.image_size, prof.width)]
