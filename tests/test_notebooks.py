@@ -237,13 +237,23 @@ def test_discussion_notebook(tiny_book):
     assert "SYNTHETIC data, not LFW" in text and "not run" not in text
 
 
+def test_the_front_page_opens_with_every_claims_verdict(tiny_book):
+    root, base = tiny_book
+    text = _outputs_text(root, "00_intro")
+    table = claims.claims_table(results_dir=str(base.parent.parent), profile="tiny", dataset="synthetic")
+    assert "SYNTHETIC data, not LFW" in text
+    for row in table:
+        assert f"*{row['verdict']}*" in text
+
+
 def test_needs_name_only_earlier_chapters():
     """The parallel runner's dependency table: every chapter listed, each needing only chapters before it (so the
     sequential order satisfies it too), and the discussion after every study."""
     assert list(NEEDS) == NOTEBOOKS
     for name, needs in NEEDS.items():
         assert all(NOTEBOOKS.index(d) < NOTEBOOKS.index(name) for d in needs), name
-    assert set(NEEDS["10_discussion"]) == set(NOTEBOOKS[:-1])
+    studies = [n for n in NOTEBOOKS if n not in ("10_discussion", "00_intro")]
+    assert set(NEEDS["10_discussion"]) == set(NEEDS["00_intro"]) == set(studies)
 
 
 def test_every_notebook_ran(tiny_book):
