@@ -104,7 +104,7 @@ def test_a_ladder_point_at_the_profiles_shape_is_the_sweeps_run():
 
 
 def test_medium_is_small_with_the_fidelity_budgets():
-    # make book PROFILE=medium costs small's chapters plus its fidelity chapter (README): every other field equal
+    # make book PROFILE=medium costs small's chapters plus its fidelity chapter: every other field equal
     import dataclasses
 
     from dpact_tf.repro.profiles import FIDELITY_FIELDS, get_profile

@@ -1,4 +1,4 @@
-"""The architecture the README promises: the library never imports the reproduction."""
+"""The architecture CONTRIBUTING.md describes: the library never imports the reproduction."""
 import ast
 import os
 import subprocess
