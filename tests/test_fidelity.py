@@ -164,3 +164,18 @@ def test_a_ladder_run_at_the_profiles_shape_is_the_convergence_studys_run():
                    start_from_epoch=max(0, min(prof.epochs, budget - patience)))
     assert spec.key() == conv.key()
     assert f.ladder_runs_spec(prof, size=64, channels=16, epsilon=10.0, seed=0, dataset="lfw").key() != conv.key()
+
+
+def test_convergence_text_reads_the_recorded_rows():
+    rows = [{"epsilon": None, "epochs_trained": 21, "stopped_early": True, "best_test_accuracy": 0.585,
+             "retained_gain": 1.0, "epochs_to_90%": 18},
+            {"epsilon": 5.0, "epochs_trained": 30, "stopped_early": False, "best_test_accuracy": 0.291,
+             "retained_gain": 0.36, "epochs_to_90%": None}]
+    metrics = {"rows": rows, "reach_fractions": [0.5, 0.9]}
+    text = f.convergence_text(metrics)
+    assert "stopped at epoch 21" in text and "**0.585**" in text and "keeps 36%" in text
+    assert "never reached 90%" in text and "sweep" not in text
+    sweep = {"histories": [{"epsilon": None, "history": {"epoch": [1, 2], "test_accuracy": [0.2, 0.41]}},
+                           {"epsilon": 5.0, "history": {"epoch": [1, 2], "test_accuracy": [0.1, 0.124]}}]}
+    assert "(2 epochs) the same network ended at 0.410" in f.convergence_text(metrics, sweep)
+    assert "the sweep's 2 epochs gave 0.124" in f.convergence_text(metrics, sweep)

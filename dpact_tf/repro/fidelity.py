@@ -16,6 +16,7 @@ public model of Fig. 4.  This module holds the studies that separate them:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -27,8 +28,8 @@ from dpact_tf.repro.profiles import get_profile
 from dpact_tf.repro.results import record_metrics, relative_to_repo, study_dir
 from dpact_tf.repro.runs import RunSpec, load_faces, run_training
 
-__all__ = ["convergence_study", "ladder_study", "ladder_runs_spec", "ladder_trends", "ladder_note", "trend_lines",
-           "cut_note", "ladder_table", "above_chance", "fit_trend", "epochs_to_reach", "retained_gain", "training_flops_per_image",
+__all__ = ["ConvergenceStudy", "LadderStudy", "convergence_study", "ladder_study", "ladder_runs_spec", "ladder_trends", "ladder_note", "trend_lines",
+           "cut_note", "ladder_table", "convergence_text", "above_chance", "fit_trend", "epochs_to_reach", "retained_gain", "training_flops_per_image",
            "gpu_estimates", "profile_workload", "PAPER_COORDINATES", "REACH_FRACTIONS", "PREDICTION_LEVEL", "CHANCE_LEVEL", "GPU_SUSTAINED_TFLOPS"]
 
 #: coordinates the paper's client releases per image: conv1_1 of VGG-Face on 224x224 inputs
@@ -63,11 +64,28 @@ def epochs_to_reach(values: Sequence[float], target: float) -> Optional[int]:
     return None
 
 
+@dataclasses.dataclass
+class ConvergenceStudy:
+    rows: List[Dict[str, Any]]         # per epsilon: epochs trained, stopped or not, best and final accuracy, ...
+    figures: Dict[str, Any]            # "fig-convergence"
+    metrics: Dict[str, Any]            # what the discussion reads (recorded as the "convergence" metrics)
+    runs: List[Any]
+
+
+@dataclasses.dataclass
+class LadderStudy:
+    rows: List[Dict[str, Any]]         # per point, seed and epsilon: accuracy, above chance, gain kept, epochs
+    trends: Dict[str, Dict[str, Any]]  # per epsilon with a trend: fit_trend of the runs above chance
+    no_trend: Dict[str, str]           # per epsilon without one: why
+    figures: Dict[str, Any]            # "fig-ladder"
+    metrics: Dict[str, Any]            # what the discussion reads (recorded as the "ladder" metrics)
+
+
 # --- convergence ---------------------------------------------------------------------------------------------
 def convergence_study(faces=None, *, profile: str, dataset: str, epsilons: Optional[Sequence[Optional[float]]] = None,
                       max_epochs: Optional[int] = None, patience: Optional[int] = None,
                       min_delta: Optional[float] = None, seed: int = 0, results_dir: Optional[str] = None,
-                      force: bool = False, progress: bool = True) -> Dict[str, Any]:
+                      force: bool = False, progress: bool = True) -> ConvergenceStudy:
     """The baseline and ``epsilons`` trained from scratch (Fig. 3's setting) with early stopping.
 
     Every run has the same budget (``max_epochs``, over which the learning rate decays by the profile's factor)
@@ -120,7 +138,34 @@ def convergence_study(faces=None, *, profile: str, dataset: str, epsilons: Optio
                "baseline_epochs": base_row["epochs_trained"],
                "reach_fractions": list(REACH_FRACTIONS), "majority_class_test_accuracy": chance}
     record_metrics(results_dir, prof.name, dataset, "convergence", metrics)
-    return {"rows": rows, "figures": [fig], "metrics": metrics, "runs": runs}
+    return ConvergenceStudy(rows=rows, figures={"fig-convergence": fig}, metrics=metrics, runs=runs)
+
+
+def convergence_text(metrics: Mapping[str, Any], sweep: Optional[Mapping[str, Any]] = None) -> str:
+    """The convergence study in words (Markdown): where the baseline stopped, and per epsilon its best accuracy, the
+    share of the baseline's gain over chance it keeps and when it reached the largest reach fraction; with the Fig. 3
+    sweep's metrics (``sweep``), what its shorter budget gave."""
+    rows = {r["epsilon"]: r for r in metrics["rows"]}
+    base = rows[None]
+    frac = max(metrics["reach_fractions"])
+    key = f"epochs_to_{round(frac * 100)}%"
+    state = (f"stopped at epoch {base['epochs_trained']}" if base["stopped_early"]
+             else f"was still improving at the end of the budget ({base['epochs_trained']} epochs)")
+    lines = [f"The baseline {state} with a best test accuracy of **{base['best_test_accuracy']:.3f}**."]
+    finals: Dict[Any, float] = {}
+    if sweep:
+        finals = {h["epsilon"]: h["history"]["test_accuracy"][-1] for h in sweep["histories"]}
+        n = len(sweep["histories"][0]["history"]["epoch"])
+        lines.append(f"In the Fig. 3 sweep ({n} epochs) the same network ended at {finals.get(None, float('nan')):.3f}.")
+    for eps, r in rows.items():
+        if eps is None:
+            continue
+        reach = (f"reached {frac:.0%} of the baseline's best at epoch {r[key]}" if r[key] is not None
+                 else f"never reached {frac:.0%} of the baseline's best")
+        lines.append(f"At ε = {eps:g} the best test accuracy is {r['best_test_accuracy']:.3f} "
+                     f"(it keeps {r['retained_gain']:.0%} of the baseline's gain over chance); it {reach}"
+                     + (f" (the sweep's {n} epochs gave {finals[eps]:.3f})" if eps in finals else "") + ".")
+    return " ".join(lines)
 
 
 # --- scale ladder ---------------------------------------------------------------------------------------------
@@ -215,7 +260,7 @@ def ladder_trends(rows: Sequence[Mapping[str, Any]]) -> Tuple[Dict[str, Dict[str
 
 def ladder_study(*, profile: str, dataset: str, points: Optional[Sequence[Tuple[int, int]]] = None,
                  epsilons: Optional[Sequence[Optional[float]]] = None, seed: int = 0,
-                 results_dir: Optional[str] = None, force: bool = False, progress: bool = True) -> Dict[str, Any]:
+                 results_dir: Optional[str] = None, force: bool = False, progress: bool = True) -> LadderStudy:
     """Accuracy at fixed per-coordinate epsilon as the released activation grows, the server unchanged.
 
     ``points``: (input side in pixels, conv1_1 channels) pairs, e.g. ``[(64, 8), (64, 16), (64, 32), (64, 64)]``;
@@ -271,7 +316,7 @@ def ladder_study(*, profile: str, dataset: str, points: Optional[Sequence[Tuple[
                "patience": prof.convergence_patience, "points": [list(p) for p in points],
                "paper_coordinates": PAPER_COORDINATES, "majority_class_test_accuracy": chance}
     record_metrics(results_dir, prof.name, dataset, "ladder", metrics)
-    return {"rows": rows, "trends": trends, "no_trend": why_not, "figures": [fig], "metrics": metrics}
+    return LadderStudy(rows=rows, trends=trends, no_trend=why_not, figures={"fig-ladder": fig}, metrics=metrics)
 
 
 def _shapes(points) -> str:
@@ -323,18 +368,20 @@ def ladder_table(rows: Sequence[Mapping[str, Any]]):
     return out.set_index(["released per image", "seed", "ε"])
 
 
-def trend_lines(ladder: Mapping[str, Any]) -> str:
+def trend_lines(ladder) -> str:
     """The ladder's predictions at the paper's size, one bullet per epsilon, and for the epsilons without a
     trend, why (Markdown)."""
+    trends, no_trend = ((ladder.trends, ladder.no_trend) if isinstance(ladder, LadderStudy)
+                        else (ladder["trends"], ladder.get("no_trend", {})))
     lines = []
-    for eps, t in ladder["trends"].items():
+    for eps, t in trends.items():
         interval = (f"{round(100 * t['level'])}% prediction interval {t['lower']:.2f} to {t['upper']:.2f}"
                     if t["lower"] is not None else "no interval (fewer than three runs above chance)")
         censored = f"; {t['censored']} run(s) at chance left out" if t.get("censored") else ""
         lines.append(f"* ε = {eps}: {t['slope_per_decade']:+.3f} per tenfold more coordinates; at the paper's size "
                      f"the line predicts that **{t['prediction']:.2f}** of the no-noise gain is kept ({interval}), "
                      f"{t['extrapolation_decades']:.1f} decades beyond the largest point measured{censored}.")
-    for eps, why in ladder.get("no_trend", {}).items():
+    for eps, why in no_trend.items():
         lines.append(f"* ε = {eps}: no trend — {why}; nothing can be extrapolated to the paper's size.")
     return "\n".join(lines)
 
