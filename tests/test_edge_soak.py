@@ -124,7 +124,8 @@ def test_honest_phones_train_exactly_as_without_a_hostile_client():
     assert max(latencies) < 3.0, max(latencies)
     refused = [info for name, info in events if name == "refused"]
     assert all(r["client_id"] in ("mallory", None) for r in refused)  # no honest call was refused
-    assert {r["reason"] for r in refused} == {"range", "impersonation", "busy", "unauthenticated"}
+    tried = {"range", "impersonation", "busy", "unauthenticated"}
+    assert tried <= {r["reason"] for r in refused} <= tried | {"upload_ended"}  # her slow uploads, cut off
     assert not [name for name, _ in events if name == "error"]
 
 

@@ -35,8 +35,9 @@ Bad input is refused with a gRPC status and nothing changes: a wrong token -> UN
 client's id or session -> PERMISSION_DENIED; an unknown or expired session -> NOT_FOUND; a step id already applied -> ALREADY_EXISTS; a gap in step ids -> FAILED_PRECONDITION;
 a wrong shape, encoding, label, NaN/inf, a value the declared mechanism cannot produce, a step that would
 make the model non-finite -> INVALID_ARGUMENT; a handshake with another cut or activation shape ->
-FAILED_PRECONDITION; a message above the size limit -> RESOURCE_EXHAUSTED (gRPC's own check).  Every refusal
-by the service is reported through ``on_event("refused", {"client_id", "code", "reason", "message"})``.
+FAILED_PRECONDITION; a message above the size limit -> RESOURCE_EXHAUSTED (gRPC's own check; the gate logs
+it).  Every refusal by the service is reported through
+``on_event("refused", {"client_id", "code", "reason", "message"})``.
 """
 from __future__ import annotations
 
