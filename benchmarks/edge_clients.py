@@ -7,9 +7,11 @@ no-noise activations (uniform in [0, R], the profile's activation shape), upload
 request is built before the clock starts; a step's latency is the time from sending it to its reply.  One
 untimed step first compiles the server's step.  The server serialises the steps of all clients (one SGD
 update of the shared model per step), so with N clients each waits for the others' steps: the aggregate
-images/s is what the server sustains, the per-client latency what a phone sees.
+images/s is what the server sustains, the per-client latency what a phone sees.  ``--repeats`` runs every
+client count that many times, interleaved, so that load from other jobs on the machine hits each alike: the
+latencies are pooled over the repeats, and the throughput is the median (and range) of the repeats'.
 
-    python benchmarks/edge_clients.py --profile small --clients 1 8 --steps 12 [--json edge_clients.json]
+    python benchmarks/edge_clients.py --profile small --clients 1 8 --steps 12 --repeats 3 [--json out.json]
 """
 import argparse
 import json
@@ -75,12 +77,15 @@ def run(prof, clients: int, steps: int, encoding: str, seed: int = 0) -> dict:
     return {"latencies": latencies, "wall": wall, "activation_shape": list(shape)}
 
 
-def summary(prof, clients: int, result: dict) -> dict:
-    every = np.concatenate([np.asarray(v) for v in result["latencies"]])
-    return {"clients": clients, "steps_per_client": len(result["latencies"][0]),
+def summary(prof, clients: int, results: list) -> dict:
+    """Latency percentiles over every step of ``results`` (repeats of one client count) and the median and range
+    of their throughputs."""
+    every = np.concatenate([np.asarray(v) for r in results for v in r["latencies"]])
+    rates = [sum(map(len, r["latencies"])) * prof.batch_size / r["wall"] for r in results]
+    return {"clients": clients, "steps_per_client": len(results[0]["latencies"][0]), "repeats": len(results),
             "latency_median_ms": 1000 * float(np.median(every)),
             "latency_p90_ms": 1000 * float(np.percentile(every, 90)),
-            "images_per_s": len(every) * prof.batch_size / result["wall"]}
+            "images_per_s": float(np.median(rates)), "images_per_s_range": [min(rates), max(rates)]}
 
 
 def main() -> None:
@@ -88,21 +93,26 @@ def main() -> None:
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8], help="client counts to measure")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per client")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of every client count, interleaved")
     parser.add_argument("--encoding", choices=ENCODINGS, default="float32", help="upload encoding (no noise)")
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args()
-    if args.steps < 1 or min(args.clients) < 1:
-        parser.error("--steps and every --clients must be >= 1")
+    if min(args.steps, args.repeats, *args.clients) < 1:
+        parser.error("--steps, --repeats and every --clients must be >= 1")
     prof = get_profile(args.profile)
-    rows = []
-    for n in args.clients:
-        result = run(prof, n, args.steps, args.encoding)
-        rows.append(summary(prof, n, result))
-    print(f"profile {prof.name}: activation {result['activation_shape']}, batch {prof.batch_size}, "
-          f"{args.encoding} uploads, {args.steps} timed steps per client")
-    print(f"{'clients':>7} {'median ms':>10} {'p90 ms':>8} {'images/s':>9}")
+    results = {n: [] for n in args.clients}
+    for _ in range(args.repeats):
+        for n in args.clients:
+            results[n].append(run(prof, n, args.steps, args.encoding))
+    rows = [summary(prof, n, results[n]) for n in args.clients]
+    shape = results[args.clients[0]][0]["activation_shape"]
+    print(f"profile {prof.name}: activation {shape}, batch {prof.batch_size}, {args.encoding} uploads, "
+          f"{args.steps} timed steps per client, {args.repeats} repeats")
+    print(f"{'clients':>7} {'median ms':>10} {'p90 ms':>8} {'images/s':>9} {'(min..max)':>12}")
     for r in rows:
-        print(f"{r['clients']:>7} {r['latency_median_ms']:10.0f} {r['latency_p90_ms']:8.0f} {r['images_per_s']:9.0f}")
+        low, high = r["images_per_s_range"]
+        print(f"{r['clients']:>7} {r['latency_median_ms']:10.0f} {r['latency_p90_ms']:8.0f} {r['images_per_s']:9.0f} "
+              f"{f'({low:.0f}..{high:.0f})':>12}")
     first, last = rows[0], rows[-1]
     if len(rows) > 1:
         print(f"{last['clients']} clients / {first['clients']}: latency x"
@@ -111,7 +121,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"profile": prof.name, "encoding": args.encoding, "batch_size": prof.batch_size,
-                       "activation_shape": result["activation_shape"], "rows": rows}, fh, indent=2)
+                       "activation_shape": shape, "rows": rows}, fh, indent=2)
 
 
 if __name__ == "__main__":
