@@ -162,8 +162,8 @@ class Gate(grpc.ServerInterceptor):
     Args:
       tokens: the clients' tokens, or None to let every call through as an anonymous caller (a loopback or
         trusted network; :func:`caller` is then None).
-      on_event: ``(name, info)`` callback: "refused" (unauthenticated or too many calls in flight), "error",
-        "inflight".
+      on_event: ``(name, info)`` callback: "refused" (unauthenticated, too many calls in flight, or a request
+        that never arrived), "error", "inflight".
       max_calls_per_client: calls of one client id in flight at once (the next one is refused).
       max_message_bytes: the server's message size limit, named in the log line of a call whose request never
         arrived (None: not known here).
