@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Optional
+from typing import Callable, List, Sequence
 
 import numpy as np
 
-__all__ = ["FaceCrop", "LFW_CROP", "face_embeddings", "face_extractor", "crop_boxes"]
+from dpact_tf.face_verification import VerificationResult, verification_pairs, verify_pairs
+
+__all__ = ["FaceCrop", "LFW_CROP", "CROP_GRID", "CropScore", "face_embeddings", "face_extractor", "crop_box",
+           "score_crops"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,38 +38,34 @@ class FaceCrop:
             raise ValueError(f"the centre must lie in the frame (got {self.center_y}, {self.center_x})")
 
 
-# Chosen by data_scripts/dlib_lfw_check.py on the public people with 5..9 images (see its output).
-LFW_CROP = FaceCrop(side=0.48, center_y=0.54)
+# The boxes data_scripts/dlib_lfw_check.py scores on the public people with 5..9 images, and the best of them
+# (verification accuracy at dlib's threshold 0.6; the script fails if this is no longer the best).
+CROP_GRID = tuple(FaceCrop(side, cy) for side in (0.40, 0.44, 0.48) for cy in (0.50, 0.53, 0.56, 0.59))
+LFW_CROP = FaceCrop(side=0.44, center_y=0.53)
 
 
-def crop_boxes(crop: FaceCrop, *, source_crop_fraction: float = 1.0, out_size: int = 150) -> np.ndarray:
-    """``tf.image.crop_and_resize`` box ``[y1, x1, y2, x2]`` cutting ``crop`` from an image that holds the centre
-    ``source_crop_fraction`` of the 250x250 frame, so that output pixel ``i`` samples the box at ``(i + 0.5) / out``
-    (pixel-centre sampling, independent of the stored resolution)."""
+def crop_box(crop: FaceCrop, *, image_size: int, source_crop_fraction: float = 1.0, out_size: int = 150,
+             ) -> np.ndarray:
+    """The ``tf.image.crop_and_resize`` box ``[[y1, x1, y2, x2]]`` that cuts ``crop`` out of an ``image_size``
+    image showing the centre ``source_crop_fraction`` of the 250x250 frame.
+
+    Output pixel ``i`` (of ``out_size``) samples the box at ``(i + 0.5) / out_size`` of its side, whatever the
+    stored resolution; crop_and_resize samples ``y1 * (S - 1) + i * (y2 - y1) * (S - 1) / (out_size - 1)`` in
+    pixel-centre units, where the point at fraction ``f`` of the image is ``f * S - 0.5``.
+    """
     if not 0.0 < source_crop_fraction <= 1.0:
         raise ValueError(f"source_crop_fraction must be in (0, 1] (got {source_crop_fraction}); it is the "
-                         f"profile's crop_fraction of the images given")
+                         f"crop_fraction the images were loaded with")
+    if image_size < 2 or out_size < 2:
+        raise ValueError(f"image_size and out_size must be >= 2 (got {image_size}, {out_size})")
     box = []
     for centre in (crop.center_y, crop.center_x):
-        # frame fraction -> fraction of the stored image
-        a = (centre - crop.side / 2 - (1 - source_crop_fraction) / 2) / source_crop_fraction
-        b = (centre + crop.side / 2 - (1 - source_crop_fraction) / 2) / source_crop_fraction
-        box.append((a, b))
-    (ya, yb), (xa, xb) = box
-    # crop_and_resize samples y1 * (H - 1) + i * (y2 - y1) * (H - 1) / (out - 1) in pixel-centre units; a pixel
-    # centre at fraction f of the image is f * H - 0.5.  Both are solved below per image size in the caller.
-    return np.array([ya, xa, yb, xb], dtype=np.float64)
-
-
-def _tf_boxes(frac_box: np.ndarray, size: int, out_size: int) -> np.ndarray:
-    ya, xa, yb, xb = frac_box
-
-    def ends(a, b):
-        first = (a + 0.5 * (b - a) / out_size) * size - 0.5
-        last = (a + (out_size - 0.5) * (b - a) / out_size) * size - 0.5
-        return first / (size - 1), last / (size - 1)
-    y1, y2 = ends(ya, yb)
-    x1, x2 = ends(xa, xb)
+        lo = (centre - crop.side / 2 - (1 - source_crop_fraction) / 2) / source_crop_fraction  # image fractions
+        hi = lo + crop.side / source_crop_fraction
+        first = (lo + 0.5 * (hi - lo) / out_size) * image_size - 0.5
+        last = (lo + (out_size - 0.5) * (hi - lo) / out_size) * image_size - 0.5
+        box.append((first / (image_size - 1), last / (image_size - 1)))
+    (y1, y2), (x1, x2) = box
     return np.array([[y1, x1, y2, x2]], dtype=np.float32)
 
 
@@ -94,19 +93,17 @@ def face_embeddings(images: np.ndarray, model=None, *, crop: FaceCrop = LFW_CROP
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
     model = model if model is not None else _default_model()
-    out_size = int(model.input_shape[1])
-    box = _tf_boxes(crop_boxes(crop, source_crop_fraction=source_crop_fraction), images.shape[1], out_size)
+    box = crop_box(crop, image_size=images.shape[1], source_crop_fraction=source_crop_fraction,
+                   out_size=int(model.input_shape[1]))
 
-    @tf.function(reduce_retracing=True)
-    def embed(batch):
-        n = tf.shape(batch)[0]
-        chips = tf.image.crop_and_resize(tf.cast(batch, tf.float32), tf.repeat(box, n, axis=0),
-                                         tf.range(n), (out_size, out_size), extrapolation_value=0.0)
-        return model(chips, training=False)
-
+    size = int(model.input_shape[1])
     out = np.empty((len(images), int(model.output_shape[-1])), np.float32)
     for start in range(0, len(images), batch_size):
-        out[start:start + batch_size] = embed(tf.constant(images[start:start + batch_size])).numpy()
+        batch = tf.constant(images[start:start + batch_size], tf.float32)
+        n = int(batch.shape[0])
+        chips = tf.image.crop_and_resize(batch, np.repeat(box, n, axis=0), tf.range(n), (size, size),
+                                         extrapolation_value=0.0)
+        out[start:start + n] = model(chips, training=False).numpy()
     if normalize:
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     return out
@@ -117,6 +114,26 @@ def face_extractor(model=None, *, crop: FaceCrop = LFW_CROP, source_crop_fractio
     """A callable ``images -> [N, 128] features`` with the model and geometry bound (for studies that take a
     feature extractor)."""
     model = model if model is not None else _default_model()
-    crop_boxes(crop, source_crop_fraction=source_crop_fraction)  # validate now
+    crop_box(crop, image_size=250, source_crop_fraction=source_crop_fraction)  # validate now
     return functools.partial(face_embeddings, model=model, crop=crop, source_crop_fraction=source_crop_fraction,
                              normalize=normalize)
+
+
+@dataclasses.dataclass(frozen=True)
+class CropScore:
+    """How well one crop box lets the descriptors verify pairs of a labelled set."""
+
+    crop: FaceCrop                    # the box scored
+    verification: VerificationResult  # same/different accuracy on all same pairs + as many different pairs
+
+
+def score_crops(images: np.ndarray, labels: np.ndarray, model=None, crops: Sequence[FaceCrop] = CROP_GRID, *,
+                threshold: float = 0.6, source_crop_fraction: float = 1.0, seed: int = 0) -> List[CropScore]:
+    """Verification accuracy at ``threshold`` (dlib's raw descriptors) for each crop box, in the order given.
+
+    Tune only on people outside the evaluation identities (the public LFW people)."""
+    same, different = verification_pairs(labels, seed=seed)
+    return [CropScore(crop, verify_pairs(face_embeddings(images, model, crop=crop, normalize=False,
+                                                         source_crop_fraction=source_crop_fraction),
+                                         same, different, threshold=threshold))
+            for crop in crops]

