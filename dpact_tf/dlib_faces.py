@@ -77,13 +77,14 @@ def _default_model():
 
 
 def face_embeddings(images: np.ndarray, model=None, *, crop: FaceCrop = LFW_CROP, source_crop_fraction: float = 1.0,
-                    batch_size: int = 128, normalize: bool = True) -> np.ndarray:
+                    batch_size: int = 128, normalize: bool = True, mirror: bool = False) -> np.ndarray:
     """128-d descriptors of square RGB face images (uint8 or float in [0, 255], ``[N, S, S, 3]``).
 
     ``model``: :func:`dpact_tf.dlib_resnet.load_face_resnet` (loaded once if ``None``); ``source_crop_fraction``:
     the part of the 250x250 LFW frame the images show (the ``crop_fraction`` they were loaded with).
     ``normalize=True`` returns unit-length rows; ``False`` dlib's raw descriptors, whose Euclidean distance dlib
-    thresholds at 0.6.
+    thresholds at 0.6.  ``mirror=True`` averages each descriptor with that of the left-right mirrored chip (the
+    mirroring half of dlib's jittering; twice the cost).
     """
     import tensorflow as tf
 
@@ -103,20 +104,23 @@ def face_embeddings(images: np.ndarray, model=None, *, crop: FaceCrop = LFW_CROP
         n = int(batch.shape[0])
         chips = tf.image.crop_and_resize(batch, np.repeat(box, n, axis=0), tf.range(n), (size, size),
                                          extrapolation_value=0.0)
-        out[start:start + n] = model(chips, training=False).numpy()
+        desc = model(chips, training=False)
+        if mirror:
+            desc = (desc + model(tf.reverse(chips, axis=[2]), training=False)) / 2
+        out[start:start + n] = desc.numpy()
     if normalize:
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     return out
 
 
 def face_extractor(model=None, *, crop: FaceCrop = LFW_CROP, source_crop_fraction: float = 1.0,
-                   normalize: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+                   normalize: bool = True, mirror: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """A callable ``images -> [N, 128] features`` with the model and geometry bound (for studies that take a
     feature extractor)."""
     model = model if model is not None else _default_model()
     crop_box(crop, image_size=250, source_crop_fraction=source_crop_fraction)  # validate now
     return functools.partial(face_embeddings, model=model, crop=crop, source_crop_fraction=source_crop_fraction,
-                             normalize=normalize)
+                             normalize=normalize, mirror=mirror)
 
 
 @dataclasses.dataclass(frozen=True)

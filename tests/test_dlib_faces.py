@@ -17,6 +17,27 @@ def _mean_colour_model(size=150):
     return tf.keras.Model(inputs, tf.keras.layers.GlobalAveragePooling2D()(inputs))
 
 
+def _left_minus_right_model(size=150):
+    """Mean of the chip's left half minus its right half: mirroring negates it, so a mirror average is 0."""
+    import tensorflow as tf
+
+    inputs = tf.keras.Input((size, size, 3))
+    pool = tf.keras.layers.GlobalAveragePooling2D()
+    left = pool(tf.keras.layers.Cropping2D(((0, 0), (0, size // 2)))(inputs))
+    right = pool(tf.keras.layers.Cropping2D(((0, 0), (size // 2, 0)))(inputs))
+    return tf.keras.Model(inputs, tf.keras.layers.Subtract()([left, right]))
+
+
+def test_mirror_averages_the_descriptor_of_the_mirrored_chip():
+    model = _left_minus_right_model()
+    images = np.zeros((3, 250, 250, 3), np.uint8)
+    images[:, :, :125] = 120  # bright left half of the frame
+    plain = face_embeddings(images, model, crop=FaceCrop(1.0), normalize=False)
+    assert (plain > 100).all()  # left mean ~120, right mean ~0 (the centre column blends)
+    mirrored = face_embeddings(images, model, crop=FaceCrop(1.0), normalize=False, mirror=True)
+    np.testing.assert_allclose(mirrored, 0.0, atol=1e-4)
+
+
 def _sample_points(box, image_size, source_crop_fraction, out_size):
     """Where crop_and_resize samples, as fractions of the 250x250 frame (rows)."""
     y1, _, y2, _ = box[0]
