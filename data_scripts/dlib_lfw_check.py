@@ -20,7 +20,7 @@ import numpy as np
 
 from dpact_tf.data import load_lfw, load_lfw_public
 from dpact_tf.dlib_faces import CROP_GRID, LFW_CROP, face_embeddings, score_crops
-from dpact_tf.dlib_resnet import load_face_resnet
+from dpact_tf.dlib_keras import load_face_resnet
 from dpact_tf.face_verification import nearest_mean_accuracy, verification_pairs, verify_pairs
 
 

@@ -71,7 +71,7 @@ def crop_box(crop: FaceCrop, *, image_size: int, source_crop_fraction: float = 1
 
 @functools.lru_cache(maxsize=2)
 def _default_model():
-    from dpact_tf.dlib_resnet import load_face_resnet
+    from dpact_tf.dlib_keras import load_face_resnet
 
     return load_face_resnet()
 
@@ -80,7 +80,7 @@ def face_embeddings(images: np.ndarray, model=None, *, crop: FaceCrop = LFW_CROP
                     batch_size: int = 128, normalize: bool = True, mirror: bool = False) -> np.ndarray:
     """128-d descriptors of square RGB face images (uint8 or float in [0, 255], ``[N, S, S, 3]``).
 
-    ``model``: :func:`dpact_tf.dlib_resnet.load_face_resnet` (loaded once if ``None``); ``source_crop_fraction``:
+    ``model``: :func:`dpact_tf.dlib_keras.load_face_resnet` (loaded once if ``None``); ``source_crop_fraction``:
     the part of the 250x250 LFW frame the images show (the ``crop_fraction`` they were loaded with).
     ``normalize=True`` returns unit-length rows; ``False`` dlib's raw descriptors, whose Euclidean distance dlib
     thresholds at 0.6.  ``mirror=True`` averages each descriptor with that of the left-right mirrored chip (the

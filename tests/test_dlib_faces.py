@@ -97,7 +97,7 @@ def _lfw_and_model():
         find_model_file()
     except (LFWNotFoundError, FileNotFoundError) as err:
         pytest.skip(f"needs LFW and dlib's model: {str(err)[:200]}")
-    from dpact_tf.dlib_resnet import load_face_resnet
+    from dpact_tf.dlib_keras import load_face_resnet
 
     return load_face_resnet()
 

