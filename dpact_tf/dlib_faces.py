@@ -2,8 +2,8 @@
 
 dlib feeds its network a 150x150 chip cut around five landmarks (``get_face_chip_details(shape, 150, 0.25)``).
 LFW's deep-funneled images are already aligned, so a fixed square box of the 250x250 image stands in for the
-landmark chip: :data:`LFW_CROP`, chosen on the public LFW people only (2..9 images each, disjoint from the 158
-evaluation identities) by ``data_scripts/dlib_lfw_check.py``.
+landmark chip: :data:`LFW_CROP`, chosen by ``data_scripts/dlib_lfw_check.py`` on public LFW people only (those with
+5..9 images; the 158 evaluation identities have >= 10) and checked there on the people with 2..4 images.
 
 Images the project resized (a profile's ``image_size`` after a centre crop of ``crop_fraction`` of the 250-pixel
 side) are mapped back to the 250x250 frame, so the same box is cut whatever the stored resolution; parts of the box
