@@ -181,8 +181,8 @@ def plan_of(layers: list) -> tuple:
 
 
 def test_plan_matches_the_face_network_definition():
-    # dnn_face_recognition_ex.cpp: 1 + 3 + 3 + 4 + 3 = 14 residual blocks, 2 + 14 * 2 convolutions... (29 layers
-    # with parameters: 1 + 14 * 2 convolutions, and the fc)
+    # dnn_face_recognition_ex.cpp: levels of 1 + 3 + 3 + 4 + 3 = 14 residual blocks of 2 convolutions each, plus the
+    # 7x7 input convolution: 29 convolutions, each followed by an affine; 4 blocks downsample (add_prev2), 10 do not
     assert FACE_RESNET_PLAN.count("con") == 29 and FACE_RESNET_PLAN.count("affine") == 29
     assert FACE_RESNET_PLAN.count("add_prev1") == 10 and FACE_RESNET_PLAN.count("add_prev2") == 4
     assert FACE_RESNET_PLAN[:2] == ("fc", "avg_pool") and FACE_RESNET_PLAN[-4:] == ("max_pool", "relu", "affine", "con")
