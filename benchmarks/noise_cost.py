@@ -2,7 +2,7 @@
 activation sizes, with the grid release (DPActivation at epsilon=5, a fixed seed) and without noise (epsilon=None).
 
 The release draws one uniform int64 word per activation coordinate per image (Philox) and finds each word's noise
-in the grid's table (``tf.searchsorted``; :mod:`dpact_tf.grid_tf`).  This benchmark isolates that cost from the
+in the grid's table (a bucket lookup compiled with XLA, as the layer runs it; :mod:`dpact_tf.grid_tf`).  This benchmark isolates that cost from the
 server's network.  Both variants run the same compiled function on the same batch, interleaved (one timed call of
 each per round, their order alternating) so a change in the machine's load hits both alike.  It also times the
 release alone (the words and the table search for the activation's shape) for the coordinates per second it reaches.
@@ -83,8 +83,9 @@ def main() -> None:
         # the key is an argument, so the draw cannot be folded into a constant when the function is traced
         @tf.function
         def sample(key):
-            return grid_tf.release_levels(clean, grid_tf.random_words(shape, key), tf.constant(spec.scale, tf.float32),
-                                          tf.constant(spec.max_level), grid.noise_table(spec.steps_per_std))
+            release = grid_tf.compiled_release_levels(grid.noise_table(spec.steps_per_std))
+            return release(clean, grid_tf.random_words(shape, key), tf.constant(spec.scale, tf.float32),
+                           tf.constant(spec.max_level))
         for _ in range(args.warmup):
             for step, *inputs in steps.values():
                 timed(step, *inputs)

@@ -12,8 +12,8 @@ Public API (one module per concept):
   (the tight per-pixel sensitivity, composition), what a server recovers; :mod:`dpact_tf.membership` -- the
   server's membership test on its releases; :mod:`dpact_tf.audit` -- the confidence bounds of an attack's
   measured success; :mod:`dpact_tf.ledger` -- the client's per-image privacy ledger and budget.
-* :mod:`dpact_tf.export`, :mod:`dpact_tf.runtime`, :mod:`dpact_tf.encoding` -- the phone's head and its upload;
-  :mod:`dpact_tf.tflite_inspect` -- what a written .tflite contains (ops, random ops, signatures, stored weights).
+* :mod:`dpact_tf.deploy` -- the phone's head: its graph, conversion to a checked .tflite, and the TF-free runtime;
+  :mod:`dpact_tf.encoding` -- the upload's encodings.
 
 The reproduction of the paper (profiles, cached runs, studies, claims, plots, the book) is the sub-package
 :mod:`dpact_tf.repro`; nothing in the library imports it.

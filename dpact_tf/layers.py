@@ -75,6 +75,14 @@ def _straight_through(clean: tf.Tensor, released: tf.Tensor):
     return tf.identity(released), lambda dy: (dy, tf.zeros_like(released))
 
 
+class _GraphEntropy(tf.Module):
+    """Holds the graph-entropy variable of a :class:`DPActivation` (a checkpoint dependency, not a Keras weight)."""
+
+    def __init__(self, variable: tf.Variable) -> None:
+        super().__init__(name="graph_entropy")
+        self.variable = variable
+
+
 @tf.keras.utils.register_keras_serializable(package="dpact")
 class DPActivation(tf.keras.layers.Layer):
     """Clip -> LRN (Eq. 1) -> a grid release with discrete Gaussian noise of std ``noise_std(epsilon, delta,
@@ -132,7 +140,25 @@ class DPActivation(tf.keras.layers.Layer):
         # fresh but reproducible noise; the counter is saved with the layer's weights.
         self.noise_counter = self.add_weight(name="noise_counter", shape=(), dtype=tf.int64,
                                              initializer="zeros", trainable=False)
+        with tf.init_scope():
+            holder = _GraphEntropy(tf.Variable(tf.zeros([2], tf.int64), trainable=False, name="graph_entropy"))
+        # A checkpoint dependency (a SavedModel of a traced release can capture it), kept out of Keras' lists of
+        # sublayers and weights (assigned without Layer.__setattr__).
+        object.__setattr__(self, "_graph_entropy", holder)
+        self._track_trackable(holder, name="graph_entropy", overwrite=True)
         super().build(input_shape)
+
+    def refresh_graph_entropy(self) -> None:
+        """Fill the key that a traced graph's next releases derive from with 128 bits from the OS CSPRNG.
+
+        A traced graph cannot call Python's ``secrets``; without this, its key comes from TensorFlow's stateful
+        kernel, which a process seeds from 32 bits, and the clock.  Callers of compiled releases
+        (:class:`~dpact_tf.split.SplitClient`, :class:`~dpact_tf.split.SplitTrainer`) refresh it before every
+        call.  A no-op for a seeded or noise-free layer."""
+        if self.adds_noise and self.seed is None:
+            if not self.built:
+                raise ValueError("build the layer (call it once) before refreshing its graph entropy")
+            self._graph_entropy.variable.assign([secrets.randbits(64) - 2 ** 63 for _ in range(2)])
 
     def normalize(self, inputs: tf.Tensor) -> tf.Tensor:
         """The noise-free activation (clip + Eq. 1): what the noise is added to."""
@@ -146,9 +172,9 @@ class DPActivation(tf.keras.layers.Layer):
         if not self.built:
             self.build(clean.shape)
         words = grid_tf.random_words(tf.shape(clean), self._noise_key())
-        return grid_tf.release_levels(clean, words, tf.constant(self.spec.scale, tf.float32),
-                                      tf.constant(self.spec.max_level, tf.int32),
-                                      grid.noise_table(self.spec.steps_per_std))
+        release = grid_tf.compiled_release_levels(grid.noise_table(self.spec.steps_per_std))
+        return release(clean, words, tf.constant(self.spec.scale, tf.float32),
+                       tf.constant(self.spec.max_level, tf.int32))
 
     def levels_to_values(self, levels: tf.Tensor) -> tf.Tensor:
         """What the server reads: level / scale (float32), a function of the released integers alone."""
@@ -170,14 +196,15 @@ class DPActivation(tf.keras.layers.Layer):
             return tf.stack([tf.constant(self.seed, dtype=tf.int64), counter])
         if tf.executing_eagerly():  # eager calls: 128 bits from the OS CSPRNG for every release
             return tf.constant([secrets.randbits(64) - 2 ** 63 for _ in range(2)], dtype=tf.int64)
-        # A traced graph (tf.function, SavedModel, .keras): an unseeded stateful kernel.  seed = seed2 = 0 is
-        # set explicitly so that a global seed cannot become its seed; TensorFlow then seeds the kernel from
-        # OS entropy when it is created, in every process that loads the graph, and it advances on every
-        # call.  The clock is mixed in because TensorFlow's process seed has only 32 bits (SECURITY.md).
+        # A traced graph (tf.function, SavedModel, .keras): the 128 bits that refresh_graph_entropy() put in the
+        # key variable before this call, mixed with an unseeded stateful kernel (seed = seed2 = 0, so that a global
+        # seed cannot become its seed: TensorFlow seeds it from OS entropy, 32 bits a process, and it advances on
+        # every call) and the clock, so that a caller who never refreshes still gets a fresh key (SECURITY.md).
         draw = tf.raw_ops.RandomUniformInt(shape=[2], minval=tf.constant(tf.int64.min, tf.int64),
                                            maxval=tf.constant(tf.int64.max, tf.int64), seed=0, seed2=0)
         clock = tf.bitcast(tf.timestamp(), tf.int64)
-        return tf.bitwise.bitwise_xor(draw, tf.stack([tf.zeros_like(clock), clock]))
+        mixed = tf.bitwise.bitwise_xor(draw, tf.stack([tf.zeros_like(clock), clock]))
+        return tf.bitwise.bitwise_xor(mixed, self._graph_entropy.variable.read_value())
 
     def compute_output_shape(self, input_shape: tf.TensorShape) -> tf.TensorShape:
         return input_shape

@@ -150,6 +150,7 @@ class SplitClient:
     def forward(self, images: tf.Tensor, labels: tf.Tensor) -> ActivationMessage:
         """Compute the noisy activations to send; keeps the batch for :meth:`backward`."""
         images = _float_images(images)
+        self.dp_layer.refresh_graph_entropy()
         ok, act = self._forward(images) if self.trainable else self._release(images)
         if not ok:
             _raise_for_images(images)
@@ -246,6 +247,7 @@ class SplitClient:
             raise ValueError("the model releases without noise (epsilon=None): there are no grid levels; "
                              "use release() for the clean activation")
         images = _float_images(images)
+        self.dp_layer.refresh_graph_entropy()
         ok, levels = self._levels(images)
         if not ok:
             _raise_for_images(images)
@@ -260,6 +262,7 @@ class SplitClient:
     def release(self, images: tf.Tensor) -> tf.Tensor:
         """Inference: the noisy activation that would be sent to the server."""
         images = _float_images(images)
+        self.dp_layer.refresh_graph_entropy()
         ok, act = self._release(images)
         if not ok:
             _raise_for_images(images)
@@ -342,13 +345,20 @@ class SplitTrainer(EpochTrainer):
         image_spec = tf.TensorSpec([None, *self.split.client.input_shape[1:]], tf.float32)
         label_spec = tf.TensorSpec([None], tf.int32)
         self._step = tf.function(self._step_in_process, input_signature=[image_spec, label_spec])
-        self._evaluate = tf.function(self._evaluate_step, input_signature=[image_spec, label_spec])
+        evaluate = tf.function(self._evaluate_step, input_signature=[image_spec, label_spec])
+
+        def fresh_evaluate(images: tf.Tensor, labels: tf.Tensor):  # each test batch is a release too
+            self.client.dp_layer.refresh_graph_entropy()
+            return evaluate(images, labels)
+
+        self._evaluate = fresh_evaluate
 
     def train_step(self, images: tf.Tensor, labels: tf.Tensor) -> GradientMessage:
         """One step of the protocol; raises the ``ValueError`` of :class:`SplitClient` on a refused batch or
         gradient (nothing changes then)."""
         self._require_built()
         images = _float_images(images)
+        self.client.dp_layer.refresh_graph_entropy()
         loss, grad_act, correct, client_grads, server_grads, status = self._step(images, _int_labels(labels))
         status = int(status)
         if status == _IMAGES_REFUSED:

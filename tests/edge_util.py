@@ -1,12 +1,18 @@
-"""Shared pieces of the edge tests: a tiny split, an in-thread server on 127.0.0.1, a self-signed certificate, a
-hostile client that uploads slowly over raw HTTP/2."""
+"""Shared pieces of the edge tests: a tiny split, an in-thread server on 127.0.0.1, ``serve`` in a subprocess, a
+self-signed certificate, a hostile client that uploads slowly over raw HTTP/2."""
 from __future__ import annotations
 
 import contextlib
 import datetime
 import ipaddress
+import os
+import queue
+import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
@@ -19,6 +25,7 @@ from dpact_tf.edge.server import EdgeService
 from dpact_tf.edge.store import CheckpointStore
 from dpact_tf.privacy import PAPER_ACTIVATION_RANGE
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (32, 32, 3)
 CLASSES = 3
 CONFIG = TrainingConfig(lr_decay_steps=10)
@@ -47,6 +54,45 @@ def running(service: EdgeService, **kwargs) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         server.stop(grace=None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m dpact_tf.edge serve --host 127.0.0.1 --port PORT --profile tiny ARGS...`` in a subprocess, as
+    an operator runs it; its output is drained by a thread.  A test kills it with ``proc.send_signal``."""
+
+    def __init__(self, port: int, *args: str) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+               "TF_CPP_MIN_LOG_LEVEL": "3"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dpact_tf.edge", "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--profile", "tiny", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.lines: "queue.Queue[str]" = queue.Queue()
+        threading.Thread(target=lambda: [self.lines.put(line) for line in self.proc.stdout], daemon=True).start()
+
+    def wait_for(self, text: str, timeout: float = 90.0) -> str:
+        """The first output line (not yet read) that contains ``text``."""
+        deadline, seen = time.monotonic() + timeout, []
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                assert self.proc.poll() is None, "server exited:\n" + "".join(seen)
+                continue
+            seen.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"no {text!r} within {timeout} s:\n" + "".join(seen))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
 
 
 def batch(n: int = 4, seed: int = 0, shape=(32, 32, 4)) -> Tuple[np.ndarray, np.ndarray]:

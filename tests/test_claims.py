@@ -189,7 +189,7 @@ def test_fig3_mid_ladder_consistent_contradicted_inconclusive():
     conv = {**_conv(0.5, 0.3, 0.4), "baseline_converged": True, "baseline_epochs": 30}
 
     def ladder(p3, p5, half=0.1, epochs=30):
-        return {**_ladder(p3, p5, half), "epochs": epochs}
+        return {**_ladder(p3, p5, half), "max_epochs": epochs}
 
     assert c.claim_fig3_mid(conv, ladder(t + 0.01, t + 0.2))["verdict"] == c.CONSISTENT
     assert c.claim_fig3_mid(conv, ladder(t - 0.11, t + 0.2, half=0.1))["verdict"] == c.CONTRADICTED
@@ -202,6 +202,10 @@ def test_fig3_mid_ladder_consistent_contradicted_inconclusive():
     for tr in no_interval["trends"].values():
         tr["lower"] = tr["upper"] = None
     assert c.claim_fig3_mid(conv, no_interval)["verdict"] == c.INCONCLUSIVE
+    floor = {"trends": {}, "no_trend": {"3": "at chance at every size (3 runs)", "5": "at chance at every size (3 runs)"},
+             "max_epochs": 30}
+    row = c.claim_fig3_mid(conv, floor)
+    assert row["verdict"] == c.INCONCLUSIVE and "at chance at every size" in row["why"] and "0.00" not in row["why"]
     assert c.claim_fig3_mid(conv, None)["verdict"] == "not reproduced"
     missing = _conv(0.5, 0.3, None)
     assert c.claim_fig3_mid(missing, None)["verdict"] == c.NOT_MEASURED

@@ -92,8 +92,8 @@ def test_tiny_profile_epoch_over_grpc_equals_in_process_split_trainer():
 
 
 def test_litert_head_over_grpc_equals_in_process(tmp_path):
-    from dpact_tf.export import convert_client_head
-    from dpact_tf.runtime import HeadRunner
+    from dpact_tf.deploy.convert import convert_client_head
+    from dpact_tf.deploy.runtime import HeadRunner
 
     rng = np.random.default_rng(3)
     steps = [(rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), rng.integers(0, CLASSES, 4).astype(np.int32))

@@ -2,15 +2,8 @@
 acknowledged step, and every step is applied exactly once (the restarted server's answers and final model
 equal an uninterrupted in-process run).  The server runs as an operator would run it: per-client tokens,
 Prometheus metrics, health checking."""
-import os
-import queue
 import re
 import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 import urllib.request
 
 import numpy as np
@@ -22,50 +15,15 @@ from dpact_tf.edge.client import EdgeClient
 from dpact_tf.edge.model import ServerHalf
 from dpact_tf.privacy import PAPER_ACTIVATION_RANGE
 from dpact_tf.repro.profiles import get_profile
+from tests.edge_util import ServerProcess, free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DECAY, EVERY, CLASSES = 20, 3, 8
 
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Server:
-    """``python -m dpact_tf.edge serve`` in a subprocess; its output is drained by a thread."""
-
-    def __init__(self, port, directory, tokens):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
-               "TF_CPP_MIN_LOG_LEVEL": "3"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dpact_tf.edge", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--profile", "tiny", "--num-classes", str(CLASSES), "--seed", "0", "--decay-steps", str(DECAY),
-             "--checkpoint-dir", directory, "--checkpoint-every", str(EVERY), "--tokens-file", tokens,
-             "--metrics-port", "0"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        self.lines = queue.Queue()
-        threading.Thread(target=lambda: [self.lines.put(line) for line in self.proc.stdout], daemon=True).start()
-
-    def wait_for(self, text, timeout=90.0):
-        deadline, seen = time.monotonic() + timeout, []
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                assert self.proc.poll() is None, "server exited:\n" + "".join(seen)
-                continue
-            seen.append(line)
-            if text in line:
-                return line
-        raise AssertionError(f"no {text!r} within {timeout} s:\n" + "".join(seen))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=30)
+def _server(port, directory, tokens):
+    return ServerProcess(port, "--num-classes", str(CLASSES), "--seed", "0", "--decay-steps", str(DECAY),
+                         "--checkpoint-dir", directory, "--checkpoint-every", str(EVERY), "--tokens-file", tokens,
+                         "--metrics-port", "0")
 
 
 def test_kill_9_and_restart_resumes_without_losing_or_repeating_a_step(tmp_path):
@@ -75,9 +33,9 @@ def test_kill_9_and_restart_resumes_without_losing_or_repeating_a_step(tmp_path)
     r = PAPER_ACTIVATION_RANGE  # a no-noise upload lies in [0, R]
     steps = [(rng.uniform(0, r, (8,) + shape).astype(np.float32), rng.integers(0, CLASSES, 8)) for _ in range(8)]
     probe = (rng.uniform(0, r, (16,) + shape).astype(np.float32), rng.integers(0, CLASSES, 16))
-    port, directory, tokens = _free_port(), str(tmp_path / "ckpt"), str(tmp_path / "tokens.txt")
+    port, directory, tokens = free_port(), str(tmp_path / "ckpt"), str(tmp_path / "tokens.txt")
     token = issue_token(tokens, "phone")
-    server = _Server(port, directory, tokens)
+    server = _server(port, directory, tokens)
     try:
         # the uninterrupted reference, computed while the server starts
         split = build_split(prof, CLASSES, "conv1_1", 0, None, 1e-5)
@@ -90,7 +48,7 @@ def test_kill_9_and_restart_resumes_without_losing_or_repeating_a_step(tmp_path)
         # checkpoint after step 3; steps 4 and 5 are acknowledged and only in the journal
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(timeout=30)
-        server = _Server(port, directory, tokens)
+        server = _server(port, directory, tokens)
         got += [client.train_step(i + 1, x, y) for i, (x, y) in enumerate(steps) if i >= 5]  # waits for it
         restored = server.wait_for("restored")
         assert '"server_steps": 5' in restored and '"replayed": 2' in restored, restored

@@ -86,6 +86,24 @@ def test_every_refusal_and_error_is_a_log_line(caplog):
     assert [m for _, m in records[2:]] == ['[edge] step: {"client_id": "phone", "step": 2}']
 
 
+def test_a_message_above_the_size_limit_is_logged_with_its_client_id():
+    events = []
+    service = tiny_service(on_event=lambda name, info: events.append(info) if name == "refused" else None)
+    with running(service, tokens=TokenBook(tokens=TOKENS), max_message_bytes=100_000) as address:
+        with _client(address) as client:
+            client.connect()
+            with pytest.raises(grpc.RpcError) as err:
+                client.train_step(1, *batch(16))  # 16 x 32 x 32 x 4 float32: 262 kB
+            deadline = time.monotonic() + DEADLINE  # the server's side of the call may end after the client's
+            while not events and time.monotonic() < deadline:
+                time.sleep(0.05)
+            client.train_step(1, *batch(4))  # the client goes on with a batch within the limit
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in err.value.details()
+    assert len(events) == 1 and (events[0]["client_id"], events[0]["reason"]) == ("phone", "upload_ended")
+    assert "message size limit (100,000 bytes" in events[0]["message"]
+    assert service.client_steps() == {"phone": 1}
+
+
 def test_a_token_is_not_sent_or_served_in_the_clear():
     with pytest.raises(ValueError, match="refusing to send the token in the clear to 10.1.2.3:50051"):
         _client("10.1.2.3:50051")

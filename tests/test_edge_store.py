@@ -166,6 +166,39 @@ def test_each_reply_lives_in_its_own_file_and_answers_a_retry_after_a_restart(tm
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "reply was lost" in err.value.details()
 
 
+def test_a_reply_file_is_removed_reply_ttl_after_its_clients_last_step(tmp_path):
+    import time
+
+    directory = str(tmp_path / "ckpt")
+    service, events = _service(directory, seed=0)
+    service.reply_ttl = 3600.0
+    replies = os.path.join(directory, "replies")
+    with running(service) as address:
+        stub = pb_grpc.EdgeTrainingStub(grpc.insecure_channel(address))
+        _steps(address, [1], client_id="old")
+        _steps(address, [1, 2], client_id="recent")  # server step 3: a checkpoint writes both replies
+        assert sorted(os.listdir(replies)) == sorted(os.path.basename(service.store._reply_path(c))
+                                                     for c in ("old", "recent"))
+        old = service.store._reply_path("old")
+        an_hour_ago = time.time() - 3601
+        os.utime(old, (an_hour_ago, an_hour_ago))  # "old" has not stepped for over an hour
+        _steps(address, [3, 4], client_id="recent")
+        _steps(address, [1], client_id="other")  # server step 6: a checkpoint
+        assert not os.path.exists(old) and len(os.listdir(replies)) == 2  # "recent" and "other"
+        assert [info["replies_removed"] for name, info in events if name == "checkpoint"] == [0, 0, 1]
+        x, y = batch(seed=1)  # a retry of old's last step cannot be answered any more, and says why
+        retry = pb.TrainStepRequest(session_id=_hello(stub, "old").session_id, step=1, activation=to_proto(x),
+                                    labels=list(y))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.TrainStep(retry, timeout=DEADLINE)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "removed 3600 s after" in \
+            err.value.details()
+        retry.step = 2  # its next step goes on
+        assert stub.TrainStep(retry, timeout=DEADLINE).step == 2
+    service.store.close()
+    assert service.client_steps() == {"old": 2, "recent": 4, "other": 1}
+
+
 def test_a_damaged_state_file_stops_the_server_with_a_clear_error(tmp_path):
     directory = str(tmp_path / "ckpt")
     first, _ = _service(directory, seed=0)

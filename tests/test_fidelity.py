@@ -82,7 +82,9 @@ def test_profile_workload_counts_the_profiles_runs():
     prof = get_profile("paper")
     rows = {r["study"]: r for r in f.profile_workload("paper", train_images=3890, num_classes=158)}
     assert rows["Fig. 3 sweep (from scratch)"]["runs"] == len(DEFAULT_EPSILONS)
-    assert rows["scale ladder"]["runs"] == len(prof.ladder_points) * len(prof.ladder_epsilons)
+    ladder = rows["scale ladder (upper bound: no early stop)"]
+    assert ladder["runs"] == (len(prof.ladder_points) + prof.ladder_largest_seeds - 1) * len(prof.ladder_epsilons)
+    assert ladder["epochs"] == prof.convergence_max_epochs
     assert not any("pre-training" in k for k in rows)
     with_public = f.profile_workload("small", train_images=3890, num_classes=158, public_images=1000,
                                      public_classes=265)
@@ -102,7 +104,7 @@ def test_a_ladder_point_at_the_profiles_shape_is_the_sweeps_run():
 
 
 def test_medium_is_small_with_the_fidelity_budgets():
-    # make book PROFILE=medium costs small's chapters plus its fidelity chapter (README): every other field equal
+    # make book PROFILE=medium costs small's chapters plus its fidelity chapter: every other field equal
     import dataclasses
 
     from dpact_tf.repro.profiles import FIDELITY_FIELDS, get_profile
@@ -111,8 +113,69 @@ def test_medium_is_small_with_the_fidelity_budgets():
     differ = {f.name for f in dataclasses.fields(small) if getattr(small, f.name) != getattr(medium, f.name)}
     assert "name" in differ and differ - {"name"} <= set(FIDELITY_FIELDS)
     assert medium.training_settings() == small.training_settings()
-    # the ladder: conv1 channels up to the paper's 64, and a larger input than the profile's
+    # medium's ladder: conv1 channels up to the paper's 64, a larger input than the profile's, two seeds at the top
     assert max(c for _, c in medium.ladder_points) == 64
     assert max(s for s, _ in medium.ladder_points) > medium.image_size
     assert set(small.ladder_points) < set(medium.ladder_points)
     assert medium.convergence_max_epochs > small.convergence_max_epochs
+    assert medium.ladder_largest_seeds >= 2 and {5.0, 10.0} <= set(medium.ladder_epsilons)
+
+
+def test_above_chance_is_an_exact_one_sided_binomial_test():
+    from scipy import stats
+
+    n, chance = 432, 0.124
+    # the smallest count that is significant at 95 %, found independently of the function
+    k = next(k for k in range(n + 1) if stats.binomtest(k, n, chance, alternative="greater").pvalue < 0.05)
+    assert f.above_chance(k / n, chance, n) and not f.above_chance((k - 1) / n, chance, n)
+    assert not f.above_chance(chance, chance, n) and f.above_chance(0.5, chance, n)
+    with pytest.raises(ValueError):
+        f.above_chance(0.5, 1.5, n)
+
+
+def _row(coords, eps, acc_gain, above, seed=0):
+    return {"coordinates": coords, "epsilon": eps, "retained_gain": acc_gain, "above_chance": above, "seed": seed}
+
+
+def test_ladder_trends_leave_runs_at_chance_out_and_say_why_there_is_no_trend():
+    rows = [_row(c, None, 1.0, True) for c in (1e4, 1e5, 1e6)]
+    rows += [_row(1e4, 3.0, 0.0, False), _row(1e5, 3.0, 0.0, False), _row(1e6, 3.0, 0.0, False)]  # the floor
+    rows += [_row(1e4, 5.0, 0.0, False), _row(1e5, 5.0, 0.2, True), _row(1e6, 5.0, 0.4, True)]
+    rows += [_row(1e4, 10.0, 0.0, False), _row(1e5, 10.0, 0.0, False), _row(1e6, 10.0, 0.5, True),
+             _row(1e6, 10.0, 0.6, True, seed=1)]
+    trends, why = f.ladder_trends(rows)
+    assert set(trends) == {"5"} and trends["5"]["n"] == 2 and trends["5"]["censored"] == 1
+    assert trends["5"]["slope_per_decade"] == pytest.approx(0.2)  # fitted through the two points above chance only
+    assert why == {"3": "at chance at every size (3 runs)",
+                   "10": "above chance at one size only (2 of 4 runs): a trend needs two"}
+    text = f.trend_lines({"trends": trends, "no_trend": why})
+    assert "ε = 3: no trend — at chance at every size" in text and "0.00–0.00" not in text
+
+
+def test_a_ladder_run_at_the_profiles_shape_is_the_convergence_studys_run():
+    from dpact_tf.repro.profiles import get_profile
+    from dpact_tf.repro.runs import RunSpec
+
+    prof = get_profile("small")
+    spec = f.ladder_runs_spec(prof, size=64, channels=8, epsilon=10.0, seed=0, dataset="lfw")
+    patience, budget = prof.convergence_patience, prof.convergence_max_epochs
+    conv = RunSpec(task="scratch", profile="small", dataset="lfw", epsilon=10.0, epochs=budget, seed=0,
+                   patience=patience, min_delta=prof.convergence_min_delta,
+                   start_from_epoch=max(0, min(prof.epochs, budget - patience)))
+    assert spec.key() == conv.key()
+    assert f.ladder_runs_spec(prof, size=64, channels=16, epsilon=10.0, seed=0, dataset="lfw").key() != conv.key()
+
+
+def test_convergence_text_reads_the_recorded_rows():
+    rows = [{"epsilon": None, "epochs_trained": 21, "stopped_early": True, "final_test_accuracy": 0.585,
+             "retained_gain": 1.0, "epochs_to_90%": 18},
+            {"epsilon": 5.0, "epochs_trained": 30, "stopped_early": False, "final_test_accuracy": 0.291,
+             "retained_gain": 0.36, "epochs_to_90%": None}]
+    metrics = {"rows": rows, "reach_fractions": [0.5, 0.9]}
+    text = f.convergence_text(metrics)
+    assert "stopped at epoch 21" in text and "**0.585**" in text and "keeps 36%" in text
+    assert "never reached 90%" in text and "sweep" not in text
+    sweep = {"histories": [{"epsilon": None, "history": {"epoch": [1, 2], "test_accuracy": [0.2, 0.41]}},
+                           {"epsilon": 5.0, "history": {"epoch": [1, 2], "test_accuracy": [0.1, 0.124]}}]}
+    assert "(2 epochs) the same network ended at 0.410" in f.convergence_text(metrics, sweep)
+    assert "the sweep's 2 epochs gave 0.124" in f.convergence_text(metrics, sweep)

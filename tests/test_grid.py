@@ -81,6 +81,19 @@ def test_tensorflow_samplers_equal_the_reference_on_the_same_words(sampler):
         np.testing.assert_array_equal(got, grid.release(clean, words, spec))
 
 
+def test_the_compiled_release_rounds_as_the_reference_on_millions_of_coordinates():
+    # XLA fuses the release into one pass; a fused multiply-add in max(f, 0) * scale + u would move ~1 in 10^6
+    # levels at this scale (an integer between the two roundings), so 4 million coordinates would show it.
+    rng = np.random.default_rng(3)
+    words = _words(rng, 1 << 22)
+    clean = rng.uniform(0, 0.6, words.shape).astype(np.float32)
+    spec = grid.grid_spec(20.0, 1e-5, steps_per_std=K)
+    release = grid_tf.compiled_release_levels(grid.noise_table(K))
+    got = release(tf.constant(clean), tf.constant(words), tf.constant(spec.scale, tf.float32),
+                  tf.constant(spec.max_level)).numpy()
+    np.testing.assert_array_equal(got, grid.release(clean, words, spec))
+
+
 def _chi2_pvalue(observed: np.ndarray, expected: np.ndarray) -> float:
     # Pool the tails into bins with >= 5 expected counts.
     order = np.argsort(-expected)

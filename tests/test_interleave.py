@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from dpact_tf.interleave import Worker, interleave
+from dpact_tf.repro.interleave import Worker, interleave
 
 # A measuring process: its ops append to a shared log, so the test sees the order the parent asked in.
 _SERVE = """
@@ -21,7 +21,7 @@ def op(cmd, seconds):
 mod.serve({"name": name, "ready": True}, {"fast": op("fast", 0.01), "slow": op("slow", 0.05)},
           lambda: {"finished": name})
 """
-_MODULE = os.path.join(os.path.dirname(__file__), os.pardir, "dpact_tf", "interleave.py")
+_MODULE = os.path.join(os.path.dirname(__file__), os.pardir, "dpact_tf", "repro", "interleave.py")
 
 
 def _worker(name, log):

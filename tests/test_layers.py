@@ -209,3 +209,30 @@ def test_normalize_activations_is_tensorflow_lrn_in_value_and_gradient(channels,
                                                             bias=bias, alpha=alpha, beta=beta))
     np.testing.assert_allclose(ours[0], ref[0], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(ours[1], ref[1], rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_releases_draw_128_fresh_bits_from_the_os_per_call(monkeypatch):
+    # A traced graph cannot call `secrets`; the callers of compiled releases put 128 bits from it in the key
+    # variable before every call, and the graph's key reads that variable (not only TensorFlow's 32-bit-seeded
+    # kernel and the clock).
+    import secrets
+
+    from dpact_tf import build_split_vggface, layers
+    from dpact_tf.split import SplitClient
+
+    split = build_split_vggface((32, 32, 3), 3, width=1 / 16, fc_units=8, epsilon=2.0)
+    client = SplitClient(split.client, tf.keras.optimizers.SGD(0.1))
+    layer = client.dp_layer
+    x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    client.release_levels(x)  # traced once
+    drawn, keys = [], []
+    real = secrets.randbits
+    monkeypatch.setattr(layers.secrets, "randbits", lambda k: drawn.append(k) or real(k))
+    for call in (client.release_levels, client.release, lambda images: client.forward(images, [0, 1])):
+        call(x)
+        keys.append(tuple(layer._graph_entropy.variable.numpy()))
+    assert drawn == [64] * 6 and len(set(keys)) == 3
+    for compiled in (client._levels, client._release, client._forward):
+        captured = compiled.get_concrete_function().captured_inputs
+        assert any(h is layer._graph_entropy.variable.handle for h in captured)
+    assert len(split.client.weights) == 3  # kernel, bias, noise counter: the key is never saved with the model

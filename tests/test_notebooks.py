@@ -189,11 +189,19 @@ def test_fidelity_notebook(tiny_book):
     ladder = _metrics(base, "ladder")
     sizes = {(r["image_size"], r["conv1_channels"]): r["coordinates"] for r in ladder["rows"]}
     assert sizes == {(s, c): s * s * c for s, c in prof.ladder_points}
-    for r in ladder["rows"]:  # the no-noise run keeps all of its own gain (undefined when it is at chance)
-        if r["epsilon"] is None:
-            at_chance = r["final_test_accuracy"] <= ladder["majority_class_test_accuracy"]
-            assert (math.isnan(r["retained_gain"]) if at_chance else r["retained_gain"] == pytest.approx(1.0))
-    assert set(ladder["trends"]) == {f"{e:g}" for e in prof.ladder_epsilons if e is not None}
+    largest = max(prof.ladder_points, key=lambda p: p[0] * p[0] * p[1])
+    seeds = {(r["image_size"], r["conv1_channels"]): set() for r in ladder["rows"]}
+    for r in ladder["rows"]:
+        seeds[(r["image_size"], r["conv1_channels"])].add(r["seed"])
+        assert r["epochs_trained"] <= ladder["max_epochs"]
+        if r["epsilon"] is None:  # the no-noise run keeps all of its own gain (undefined when it is at chance)
+            assert (r["retained_gain"] == pytest.approx(1.0) if r["above_chance"] else math.isnan(r["retained_gain"]))
+    assert {p: len(s) for p, s in seeds.items()} == {p: prof.ladder_largest_seeds if p == largest else 1
+                                                      for p in prof.ladder_points}
+    # every epsilon has a trend fitted through its runs above chance, or the reason it has none
+    assert set(ladder["trends"]) | set(ladder["no_trend"]) == {f"{e:g}" for e in prof.ladder_epsilons if e is not None}
+    for eps, t in ladder["trends"].items():
+        assert t["n"] == sum(r["above_chance"] for r in ladder["rows"] if r["epsilon"] == float(eps))
     assert ladder["paper_coordinates"] == 224 * 224 * 64
 
 
@@ -232,13 +240,23 @@ def test_discussion_notebook(tiny_book):
     assert "SYNTHETIC data, not LFW" in text and "not run" not in text
 
 
+def test_the_front_page_opens_with_every_claims_verdict(tiny_book):
+    root, base = tiny_book
+    text = _outputs_text(root, "00_intro")
+    table = claims.claims_table(results_dir=str(base.parent.parent), profile="tiny", dataset="synthetic")
+    assert "SYNTHETIC data, not LFW" in text
+    for row in table:
+        assert f"*{row['verdict']}*" in text
+
+
 def test_needs_name_only_earlier_chapters():
     """The parallel runner's dependency table: every chapter listed, each needing only chapters before it (so the
     sequential order satisfies it too), and the discussion after every study."""
     assert list(NEEDS) == NOTEBOOKS
     for name, needs in NEEDS.items():
         assert all(NOTEBOOKS.index(d) < NOTEBOOKS.index(name) for d in needs), name
-    assert set(NEEDS["10_discussion"]) == set(NOTEBOOKS[:-1])
+    studies = [n for n in NOTEBOOKS if n not in ("10_discussion", "00_intro")]
+    assert set(NEEDS["10_discussion"]) == set(NEEDS["00_intro"]) == set(studies)
 
 
 def test_every_notebook_ran(tiny_book):

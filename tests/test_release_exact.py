@@ -8,6 +8,7 @@ integer in [-T, T]: a release is consistent with every hypothesis whose dithered
 true activation and a neighbour's are both consistent with probability 1, and what is left to the attacker is the
 likelihood ratio, whose delta is computed exactly here and compared with :func:`dpact_tf.grid.implemented_delta`.
 """
+import functools
 import math
 import subprocess
 import sys
@@ -16,9 +17,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dpact_tf import build_split_vggface, grid, grid_lite, grid_tf, privacy
-from dpact_tf.export import convert_client_head
-from dpact_tf.runtime import HeadRunner
+from dpact_tf import build_split_vggface, grid, grid_tf, privacy
+from dpact_tf.deploy.convert import convert_client_head
+from dpact_tf.deploy.runtime import HeadRunner
 
 SHAPE = (32, 32, 3)
 DELTA = 1e-5
@@ -79,7 +80,7 @@ def test_certified_interval_is_the_float32_one_inside_grids(head):
 
 def _bucket_edges(steps_per_std):
     """The words at both ends of every bucket of the lookup sampler, and next to them (both signs)."""
-    v_lo, v_hi = grid_lite._bucket_words(grid_lite.lookup_tables(grid.noise_table(steps_per_std)).shift)
+    v_lo, v_hi = grid_tf._bucket_words(grid_tf.lookup_tables(grid.noise_table(steps_per_std)).shift)
     v = np.concatenate([v_lo, v_hi, np.maximum(v_lo - 1, 0), np.minimum(v_hi + 1, 2 ** 63 - 1)])
     return np.concatenate([v, -v - 1])
 
@@ -96,12 +97,14 @@ def test_every_sampler_equals_the_reference_on_every_threshold(steps_per_std):
         spec = _spec(eps) if steps_per_std == grid.STEPS_PER_STD else grid.grid_spec(
             eps, DELTA, steps_per_std=steps_per_std)
         ref = grid.release(clean, words, spec)
-        for module in (grid_tf, grid_lite):
-            for sampler in module.SAMPLERS:
-                out = module.release_levels(tf.constant(clean), tf.constant(words),
-                                            tf.constant(np.float32(spec.scale)), tf.constant(spec.max_level, tf.int32),
-                                            grid.noise_table(steps_per_std), sampler=sampler).numpy()
-                np.testing.assert_array_equal(out, ref, err_msg=f"{module.__name__} {sampler} at epsilon {eps}")
+        args = (tf.constant(clean), tf.constant(words), tf.constant(np.float32(spec.scale)),
+                tf.constant(spec.max_level, tf.int32))
+        for sampler in grid_tf.SAMPLERS:
+            table = grid.noise_table(steps_per_std)
+            for name, release in (("ops", functools.partial(grid_tf.release_levels, table=table, sampler=sampler)),
+                                  ("XLA", grid_tf.compiled_release_levels(table, sampler=sampler))):
+                out = release(*args).numpy()
+                np.testing.assert_array_equal(out, ref, err_msg=f"{sampler} ({name}) at epsilon {eps}")
     top = grid.noise_table().max_magnitude
     assert grid.sample(np.array([2 ** 63 - 1, -2 ** 63], np.int64)).tolist() == [top, -top]
 
@@ -120,7 +123,7 @@ def test_the_lookup_is_exact_whichever_way_the_cast_rounds():
     # The lookup's bucket comes from float32(2^63 - 1 - v); a runtime may round that cast down or up (or through
     # float64).  Its tables give the exact |Z| for both neighbours of every d, on every bucket's ends and thresholds.
     table = grid.noise_table()
-    tables = grid_lite.lookup_tables(table)
+    tables = grid_tf.lookup_tables(table)
     t = table.thresholds.astype(np.int64) << 8
     v = np.concatenate([_bucket_edges(grid.STEPS_PER_STD), t - 1, t, t + 255, [0, 2 ** 63 - 1]])
     v = v[v >= 0]
@@ -234,7 +237,7 @@ def test_the_server_cannot_rule_out_a_neighbour(head, epsilon):
 
 
 _HEADRUNNER = ("import sys, numpy as np\n"
-               "from dpact_tf.runtime import HeadRunner\n"
+               "from dpact_tf.deploy.runtime import HeadRunner\n"
                "np.save(sys.argv[3], HeadRunner(sys.argv[1], workers=2).release(np.load(sys.argv[2]), 5.0).levels)\n")
 
 
@@ -343,7 +346,7 @@ def test_a_stale_buffer_that_shrank_releases_zeros(head):
     # release the second image with the first one's noise
     from ai_edge_litert.interpreter import Interpreter
 
-    from dpact_tf.runtime import _InPlaceSignature
+    from dpact_tf.deploy.runtime import _InPlaceSignature
 
     _, path, _ = head
     call = _InPlaceSignature(Interpreter(model_path=path).get_signature_runner("release"))

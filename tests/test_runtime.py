@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from dpact_tf import build_split_vggface, grid
-from dpact_tf.export import convert_client_head, weights_hash
-from dpact_tf.runtime import EntropyStream, HeadRunner
+from dpact_tf.deploy.convert import convert_client_head, weights_hash
+from dpact_tf.deploy.runtime import EntropyStream, HeadRunner
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def _check_strips(release, clean, epsilon, batch, rows):
 def test_parallel_strips_release_the_reference_also_after_training(heads, monkeypatch, workers, batch, rows):
     # HeadRunner streams chunks of images and strips of rows over `workers` interpreters; `train` updates every
     # interpreter, so the strips of both still release the updated head's activation
-    from dpact_tf import runtime
+    from dpact_tf.deploy import runtime
 
     _, path, _, _ = heads
     monkeypatch.setattr(runtime, "EntropyStream", _KnownWords)
@@ -128,7 +128,7 @@ def test_strip_rows_are_checked(heads):
 
 
 def test_pooled_head_releases_whole_images(heads, monkeypatch):
-    from dpact_tf import runtime
+    from dpact_tf.deploy import runtime
 
     _, _, pooled, pool1 = heads
     monkeypatch.setattr(runtime, "EntropyStream", _KnownWords)
@@ -177,7 +177,7 @@ def test_headrunner_refuses_a_head_whose_release_is_not_the_grid(heads, tmp_path
 
 def _with_weights_changed(path, out):
     """A copy of the head in which one conv1_1 weight is doubled in the flatbuffer's bytes, and its sidecar."""
-    from dpact_tf.tflite_inspect import stored_conv_weights
+    from dpact_tf.deploy.tflite_inspect import stored_conv_weights
 
     data = bytearray(open(path, "rb").read())
     kernel, _ = stored_conv_weights(bytes(data))[0]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dpact_tf import tflite_inspect
+from dpact_tf.deploy import tflite_inspect
 
 
 def _model(fn, spec, *, select_tf=False):
@@ -130,7 +130,7 @@ def test_weights_computed_at_run_time_cannot_be_read(tmp_path):
 def test_inspection_needs_no_tensorflow(tmp_path):
     path = tmp_path / "m.tflite"
     path.write_bytes(_model(lambda x: tf.nn.relu(x) * 2.0, [tf.TensorSpec([2], tf.float32)]))
-    code = ("import sys\nfrom dpact_tf import tflite_inspect as t\n"
+    code = ("import sys\nfrom dpact_tf.deploy import tflite_inspect as t\n"
             f"ops = t.operator_names({str(path)!r})\nassert 'tensorflow' not in sys.modules\n"
             f"assert 'RELU' in t.analyzer_report({str(path)!r})\nprint(ops)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -8,13 +8,13 @@ result (model load + warm-up)
 is reported apart from the timed repeats (median and interquartile range), which are interleaved: every runtime
 waits, loaded and warm, in its own process and each round times one call of each in turn; the batch load is the
 paper's (8 LFW JPEGs decoded and resized, from $DPACT_LFW_DIR, else synthetic JPEGs); memory is the increase over
-a bare interpreter process.  Each export and runner variant (dpact_tf.mobile.VARIANTS) is measured.
+a bare interpreter process.  Each export and runner variant (dpact_tf.repro.mobile_cost.VARIANTS) is measured.
 Prints ratios beside the paper's Nexus 6P bounds (different hardware!) and writes <out>/mobile_cost.json.
 """
 import argparse
 import sys
 
-from dpact_tf.mobile import PAPER_NEXUS6P, VARIANTS, run_mobile_benchmark
+from dpact_tf.repro.mobile_cost import PAPER_NEXUS6P, VARIANTS, run_mobile_benchmark
 from dpact_tf.repro.profiles import get_profile
 
 

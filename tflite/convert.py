@@ -12,7 +12,7 @@ and head.json beside it: the epsilons the head certifies, its grid, and the SHA-
 import argparse
 import sys
 
-from dpact_tf.export import client_for_export, convert_client_head
+from dpact_tf.deploy.convert import client_for_export, convert_client_head
 from dpact_tf.grid import STEPS_PER_STD
 from dpact_tf.privacy import PAPER_SENSITIVITY
 

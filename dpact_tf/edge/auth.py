@@ -21,6 +21,10 @@ alone, before a worker thread reads the request body:
 * an authenticated call runs with its client id in :func:`caller`; a client id with ``max_calls_per_client``
   calls already in flight gets RESOURCE_EXHAUSTED before its body is read, so one token holder cannot tie up
   the worker threads with slow uploads;
+* an authenticated call whose request never arrives is reported as refused, reason "upload_ended", with its
+  client id: gRPC's core refuses a message above the size limit (RESOURCE_EXHAUSTED to the client) by
+  cancelling the call before Python sees a byte of it, so the gate sees the same thing as a client that
+  cancelled or went away mid-upload, and its log line says both;
 * an exception escaping a handler is reported (``on_event("error", ...)``, with its traceback) and answered
   INTERNAL; the number of calls in flight is reported as ``on_event("inflight", {"calls": n})``.
 
@@ -158,16 +162,22 @@ class Gate(grpc.ServerInterceptor):
     Args:
       tokens: the clients' tokens, or None to let every call through as an anonymous caller (a loopback or
         trusted network; :func:`caller` is then None).
-      on_event: ``(name, info)`` callback: "refused" (unauthenticated or too many calls in flight), "error",
-        "inflight".
+      on_event: ``(name, info)`` callback: "refused" (unauthenticated, too many calls in flight, or a request
+        that never arrived), "error", "inflight".
       max_calls_per_client: calls of one client id in flight at once (the next one is refused).
+      max_message_bytes: the server's message size limit, named in the log line of a call whose request never
+        arrived (None: not known here).
     """
 
     def __init__(self, tokens: Optional[TokenBook], *, on_event: Callable[[str, dict], None],
-                 max_calls_per_client: int = 2) -> None:
+                 max_calls_per_client: int = 2, max_message_bytes: Optional[int] = None) -> None:
         if max_calls_per_client < 1:
             raise ValueError(f"max_calls_per_client must be >= 1 (got {max_calls_per_client})")
         self.tokens, self.on_event, self.max_calls_per_client = tokens, on_event, int(max_calls_per_client)
+        limit = f"{max_message_bytes:,} bytes" if max_message_bytes else "the server's"
+        self._ended = ("the call ended before its request arrived: the client cancelled it or went away during "
+                       f"the upload, or the request was above the message size limit ({limit}; the client was "
+                       "answered RESOURCE_EXHAUSTED)")
         self._lock = threading.Lock()
         self._calls: Dict[Optional[str], int] = {}
         self._total = 0
@@ -217,8 +227,8 @@ class Gate(grpc.ServerInterceptor):
                     request = next(request_iterator)
                 except StopIteration:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method} takes exactly one request message")
-                except grpc.RpcError:  # the client went away during its upload
-                    context.abort(grpc.StatusCode.CANCELLED, "the client cancelled the call")
+                except grpc.RpcError:  # cancelled during the upload: by the client, or by the size limit
+                    self._refuse(context, grpc.StatusCode.CANCELLED, "upload_ended", self._ended, principal)
                 caller_token = _CALLER.set(principal)
                 try:
                     return behavior(request, context)

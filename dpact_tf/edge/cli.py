@@ -133,7 +133,7 @@ def train(args: argparse.Namespace, prof: Any) -> int:
     steps_per_epoch = math.ceil(len(data.train_labels) / prof.batch_size)
     decay_steps = args.decay_steps or epochs * steps_per_epoch
     if args.head:
-        from dpact_tf.runtime import HeadRunner
+        from dpact_tf.deploy.runtime import HeadRunner
 
         runner = HeadRunner(args.head, trusted_sha256=args.trusted_head_sha256,
                             trusted_weights_sha256=args.trusted_weights_sha256)
@@ -254,7 +254,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--trusted-head-sha256", help="with --head: refuse the .tflite unless the whole file has this "
                    "SHA-256 (a head you exported or approved; without it a warning says the head was not checked)")
     t.add_argument("--trusted-weights-sha256", help="with --head: also refuse it unless the conv weights stored in "
-                   "it have this hash (dpact_tf.export.weights_hash of the client you trust)")
+                   "it have this hash (dpact_tf.deploy.convert.weights_hash of the client you trust)")
     t.add_argument("--epsilon", type=_epsilon, default=_UNSET,
                    help="required: the per-coordinate epsilon of the release, or 'none' to upload the clean "
                         "activation (no noise, no privacy; a warning is printed on every run)")

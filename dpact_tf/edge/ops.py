@@ -6,10 +6,11 @@ Prometheus metrics and a log line for every refusal and error.
 * the :class:`~dpact_tf.edge.auth.Gate` (tokens checked on the metadata before a body is read, calls in flight
   bounded per client);
 * gRPC's own bounds: the message size limit (by default one float32 batch of ``max_batch`` activations, from
-  the declared shape), at most ``max_concurrent_calls`` calls at once (more are refused RESOURCE_EXHAUSTED by
-  gRPC without a worker thread), and a connection lifetime: after ``max_call_seconds`` a connection is asked
-  to close (clients reconnect at once) and the calls still on it get ``max_call_seconds`` more, so no call,
-  however slowly it uploads, holds a worker thread longer than twice that;
+  the declared shape; the gate logs an authenticated call it cancels, with the client id), at most
+  ``max_concurrent_calls`` calls at once (more are refused RESOURCE_EXHAUSTED by gRPC without a worker thread),
+  and a connection lifetime: after ``max_call_seconds`` a connection is asked to close (clients reconnect at
+  once) and the calls still on it get ``max_call_seconds`` more, so no call, however slowly it uploads, holds a
+  worker thread longer than twice that;
 * the standard health service ``grpc.health.v1.Health`` (SERVING for "" and for the training service;
   ``grpc_health_probe`` and load balancers use it) and server reflection (``grpcurl`` lists the services).
 
@@ -144,7 +145,7 @@ def make_server(service, *, host: str = "127.0.0.1", port: int = 0, tokens: Opti
                ("grpc.so_reuseport", 0), ("grpc.max_connection_age_ms", age_ms),
                ("grpc.max_connection_age_grace_ms", age_ms)]
     gate = Gate(tokens, on_event=lambda name, info: service.on_event(name, info),
-                max_calls_per_client=max_calls_per_client)
+                max_calls_per_client=max_calls_per_client, max_message_bytes=limit)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options,
                          interceptors=[gate, *interceptors],
                          maximum_concurrent_rpcs=max_concurrent_calls or 4 * max_workers)

@@ -77,6 +77,7 @@ def serve(args: argparse.Namespace, prof: Any) -> int:
                           max_batch=args.max_batch, activation_range=split.dp_layer.true_range, schedule=schedule,
                           store=store,
                           checkpoint_every=args.checkpoint_every if store else 0, session_ttl=args.session_ttl,
+                          reply_ttl=args.reply_ttl,
                           on_event=fanout(EventLog(log), metrics))
     health_servicer = health.HealthServicer()
     limit = int(args.max_message_mb * 2**20) if args.max_message_mb else None
@@ -153,6 +154,9 @@ def add_serve_arguments(s: argparse.ArgumentParser) -> None:
                    "acknowledged steps also survive a power cut (slower); a kill -9 needs only the default flush")
     s.add_argument("--session-ttl", type=float, default=3600.0,
                    help="seconds after which an idle session expires (the client handshakes again)")
+    s.add_argument("--reply-ttl", type=float, default=7 * 86400.0,
+                   help="seconds a client's last reply is kept after its last step, to answer a retry of that step "
+                   "(a client resuming later cannot go on with its run); older reply files are removed at checkpoints")
     s.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: serve TLS)")
     s.add_argument("--tls-key", help="PEM private key")
     s.add_argument("--tokens-file", help="the clients' token digests, written by issue-token (re-read when it "

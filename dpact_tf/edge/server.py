@@ -9,7 +9,8 @@ server with tokens (:mod:`dpact_tf.edge.auth`) a token issued to ``alice`` opens
 every upload is checked against the mechanism ``grid.check_release(ε, δ)`` it declared: the grid step, and
 levels within [-T, D + T].  A client without noise uploads floats (float32, float16, uint8).  The server keeps,
 per client, the last applied step id, the digest of its request and its reply (in memory until a checkpoint
-writes it to the client's reply file, then read back only for a retry).  A retry of the last step with
+writes it to the client's reply file, then read back only for a retry; a reply file is removed ``reply_ttl``
+seconds after its client's last step).  A retry of the last step with
 the identical request returns the stored reply and applies nothing (idempotent step ids); any other step id
 that is not the next one is refused.
 
@@ -35,8 +36,9 @@ Bad input is refused with a gRPC status and nothing changes: a wrong token -> UN
 client's id or session -> PERMISSION_DENIED; an unknown or expired session -> NOT_FOUND; a step id already applied -> ALREADY_EXISTS; a gap in step ids -> FAILED_PRECONDITION;
 a wrong shape, encoding, label, NaN/inf, a value the declared mechanism cannot produce, a step that would
 make the model non-finite -> INVALID_ARGUMENT; a handshake with another cut or activation shape ->
-FAILED_PRECONDITION; a message above the size limit -> RESOURCE_EXHAUSTED (gRPC's own check).  Every refusal
-by the service is reported through ``on_event("refused", {"client_id", "code", "reason", "message"})``.
+FAILED_PRECONDITION; a message above the size limit -> RESOURCE_EXHAUSTED (gRPC's own check; the gate logs
+it).  Every refusal by the service is reported through
+``on_event("refused", {"client_id", "code", "reason", "message"})``.
 """
 from __future__ import annotations
 
@@ -93,6 +95,8 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
       store: where checkpoints, replies and the step journal go (None: in memory only).
       checkpoint_every: checkpoint after every this many server steps (0: only on :meth:`save`).
       session_ttl: seconds after which a session without calls expires (NOT_FOUND: the client handshakes again).
+      reply_ttl: seconds a client's stored reply is kept after its last step (to answer a retry of that step, after
+        a crash of the client or the server); older reply files are removed at a checkpoint.
       on_event: callback ``(name, info)`` for "handshake", "step", "checkpoint", "restored", "journal_damaged",
         "refused" (no printing here; :mod:`dpact_tf.edge.ops` logs and counts them).
     """
@@ -100,20 +104,21 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
     def __init__(self, half: ServerHalf, *, num_classes: int, cut: str, activation_shape: Sequence[int],
                  max_batch: int = 256, activation_range: float = PAPER_ACTIVATION_RANGE,
                  schedule: Optional[Schedule] = None, store: Optional[CheckpointStore] = None,
-                 checkpoint_every: int = 0, session_ttl: float = 3600.0,
+                 checkpoint_every: int = 0, session_ttl: float = 3600.0, reply_ttl: float = 7 * 86400.0,
                  on_event: Optional[Callable[[str, dict], None]] = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 (got {max_batch})")
         if not (math.isfinite(activation_range) and activation_range > 0):
             raise ValueError(f"activation_range must be finite and > 0 (got {activation_range})")
-        if not session_ttl > 0:
-            raise ValueError(f"session_ttl must be > 0 seconds (got {session_ttl})")
+        if not session_ttl > 0 or not reply_ttl > 0:
+            raise ValueError(f"session_ttl and reply_ttl must be > 0 seconds (got {session_ttl}, {reply_ttl})")
         if checkpoint_every < 0 or (checkpoint_every and store is None):
             raise ValueError("checkpoint_every must be >= 0 and needs a store (a checkpoint directory)")
         self.half, self.schedule = half, schedule
         self.num_classes, self.cut, self.max_batch = int(num_classes), cut, int(max_batch)
         self.activation_shape = tuple(int(s) for s in activation_shape)
         self.activation_range, self.session_ttl = float(activation_range), float(session_ttl)
+        self.reply_ttl = float(reply_ttl)
         self.store, self.checkpoint_every = store, int(checkpoint_every)
         self.on_event = on_event or (lambda name, info: None)
         self._lock = threading.Lock()
@@ -183,8 +188,9 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
         self.store.save(self.half.checkpoint, state, replies)
         for c in self._clients.values():  # every reply is on disk now: memory holds those of later steps only
             c.dirty, c.reply = False, None
+        removed = self.store.remove_old_replies(self.reply_ttl)
         self.on_event("checkpoint", {"server_steps": state.server_steps, "replies_written": len(replies),
-                                     "seconds": time.monotonic() - start})
+                                     "replies_removed": removed, "seconds": time.monotonic() - start})
 
     # --- the three calls ---------------------------------------------------------------------------------
     def Handshake(self, request: pb.HandshakeRequest, context: grpc.ServicerContext) -> pb.HandshakeReply:
@@ -226,8 +232,9 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
                 stored = client.reply or self._stored_reply(client)  # a retry: answered, not applied again
                 if stored is None:
                     self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
-                                 f"step {request.step} was applied but its stored reply was lost (a damaged file in "
-                                 "the checkpoint directory); this run cannot resume it", client.client_id, "reply_lost")
+                                 f"step {request.step} was applied but its stored reply was lost (removed "
+                                 f"{self.reply_ttl:g} s after the step, or a damaged file in the checkpoint "
+                                 "directory); this run cannot resume it", client.client_id, "reply_lost")
                 reply = pb.TrainStepReply()
                 reply.CopyFrom(stored)
                 reply.replayed = True

@@ -16,7 +16,9 @@ Files in the checkpoint directory:
   last step, request digest and image counts (a few hundred bytes per client);
 * ``replies/<hash of the client id>.bin`` -- each client's last reply (dL/d(activation) of its last batch, to
   answer a retry after a crash): a :class:`StoredReply` record and the raw float32 gradient as a second
-  record, so a reply of any size is stored (a protobuf message cannot exceed 2 GiB);
+  record, so a reply of any size is stored (a protobuf message cannot exceed 2 GiB).  A file not rewritten
+  for ``reply_ttl`` seconds (its client has not stepped since) is removed at a checkpoint, so the directory
+  holds the replies of the clients active in that time, not of every client id ever seen;
 * ``journal.bin`` -- one :class:`JournalRecord` per step since the checkpoint: what the server received
   anyway (encoded activations and labels) and the learning rate.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from dpact_tf.edge import dpact_edge_pb2 as pb
@@ -113,6 +116,15 @@ class CheckpointStore:
         header = pb.StoredReply(client_id=client_id, step=step, request_digest=digest, reply=reply)
         header.reply.grad.data = b""
         write_records(self._reply_path(client_id), [header.SerializeToString(), reply.grad.data], fsync=self.fsync)
+
+    def remove_old_replies(self, reply_ttl: float) -> int:
+        """Remove the reply files not rewritten for ``reply_ttl`` seconds; how many were removed."""
+        removed, cutoff = 0, time.time() - reply_ttl
+        for entry in os.scandir(self.replies_dir):
+            if entry.name.endswith(".bin") and entry.stat().st_mtime < cutoff:
+                os.remove(entry.path)
+                removed += 1
+        return removed
 
     def save(self, checkpoint: Any, state: pb.ServerState,
              replies: Dict[str, Tuple[int, bytes, pb.TrainStepReply]]) -> None:

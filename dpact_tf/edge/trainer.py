@@ -8,7 +8,7 @@ labels and gets dL/d(activation) back, the head applies it to its own weights.
 * :class:`KerasHead` -- the client model in Keras, trained by :class:`dpact_tf.split.SplitClient` (imports
   TensorFlow).
 * :class:`LiteRTHead` -- the exported ``head.tflite`` in the LiteRT interpreter, through
-  :class:`dpact_tf.runtime.HeadRunner`'s ``release`` (``clean`` without noise) and ``train``: the phone's path, no
+  :class:`dpact_tf.deploy.runtime.HeadRunner`'s ``release`` (``clean`` without noise) and ``train``: the phone's path, no
   TensorFlow.  Its learning rate follows the same exponential decay as the Keras optimizer.
 
 With a :class:`~dpact_tf.ledger.PrivacyLedger`, :class:`RemoteTrainer` records every batch (training and

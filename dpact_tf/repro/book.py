@@ -25,10 +25,11 @@ from dpact_tf.repro.results import REPO
 
 __all__ = ["NOTEBOOKS", "NEEDS", "run_notebooks", "build_book", "resolve_dataset", "clean_executed", "rerun_note", "main"]
 
-# Execution order matters: the fine-tuning notebook uses the pre-trained model, the discussion every study.
+# Execution order matters: the fine-tuning notebook uses the pre-trained model, the discussion every study, and the
+# book's front page (00_intro: what the book finds, from every chapter's metrics) comes last.
 NOTEBOOKS: List[str] = ["01_activations", "02_scratch", "03_finetune", "04_partition", "05_mobile_cost",
                          "06_accounting", "07_attacks", "08_fidelity", "09_baselines",
-                         "10_discussion"]
+                         "10_discussion", "00_intro"]
 
 # The chapters whose results a chapter reads: the cached runs it shares (the public model, trained first by
 # 01_activations; the from-scratch runs of 02_scratch) and the metrics it loads.  With ``jobs > 1`` a chapter starts
@@ -43,7 +44,8 @@ NEEDS: Dict[str, Tuple[str, ...]] = {
     "07_attacks": ("01_activations", "03_finetune"),  # the public model, the fine-tuning runs (server classifier)
     "08_fidelity": ("02_scratch", "03_finetune", "07_attacks"),  # 07 trains the no-noise convergence run (its oracle)
     "09_baselines": ("01_activations", "02_scratch"),
-    "10_discussion": tuple(NOTEBOOKS[:-1]),
+    "10_discussion": tuple(NOTEBOOKS[:-2]),
+    "00_intro": tuple(NOTEBOOKS[:-2]),
 }
 
 HIDDEN_TAGS = ("parameters", "injected-parameters")

@@ -61,20 +61,26 @@ def _row(figure: str, claim: str, ours: str, verdict: str, rule: str, why: str =
 def _ladder_outlook(ladder: Optional[Mapping[str, Any]], epsilons, required: float, *,
                     allow_contradiction: bool = True):
     """(verdict, text) from the scale ladder's predictions at the paper's size for ``epsilons`` (the ladder's
-    largest when None) against the relative accuracy ``required``; (None, text) when the ladder was not run."""
-    if not ladder or not ladder.get("trends"):
+    largest when None) against the relative accuracy ``required``; (None, text) when the ladder was not run.  An
+    epsilon without a trend (its runs at chance at every size but one) leaves the verdict inconclusive."""
+    if not ladder or not (ladder.get("trends") or ladder.get("no_trend")):
         return None, "scale ladder: not run"
-    trends = ladder["trends"]
-    keys = list(trends) if epsilons is None else [f"{e:g}" for e in epsilons if f"{e:g}" in trends]
+    trends, no_trend = ladder.get("trends", {}), ladder.get("no_trend", {})
+    known = {**{k: None for k in no_trend}, **{k: None for k in trends}}
+    keys = list(known) if epsilons is None else [f"{e:g}" for e in epsilons if f"{e:g}" in known]
     if epsilons is None:
         keys = [max(keys, key=float)]
     if not keys:
         return None, "scale ladder: no run at these ε"
     parts, consistent, contradicted = [], True, False
     for k in keys:
+        if k not in trends:
+            parts.append(f"ε={k}: no trend ({no_trend[k]})")
+            consistent = False
+            continue
         t = trends[k]
         interval = (f" ({round(100 * t['level'])}% interval {t['lower']:.2f}–{t['upper']:.2f})"
-                    if t["lower"] is not None else " (no interval: fewer than 3 sizes)")
+                    if t["lower"] is not None else " (no interval: fewer than 3 runs above chance)")
         parts.append(f"ε={k}: {t['slope_per_decade']:+.2f} per decade of coordinates, predicted "
                      f"{t['prediction']:.2f}{interval} at the paper's size")
         consistent &= t["prediction"] >= required
@@ -85,16 +91,16 @@ def _ladder_outlook(ladder: Optional[Mapping[str, Any]], epsilons, required: flo
     if contradicted and allow_contradiction:
         return CONTRADICTED, text
     if contradicted:
-        text += " (too few epochs per ladder run to contradict: see the rule)"
+        text += " (ladder runs shorter than the baseline needed to converge cannot contradict: see the rule)"
     return INCONCLUSIVE, text
 
 
 def _ladder_can_contradict(conv: Optional[Mapping[str, Any]], ladder: Optional[Mapping[str, Any]]) -> bool:
-    """A ladder says "fails at the paper's size" only if its runs were as long as the baseline needed to converge:
-    at a shorter equal budget a noisy run may sit at chance only because it has not had the epochs."""
+    """A ladder says "fails at the paper's size" only if its runs could be as long as the baseline needed to
+    converge: at a shorter budget a noisy run may sit at chance only because it has not had the epochs."""
     if not conv or not ladder or not conv.get("baseline_converged"):
         return False
-    return ladder.get("epochs", 0) >= conv.get("baseline_epochs", float("inf"))
+    return ladder.get("max_epochs", 0) >= conv.get("baseline_epochs", float("inf"))
 
 
 def _convergence_text(conv: Mapping[str, Any]) -> str:

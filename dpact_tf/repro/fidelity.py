@@ -8,16 +8,18 @@ public model of Fig. 4.  This module holds the studies that separate them:
   common budget, and how many epochs each epsilon needs to reach a fraction of the baseline ("more epochs with
   higher noise", the paper's wording);
 * :func:`ladder_study` -- utility at a fixed per-coordinate epsilon as the released activation grows (conv1
-  channels, then input size) under the same small server, with a straight-line fit of the retained gain
-  against log10(coordinates) and its prediction interval at the paper's size (:func:`fit_trend`);
+  channels, then input size) under the same small server, each run trained until it stops improving, with a
+  straight-line fit of the retained gain against log10(coordinates) through the runs above chance and its
+  prediction interval at the paper's size (:func:`fit_trend`, :func:`ladder_trends`);
 * :func:`gpu_estimates` -- the ``paper`` profile's wall time per study on this CPU and on one GPU, estimated from
   the networks' FLOPs and the throughput measured here (labelled as estimates).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,8 +28,9 @@ from dpact_tf.repro.profiles import get_profile
 from dpact_tf.repro.results import record_metrics, relative_to_repo, study_dir
 from dpact_tf.repro.runs import RunSpec, load_faces, run_training
 
-__all__ = ["convergence_study", "convergence_spec", "ladder_study", "fit_trend", "epochs_to_reach", "retained_gain", "training_flops_per_image",
-           "gpu_estimates", "profile_workload", "PAPER_COORDINATES", "REACH_FRACTIONS", "PREDICTION_LEVEL", "GPU_SUSTAINED_TFLOPS"]
+__all__ = ["ConvergenceStudy", "LadderStudy", "convergence_study", "convergence_spec", "ladder_study", "ladder_runs_spec", "ladder_trends", "ladder_note", "trend_lines",
+           "cut_note", "ladder_table", "convergence_text", "above_chance", "fit_trend", "epochs_to_reach", "retained_gain", "training_flops_per_image",
+           "gpu_estimates", "profile_workload", "PAPER_COORDINATES", "REACH_FRACTIONS", "PREDICTION_LEVEL", "CHANCE_LEVEL", "GPU_SUSTAINED_TFLOPS"]
 
 #: coordinates the paper's client releases per image: conv1_1 of VGG-Face on 224x224 inputs
 PAPER_COORDINATES = 224 * 224 * 64
@@ -35,6 +38,8 @@ PAPER_COORDINATES = 224 * 224 * 64
 REACH_FRACTIONS: Tuple[float, ...] = (0.5, 0.75, 0.9)
 #: two-sided level of the prediction interval of the ladder's trend
 PREDICTION_LEVEL = 0.9
+#: confidence of the one-sided binomial test that a run's test accuracy is above the majority class
+CHANCE_LEVEL = 0.95
 #: an assumption, not a measurement: TFLOP/s that one modern data-centre GPU sustains when training VGG-16-sized
 #: convolutional networks in TF32/mixed precision (about a tenth of an A100's or H100's tensor-core peak)
 GPU_SUSTAINED_TFLOPS = 25.0
@@ -59,6 +64,23 @@ def epochs_to_reach(values: Sequence[float], target: float) -> Optional[int]:
     return None
 
 
+@dataclasses.dataclass
+class ConvergenceStudy:
+    rows: List[Dict[str, Any]]         # per epsilon: epochs trained, stopped or not, final accuracy, ...
+    figures: Dict[str, Any]            # "fig-convergence"
+    metrics: Dict[str, Any]            # what the discussion reads (recorded as the "convergence" metrics)
+    runs: List[Any]
+
+
+@dataclasses.dataclass
+class LadderStudy:
+    rows: List[Dict[str, Any]]         # per point, seed and epsilon: accuracy, above chance, gain kept, epochs
+    trends: Dict[str, Dict[str, Any]]  # per epsilon with a trend: fit_trend of the runs above chance
+    no_trend: Dict[str, str]           # per epsilon without one: why
+    figures: Dict[str, Any]            # "fig-ladder"
+    metrics: Dict[str, Any]            # what the discussion reads (recorded as the "ladder" metrics)
+
+
 # --- convergence ---------------------------------------------------------------------------------------------
 def convergence_spec(prof, dataset: str, epsilon: Optional[float], *, seed: int = 0, max_epochs: Optional[int] = None,
                      patience: Optional[int] = None, min_delta: Optional[float] = None) -> RunSpec:
@@ -78,7 +100,7 @@ def convergence_spec(prof, dataset: str, epsilon: Optional[float], *, seed: int 
 def convergence_study(faces=None, *, profile: str, dataset: str, epsilons: Optional[Sequence[Optional[float]]] = None,
                       max_epochs: Optional[int] = None, patience: Optional[int] = None,
                       min_delta: Optional[float] = None, seed: int = 0, results_dir: Optional[str] = None,
-                      force: bool = False, progress: bool = True) -> Dict[str, Any]:
+                      force: bool = False, progress: bool = True) -> ConvergenceStudy:
     """The baseline and ``epsilons`` trained from scratch (Fig. 3's setting) with early stopping.
 
     Every run has the same budget (``max_epochs``, over which the learning rate decays by the profile's factor)
@@ -129,7 +151,34 @@ def convergence_study(faces=None, *, profile: str, dataset: str, epsilons: Optio
                "baseline_epochs": base_row["epochs_trained"],
                "reach_fractions": list(REACH_FRACTIONS), "majority_class_test_accuracy": chance}
     record_metrics(results_dir, prof.name, dataset, "convergence", metrics)
-    return {"rows": rows, "figures": [fig], "metrics": metrics, "runs": runs}
+    return ConvergenceStudy(rows=rows, figures={"fig-convergence": fig}, metrics=metrics, runs=runs)
+
+
+def convergence_text(metrics: Mapping[str, Any], sweep: Optional[Mapping[str, Any]] = None) -> str:
+    """The convergence study in words (Markdown): where the baseline stopped, and per epsilon its final accuracy, the
+    share of the baseline's gain over chance it keeps and when it reached the largest reach fraction; with the Fig. 3
+    sweep's metrics (``sweep``), what its shorter budget gave."""
+    rows = {r["epsilon"]: r for r in metrics["rows"]}
+    base = rows[None]
+    frac = max(metrics["reach_fractions"])
+    key = f"epochs_to_{round(frac * 100)}%"
+    state = (f"stopped at epoch {base['epochs_trained']}" if base["stopped_early"]
+             else f"was still improving at the end of the budget ({base['epochs_trained']} epochs)")
+    lines = [f"The baseline {state} with a final test accuracy of **{base['final_test_accuracy']:.3f}**."]
+    finals: Dict[Any, float] = {}
+    if sweep:
+        finals = {h["epsilon"]: h["history"]["test_accuracy"][-1] for h in sweep["histories"]}
+        n = len(sweep["histories"][0]["history"]["epoch"])
+        lines.append(f"In the Fig. 3 sweep ({n} epochs) the same network ended at {finals.get(None, float('nan')):.3f}.")
+    for eps, r in rows.items():
+        if eps is None:
+            continue
+        reach = (f"reached {frac:.0%} of the baseline's final accuracy at epoch {r[key]}" if r[key] is not None
+                 else f"never reached {frac:.0%} of the baseline's final accuracy")
+        lines.append(f"At ε = {eps:g} the final test accuracy is {r['final_test_accuracy']:.3f} "
+                     f"(it keeps {r['retained_gain']:.0%} of the baseline's gain over chance); it {reach}"
+                     + (f" (the sweep's {n} epochs gave {finals[eps]:.3f})" if eps in finals else "") + ".")
+    return " ".join(lines)
 
 
 # --- scale ladder ---------------------------------------------------------------------------------------------
@@ -169,15 +218,70 @@ def fit_trend(coordinates: Sequence[float], values: Sequence[float], *, at: floa
     return out
 
 
+def above_chance(accuracy: float, chance: float, n_test: int, *, level: float = CHANCE_LEVEL) -> bool:
+    """Whether a test accuracy is above always guessing the largest class: a one-sided exact binomial test of
+    ``round(accuracy * n_test)`` correct answers out of ``n_test`` against the rate ``chance`` at ``level``.
+
+    A run that fails it sits on the chance floor: its accuracy says only that the run learned nothing measurable,
+    not how much it would have kept -- the value is censored, and a trend fitted through it is not a measurement.
+    """
+    from scipy import stats
+
+    if not 0 <= chance <= 1 or n_test < 1:
+        raise ValueError(f"chance must be in [0, 1] and n_test >= 1 (got {chance}, {n_test})")
+    correct = int(round(float(accuracy) * n_test))
+    return bool(stats.binom.sf(correct - 1, n_test, chance) < 1 - level)
+
+
+def ladder_runs_spec(prof, *, size: int, channels: int, epsilon: Optional[float], seed: int, dataset: str) -> RunSpec:
+    """The run of one ladder point: trained from scratch with the convergence study's early stopping and budget
+    (so a point stops when it no longer improves, and the profile's own shape shares the convergence study's runs)."""
+    from dpact_tf.vggface import layer_plan
+
+    patience, max_epochs = prof.convergence_patience, prof.convergence_max_epochs
+    default_channels = layer_plan(prof.width)[0][2]
+    return RunSpec(task="scratch", profile=prof.name, dataset=dataset, epsilon=epsilon, epochs=max_epochs, seed=seed,
+                   patience=patience, min_delta=prof.convergence_min_delta,
+                   start_from_epoch=max(0, min(prof.epochs, max_epochs - patience)),
+                   image_size=None if size == prof.image_size else size,
+                   conv1_channels=None if channels == default_channels else channels)
+
+
+def ladder_trends(rows: Sequence[Mapping[str, Any]]) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, str]]:
+    """Per epsilon, :func:`fit_trend` of the retained gain over the runs *above chance* only, and for every epsilon
+    that cannot have a trend, why: at chance at every size, or above chance at a single size only.
+
+    Runs at chance are censored at the floor (see :func:`above_chance`); a line through them would report a
+    certainty that the data do not give (three zeros make a zero-width interval)."""
+    trends: Dict[str, Dict[str, Any]] = {}
+    why_not: Dict[str, str] = {}
+    for eps in sorted({r["epsilon"] for r in rows if r["epsilon"] is not None}):
+        sel = [r for r in rows if r["epsilon"] == eps]
+        kept = [r for r in sel if r["above_chance"] and r["retained_gain"] == r["retained_gain"]]
+        sizes = {r["coordinates"] for r in kept}
+        key = f"{eps:g}"
+        if not kept:
+            why_not[key] = f"at chance at every size ({len(sel)} runs)"
+        elif len(sizes) < 2:
+            why_not[key] = (f"above chance at one size only ({len(kept)} of {len(sel)} runs): a trend needs two")
+        else:
+            t = fit_trend([r["coordinates"] for r in kept], [r["retained_gain"] for r in kept])
+            t["censored"] = len(sel) - len(kept)
+            trends[key] = t
+    return trends, why_not
+
+
 def ladder_study(*, profile: str, dataset: str, points: Optional[Sequence[Tuple[int, int]]] = None,
-                 epsilons: Optional[Sequence[Optional[float]]] = None, epochs: Optional[int] = None, seed: int = 0,
-                 results_dir: Optional[str] = None, force: bool = False, progress: bool = True) -> Dict[str, Any]:
+                 epsilons: Optional[Sequence[Optional[float]]] = None, seed: int = 0,
+                 results_dir: Optional[str] = None, force: bool = False, progress: bool = True) -> LadderStudy:
     """Accuracy at fixed per-coordinate epsilon as the released activation grows, the server unchanged.
 
     ``points``: (input side in pixels, conv1_1 channels) pairs, e.g. ``[(64, 8), (64, 16), (64, 32), (64, 64)]``;
-    every other layer keeps the profile's width.  Every point trains the no-noise baseline and each epsilon for
-    the same ``epochs``; utility is :func:`retained_gain` of the final test accuracy against the no-noise run at
-    the same point, and :func:`fit_trend` extrapolates it to the paper's :data:`PAPER_COORDINATES` per epsilon.
+    every other layer keeps the profile's width.  Every point trains the no-noise baseline and each epsilon until it
+    stops improving (:func:`ladder_runs_spec`); the largest point trains ``profile.ladder_largest_seeds`` seeds.
+    Utility is :func:`retained_gain` of the final test accuracy against the no-noise run of the same point and
+    seed; :func:`ladder_trends` extrapolates it to the paper's :data:`PAPER_COORDINATES` per epsilon from the runs
+    above chance only.
     """
     from dpact_tf.repro.studies import resolve_epsilons
 
@@ -187,56 +291,114 @@ def ladder_study(*, profile: str, dataset: str, points: Optional[Sequence[Tuple[
     if None not in eps_list or len(eps_list) < 2:
         raise ValueError("the ladder compares each epsilon with the no-noise run: epsilons must include None and "
                          "at least one epsilon")
-    epochs = int(epochs or prof.ladder_epochs)
-    from dpact_tf.vggface import layer_plan
-
-    default_channels = layer_plan(prof.width)[0][2]
-
-    def shape_fields(size: int, channels: int) -> Dict[str, Optional[int]]:
-        # the profile's own shape is spelled as the defaults, so the point shares the Fig. 3 sweep's cached runs
-        return {"image_size": None if size == prof.image_size else size,
-                "conv1_channels": None if channels == default_channels else channels}
-
+    largest = max(points, key=lambda p: (p[0] * p[0] * p[1], p[0]))
     faces_by_size: Dict[int, Any] = {}
     rows: List[Dict[str, Any]] = []
     for size, channels in points:
-        spec0 = RunSpec(task="scratch", profile=prof.name, dataset=dataset, epsilon=None, epochs=epochs, seed=seed,
-                        **shape_fields(size, channels))
         if size not in faces_by_size:
+            spec0 = ladder_runs_spec(prof, size=size, channels=channels, epsilon=None, seed=seed, dataset=dataset)
             faces_by_size[size] = load_faces(spec0.profile_obj(), dataset, seed=seed, progress=progress)
-        point_rows = []
-        for eps in eps_list:
-            spec = RunSpec(task="scratch", profile=prof.name, dataset=dataset, epsilon=eps, epochs=epochs, seed=seed,
-                           **shape_fields(size, channels))
-            run = run_training(spec, results_dir=results_dir, force=force, progress=progress,
-                               data=faces_by_size[size])
-            point_rows.append({"image_size": size, "conv1_channels": channels, "coordinates": size * size * channels,
-                               "epsilon": eps, "final_test_accuracy": run.history["test_accuracy"][-1],
-                               "final_train_accuracy": run.history["train_accuracy"][-1],
-                               "seconds": run.info.get("wall_seconds"), "run": relative_to_repo(run.path)})
-        base = next(r["final_test_accuracy"] for r in point_rows if r["epsilon"] is None)
-        chance = faces_by_size[size].majority_class_rate
-        for r in point_rows:
-            r["retained_gain"] = retained_gain(r["final_test_accuracy"], base, chance)
-        rows.extend(point_rows)
-    trends = {}
-    for eps in eps_list:
-        if eps is None:
-            continue
-        sel = [r for r in rows if r["epsilon"] == eps]
-        if len({r["coordinates"] for r in sel}) >= 2:
-            trends[f"{eps:g}"] = fit_trend([r["coordinates"] for r in sel], [r["retained_gain"] for r in sel])
+        faces = faces_by_size[size]
+        chance, n_test = faces.majority_class_rate, int(len(faces.test_labels))
+        seeds = range(seed, seed + (prof.ladder_largest_seeds if (size, channels) == largest else 1))
+        for s in seeds:
+            point_rows = []
+            for eps in eps_list:
+                spec = ladder_runs_spec(prof, size=size, channels=channels, epsilon=eps, seed=s, dataset=dataset)
+                run = run_training(spec, results_dir=results_dir, force=force, progress=progress, data=faces)
+                acc = run.history["test_accuracy"]
+                point_rows.append({"image_size": size, "conv1_channels": channels,
+                                   "coordinates": size * size * channels, "epsilon": eps, "seed": s,
+                                   "final_test_accuracy": acc[-1],
+                                   "final_train_accuracy": run.history["train_accuracy"][-1],
+                                   "epochs_trained": len(acc), "stopped_early": len(acc) < spec.epochs,
+                                   "above_chance": above_chance(acc[-1], chance, n_test),
+                                   "seconds": run.info.get("wall_seconds"), "run": relative_to_repo(run.path)})
+            base = next(r for r in point_rows if r["epsilon"] is None)
+            for r in point_rows:
+                r["retained_gain"] = (retained_gain(r["final_test_accuracy"], base["final_test_accuracy"], chance)
+                                      if base["above_chance"] else float("nan"))
+            rows.extend(point_rows)
+    trends, why_not = ladder_trends(rows)
     chance = faces_by_size[points[0][0]].majority_class_rate
-    fig = plots.ladder_plot(rows, trends, paper_coordinates=PAPER_COORDINATES, dataset=dataset, epochs=epochs)
+    max_epochs = prof.convergence_max_epochs
+    fig = plots.ladder_plot(rows, trends, paper_coordinates=PAPER_COORDINATES, dataset=dataset, epochs=max_epochs)
     plots.save_figure(fig, study_dir(results_dir, prof.name, dataset, "figures"), "ladder",
                       {"rows": rows, "trends": trends})
-    metrics = {"rows": rows, "trends": trends, "epochs": epochs, "points": [list(p) for p in points],
+    metrics = {"rows": rows, "trends": trends, "no_trend": why_not, "max_epochs": max_epochs,
+               "patience": prof.convergence_patience, "points": [list(p) for p in points],
                "paper_coordinates": PAPER_COORDINATES, "majority_class_test_accuracy": chance}
     record_metrics(results_dir, prof.name, dataset, "ladder", metrics)
-    return {"rows": rows, "trends": trends, "figures": [fig], "metrics": metrics}
+    return LadderStudy(rows=rows, trends=trends, no_trend=why_not, figures={"fig-ladder": fig}, metrics=metrics)
 
 
-# --- paper profile on a GPU -----------------------------------------------------------------------------------
+def _shapes(points) -> str:
+    return ", ".join(f"{s}×{s}×{c}" for s, c in points)
+
+
+def ladder_note(prof, medium) -> str:
+    """What this profile's ladder trains, and what ``medium``'s adds (Markdown)."""
+    note = (f"This profile's ladder: {_shapes(prof.ladder_points)} at ε ∈ {plots.eps_set(prof.ladder_epsilons)}, "
+            f"each run until it stops improving (patience {prof.convergence_patience} epochs, at most "
+            f"{prof.convergence_max_epochs}).")
+    if set(medium.ladder_points) - set(prof.ladder_points) and prof.name != medium.name:
+        note += (f" The `medium` profile trains {_shapes(medium.ladder_points)} at ε ∈ "
+                 f"{plots.eps_set(medium.ladder_epsilons)} (at most {medium.convergence_max_epochs} epochs, "
+                 f"{medium.ladder_largest_seeds} seeds at its largest point); this profile leaves the larger points "
+                 "out to keep `make book` within its time budget on a 2-core CPU.")
+    return note
+
+
+def cut_note(prof, medium, paper) -> str:
+    """What the fidelity studies of ``prof`` leave to ``medium`` and ``paper`` (Markdown)."""
+    text = (f"At `{prof.name}`: convergence runs for ε ∈ {plots.eps_set(prof.convergence_epsilons)} "
+            f"with a {prof.convergence_max_epochs}-epoch budget; the ladder at {_shapes(prof.ladder_points)}, "
+            f"ε ∈ {plots.eps_set(prof.ladder_epsilons)}, each run until it stops improving; one seed per run "
+            f"except the ladder's largest point ({prof.ladder_largest_seeds}).")
+    if set(medium.ladder_points) - set(prof.ladder_points) and prof.name != medium.name:
+        text += (f" The `medium` profile runs the convergence study for up to {medium.convergence_max_epochs} epochs "
+                 f"(ε ∈ {plots.eps_set(medium.convergence_epsilons)}) and the ladder at "
+                 f"{_shapes(medium.ladder_points)} at ε ∈ {plots.eps_set(medium.ladder_epsilons)} "
+                 f"({medium.ladder_largest_seeds} seeds at its largest point).")
+    if prof.name != paper.name:
+        text += (f" Larger points (the paper's {paper.image_size}×{paper.image_size} input) are the `paper` "
+                 f"profile's ladder, {_shapes(paper.ladder_points)}, for a GPU.")
+    return text
+
+
+def ladder_table(rows: Sequence[Mapping[str, Any]]):
+    """One line per ladder run: its shape, seed, epsilon, final test accuracy, whether it is above chance, the
+    share of the no-noise gain it keeps, its epochs and its minutes (a pandas DataFrame)."""
+    import pandas as pd
+
+    out = pd.DataFrame([{
+        "released per image": f"{r['image_size']}×{r['image_size']}×{r['conv1_channels']} = {r['coordinates']:,}",
+        "seed": r["seed"], "ε": plots.eps_label(r["epsilon"]), "final test acc.": round(r["final_test_accuracy"], 3),
+        "above chance": "yes" if r["above_chance"] else "no",
+        "gain kept": None if r["epsilon"] is None else round(r["retained_gain"], 3),
+        "epochs": r["epochs_trained"],
+        "minutes": None if r.get("seconds") is None else round(r["seconds"] / 60, 1)} for r in rows])
+    return out.set_index(["released per image", "seed", "ε"])
+
+
+def trend_lines(ladder) -> str:
+    """The ladder's predictions at the paper's size, one bullet per epsilon, and for the epsilons without a
+    trend, why (Markdown)."""
+    trends, no_trend = ((ladder.trends, ladder.no_trend) if isinstance(ladder, LadderStudy)
+                        else (ladder["trends"], ladder.get("no_trend", {})))
+    lines = []
+    for eps, t in trends.items():
+        interval = (f"{round(100 * t['level'])}% prediction interval {t['lower']:.2f} to {t['upper']:.2f}"
+                    if t["lower"] is not None else "no interval (fewer than three runs above chance)")
+        censored = f"; {t['censored']} run(s) at chance left out" if t.get("censored") else ""
+        lines.append(f"* ε = {eps}: {t['slope_per_decade']:+.3f} per tenfold more coordinates; at the paper's size "
+                     f"the line predicts that **{t['prediction']:.2f}** of the no-noise gain is kept ({interval}), "
+                     f"{t['extrapolation_decades']:.1f} decades beyond the largest point measured{censored}.")
+    for eps, why in no_trend.items():
+        lines.append(f"* ε = {eps}: no trend — {why}; nothing can be extrapolated to the paper's size.")
+    return "\n".join(lines)
+
+
 def training_flops_per_image(*, image_size: int, width: float, fc_units: int, num_classes: int,
                              conv1_channels: Optional[int] = None, trainable: str = "all") -> float:
     """FLOPs of one training step per image (2 per multiply-add; conv and dense layers): forward, plus backward
@@ -314,7 +476,8 @@ def profile_workload(profile: str, *, train_images: int, num_classes: int, publi
                         "flops_per_image": training_flops_per_image(num_classes=public_classes, **net)})
     ladder = sum(training_flops_per_image(num_classes=num_classes, image_size=size, width=prof.width,
                                           fc_units=prof.fc_units, conv1_channels=ch) for size, ch in prof.ladder_points)
-    rows.append({"study": "scale ladder", "runs": len(prof.ladder_points) * len(prof.ladder_epsilons),
-                 "epochs": prof.ladder_epochs, "images_per_epoch": train_images,
+    runs = (len(prof.ladder_points) + prof.ladder_largest_seeds - 1) * len(prof.ladder_epsilons)
+    rows.append({"study": "scale ladder (upper bound: no early stop)", "runs": runs,
+                 "epochs": prof.convergence_max_epochs, "images_per_epoch": train_images,
                  "flops_per_image": ladder / len(prof.ladder_points)})
     return rows

@@ -397,18 +397,23 @@ def ladder_plot(rows: List[Dict[str, Any]], trends: Dict[str, Dict[str, Any]], *
     eps_values = sorted({r["epsilon"] for r in rows}, key=lambda e: -1 if e is None else e)
     colors = dict(zip(eps_values, _colors(len(eps_values))))
     for eps in eps_values:
-        sel = sorted((r for r in rows if r["epsilon"] == eps), key=lambda r: r["coordinates"])
-        x = [r["coordinates"] for r in sel]
+        sel = [r for r in rows if r["epsilon"] == eps]
+        x = sorted({r["coordinates"] for r in sel})
+        mean = [float(np.mean([r["final_test_accuracy"] for r in sel if r["coordinates"] == c])) for c in x]
         style = dict(color=colors[eps], label=eps_label(eps), marker="o", ls="--" if eps is None else "-")
-        axes[0].plot(x, [r["final_test_accuracy"] for r in sel], **style)
+        axes[0].plot(x, mean, **style)  # the mean over seeds where a point has several
         if eps is None:
             continue
-        axes[1].plot(x, [r["retained_gain"] for r in sel], **{**style, "ls": "none"})
+        for above, face in ((True, colors[eps]), (False, "none")):
+            pts = [r for r in sel if bool(r.get("above_chance", True)) == above]
+            axes[1].scatter([r["coordinates"] for r in pts], [r["retained_gain"] for r in pts], marker="o",
+                            facecolors=face, edgecolors=colors[eps],
+                            label=None if above else f"{eps_label(eps)}: at chance (left out of the fit)")
         t = trends.get(f"{eps:g}")
         if t:
             xs = np.logspace(math.log10(min(x)), math.log10(paper_coordinates), 50)
             axes[1].plot(xs, t["intercept"] + t["slope_per_decade"] * np.log10(xs), color=colors[eps], lw=1,
-                         ls=":")
+                         ls=":", label=f"{eps_label(eps)}: trend")
             if t["lower"] is not None:
                 axes[1].errorbar([paper_coordinates], [t["prediction"]],
                                  yerr=[[t["prediction"] - t["lower"]], [t["upper"] - t["prediction"]]],
@@ -425,7 +430,8 @@ def ladder_plot(rows: List[Dict[str, Any]], trends: Dict[str, Dict[str, Any]], *
     measured = [r["retained_gain"] for r in rows if r["epsilon"] is not None and r["retained_gain"] == r["retained_gain"]]
     lo, hi = min(measured + [0.0]), max(measured + [1.0])
     axes[1].set_ylim(max(-1.0, lo - 0.3), min(2.0, hi + 0.3))
-    axes[0].set_ylabel(f"final test accuracy ({epochs} epochs)")
+    axes[0].set_ylabel(f"final test accuracy (early stopping, ≤ {epochs} epochs)")
+    axes[1].legend(fontsize=7)
     axes[1].set_ylabel("(acc − chance) ÷ (no-noise acc − chance)")
     axes[0].legend(fontsize=8)
     axes[1].set_title("dotted: fitted trend; square: its prediction at the paper's size "

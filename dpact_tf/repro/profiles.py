@@ -123,16 +123,18 @@ class Profile:
     convergence_epsilons: Tuple[Optional[float], ...]  # epsilons of the convergence study (None = no noise)
     ladder_points: Tuple[Tuple[int, int], ...]         # scale ladder: (input side, conv1_1 channels) per point
     ladder_epsilons: Tuple[Optional[float], ...]       # scale ladder: epsilons at every point (None = no noise)
-    ladder_epochs: int              # scale ladder: epochs of every run
     baselines: BaselineSchedule     # the baselines chapter (DP-SGD, PrivyNet-style, DSSGD, SPNN-style)
     # the attacks chapter's epsilons when none are given (None: the paper's sweep, DEFAULT_EPSILONS)
     attack_epsilons: Optional[Tuple[Optional[float], ...]] = None
+    # scale ladder: seeds of its largest point (every other point trains one); every ladder run trains with the
+    # convergence study's early stopping and budget, so a point stops when it no longer improves
+    ladder_largest_seeds: int = 1
 
     def __post_init__(self) -> None:
         if self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32 (got {self.image_size})")
         for field in ("epochs", "finetune_epochs", "partition_epochs", "batch_size",
-                      "convergence_max_epochs", "convergence_patience", "ladder_epochs"):
+                      "convergence_max_epochs", "convergence_patience", "ladder_largest_seeds"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1 (got {getattr(self, field)})")
 
@@ -183,17 +185,19 @@ _SMALL = Profile(name="small", image_size=64, crop_fraction=0.6, width=1 / 8, fc
                  partition_epsilons=(None, 10.0), synthetic_identities=40,
                  synthetic_images_per_identity=30, benchmark_repeats=10, convergence_max_epochs=30,
                  convergence_patience=8, convergence_min_delta=0.005, convergence_epsilons=(None, 3.0, 5.0, 10.0),
-                 ladder_points=((64, 4), (64, 8), (64, 16)), ladder_epsilons=(None, 3.0, 5.0),
-                 ladder_epochs=15, baselines=_BASELINES, attack_epsilons=_SMALL_ATTACK_EPSILONS)
+                 ladder_points=((64, 4), (64, 8), (64, 16)), ladder_epsilons=(None, 10.0),
+                 baselines=_BASELINES, attack_epsilons=_SMALL_ATTACK_EPSILONS)
 
 # medium: small's book with the fidelity chapter's budgets (dpact_tf.repro.fidelity) -- convergence runs twice as long
-# and a scale ladder to the paper's 64 conv1 channels and 96x96 inputs.  Every other field is small's
-# (tests/test_fidelity.py checks it), so `make book PROFILE=medium` costs small's chapters plus its fidelity chapter,
-# measured apart (README).  Larger ladder points (96x96x64 trains ~8x slower than 64x64x8 here) are left to a GPU.
+# and a scale ladder at epsilon 5 and 10 to the paper's 64 conv1 channels and 96x96 inputs, two seeds at 64x64x64.
+# Every other field is small's (tests/test_fidelity.py checks it), so `make book PROFILE=medium` costs small's
+# chapters plus its fidelity chapter (README).  Larger points (96x96x64 trains ~8x slower than 64x64x8 here) are
+# left to a GPU.
 FIDELITY_FIELDS: Tuple[str, ...] = ("convergence_max_epochs", "convergence_patience", "convergence_min_delta",
-                                    "convergence_epsilons", "ladder_points", "ladder_epsilons", "ladder_epochs")
+                                    "convergence_epsilons", "ladder_points", "ladder_epsilons", "ladder_largest_seeds")
 _MEDIUM = dataclasses.replace(_SMALL, name="medium", convergence_max_epochs=60, convergence_patience=10,
-                              ladder_points=((64, 4), (64, 8), (64, 16), (64, 32), (64, 64), (96, 8)))
+                              ladder_points=((64, 4), (64, 8), (64, 16), (64, 32), (64, 64), (96, 8)),
+                              ladder_epsilons=(None, 5.0, 10.0), ladder_largest_seeds=2)
 
 PROFILES: Dict[str, Profile] = {
     "tiny": Profile(name="tiny", image_size=32, crop_fraction=0.6, width=1 / 8, fc_units=64, batch_size=32,
@@ -202,7 +206,7 @@ PROFILES: Dict[str, Profile] = {
                     partition_epsilons=(None, 1.0), synthetic_identities=8, synthetic_images_per_identity=30,
                     benchmark_repeats=3, convergence_max_epochs=6, convergence_patience=2,
                     convergence_min_delta=0.0, convergence_epsilons=(None, 3.0),
-                    ladder_points=((32, 4), (32, 8), (32, 16)), ladder_epsilons=(None, 5.0), ladder_epochs=2,
+                    ladder_points=((32, 4), (32, 8), (32, 16)), ladder_epsilons=(None, 3.0), ladder_largest_seeds=2,
                     baselines=BaselineSchedule(epochs=2, cuts=("conv1_1", "pool1"), dpsgd_epsilons=(3.0,),
                                                dpsgd_matched_epsilons=(5.0,), dpsgd_clip=1.0,
                                                dssgd_participants=(2,), dssgd_thetas=(0.1, 1.0), attack_epochs=1)),
@@ -216,8 +220,8 @@ PROFILES: Dict[str, Profile] = {
                      synthetic_images_per_identity=27, benchmark_repeats=20, convergence_max_epochs=100,
                      convergence_patience=10, convergence_min_delta=0.005,
                      convergence_epsilons=(None, 2.0, 3.0, 5.0, 10.0, 20.0),
-                     ladder_points=((224, 8), (224, 16), (224, 32), (224, 64)), ladder_epsilons=(None, 3.0, 5.0),
-                     ladder_epochs=30,
+                     ladder_points=((224, 8), (224, 16), (224, 32), (224, 64)), ladder_epsilons=(None, 3.0, 5.0, 10.0),
+                     ladder_largest_seeds=2,
                      baselines=dataclasses.replace(_BASELINES, epochs=30, dpsgd_epsilons=(1.0, 2.0, 3.0, 5.0, 10.0, 20.0),
                                                    dpsgd_matched_epsilons=(3.0, 10.0), dssgd_participants=(2, 4, 8),
                                                    attack_epochs=5)),

@@ -27,10 +27,12 @@ __all__ = ["REPO", "resolve_results_dir", "study_dir", "record_metrics", "load_m
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 
-# The modules whose code determines what a training run computes (their source is part of its cache key).
+# The modules whose code determines what a training run computes (their source is part of its cache key).  The
+# profile's settings that change a run are part of its configuration instead (Profile.training_settings), so
+# editing a study's schedule in dpact_tf.repro.profiles keeps the runs it does not change.
 TRAINING_MODULES = ("dpact_tf.privacy", "dpact_tf.grid", "dpact_tf.grid_tf", "dpact_tf.layers", "dpact_tf.vggface",
                     "dpact_tf.split", "dpact_tf.training", "dpact_tf.callbacks", "dpact_tf.data",
-                    "dpact_tf.synthetic", "dpact_tf.repro.profiles", "dpact_tf.repro.runs")
+                    "dpact_tf.synthetic", "dpact_tf.repro.runs")
 # ... and of the public model, trained with its own recipe (augmentation, Keras fit) by dpact_tf.repro.pretrain.
 PRETRAIN_MODULES = (*TRAINING_MODULES, "dpact_tf.augment", "dpact_tf.repro.pretrain")
 

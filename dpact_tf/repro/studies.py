@@ -5,6 +5,7 @@ Notebooks only narrate and call these functions.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -19,8 +20,48 @@ from dpact_tf.repro.profiles import DEFAULT_EPSILONS, get_profile
 from dpact_tf.repro.results import cache_key, record_metrics, relative_to_repo, resolve_results_dir, study_dir
 from dpact_tf.repro.runs import RunSpec, load_faces, run_training
 
-__all__ = ["resolve_epsilons", "activation_study", "split_summary", "scratch_runs", "record_scratch", "finetune_study",
+__all__ = ["ActivationStudy", "ScratchStudy", "FinetuneStudy", "PartitionStudy", "MobileStudy", "resolve_epsilons", "activation_study", "split_summary", "scratch_runs", "record_scratch", "finetune_study",
            "partition_study", "mobile_study", "encoding_study", "runs_table"]
+
+
+# --- typed results: each study's numbers and its figures keyed by the MyST name the chapter gives them ----------
+@dataclasses.dataclass
+class ActivationStudy:
+    table: List[Dict[str, Any]]        # per epsilon: SSIM and PSNR of the released map against the clean one
+    figures: Dict[str, Any]            # "fig-activations", "fig-activation-similarity"
+    faces: List[str]                   # the test images shown
+    clean_max: float                   # the largest clean activation (<= the LRN's true range)
+
+
+@dataclasses.dataclass
+class ScratchStudy:
+    table: List[Dict[str, Any]]        # per run: epsilon, final and best accuracies, loss, time
+    figures: Dict[str, Any]            # "fig-scratch-curves", "fig-scratch-final"
+    chance: float                      # the majority class's test accuracy
+
+
+@dataclasses.dataclass
+class FinetuneStudy:
+    runs: List[Any]
+    table: List[Dict[str, Any]]
+    figures: Dict[str, Any]            # "fig-finetune-curves"
+    claims: List[Dict[str, str]]       # the paper's two claims about Fig. 4, checked
+    pretrain: Dict[str, Any]           # the public model: source, people, held-out accuracy
+
+
+@dataclasses.dataclass
+class PartitionStudy:
+    rows: List[Dict[str, Any]]         # per cut and epsilon: test accuracy
+    costs: List[Dict[str, Any]]        # per cut at this profile: client FLOPs, parameters, upload
+    paper_costs: List[Dict[str, Any]]  # the same at the paper's size
+    figures: Dict[str, Any]            # "fig-partition"
+    runs: List[Any]
+
+
+@dataclasses.dataclass
+class MobileStudy:
+    results: Dict[str, Any]            # the benchmark's JSON (dpact_tf.repro.mobile_cost.run_mobile_benchmark)
+    figures: Dict[str, Any]            # "fig-mobile-cost"
 
 
 def resolve_epsilons(epsilons: Optional[Sequence[Optional[float]]]) -> List[Optional[float]]:
@@ -75,7 +116,7 @@ def _curves(runs, *, prof, dataset: str, results_dir: Optional[str] = None, name
 
 # --- Fig 2 ----------------------------------------------------------------------------------------------
 def activation_study(*, profile: str, dataset: str, results_dir: Optional[str] = None, epsilons=None, seed: int = 0,
-                     n_faces: int = 3, n_channels: int = 3, force: bool = False, progress: bool = True) -> Dict[str, Any]:
+                     n_faces: int = 3, n_channels: int = 3, force: bool = False, progress: bool = True) -> ActivationStudy:
     """conv1_1 activations of real faces after the DP layer for each epsilon, and SSIM/PSNR vs the clean map.
 
     The first layer is the one pre-trained on the public identities (the fine-tuning setting, where conv1
@@ -119,8 +160,8 @@ def activation_study(*, profile: str, dataset: str, results_dir: Optional[str] =
     plots.save_figure(fig_sim, out_dir, "fig2_similarity", {"table": table})
     record_metrics(results_dir, prof.name, dataset, "activations", {"table": table, "channels": channels,
                                                                    "activation_shape": list(clean.shape[1:])})
-    return {"table": table, "figures": [fig_grid, fig_sim], "faces": [data.test_files[i] for i in idx],
-            "clean_max": float(clean.max())}
+    return ActivationStudy(table=table, figures={"fig-activations": fig_grid, "fig-activation-similarity": fig_sim},
+                           faces=[data.test_files[i] for i in idx], clean_max=float(clean.max()))
 
 
 # --- Fig 3 ----------------------------------------------------------------------------------------------
@@ -149,7 +190,7 @@ def scratch_runs(faces, *, profile: str, dataset: str, epsilons=None, epochs: Op
             for eps in resolve_epsilons(epsilons)]
 
 
-def record_scratch(runs, *, profile: str, dataset: str, results_dir: Optional[str] = None) -> Dict[str, Any]:
+def record_scratch(runs, *, profile: str, dataset: str, results_dir: Optional[str] = None) -> ScratchStudy:
     """Fig. 3's figures (saved as PNG + SVG + JSON) and metrics for the discussion chapter."""
     prof = get_profile(profile)
     fig_c, chance = _curves(runs, prof=prof, dataset=dataset, results_dir=results_dir, name="fig3_scratch_curves",
@@ -161,13 +202,13 @@ def record_scratch(runs, *, profile: str, dataset: str, results_dir: Optional[st
     record_metrics(results_dir, prof.name, dataset, "scratch", {"table": table, "histories": _run_dicts(runs),
                                                                "majority_class_test_accuracy": chance,
                                                                "data": runs[0].info["data"]})
-    return {"table": table, "figures": [fig_c, fig_f], "chance": chance}
+    return ScratchStudy(table=table, figures={"fig-scratch-curves": fig_c, "fig-scratch-final": fig_f}, chance=chance)
 
 
 # --- Fig 4 ----------------------------------------------------------------------------------------------
 def finetune_study(*, profile: str, dataset: str, results_dir: Optional[str] = None, epsilons=None,
                    epochs: Optional[int] = None, seed: int = 0, vggface_weights: Optional[str] = None,
-                   force: bool = False, progress: bool = True) -> Dict[str, Any]:
+                   force: bool = False, progress: bool = True) -> FinetuneStudy:
     """Fine-tune only the output layer of a public model on the noisy activations (Fig. 4).
 
     The public model is the offline stand-in pre-trained on disjoint LFW identities, or -- with
@@ -192,13 +233,14 @@ def finetune_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
                "majority_class_test_accuracy": chance}
     record_metrics(results_dir, prof.name, dataset, "finetune", metrics)
     claims = [claims_mod.claim_fig4_eps3(metrics), claims_mod.claim_fig4_low_eps(metrics)]
-    return {"runs": runs, "table": table, "figures": [fig_c], "claims": claims, "pretrain": pretrain_info}
+    return FinetuneStudy(runs=runs, table=table, figures={"fig-finetune-curves": fig_c}, claims=claims,
+                         pretrain=pretrain_info)
 
 
 # --- partition position ----------------------------------------------------------------------------------
 def partition_study(*, profile: str, dataset: str, results_dir: Optional[str] = None, epsilons=None, cuts: Optional[Sequence[str]] = None,
                     epochs: Optional[int] = None, seed: int = 0, force: bool = False,
-                    progress: bool = True) -> Dict[str, Any]:
+                    progress: bool = True) -> PartitionStudy:
     """Accuracy vs epsilon for each cut layer, and the client's cost per cut."""
     from dpact_tf.vggface import build_split_vggface
 
@@ -231,24 +273,24 @@ def partition_study(*, profile: str, dataset: str, results_dir: Optional[str] = 
                                                                  "paper_costs": paper_costs,
                                                                  "majority_class_test_accuracy":
                                                                      runs[0].info["majority_class_test_accuracy"]})
-    return {"rows": rows, "costs": costs, "paper_costs": paper_costs, "figures": [fig], "runs": runs}
+    return PartitionStudy(rows=rows, costs=costs, paper_costs=paper_costs, figures={"fig-partition": fig}, runs=runs)
 
 
 # --- mobile cost -------------------------------------------------------------------------------------------
 # The code behind the mobile-cost benchmark (its cache key includes their source).
-MOBILE_MODULES = ("dpact_tf.mobile", "dpact_tf.interleave", "dpact_tf.export", "dpact_tf.runtime", "dpact_tf.layers",
-                  "dpact_tf.privacy", "dpact_tf.vggface", "dpact_tf.grid", "dpact_tf.grid_tf", "dpact_tf.grid_lite",
-                  "dpact_tf.tflite_inspect")
+MOBILE_MODULES = ("dpact_tf.repro.mobile_cost", "dpact_tf.repro.interleave", "dpact_tf.deploy.convert", "dpact_tf.deploy.head", "dpact_tf.deploy.graph", "dpact_tf.deploy.entropy", "dpact_tf.deploy.runtime", "dpact_tf.layers",
+                  "dpact_tf.privacy", "dpact_tf.vggface", "dpact_tf.grid", "dpact_tf.grid_tf",
+                  "dpact_tf.deploy.tflite_inspect")
 
 
 def mobile_study(*, profile: str, dataset: str, results_dir: Optional[str] = None, force: bool = False,
-                 repeats: Optional[int] = None, include_paper_size: bool = True) -> Dict[str, Any]:
+                 repeats: Optional[int] = None, include_paper_size: bool = True) -> MobileStudy:
     """The TFLite head's cost (LiteRT vs Keras, this CPU) beside the paper's Nexus 6P numbers; cached.
 
     The benchmark does not depend on the dataset; its result is cached under ``<profile>/mobile/<key>/`` by a
     hash of its settings and code, and recorded as the ``mobile`` metrics of ``dataset`` for the discussion.
     """
-    from dpact_tf.mobile import run_mobile_benchmark
+    from dpact_tf.repro.mobile_cost import run_mobile_benchmark
 
     prof = get_profile(profile)
     configs = ([("paper", 224, 1.0)] if include_paper_size else []) + [(prof.name, prof.image_size, prof.width)]
@@ -263,7 +305,7 @@ def mobile_study(*, profile: str, dataset: str, results_dir: Optional[str] = Non
     fig = plots.mobile_cost_plot(results)
     plots.save_figure(fig, study_dir(results_dir, prof.name, dataset, "figures"), "mobile_cost", results)
     record_metrics(results_dir, prof.name, dataset, "mobile", results)
-    return {"results": results, "figures": [fig]}
+    return MobileStudy(results=results, figures={"fig-mobile-cost": fig})
 
 
 def encoding_study(faces=None, *, profile: str, dataset: str, epsilons: Optional[Sequence[Optional[float]]] = None,

@@ -37,10 +37,10 @@ _STRIP_BYTES = 1 << 19
 
 
 def _tflite_inspect():
-    """:mod:`dpact_tf.tflite_inspect`, also when this file is loaded by path without the package (the TF-free
-    measuring process of :mod:`dpact_tf.mobile`)."""
+    """:mod:`dpact_tf.deploy.tflite_inspect`, also when this file is loaded by path without the package (the TF-free
+    measuring process of :mod:`dpact_tf.repro.mobile_cost`)."""
     if __name__.startswith("dpact_tf."):
-        from dpact_tf import tflite_inspect
+        from dpact_tf.deploy import tflite_inspect
 
         return tflite_inspect
     import importlib.util
@@ -169,10 +169,10 @@ class HeadRunner:
         a mismatch raises ``ValueError``, and the interpreters run exactly the bytes that were hashed.
 
         ``trusted_weights_sha256``: the hash of the conv weights the user trusts
-        (:func:`dpact_tf.export.weights_hash` of the Keras client); the weights stored in the file are read from
+        (:func:`dpact_tf.deploy.convert.weights_hash` of the Keras client); the weights stored in the file are read from
         its flatbuffer and hashed, and a mismatch raises ``ValueError`` before anything runs.
 
-        The file must be a grid-release head (:func:`dpact_tf.tflite_inspect.check_grid_release`: no random op,
+        The file must be a grid-release head (:func:`dpact_tf.deploy.tflite_inspect.check_grid_release`: no random op,
         int64 entropy in, int32 levels out) with its JSON sidecar; older heads are refused."""
         from ai_edge_litert.interpreter import Interpreter
 
@@ -204,7 +204,7 @@ class HeadRunner:
         if trusted_weights_sha256 is not None and trusted_weights_sha256 != self.weights_sha256:
             raise ValueError(f"{path} stores conv weights whose SHA-256 is {self.weights_sha256}, not the trusted "
                              f"{trusted_weights_sha256}: refusing to run weights you did not approve (export the head "
-                             "from the client you trust, and pass dpact_tf.export.weights_hash(client))")
+                             "from the client you trust, and pass dpact_tf.deploy.convert.weights_hash(client))")
         rel = self.meta.get("release") or {}
         try:
             self.certified_epsilons = tuple(float(e) for e in rel["certified_epsilons"])

@@ -27,7 +27,7 @@ __all__ = ["RandomOp", "random_ops", "operator_names", "signature_io", "analyzer
 
 _RANDOM_OPS = ("RANDOM_STANDARD_NORMAL", "RANDOM_UNIFORM", "MULTINOMIAL")
 
-# The inputs and outputs (name: dtype) of a grid release signature (dpact_tf.export.ClientHead.release).
+# The inputs and outputs (name: dtype) of a grid release signature (dpact_tf.deploy.convert.ClientHead.release).
 GRID_RELEASE_IO = {"inputs": {"image": "uint8", "epsilon": "float32", "entropy": "int64"},
                    "outputs": {"levels": "int32", "scale": "float32", "valid": "int32"}}
 

@@ -6,10 +6,10 @@ import sys
 import pytest
 
 from dpact_tf import build_split_vggface, encoding
-from dpact_tf.export import convert_client_head
-from dpact_tf.mobile import DEPLOYED, PAPER_NEXUS6P, VARIANTS, bare_process_mb, run_mobile_benchmark, upload_bytes
+from dpact_tf.deploy.convert import convert_client_head
+from dpact_tf.repro.mobile_cost import DEPLOYED, PAPER_NEXUS6P, VARIANTS, bare_process_mb, run_mobile_benchmark, upload_bytes
 
-MOBILE = os.path.join(os.path.dirname(__file__), os.pardir, "dpact_tf", "mobile.py")
+MOBILE = os.path.join(os.path.dirname(__file__), os.pardir, "dpact_tf", "repro", "mobile_cost.py")
 
 
 def test_upload_bytes():

@@ -11,7 +11,7 @@ the app stays under 500 MB.  Measured here, per batch of 8:
   and is reported, never mixed into the timed repeats;
 * **forward** -- the deployable release (``HeadRunner.release``: the grid release of :mod:`dpact_tf.grid` with the
   app's AES-CTR words, in strips of rows on parallel interpreters); Keras runs the same mechanism after the same
-  conv1_1 and Eq. (1) (:func:`dpact_tf.grid_tf.release_levels` with ``tf.searchsorted``, words from TensorFlow's
+  conv1_1 and Eq. (1) (:func:`dpact_tf.grid_tf.compiled_release_levels`, as the Keras layer runs it, words from TensorFlow's
   stateless generator), both at the same epsilon and thread count; median and interquartile range of the
   repeats, with the achieved GFLOP/s of conv1_1 (2 H W 27 C FLOPs per image);
 * **backward** -- the on-device update (LiteRT ``gradient`` + ``apply_gradient``; Keras GradientTape + SGD);
@@ -19,9 +19,9 @@ the app stays under 500 MB.  Measured here, per batch of 8:
   imported only NumPy, PIL and LiteRT (reported beside it), for ``release`` and ``train`` in separate processes.
 
 Every runtime runs in its own process, loaded and warm, and the repeats are interleaved
-(:mod:`dpact_tf.interleave`): each round times one forward or backward of every process in turn, so a busy
+(:mod:`dpact_tf.repro.interleave`): each round times one forward or backward of every process in turn, so a busy
 CPU slows both sides alike; the LiteRT/Keras ratio is also reported round by round (median and IQR).
-The LiteRT processes run ``python dpact_tf/mobile.py litert ...`` as a *script*: it loads ``runtime.py`` and
+The LiteRT processes run ``python dpact_tf/repro/mobile_cost.py litert ...`` as a *script*: it loads ``deploy/runtime.py`` and
 ``data.py`` by file path, so neither TensorFlow nor the ``dpact_tf`` package (whose ``__init__`` imports SciPy)
 is in the measured process.  This module writes nothing but ``run_mobile_benchmark``'s JSON and prints nothing:
 progress goes to an optional callback.
@@ -77,12 +77,14 @@ def upload_bytes(activation_shape: Sequence[int]) -> Dict[str, int]:
 
 
 def _sibling(name: str):
-    """``dpact_tf.<name>`` -- or, in the TF-free measuring script, the same file loaded without the package."""
+    """``dpact_tf.<name>`` (e.g. ``"deploy.runtime"``) -- or, in the TF-free measuring script, the same file loaded
+    without the package."""
     if f"dpact_tf.{name}" in sys.modules or __name__.startswith("dpact_tf"):
         return importlib.import_module(f"dpact_tf.{name}")
-    key = f"_dpact_{name}"
+    key = "_dpact_" + name.replace(".", "_")
     if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, os.path.join(os.path.dirname(__file__), f"{name}.py"))
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # dpact_tf/
+        spec = importlib.util.spec_from_file_location(key, os.path.join(root, *name.split(".")) + ".py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[key] = module
         spec.loader.exec_module(module)
@@ -135,11 +137,11 @@ def litert_session(path: str, *, mode: str = "release", batch: int = 8, repeats:
     ``mode="release"``, ``backward`` for ``"train"`` --, a function reporting memory at the end).  Setup measures
     the batch load (``repeats`` times) and the model load (everything up to the first result).  ``num_threads``
     in all, split over ``workers`` interpreters; ``whole_images``: one call per chunk of images instead of
-    HeadRunner's strips.  Run it in a TF-free process (``python dpact_tf/mobile.py litert ...``)."""
+    HeadRunner's strips.  Run it in a TF-free process (``python dpact_tf/repro/mobile_cost.py litert ...``)."""
     if mode not in ("release", "train"):
         raise ValueError(f"mode must be 'release' or 'train' (got {mode!r})")
     num_threads = num_threads or os.cpu_count()
-    runtime, data = _sibling("runtime"), _sibling("data")
+    runtime, data = _sibling("deploy.runtime"), _sibling("data")
     rss_before = _status_mb("VmRSS")
     start = time.perf_counter()
     per_worker = max(1, num_threads // workers)
@@ -196,9 +198,9 @@ def keras_session(client_path: str, *, batch: int = 8, epsilon: float = 5.0, num
                   jpeg_dir: Optional[str] = None) -> Tuple[Dict[str, Any], Dict[str, Callable[[], Any]],
                                                            Callable[[], Dict[str, Any]]]:
     """The same for the Keras client saved at ``client_path`` (without noise): ``forward`` is the same release as
-    the head's -- the client's clean activation, then :func:`dpact_tf.grid_tf.release_levels` (``tf.searchsorted``)
+    the head's -- the client's clean activation, then :func:`dpact_tf.grid_tf.compiled_release_levels` (as the layer)
     on words from TensorFlow's stateless generator under a fresh key per call --, ``backward`` GradientTape + SGD on
-    conv1_1.  Run it in a fresh process (``python -m dpact_tf.mobile keras ...``) so the thread count applies."""
+    conv1_1.  Run it in a fresh process (``python -m dpact_tf.repro.mobile_cost keras ...``) so the thread count applies."""
     import secrets
 
     import tensorflow as tf
@@ -226,8 +228,8 @@ def keras_session(client_path: str, *, batch: int = 8, epsilon: float = 5.0, num
     def release(t, key):
         clean = client(t, training=False)
         words = grid_tf.random_words(tf.shape(clean), key)
-        return grid_tf.release_levels(clean, words, tf.constant(np.float32(spec.scale)),
-                                      tf.constant(spec.max_level, tf.int32), sampler="searchsorted")
+        return grid_tf.compiled_release_levels(grid.noise_table(spec.steps_per_std))(
+            clean, words, tf.constant(np.float32(spec.scale)), tf.constant(spec.max_level, tf.int32))
 
     def fwd():
         return release(x, tf.constant(np.frombuffer(secrets.token_bytes(16), np.int64))).numpy()
@@ -310,15 +312,15 @@ def run_mobile_benchmark(configs: Sequence[Tuple[str, int, float]], *, out_dir: 
                          variants: Optional[Sequence[str]] = None, jpeg_dir: Optional[str] = None,
                          seed: int = 0, progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Export each variant of one head per (label, image_size, width) and time it against the Keras client,
-    interleaved (:mod:`dpact_tf.interleave`: every process loaded and warm, then ``repeats`` rounds in which each
+    interleaved (:mod:`dpact_tf.repro.interleave`: every process loaded and warm, then ``repeats`` rounds in which each
     times one forward or backward in turn); writes ``mobile_cost.json``.
 
     ``jpeg_dir``: the LFW folder for the batch load (default ``$DPACT_LFW_DIR``; synthetic JPEGs without it).
     ``progress``: called with one line per step (the library prints nothing).
     """
-    from dpact_tf import tflite_inspect
-    from dpact_tf.export import client_for_export, convert_client_head
-    from dpact_tf.interleave import Worker, interleave
+    from dpact_tf.deploy import tflite_inspect
+    from dpact_tf.deploy.convert import client_for_export, convert_client_head
+    from dpact_tf.repro.interleave import Worker, interleave
     from dpact_tf.jsonio import write_json
 
     say = progress or (lambda line: None)
@@ -362,7 +364,7 @@ def run_mobile_benchmark(configs: Sequence[Tuple[str, int, float]], *, out_dir: 
                 clean.client.save(os.path.join(tmp, "client.keras"))
                 say(f"[{label}] loading the Keras client (the grid release at epsilon {epsilon:g}, "
                     f"{num_threads} threads) ...")
-                workers["keras"] = Worker([sys.executable, "-m", "dpact_tf.mobile", "keras",
+                workers["keras"] = Worker([sys.executable, "-m", "dpact_tf.repro.mobile_cost", "keras",
                                            os.path.join(tmp, "client.keras")] + common)
                 schedule += [("keras", "forward"), ("keras", "backward")]
                 say(f"[{label}] {repeats} interleaved rounds of {len(schedule)} timings ...")
@@ -431,7 +433,7 @@ def _hardware() -> Dict[str, Any]:
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python dpact_tf/mobile.py")
+    parser = argparse.ArgumentParser(prog="python dpact_tf/repro/mobile_cost.py")
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name in ("litert", "keras"):
         p = sub.add_parser(name, help=f"measure a head in {name} (prints one JSON line)")
@@ -464,7 +466,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             raise SystemExit("keras: use --serve (run_mobile_benchmark interleaves it with LiteRT)")
         session = keras_session(args.path, batch=args.batch, epsilon=args.epsilon, num_threads=args.threads,
                                 jpeg_dir=args.jpeg_dir)
-    _sibling("interleave").serve(*session)
+    _sibling("repro.interleave").serve(*session)
     return 0
 
 
