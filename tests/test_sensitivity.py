@@ -67,7 +67,7 @@ def test_paper_size_bracket():
     res = sensitivity.pixel_sensitivity(64)
     # the binary pattern 0110 0110 ... against its complement
     assert res.lower_sq == pytest.approx(97 / 6, abs=1e-9)  # 16.1667
-    assert res.upper_sq < 16.21 and res.paper_sq == 32  # the simple bound was 2 max ||f||^2 = 18.61
+    assert res.upper_sq < 16.21 and res.paper_sq == 32  # the simple bound 2 max ||f||^2 = 18.61 is looser
     coarse = sensitivity.pixel_sensitivity(64, cuts=(0.0, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0))
     assert res.upper_sq < coarse.upper_sq < 16.5  # coarser cells: a looser (still valid) bound
     assert not res.exact
