@@ -42,7 +42,7 @@ NEEDS: Dict[str, Tuple[str, ...]] = {
     "06_accounting": (),
     "07_attacks": ("01_activations", "02_scratch"),
     "08_fidelity": ("02_scratch", "03_finetune"),
-    "09_baselines": ("01_activations", "02_scratch"),
+    "09_baselines": ("01_activations", "02_scratch", "03_finetune"),
     "10_discussion": tuple(NOTEBOOKS[:-1]),
 }
 

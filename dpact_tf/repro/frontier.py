@@ -43,7 +43,8 @@ from dpact_tf.repro.results import (PRETRAIN_MODULES, cache_key, load_metrics, r
 
 __all__ = ["FrontierSchedule", "SCHEDULES", "FeatureExtractor", "standin_extractor", "validation_split",
            "coordinate_epsilon_for_image", "FrontierPoint", "FrontierStudy", "frontier_study", "privacy_units",
-           "method_choice", "method_choice_text", "frontier_summary", "METHODS", "FRONTIER_MODULES"]
+           "method_choice", "method_choice_text", "frontier_summary", "points_table", "describe_schedule",
+           "choice_from_metrics", "METHODS", "FRONTIER_MODULES"]
 
 FRONTIER_MODULES = (*PRETRAIN_MODULES, "dpact_tf.accounting", "dpact_tf.sensitivity",
                     "dpact_tf.baselines.feature_release", "dpact_tf.baselines.linear_dpsgd", "dpact_tf.repro.frontier")
@@ -345,8 +346,9 @@ def frontier_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
 
     prof = get_profile(profile)
     sched = SCHEDULES[prof.name]
-    pre = pretrain(prof.name, dataset, results_dir=results_dir, seed=seed, progress=progress)
-    extractor = extractor or standin_extractor(pre)
+    if extractor is None:
+        extractor = standin_extractor(pretrain(prof.name, dataset, results_dir=results_dir, seed=seed,
+                                               progress=progress))
     data = load_faces(prof, dataset, seed=seed, progress=progress)
     base = os.path.join(resolve_results_dir(results_dir), prof.name, dataset, "frontier")
     settings = {"schedule": dataclasses.asdict(sched), "extractor": extractor.key, "seed": seed, "delta": delta,
@@ -560,3 +562,50 @@ def frontier_summary(metrics: Dict[str, Any]) -> str:
                     f"{METHODS[top['method']]} reaches {100 * top['mean']:.1f} % "
                     f"(± {100 * top['spread']:.1f} over seeds).")
     return " ".join(text)
+
+
+def points_table(metrics: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """One row per point of the figure, for the chapter's table."""
+    rows = []
+    for p in sorted(metrics["points"], key=lambda p: (p["method"], p["image_epsilon"])):
+        n = len(p["accuracies"])
+        rows.append({"method": METHODS[p["method"]], "ε per image": float(f"{p['image_epsilon']:.4g}"),
+                     "ε with tuning": float(f"{p['epsilon_with_tuning']:.4g}"),
+                     "test accuracy": round(p["mean"], 4),
+                     "± (std over seeds)": round(p["spread"], 4) if n > 1 else "one run",
+                     "seeds": n, "chosen on validation (seed 0)": p["configs"][0]})
+    return rows
+
+
+def describe_schedule(profile: str) -> str:
+    """What the chapter runs at ``profile`` and what it leaves out, as prose."""
+    prof = get_profile(profile)
+    sched = SCHEDULES[prof.name]
+    fuller = SCHEDULES["medium"]
+    eps = ", ".join(f"{e:g}" for e in sched.image_epsilons)
+    text = (f"Profile **{prof.name}**: per-image ε ∈ {{{eps}}} at δ = 1e-5; {sched.seeds} seeds per point for "
+            f"(c) and (e), {sched.activation_seeds} for (b) (one grid release of every training image per seed "
+            f"and ε); {round(100 * sched.validation_fraction)} % of each person's training images held out for "
+            f"tuning; {len(sched.server_grid)} server configurations and {len(sched.dpsgd_grid)} DP-SGD "
+            "configurations tried per point.")
+    if sched.activation_seeds < fuller.activation_seeds:
+        text += (f" The `medium` profile repeats (b) with {fuller.activation_seeds} seeds; `{prof.name}` runs one "
+                 "to stay within the book's 90 minutes.")
+    return text + (" Not run at any profile on this machine: (d) DP-SGD from scratch, tuned (one DP-SGD epoch "
+                   "of the whole network costs about three epochs of the split protocol, so even a small tuning "
+                   "grid does not fit the budget); the untuned runs of `dpact_tf.baselines.dpsgd` stay at the "
+                   "majority class and are not shown as if they were a fair point.")
+
+
+def choice_from_metrics(metrics: Optional[Dict[str, Any]], *, profile: str) -> str:
+    """The discussion's statement of which method to choose at which per-image epsilon, from the recorded
+    metrics of the frontier chapter (or why there is none)."""
+    if metrics is None:
+        return "The frontier chapter has not been run at this profile: no method is recommended."
+    targets = SCHEDULES[get_profile(profile).name].image_epsilons
+    rows = method_choice(metrics["points"], targets)
+    paper = [p for p in metrics["points"] if p["method"].startswith("paper_") and p["mean"] > metrics["chance"]]
+    family = (f" The paper's own training needs a per-image ε of at least "
+              f"{min(p['image_epsilon'] for p in paper):,.3g} to beat the majority class." if paper else
+              " The paper's own training beats the majority class at no per-image ε it was run at.")
+    return method_choice_text(rows, chance=metrics["chance"]) + family
