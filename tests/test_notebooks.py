@@ -210,7 +210,7 @@ def test_baselines_notebook(tiny_book):
     assert methods == {"release", "last_layer_dpsgd", "activations_once", "paper_scratch", "paper_finetune"}
     for p in front["points"]:
         if p["method"] == "activations_once":  # one release at most the per-image target
-            assert p["image_epsilon"] <= max(sched.image_epsilons) and len(p["accuracies"]) == sched.activation_seeds
+            assert p["image_epsilon"] <= max(sched.activation_epsilons) and len(p["accuracies"]) == sched.activation_seeds
         if p["method"] == "paper_scratch":  # the from-scratch chapter's runs, read, at their per-image epsilon
             scratch = {r["epsilon"]: r for r in _metrics(base, "scratch")["table"]}
             assert p["accuracies"] == [scratch[p["detail"]["epsilon_per_coordinate"]]["final_test_accuracy"]]
