@@ -426,12 +426,12 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> D
     t0 = time.perf_counter()
     say("(e) DP-SGD on the last layer")
     for eps in sched.image_epsilons:
-        accs, cfgs, totals, zs = [], [], [], []
+        accs, cfgs, finals, totals, zs = [], [], [], [], []
         for s in seeds:
             acc, cfg, final, total, z = _dpsgd_tuned(x, y, fit, val, test_x, test_y, target=eps, sched=sched,
                                                      classes=classes, delta=delta, seed=s)
-            accs.append(acc), cfgs.append(cfg), totals.append(total), zs.append(z)
-        points.append(dict(method="last_layer_dpsgd", image_epsilon=final, epsilon_with_tuning=max(totals),
+            accs.append(acc), cfgs.append(cfg), finals.append(final), totals.append(total), zs.append(z)
+        points.append(dict(method="last_layer_dpsgd", image_epsilon=max(finals), epsilon_with_tuning=max(totals),
                            accuracies=accs, configs=cfgs,
                            detail={"noise_multipliers": zs, "candidates": len(sched.dpsgd_grid)}))
     seconds["last_layer_dpsgd"] = time.perf_counter() - t0
