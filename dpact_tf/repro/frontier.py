@@ -71,7 +71,10 @@ class FrontierSchedule:
     batch_size: int                                      # (expected) batch size of every softmax training
     activation_seeds: int                                # repetitions of (b) (its release is the costly part)
     activation_epsilons: Tuple[float, ...]               # per-image epsilons of (b)
-    label_feature_epsilon: float                         # (f): RR labels on (c) at this per-image feature epsilon
+    projection_dims: int                                 # features projected on the top principal components of
+                                                         # the public images' features (learned on public data)
+    label_feature_epsilon: Optional[float]               # (f): RR labels on (c) at this per-image feature
+                                                         # epsilon (None: clean features, the labels' cost alone)
     label_epsilons: Tuple[float, ...]                    # (f): label epsilons of randomized response with a prior
 
     def __post_init__(self) -> None:
@@ -82,16 +85,16 @@ class FrontierSchedule:
 
 
 _GRID = ((0.1, 10), (0.5, 10), (0.5, 30))
-_DPSGD_GRID = ((0.1, 2.0, 10), (0.1, 4.0, 30), (1.0, 0.5, 10), (1.0, 0.5, 30))
+_DPSGD_GRID = ((0.1, 2.0, 10), (0.1, 4.0, 30), (1.0, 0.5, 30))
 SCHEDULES: Dict[str, FrontierSchedule] = {
     "tiny": FrontierSchedule(image_epsilons=(2.0, 16.0), seeds=2, validation_fraction=0.2,
                              server_grid=((0.5, 10),), dpsgd_grid=((1.0, 1.0, 10), (0.1, 4.0, 10)), batch_size=64,
-                             activation_seeds=1, activation_epsilons=(16.0,), label_feature_epsilon=16.0,
-                             label_epsilons=(2.0,)),
+                             activation_seeds=1, activation_epsilons=(16.0,), projection_dims=8,
+                             label_feature_epsilon=None, label_epsilons=(2.0,)),
     "small": FrontierSchedule(image_epsilons=(1.0, 2.0, 4.0, 8.0, 16.0), seeds=3, validation_fraction=0.2,
                               server_grid=_GRID, dpsgd_grid=_DPSGD_GRID, batch_size=256, activation_seeds=1,
-                              activation_epsilons=(1.0, 4.0, 16.0), label_feature_epsilon=8.0,
-                              label_epsilons=(1.0, 4.0)),
+                              activation_epsilons=(1.0, 4.0, 16.0), projection_dims=32,
+                              label_feature_epsilon=None, label_epsilons=(1.0, 4.0)),
 }
 SCHEDULES["medium"] = dataclasses.replace(SCHEDULES["small"], activation_seeds=3,
                                           activation_epsilons=(1.0, 2.0, 4.0, 8.0, 16.0),
@@ -392,35 +395,38 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> D
             print(f"frontier: {msg}", file=sys.stderr, flush=True)
 
     classes = int(data.num_classes)
-    center = feats["public"].mean(axis=0)
-    scale = float(np.median(np.linalg.norm(feats["public"] - center, axis=1)))  # public: no privacy cost
+    # centre, principal directions and clipping norm from the public images' features: no privacy cost
+    center = feats["public"].mean(axis=0, dtype=np.float64)
+    directions = np.linalg.svd(feats["public"] - center, full_matrices=False)[2][:sched.projection_dims].T
+    scale = float(np.median(np.linalg.norm((feats["public"] - center) @ directions, axis=1)))
+    project = lambda f: (np.asarray(f, np.float64) - center) @ directions / scale  # noqa: E731
+    unit = lambda f: feature_release.clip_rows(project(f), 1.0)  # noqa: E731
     y, test_y = np.asarray(data.train_labels), np.asarray(data.test_labels)
     fit, val = validation_split(y, sched.validation_fraction, seed=seed)
-    unit = lambda f: feature_release.release_features(f / scale, epsilon=None, delta=delta, clip=1.0,  # noqa: E731
-                                                      center=center / scale)
     x, test_x = unit(feats["train"]), unit(feats["test"])
     seeds = [seed + s for s in range(sched.seeds)]
     points, seconds, refs = [], {}, {}
 
     t0 = time.perf_counter()
-    refs[f"{extractor.name} + softmax, no noise"] = [
-        _server_tuned(x, y, fit, val, test_x, test_y, sched=sched, classes=classes, seed=s)[0] for s in seeds]
+    clean = [_server_tuned(x, y, fit, val, test_x, test_y, sched=sched, classes=classes, seed=s) for s in seeds]
+    refs[f"{extractor.name} + softmax, no noise"] = [acc for acc, _ in clean]
     seconds["no noise"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     say("(c) features released once per image")
-    chosen_c = {}
+    chosen_c = {None: [cfg for _, cfg in clean]}
     for eps in sched.image_epsilons:
         accs, cfgs = [], []
         for s in seeds:
-            r = feature_release.release_features(feats["train"] / scale, epsilon=eps, delta=delta, clip=1.0,
-                                                 center=center / scale, seed=1000 * s + 17)
+            r = feature_release.release_features(project(feats["train"]), epsilon=eps, delta=delta, clip=1.0,
+                                                 seed=1000 * s + 17)
             acc, cfg = _server_tuned(r, y, fit, val, test_x, test_y, sched=sched, classes=classes, seed=s)
             accs.append(acc), cfgs.append(cfg)
         chosen_c[eps] = cfgs
         points.append(dict(method="release", image_epsilon=eps, epsilon_with_tuning=eps, accuracies=accs,
                            configs=cfgs, detail={"clip": 1.0, "noise_std": feature_release.release_std(
-                               epsilon=eps, delta=delta, clip=1.0), "clip_in_feature_units": scale}))
+                               epsilon=eps, delta=delta, clip=1.0), "clip_in_feature_units": scale,
+                               "dimensions": int(x.shape[1])}))
     seconds["release"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -452,26 +458,26 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> D
 
     t0 = time.perf_counter()
     say("(f) labels by randomized response with a prior")
-    labels = _label_study(feats, x, y, test_x, test_y, scale=scale, center=center, sched=sched, classes=classes,
-                          delta=delta, seeds=seeds, chosen=chosen_c)
+    labels = _label_study(project(feats["train"]), y, test_x, test_y, sched=sched, classes=classes, delta=delta,
+                          seeds=seeds, chosen=chosen_c)
     seconds["labels"] = time.perf_counter() - t0
     counts = {"n_fit": int(len(fit)), "n_validation": int(len(val)), "n_train": int(len(y)),
               "n_test": int(len(test_y)), "classes": classes, "feature_dimensions": int(x.shape[1])}
     return {"points": points, "references": refs, "labels": labels, "counts": counts, "seconds": seconds}
 
 
-def _label_study(feats, x, y, test_x, test_y, *, scale, center, sched, classes, delta, seeds, chosen):
-    """(f): (c) at ``label_feature_epsilon`` with its labels by RR with a prior, two stages (Ghazi et al. 2021):
-    half the images' labels by plain randomized response (a uniform prior); a softmax trained on them gives the
-    prior of the other half from its released features; the model is trained on all noisy labels with the
-    configuration (c) chose at this epsilon."""
+def _label_study(projected, y, test_x, test_y, *, sched, classes, delta, seeds, chosen):
+    """(f): labels by RR with a prior, two stages (Ghazi et al. 2021), on (c) at ``label_feature_epsilon`` (None:
+    the clean projected features, so the cost is the labels' alone): half the images' labels by plain randomized
+    response (a uniform prior); a softmax trained on them gives the prior of the other half from its features;
+    the model is trained on all noisy labels with the configuration the validation split chose for the features."""
     eps_f = sched.label_feature_epsilon
     rows = []
     for eps_l in sched.label_epsilons:
         accs, kept = [], []
         for i, s in enumerate(seeds):
-            r = feature_release.release_features(feats["train"] / scale, epsilon=eps_f, delta=delta, clip=1.0,
-                                                 center=center / scale, seed=1000 * s + 17)
+            r = feature_release.release_features(projected, epsilon=eps_f, delta=delta, clip=1.0,
+                                                 seed=1000 * s + 17)
             rng = np.random.default_rng(1000 * s + 41)
             first = rng.random(len(y)) < 0.5
             noisy = np.empty_like(y)
@@ -592,7 +598,9 @@ def describe_schedule(profile: str) -> str:
             f"(c) and (e), {sched.activation_seeds} for (b) (one grid release of every training image per seed "
             f"and ε); {round(100 * sched.validation_fraction)} % of each person's training images held out for "
             f"tuning; {len(sched.server_grid)} server configurations and {len(sched.dpsgd_grid)} DP-SGD "
-            "configurations tried per point.")
+            f"configurations tried per point. The features are projected on the {sched.projection_dims} principal "
+            "directions of the public images' features, centred and scaled to a median norm of 1 there; the "
+            "release clips them to norm C = 1.")
     text += f" (b) runs at per-image ε ∈ {{{', '.join(f'{e:g}' for e in sched.activation_epsilons)}}}."
     if (sched.activation_seeds, len(sched.activation_epsilons), len(sched.label_epsilons)) < (
             fuller.activation_seeds, len(fuller.activation_epsilons), len(fuller.label_epsilons)):
