@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dpact_tf import accounting
-from dpact_tf.repro import frontier
+from dpact_tf.repro import frontier, frontier_text
 from dpact_tf.repro.results import load_metrics, record_metrics
 
 
@@ -39,25 +39,26 @@ def _p(method, eps, accs, tuned=None):
 def test_method_choice_both_sides():
     pts = [_p("release", 1.0, [0.30, 0.31, 0.32]), _p("last_layer_dpsgd", 1.0, [0.10, 0.11, 0.12], tuned=3.0),
            _p("last_layer_dpsgd", 0.9, [0.50, 0.51, 0.52], tuned=6.0), _p("paper_scratch", 1e6, [0.2])]
-    rows = {r["target"]: r for r in frontier.method_choice(pts, [0.5, 1.0, 4.0, 8.0])}
+    rows = {r["target"]: r for r in frontier_text.method_choice(pts, [0.5, 1.0, 4.0, 8.0])}
     assert rows[0.5]["method"] is None
     assert rows[1.0]["method"] == "release" and rows[1.0]["runner_up"] is None and not rows[1.0]["clear"]
     assert rows[4.0]["method"] == "release" and rows[4.0]["runner_up"] == "last_layer_dpsgd" and rows[4.0]["clear"]
     assert rows[8.0]["method"] == "last_layer_dpsgd" and rows[8.0]["clear"]  # its ε with tuning counts, not 0.9
     close = [_p("release", 1.0, [0.30, 0.35, 0.40]), _p("last_layer_dpsgd", 1.0, [0.29, 0.34, 0.39])]
-    (row,) = frontier.method_choice(close, [1.0])
+    (row,) = frontier_text.method_choice(close, [1.0])
     assert row["method"] == "release" and not row["clear"]
-    text = frontier.method_choice_text([row], chance=0.5)
-    assert "not a clear lead" in text and "no better than the majority class" in text
+    text = frontier_text.method_choice_text([row], chance=0.3)
+    assert "not a clear lead" in text and "majority class" not in text
+    assert "no method beats the majority class (50.0 %)" in frontier_text.method_choice_text([row], chance=0.5)
 
 
 def test_choice_from_metrics_states_the_paper_family():
-    assert "not been run" in frontier.choice_from_metrics(None, profile="tiny")
+    assert "not been run" in frontier_text.choice_from_metrics(None, profile="tiny")
     m = {"points": [_p("release", 2.0, [0.3, 0.3]), _p("paper_scratch", 5e4, [0.2])], "chance": 0.1}
-    text = frontier.choice_from_metrics(m, profile="tiny")
+    text = frontier_text.choice_from_metrics(m, profile="tiny")
     assert "at least 5e+04" in text and "(c) features released once per image" in text
     m["chance"] = 0.25
-    assert "at no per-image ε" in frontier.choice_from_metrics(m, profile="tiny")
+    assert "at no per-image ε" in frontier_text.choice_from_metrics(m, profile="tiny")
 
 
 def test_study_with_a_given_extractor(tmp_path):
@@ -93,3 +94,19 @@ def test_study_with_a_given_extractor(tmp_path):
                                     extractor=extractor, progress=False)  # from the cache: the same numbers
     assert [p.accuracies for p in again.points] == [p.accuracies for p in study.points]
     assert not math.isnan(by["release"][0].spread)
+
+
+def test_summary_and_table_read_the_numbers():
+    paper = {**_p("paper_scratch", 2.5e7, [0.124]), "detail": {"epsilon_per_coordinate": 1.0}}
+    best = {**_p("paper_scratch", 4.8e9, [0.221]), "detail": {"epsilon_per_coordinate": 14.0}}
+    dpsgd = {**_p("last_layer_dpsgd", 1.0, [0.16, 0.17, 0.18], tuned=2.1), "detail": {}}
+    m = {"points": [paper, best, dpsgd], "chance": 0.124}
+    for p in m["points"]:
+        p["accuracies"], p["configs"] = [p["mean"]], ["c"]
+    text = frontier_text.frontier_summary(m)
+    assert "at best 22.1 %" in text and "4.8e+09" in text and "smallest per-image ε above the majority class" in text
+    assert "At a per-image ε of 2.1 (tuning included)" in text and "17.0 %" in text
+    rows = frontier_text.points_table(m)
+    assert [r["test accuracy"] for r in rows] == [0.17, 0.124, 0.221]  # sorted by method, then ε
+    assert "`medium`" in frontier_text.describe_schedule("small")
+    assert "`medium`" not in frontier_text.describe_schedule("medium")
