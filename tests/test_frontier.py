@@ -100,13 +100,15 @@ def test_summary_and_table_read_the_numbers():
     paper = {**_p("paper_scratch", 2.5e7, [0.124]), "detail": {"epsilon_per_coordinate": 1.0}}
     best = {**_p("paper_scratch", 4.8e9, [0.221]), "detail": {"epsilon_per_coordinate": 14.0}}
     dpsgd = {**_p("last_layer_dpsgd", 1.0, [0.16, 0.17, 0.18], tuned=2.1), "detail": {}}
-    m = {"points": [paper, best, dpsgd], "chance": 0.124}
+    release = {**_p("release", 16.0, [0.124, 0.124]), "detail": {}}
+    m = {"points": [paper, best, dpsgd, release], "chance": 0.124}
     for p in m["points"]:
         p["accuracies"], p["configs"] = [p["mean"]], ["c"]
     text = frontier_text.frontier_summary(m)
     assert "at best 22.1 %" in text and "4.8e+09" in text and "smallest per-image ε above the majority class" in text
-    assert "At a per-image ε of 2.1 (tuning included)" in text and "17.0 %" in text
+    assert "beats the majority class is 2.1: (e) DP-SGD on the last layer" in text and "17.0 % (± 1.0" in text
+    assert "At the majority class at every per-image ε up to 16: (c) features released once per image." in text
     rows = frontier_text.points_table(m)
-    assert [r["test accuracy"] for r in rows] == [0.17, 0.124, 0.221]  # sorted by method, then ε
+    assert [r["test accuracy"] for r in rows] == [0.17, 0.124, 0.221, 0.124]  # sorted by method, then ε
     assert "`medium`" in frontier_text.describe_schedule("small")
     assert "`medium`" not in frontier_text.describe_schedule("medium")
