@@ -43,8 +43,8 @@ from dpact_tf.repro.results import (PRETRAIN_MODULES, cache_key, load_metrics, r
                                     resolve_results_dir, study_dir)
 
 __all__ = ["FrontierSchedule", "SCHEDULES", "FeatureExtractor", "standin_extractor", "validation_split",
-           "coordinate_epsilon_for_image", "FrontierPoint", "FrontierStudy", "frontier_study", "privacy_units",
-           "METHODS", "FRONTIER_MODULES"]
+           "coordinate_epsilon_for_image", "FrontierPoint", "FrontierStudy", "frontier_study", "METHODS",
+           "FRONTIER_MODULES"]
 
 FRONTIER_MODULES = (*PRETRAIN_MODULES, "dpact_tf.accounting", "dpact_tf.sensitivity",
                     "dpact_tf.baselines.feature_release", "dpact_tf.baselines.linear_dpsgd", "dpact_tf.repro.frontier")
@@ -202,7 +202,6 @@ class FrontierStudy:
     points: List[FrontierPoint]
     references: Dict[str, List[float]]   # non-private accuracy per setting (per seed)
     labels: List[Dict[str, Any]]         # (f): RR-with-prior labels on (c)
-    units: List[Dict[str, str]]          # the privacy unit of each method
     chance: float                        # the majority class's test accuracy
     counts: Dict[str, int]               # n_fit, n_validation, n_train, n_test, classes, feature dimensions
     extractor: str
@@ -317,32 +316,6 @@ def _reference(results_dir, prof, dataset: str) -> Optional[float]:
     return rows[0]["final_test_accuracy"] if rows else None
 
 
-def privacy_units(*, delta: float) -> List[Dict[str, str]]:
-    """The privacy unit of each method, side by side (what epsilon protects, and what it leaves out)."""
-    return [
-        {"method": METHODS["paper_scratch"], "adjacency": "replace one image",
-         "labels": "uploaded in the clear (not covered)",
-         "releases per image": "every release after the image's first step (conv1 is trained on it)",
-         "accounted as implemented": "yes: exact Gaussian composition of the worst-case release count"},
-        {"method": METHODS["paper_finetune"], "adjacency": "replace one image",
-         "labels": "uploaded in the clear (not covered)", "releases per image": "one per epoch (conv1 frozen)",
-         "accounted as implemented": "yes: exact Gaussian composition"},
-        {"method": METHODS["activations_once"], "adjacency": "replace one image",
-         "labels": "uploaded in the clear (not covered)", "releases per image": "one",
-         "accounted as implemented": "yes: the grid release, its rounding added to the sensitivity"},
-        {"method": METHODS["release"], "adjacency": "replace one image (sensitivity 2C)",
-         "labels": "uploaded in the clear (not covered); RR with a prior below covers them with its own ε",
-         "releases per image": "one",
-         "accounted as implemented": "idealized: float64 Gaussian noise, no exact sampler"},
-        {"method": METHODS["last_layer_dpsgd"], "adjacency": "add or remove one example (image and label)",
-         "labels": "covered (never leave the data holder)", "releases per image": "every step's noisy gradient",
-         "accounted as implemented": "yes: Poisson sampling implemented and accounted (RDP)"},
-        {"method": "DP-SGD from scratch (dpact_tf.baselines.dpsgd)", "adjacency": "add or remove one example",
-         "labels": "covered", "releases per image": "every step's noisy gradient",
-         "accounted as implemented": "no: shuffled fixed-size batches, accounted as Poisson sampling"},
-    ]
-
-
 # --- the study ------------------------------------------------------------------------------------------------
 def frontier_study(*, profile: str, dataset: str, results_dir: Optional[str] = None, seed: int = 0,
                    extractor: Optional[FeatureExtractor] = None, delta: float = 1e-5, force: bool = False,
@@ -375,13 +348,13 @@ def frontier_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
     references = dict(saved["references"])
     scratch = _reference(results_dir, prof, dataset)
     if scratch is not None:
-        references["the paper's network from scratch, no noise (one run)"] = [scratch]
+        references["the paper's network from scratch (one run)"] = [scratch]
     chance = float(data.majority_class_rate)
     fig = plots.frontier_plot([{**dataclasses.asdict(p), "label": METHODS[p.method], "mean": p.mean,
                                 "spread": p.spread} for p in points],
                               {k: float(np.mean(v)) for k, v in references.items()}, chance=chance, dataset=dataset)
     study = FrontierStudy(points=points, references=references, labels=saved["labels"],
-                          units=privacy_units(delta=delta), chance=chance, counts=saved["counts"],
+                          chance=chance, counts=saved["counts"],
                           extractor=extractor.name, delta=delta, seconds=saved["seconds"],
                           figures={"fig-frontier": fig})
     plots.save_figure(fig, study_dir(results_dir, prof.name, dataset, "figures"), "frontier", study.to_json())
@@ -409,7 +382,7 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> D
 
     t0 = time.perf_counter()
     clean = [_server_tuned(x, y, fit, val, test_x, test_y, sched=sched, classes=classes, seed=s) for s in seeds]
-    refs[f"{extractor.name} + softmax, no noise"] = [acc for acc, _ in clean]
+    refs[f"{extractor.name} + softmax"] = [acc for acc, _ in clean]
     seconds["no noise"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -3,6 +3,7 @@
 
 * :func:`method_choice` / :func:`method_choice_text` / :func:`choice_from_metrics` -- which method to choose at
   which per-image epsilon (the discussion chapter's statement);
+* :func:`privacy_units` -- what each method's epsilon protects, side by side;
 * :func:`frontier_summary`, :func:`points_table`, :func:`describe_schedule` -- the chapter's prose and table.
 """
 from __future__ import annotations
@@ -12,8 +13,35 @@ from typing import Any, Dict, List, Optional, Sequence
 from dpact_tf.repro.frontier import METHODS, SCHEDULES
 from dpact_tf.repro.profiles import get_profile
 
-__all__ = ["method_choice", "method_choice_text", "choice_from_metrics", "frontier_summary", "points_table",
-           "describe_schedule"]
+__all__ = ["privacy_units", "method_choice", "method_choice_text", "choice_from_metrics", "frontier_summary",
+           "points_table", "describe_schedule"]
+
+
+def privacy_units() -> List[Dict[str, str]]:
+    """The privacy unit of each method, side by side (what epsilon protects, and what it leaves out)."""
+    return [
+        {"method": METHODS["paper_scratch"], "adjacency": "replace one image",
+         "labels": "uploaded in the clear (not covered)",
+         "releases per image": "every release after the image's first step (conv1 is trained on it)",
+         "accounted as implemented": "yes: exact Gaussian composition of the worst-case release count"},
+        {"method": METHODS["paper_finetune"], "adjacency": "replace one image",
+         "labels": "uploaded in the clear (not covered)", "releases per image": "one per epoch (conv1 frozen)",
+         "accounted as implemented": "yes: exact Gaussian composition"},
+        {"method": METHODS["activations_once"], "adjacency": "replace one image",
+         "labels": "uploaded in the clear (not covered)", "releases per image": "one",
+         "accounted as implemented": "yes: the grid release, its rounding added to the sensitivity"},
+        {"method": METHODS["release"], "adjacency": "replace one image (sensitivity 2C)",
+         "labels": "uploaded in the clear (not covered); randomized response with a prior can cover them with "
+                   "an ε of its own (section 3)",
+         "releases per image": "one",
+         "accounted as implemented": "idealized: float64 Gaussian noise, no exact sampler"},
+        {"method": METHODS["last_layer_dpsgd"], "adjacency": "add or remove one example (image and label)",
+         "labels": "covered (never leave the data holder)", "releases per image": "every step's noisy gradient",
+         "accounted as implemented": "yes: Poisson sampling implemented and accounted (RDP)"},
+        {"method": "DP-SGD from scratch (dpact_tf.baselines.dpsgd)", "adjacency": "add or remove one example",
+         "labels": "covered", "releases per image": "every step's noisy gradient",
+         "accounted as implemented": "no: shuffled fixed-size batches, accounted as Poisson sampling"},
+    ]
 
 
 def method_choice(points: Sequence[Dict[str, Any]], targets: Sequence[float]) -> List[Dict[str, Any]]:
@@ -100,12 +128,12 @@ def frontier_summary(metrics: Dict[str, Any]) -> str:
 
 
 def points_table(metrics: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """One row per point of the figure, for the chapter's table."""
+    """One row per point of the figure, for the chapter's table (epsilons as text with 3 significant digits)."""
     rows = []
     for p in sorted(metrics["points"], key=lambda p: (p["method"], p["image_epsilon"])):
         n = len(p["accuracies"])
-        rows.append({"method": METHODS[p["method"]], "ε per image": float(f"{p['image_epsilon']:.4g}"),
-                     "ε with tuning": float(f"{p['epsilon_with_tuning']:.4g}"),
+        rows.append({"method": METHODS[p["method"]], "ε per image": f"{p['image_epsilon']:,.3g}",
+                     "ε with tuning": f"{p['epsilon_with_tuning']:,.3g}",
                      "test accuracy": round(p["mean"], 4),
                      "± (std over seeds)": round(p["spread"], 4) if n > 1 else "one run",
                      "seeds": n, "chosen on validation (seed 0)": p["configs"][0]})
