@@ -112,3 +112,12 @@ def test_summary_and_table_read_the_numbers():
     assert [r["test accuracy"] for r in rows] == [0.17, 0.124, 0.221, 0.124]  # sorted by method, then ε
     assert "`medium`" in frontier_text.describe_schedule("small")
     assert "`medium`" not in frontier_text.describe_schedule("medium")
+
+
+def test_schedule_refuses_bad_values():
+    import dataclasses
+
+    small = frontier.SCHEDULES["small"]
+    for bad in ({"image_epsilons": (0.0,)}, {"seeds": 0}, {"projection_dims": 0}, {"validation_fraction": 1.0}):
+        with pytest.raises(ValueError):
+            dataclasses.replace(small, **bad)

@@ -78,8 +78,11 @@ class FrontierSchedule:
     label_epsilons: Tuple[float, ...]                    # (f): label epsilons of randomized response with a prior
 
     def __post_init__(self) -> None:
-        if any(not e > 0 for e in (*self.image_epsilons, *self.activation_epsilons)) or self.seeds < 1 or self.activation_seeds < 0:
-            raise ValueError("image_epsilons must be > 0, seeds >= 1 and activation_seeds >= 0")
+        if any(not e > 0 for e in (*self.image_epsilons, *self.activation_epsilons, *self.label_epsilons)):
+            raise ValueError("every epsilon of a schedule must be > 0")
+        if self.seeds < 1 or self.activation_seeds < 0 or self.projection_dims < 1:
+            raise ValueError(f"seeds and projection_dims must be >= 1 and activation_seeds >= 0 (got {self.seeds}, "
+                             f"{self.projection_dims}, {self.activation_seeds})")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1) (got {self.validation_fraction})")
 
@@ -93,7 +96,7 @@ SCHEDULES: Dict[str, FrontierSchedule] = {
                              label_feature_epsilon=None, label_epsilons=(2.0,)),
     "small": FrontierSchedule(image_epsilons=(1.0, 2.0, 4.0, 8.0, 16.0), seeds=3, validation_fraction=0.2,
                               server_grid=_GRID, dpsgd_grid=_DPSGD_GRID, batch_size=256, activation_seeds=1,
-                              activation_epsilons=(1.0, 4.0, 16.0), projection_dims=32,
+                              activation_epsilons=(1.0, 16.0), projection_dims=32,
                               label_feature_epsilon=None, label_epsilons=(1.0, 4.0)),
 }
 SCHEDULES["medium"] = dataclasses.replace(SCHEDULES["small"], activation_seeds=3,
