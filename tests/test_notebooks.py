@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from dpact_tf import privacy
-from dpact_tf.repro import claims
+from dpact_tf.repro import claims, frontier
 from dpact_tf.repro.book import NEEDS, NOTEBOOKS, REPO, build_book, run_notebooks
 from dpact_tf.repro.profiles import get_profile
 
@@ -209,19 +209,23 @@ def test_baselines_notebook(tiny_book):
     root, base = tiny_book
     prof = get_profile("tiny")
     text = _outputs_text(root, "09_baselines")
-    for method in ("DP activations (this paper)", "DP-SGD, ε = ", "PrivyNet-style, frozen public head",
-                   "DSSGD, K = 2", "SPNN-style"):
-        assert method in text, f"the summary table lacks {method!r}"
-    for fig in ("baseline_dpsgd", "baseline_privynet", "baseline_dssgd"):
+    for method in ("(c) features released once per image", "(e) DP-SGD on the last layer",
+                   "(b) DP activations (conv1) released once per image", "(a) DP activations as the paper trains",
+                   "Which method at which per-image ε", "add or remove one example"):
+        assert method in text, f"the chapter lacks {method!r}"
+    for fig in ("frontier", "baseline_privynet", "baseline_dssgd"):
         assert (base / "figures" / f"{fig}.png").exists()
-    dpsgd = _metrics(base, "baseline_dpsgd")
-    matched = [r for r in dpsgd["rows"] if r["matched_to"] is not None]
-    assert [r["matched_to"] for r in matched] == list(prof.baselines.dpsgd_matched_epsilons)
-    for r in dpsgd["rows"]:  # the calibrated noise gives the targeted epsilon
-        assert r["epsilon"] == pytest.approx(r["target_epsilon"], rel=0.02)
-    ref = {r["epsilon_per_coordinate"]: r for r in dpsgd["dp_activations"]}
-    for r in matched:  # matched to the DP-activation run's per-image epsilon over the run
-        assert r["target_epsilon"] == pytest.approx(ref[r["matched_to"]]["image_epsilon_per_run"])
+    front = _metrics(base, "frontier")
+    sched = frontier.SCHEDULES["tiny"]
+    methods = {p["method"] for p in front["points"]}
+    assert methods == {"release", "last_layer_dpsgd", "activations_once", "paper_scratch", "paper_finetune"}
+    for p in front["points"]:
+        if p["method"] == "activations_once":  # one release at most the per-image target
+            assert p["image_epsilon"] <= max(sched.activation_epsilons) and len(p["accuracies"]) == sched.activation_seeds
+        if p["method"] == "paper_scratch":  # the from-scratch chapter's runs, read, at their per-image epsilon
+            scratch = {r["epsilon"]: r for r in _metrics(base, "scratch")["table"]}
+            assert p["accuracies"] == [scratch[p["detail"]["epsilon_per_coordinate"]]["final_test_accuracy"]]
+    assert front["counts"]["n_fit"] + front["counts"]["n_validation"] == front["counts"]["n_train"]
     dssgd = _metrics(base, "baseline_dssgd")
     assert len(dssgd["rows"]) == len(prof.baselines.dssgd_participants) * (len(prof.baselines.dssgd_thetas) + 1)
     uploads = {r["theta_upload"]: r["upload_bytes_per_image"] for r in dssgd["rows"] if not r["standalone"]}

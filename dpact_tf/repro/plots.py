@@ -517,3 +517,34 @@ def dssgd_plot(rows: List[Dict[str, Any]], *, centralized: Dict[str, Any], chanc
     ax.set_title(_title("DSSGD: selective gradient sharing", dataset), fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def frontier_plot(points: List[Dict[str, Any]], references: Dict[str, float], *, chance: float, dataset: str):
+    """Test accuracy against per-image epsilon (log axis): one series per method (mean over seeds, bars: one
+    standard deviation), hollow markers where the tuning's runs raise the epsilon, each setting's non-private
+    accuracy as a horizontal line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.5, 4.6))
+    markers = {"release": "o", "activations_once": "D", "last_layer_dpsgd": "s", "paper_scratch": "^",
+               "paper_finetune": "v"}
+    for i, method in enumerate(dict.fromkeys(p["method"] for p in points)):
+        pts = sorted((p for p in points if p["method"] == method), key=lambda p: p["image_epsilon"])
+        color = f"C{i}"
+        ax.errorbar([p["image_epsilon"] for p in pts], [p["mean"] for p in pts],
+                    yerr=[0.0 if p["spread"] != p["spread"] else p["spread"] for p in pts],
+                    marker=markers.get(method, "o"), color=color, capsize=2, label=pts[0]["label"])
+        tuned = [p for p in pts if p["epsilon_with_tuning"] > p["image_epsilon"] * (1 + 1e-6)]
+        for p in tuned:
+            ax.plot([p["image_epsilon"], p["epsilon_with_tuning"]], [p["mean"]] * 2, color=color, lw=0.8, ls=":")
+        if tuned:
+            ax.plot([p["epsilon_with_tuning"] for p in tuned], [p["mean"] for p in tuned], markers.get(method, "o"),
+                    mfc="white", color=color, label=f"{pts[0]['label']}, tuning included")
+    for j, (name, acc) in enumerate(references.items()):
+        ax.axhline(acc, color="black", ls=("--", "-.", ":")[j % 3], lw=1, label=f"no noise: {name}")
+    ax.axhline(chance, color="0.5", ls=":", lw=1, label="majority class")
+    ax.set_xscale("log")
+    ax.set_xlabel("per-image ε (log scale; δ = 1e-5)"), ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(_title("Accuracy against the per-image ε of every method", dataset), fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,479 @@
+"""The frontier chapter: test accuracy against the per-image epsilon a person gets, every method on the same faces.
+
+Every method trains on the training images of the same 158-identity LFW split and is scored on its test
+images; each is tuned on a **validation split carved from the training images** (:func:`validation_split`),
+never on the test images, and the tuning's privacy cost is stated (Papernot & Steinke, ICLR 2022):
+
+* ``release`` (c) -- a public model's feature vector, centred and clipped, released once per image with
+  Gaussian noise for a per-image epsilon (:mod:`dpact_tf.baselines.feature_release`); the server trains a
+  softmax on the releases.  Tuning the server's training on released validation images is post-processing: free.
+* ``activations_once`` (b) -- the paper's mechanism, released once per image: the public model's conv1 (frozen)
+  on the client, each training image's activation released once on the exact grid (:mod:`dpact_tf.grid`) at a
+  per-coordinate epsilon chosen so that one release has the per-image epsilon asked for
+  (:func:`coordinate_epsilon_for_image`); the server passes the releases through the rest of the public model
+  and trains a softmax on them (post-processing).
+* ``last_layer_dpsgd`` (e) -- DP-SGD on a softmax over the public features, Poisson-sampled as accounted
+  (:mod:`dpact_tf.baselines.linear_dpsgd`); every candidate of the tuning grid is a DP-SGD run on the private
+  images, so the tuning's epsilon composes them all (:func:`dpact_tf.baselines.linear_dpsgd.composed_epsilon`).
+* ``paper_scratch`` / ``paper_finetune`` (a) -- the paper's own runs (Figs 3 and 4), read from the metrics of the
+  from-scratch and fine-tuning chapters, at their per-image epsilon over the run (:mod:`dpact_tf.accounting`).
+
+The feature extractor is a parameter (:class:`FeatureExtractor`: a callable images -> features with a name for
+the legend); the default is the public stand-in's ``fc7`` (:func:`standin_extractor`).  Features are cached.
+:mod:`dpact_tf.repro.frontier_text` says, from the recorded numbers, which method to choose at which per-image
+epsilon.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from dpact_tf.baselines import feature_release, linear_dpsgd
+from dpact_tf.jsonio import write_json
+from dpact_tf.repro import plots
+from dpact_tf.repro.profiles import get_profile
+from dpact_tf.repro.results import (PRETRAIN_MODULES, cache_key, load_metrics, record_metrics,
+                                    resolve_results_dir, study_dir)
+
+__all__ = ["FrontierSchedule", "SCHEDULES", "FeatureExtractor", "standin_extractor", "validation_split",
+           "coordinate_epsilon_for_image", "FrontierPoint", "FrontierStudy", "frontier_study", "METHODS",
+           "FRONTIER_MODULES"]
+
+FRONTIER_MODULES = (*PRETRAIN_MODULES, "dpact_tf.accounting", "dpact_tf.sensitivity",
+                    "dpact_tf.baselines.feature_release", "dpact_tf.baselines.linear_dpsgd", "dpact_tf.repro.frontier")
+
+#: method key -> legend label
+METHODS: Dict[str, str] = {
+    "release": "(c) features released once per image",
+    "activations_once": "(b) DP activations (conv1) released once per image",
+    "last_layer_dpsgd": "(e) DP-SGD on the last layer over public features",
+    "paper_scratch": "(a) DP activations as the paper trains them, from scratch",
+    "paper_finetune": "(a) DP activations as the paper trains them, fine-tuning",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontierSchedule:
+    """What the frontier chapter runs at one profile."""
+
+    image_epsilons: Tuple[float, ...]                    # per-image epsilons of (b), (c), (e)
+    seeds: int                                           # repetitions per point (noise, sampling, training order)
+    validation_fraction: float                           # of each person's training images, held out for tuning
+    server_grid: Tuple[Tuple[float, int], ...]           # (learning rate, epochs) of a softmax on releases
+    dpsgd_grid: Tuple[Tuple[float, float, int], ...]     # (clip, learning rate, epochs) of last-layer DP-SGD
+    batch_size: int                                      # (expected) batch size of every softmax training
+    activation_seeds: int                                # repetitions of (b) (its release is the costly part)
+    activation_epsilons: Tuple[float, ...]               # per-image epsilons of (b)
+    projection_dims: int                                 # features projected on the top principal components of
+                                                         # the public images' features (learned on public data)
+    label_feature_epsilon: Optional[float]               # (f): RR labels on (c) at this per-image feature
+                                                         # epsilon (None: clean features, the labels' cost alone)
+    label_epsilons: Tuple[float, ...]                    # (f): label epsilons of randomized response with a prior
+
+    def __post_init__(self) -> None:
+        if any(not e > 0 for e in (*self.image_epsilons, *self.activation_epsilons, *self.label_epsilons)):
+            raise ValueError("every epsilon of a schedule must be > 0")
+        if self.seeds < 1 or self.activation_seeds < 0 or self.projection_dims < 1:
+            raise ValueError(f"seeds and projection_dims must be >= 1 and activation_seeds >= 0 (got {self.seeds}, "
+                             f"{self.projection_dims}, {self.activation_seeds})")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1) (got {self.validation_fraction})")
+
+
+_GRID = ((0.1, 10), (0.5, 10), (0.5, 30))
+_DPSGD_GRID = ((0.1, 2.0, 10), (0.1, 4.0, 30), (1.0, 0.5, 30))
+SCHEDULES: Dict[str, FrontierSchedule] = {
+    "tiny": FrontierSchedule(image_epsilons=(2.0, 16.0), seeds=2, validation_fraction=0.2,
+                             server_grid=((0.5, 10),), dpsgd_grid=((1.0, 1.0, 10), (0.1, 4.0, 10)), batch_size=64,
+                             activation_seeds=1, activation_epsilons=(16.0,), projection_dims=8,
+                             label_feature_epsilon=None, label_epsilons=(2.0,)),
+    "small": FrontierSchedule(image_epsilons=(1.0, 2.0, 4.0, 8.0, 16.0), seeds=3, validation_fraction=0.2,
+                              server_grid=_GRID, dpsgd_grid=_DPSGD_GRID, batch_size=256, activation_seeds=1,
+                              activation_epsilons=(1.0, 16.0), projection_dims=32,
+                              label_feature_epsilon=None, label_epsilons=(1.0, 4.0)),
+}
+SCHEDULES["medium"] = dataclasses.replace(SCHEDULES["small"], activation_seeds=3,
+                                          activation_epsilons=(1.0, 2.0, 4.0, 8.0, 16.0),
+                                          label_epsilons=(1.0, 2.0, 4.0, 8.0))
+SCHEDULES["paper"] = SCHEDULES["medium"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureExtractor:
+    """A public feature extractor: ``features(images)`` maps float images in [0, 1] to [n, d] features.
+
+    ``head`` / ``tail`` (optional) split it at the activation the paper releases (``features = tail(head(x))``):
+    (b) needs them; an extractor without them runs (c) and (e) only."""
+
+    name: str                                           # legend name, e.g. "stand-in fc7"
+    key: str                                            # identifies the weights (part of the feature cache key)
+    features: Callable[[np.ndarray], np.ndarray]
+    head: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    tail: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    activation_shape: Optional[Tuple[int, int, int]] = None
+
+
+def standin_extractor(pretrained) -> FeatureExtractor:
+    """The public stand-in (:func:`dpact_tf.repro.pretrain.pretrain`'s run): conv1 (clean, normalized) as the head,
+    the rest of the network up to ``fc7`` as the tail."""
+    import tensorflow as tf
+
+    split = pretrained.load_split(epsilon=None)
+    head_model = split.clean_client()
+    tail_model = tf.keras.Model(split.server.input, split.server.get_layer("fc7").output)
+
+    def head(x):
+        return head_model.predict(np.asarray(x, np.float32), batch_size=128, verbose=0)
+
+    def tail(a):
+        return tail_model.predict(np.asarray(a, np.float32), batch_size=128, verbose=0)
+
+    return FeatureExtractor(name="public stand-in, fc7", key=f"standin-{pretrained.spec.key()}",
+                            features=lambda x: tail(head(x)), head=head, tail=tail,
+                            activation_shape=tuple(int(n) for n in split.activation_shape))
+
+
+def validation_split(labels: np.ndarray, fraction: float, *, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) indices into ``labels``: per person, round(fraction * n) of its images (at least one when
+    it has two or more) go to validation; the test images are never touched."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1) (got {fraction})")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = min(len(idx) - 1, max(1, int(round(fraction * len(idx))))) if len(idx) > 1 else 0
+        val.extend(idx[:k].tolist())
+    val = np.sort(np.asarray(val, np.int64))
+    return np.setdiff1d(np.arange(len(labels)), val), val
+
+
+def coordinate_epsilon_for_image(image_epsilon: float, activation_shape: Sequence[int], *,
+                                 delta: float = 1e-5, candidates: int = 241) -> Tuple[float, float]:
+    """(per-coordinate epsilon, its per-image epsilon): among ``candidates`` log-spaced per-coordinate epsilons in
+    [1e-3, 20], the one whose single grid release of an activation of ``activation_shape`` has the largest
+    per-image epsilon at most ``image_epsilon`` (:func:`dpact_tf.accounting.image_noise_multiplier` with the
+    grid's rounding and the proven sensitivity).  A scan, not a bisection: the grid's steps per standard
+    deviation jump with epsilon, so the per-image epsilon is not monotone in it."""
+    from dpact_tf import accounting
+
+    best = None
+    for eps in np.geomspace(1e-3, 20.0, candidates):
+        try:
+            z = accounting.image_noise_multiplier(float(eps), delta, activation_shape, grid_rounding=True)
+        except ValueError:  # no grid releases this epsilon with the asked delta as implemented
+            continue
+        per_image = accounting.image_epsilon(z, delta)
+        if per_image <= image_epsilon and (best is None or per_image > best[1]):
+            best = (float(eps), float(per_image))
+    if best is None:
+        raise ValueError(f"no per-coordinate epsilon in [1e-3, 20] gives a per-image epsilon <= {image_epsilon:g}")
+    return best
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontierPoint:
+    """One method at one privacy level: test accuracy per seed at a per-image epsilon."""
+
+    method: str                          # a key of METHODS
+    image_epsilon: float                 # per-image epsilon at delta of what the point's model saw (x coordinate)
+    epsilon_with_tuning: float           # ... including the tuning's runs on the private images
+    accuracies: Tuple[float, ...]        # final test accuracy, one per seed
+    configs: Tuple[str, ...]             # the configuration the validation split chose, per seed
+    detail: Dict[str, Any]               # per-coordinate epsilon, noise multiplier, ... (method-specific)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.accuracies))
+
+    @property
+    def spread(self) -> float:
+        """Sample standard deviation over seeds (NaN for one seed)."""
+        return float(np.std(self.accuracies, ddof=1)) if len(self.accuracies) > 1 else float("nan")
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontierStudy:
+    points: List[FrontierPoint]
+    references: Dict[str, List[float]]   # non-private accuracy per setting (per seed)
+    labels: List[Dict[str, Any]]         # (f): RR-with-prior labels on (c)
+    chance: float                        # the majority class's test accuracy
+    counts: Dict[str, int]               # n_fit, n_validation, n_train, n_test, classes, feature dimensions
+    extractor: str
+    delta: float
+    seconds: Dict[str, float]            # wall time per method (of the computation, not of a cache read)
+    figures: Dict[str, Any]              # MyST name -> figure
+
+    def to_json(self) -> Dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "figures"}
+        out["points"] = [{**dataclasses.asdict(p), "mean": p.mean, "spread": p.spread} for p in self.points]
+        return out
+
+
+# --- the methods ----------------------------------------------------------------------------------------------
+def _fit(x, y, *, classes: int, batch: int, seed: int, **kw) -> linear_dpsgd.SoftmaxModel:
+    return linear_dpsgd.train_softmax(x, y, num_classes=classes, batch_size=batch, seed=seed, **kw)
+
+
+def _server_tuned(train_x, train_y, fit, val, test_x, test_y, *, sched, classes, seed) -> Tuple[float, str]:
+    """Tune the server's softmax on (fit, val) of what it received, retrain on all of it, score on the test set."""
+    scores = []
+    for lr, epochs in sched.server_grid:
+        m = _fit(train_x[fit], train_y[fit], classes=classes, batch=sched.batch_size, seed=seed, epochs=epochs,
+                 learning_rate=lr)
+        scores.append(m.accuracy(train_x[val], train_y[val]))
+    lr, epochs = sched.server_grid[int(np.argmax(scores))]
+    m = _fit(train_x, train_y, classes=classes, batch=sched.batch_size, seed=seed, epochs=epochs, learning_rate=lr)
+    return m.accuracy(test_x, test_y), f"lr {lr:g}, {epochs} epochs"
+
+
+def _dpsgd_tuned(x, y, fit, val, test_x, test_y, *, target, sched, classes, delta, seed):
+    runs, scores, z_of = [], [], {}
+    for clip, lr, epochs in sched.dpsgd_grid:
+        q, steps = min(1.0, sched.batch_size / len(fit)), linear_dpsgd.steps_for(len(fit), sched.batch_size, epochs)
+        z = linear_dpsgd.calibrate_noise_multiplier(target, sampling_rate=q, steps=steps, delta=delta)
+        runs.append((z, q, steps))
+        m = _fit(x[fit], y[fit], classes=classes, batch=sched.batch_size, seed=seed, epochs=epochs,
+                 learning_rate=lr, clip=clip, noise_multiplier=z)
+        scores.append(m.accuracy(x[val], y[val]))
+    clip, lr, epochs = sched.dpsgd_grid[int(np.argmax(scores))]
+    q, steps = min(1.0, sched.batch_size / len(x)), linear_dpsgd.steps_for(len(x), sched.batch_size, epochs)
+    z = linear_dpsgd.calibrate_noise_multiplier(target, sampling_rate=q, steps=steps, delta=delta)
+    m = _fit(x, y, classes=classes, batch=sched.batch_size, seed=seed, epochs=epochs, learning_rate=lr, clip=clip,
+             noise_multiplier=z)
+    final = linear_dpsgd.epsilon(z, sampling_rate=q, steps=steps, delta=delta)
+    total = linear_dpsgd.composed_epsilon([*runs, (z, q, steps)], delta=delta)
+    return m.accuracy(test_x, test_y), f"clip {clip:g}, lr {lr:g}, {epochs} epochs", final, total, z
+
+
+def _grid_release_features(extractor: FeatureExtractor, images: np.ndarray, coord_eps: float, *, delta: float,
+                           seed: int, chunk: int = 256) -> np.ndarray:
+    """What the server computes from one grid release of each image's conv1 activation: tail(levels * step)."""
+    from dpact_tf import grid
+
+    spec = grid.grid_spec(coord_eps, delta)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(0, len(images), chunk):
+        act = extractor.head(images[i:i + chunk].astype(np.float32) / 255.0)
+        words = rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, size=act.shape, dtype=np.int64,
+                             endpoint=True)
+        levels = grid.release(act, words, spec)
+        out.append(extractor.tail(levels.astype(np.float32) * np.float32(spec.step)))
+    return np.concatenate(out)
+
+
+def _features(extractor: FeatureExtractor, data, public, *, cache: str) -> Dict[str, np.ndarray]:
+    if not os.path.exists(cache):
+        feats = {name: np.asarray(extractor.features(imgs.astype(np.float32) / 255.0), np.float32)
+                 for name, imgs in (("train", data.train_images), ("test", data.test_images),
+                                    ("public", public.train_images))}
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        np.savez_compressed(cache, **feats)
+    with np.load(cache) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _paper_points(results_dir, prof, dataset: str, *, delta: float) -> List[FrontierPoint]:
+    """(a): the from-scratch and fine-tuning chapters' runs at their per-image epsilon over the run."""
+    from dpact_tf import accounting
+    from dpact_tf.repro.privacy_studies import split_counts
+    from dpact_tf.vggface import layer_plan
+
+    points = []
+    for method, study, tag in (("paper_scratch", "scratch", "trained"), ("paper_finetune", "finetune", "frozen")):
+        m = load_metrics(results_dir, prof.name, dataset, study)
+        if m is None:
+            raise ValueError(f"the {study!r} chapter has not been run at profile {prof.name!r} on {dataset!r}; run "
+                             "it first (its runs are read, not retrained)")
+        rows = [r for r in m["table"] if r["epsilon"] is not None]
+        if not rows:
+            continue
+        epochs = rows[0]["epochs"]
+        counts = split_counts(prof, dataset)
+        shape = (prof.image_size, prof.image_size, layer_plan(prof.width)[0][2])
+        table = {r["epsilon_per_coordinate"]: r for r in accounting.accounting_table(
+            [r["epsilon"] for r in rows], delta=delta, activation_shape=shape, epochs=epochs,
+            finetune_epochs=epochs, n_train=counts["n_train"], n_test=counts["n_test"], batch_size=prof.batch_size)}
+        for r in rows:
+            eps = table[r["epsilon"]][f"{tag}_epsilon_exact"]
+            points.append(FrontierPoint(method=method, image_epsilon=eps, epsilon_with_tuning=eps,
+                                        accuracies=(r["final_test_accuracy"],), configs=("the paper's recipe",),
+                                        detail={"epsilon_per_coordinate": r["epsilon"],
+                                                "releases_per_image": table[r["epsilon"]][f"{tag}_releases"],
+                                                "run": r["run"]}))
+    return points
+
+
+def _reference(results_dir, prof, dataset: str) -> Optional[float]:
+    m = load_metrics(results_dir, prof.name, dataset, "scratch")
+    rows = [r for r in (m or {}).get("table", []) if r["epsilon"] is None]
+    return rows[0]["final_test_accuracy"] if rows else None
+
+
+# --- the study ------------------------------------------------------------------------------------------------
+def frontier_study(*, profile: str, dataset: str, results_dir: Optional[str] = None, seed: int = 0,
+                   extractor: Optional[FeatureExtractor] = None, delta: float = 1e-5, force: bool = False,
+                   progress: bool = True) -> FrontierStudy:
+    """Run (or read from the cache) every method of the chapter; record metrics and the figure
+    ``fig-frontier``."""
+    from dpact_tf.repro.pretrain import pretrain
+    from dpact_tf.repro.runs import load_faces
+
+    prof = get_profile(profile)
+    sched = SCHEDULES[prof.name]
+    if extractor is None:
+        extractor = standin_extractor(pretrain(prof.name, dataset, results_dir=results_dir, seed=seed,
+                                               progress=progress))
+    data = load_faces(prof, dataset, seed=seed, progress=progress)
+    base = os.path.join(resolve_results_dir(results_dir), prof.name, dataset, "frontier")
+    settings = {"schedule": dataclasses.asdict(sched), "extractor": extractor.key, "seed": seed, "delta": delta,
+                "train_files": len(data.train_files), "test_files": len(data.test_files)}
+    cache = os.path.join(base, f"study_{cache_key(settings, modules=FRONTIER_MODULES)}.json")
+    if force or not os.path.exists(cache):
+        public = load_faces(prof, dataset, public=True, seed=seed, progress=progress)
+        feats = _features(extractor, data, public, cache=os.path.join(
+            base, f"features_{cache_key({'extractor': extractor.key}, modules=PRETRAIN_MODULES)}.npz"))
+        saved = _compute(extractor, data, feats, prof=prof, sched=sched, delta=delta, seed=seed, progress=progress)
+        write_json(cache, saved)
+    with open(cache) as fh:
+        saved = json.load(fh)
+    points = [FrontierPoint(**{**p, "accuracies": tuple(p["accuracies"]), "configs": tuple(p["configs"])})
+              for p in saved["points"]] + _paper_points(results_dir, prof, dataset, delta=delta)
+    references = dict(saved["references"])
+    scratch = _reference(results_dir, prof, dataset)
+    if scratch is not None:
+        references["the paper's network from scratch (one run)"] = [scratch]
+    chance = float(data.majority_class_rate)
+    fig = plots.frontier_plot([{**dataclasses.asdict(p), "label": METHODS[p.method], "mean": p.mean,
+                                "spread": p.spread} for p in points],
+                              {k: float(np.mean(v)) for k, v in references.items()}, chance=chance, dataset=dataset)
+    study = FrontierStudy(points=points, references=references, labels=saved["labels"],
+                          chance=chance, counts=saved["counts"],
+                          extractor=extractor.name, delta=delta, seconds=saved["seconds"],
+                          figures={"fig-frontier": fig})
+    plots.save_figure(fig, study_dir(results_dir, prof.name, dataset, "figures"), "frontier", study.to_json())
+    record_metrics(results_dir, prof.name, dataset, "frontier", study.to_json())
+    return study
+
+
+def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> Dict[str, Any]:
+    def say(msg):
+        if progress:
+            print(f"frontier: {msg}", file=sys.stderr, flush=True)
+
+    classes = int(data.num_classes)
+    # centre, principal directions and clipping norm from the public images' features: no privacy cost
+    center = feats["public"].mean(axis=0, dtype=np.float64)
+    directions = np.linalg.svd(feats["public"] - center, full_matrices=False)[2][:sched.projection_dims].T
+    scale = float(np.median(np.linalg.norm((feats["public"] - center) @ directions, axis=1)))
+    project = lambda f: (np.asarray(f, np.float64) - center) @ directions / scale  # noqa: E731
+    unit = lambda f: feature_release.clip_rows(project(f), 1.0)  # noqa: E731
+    y, test_y = np.asarray(data.train_labels), np.asarray(data.test_labels)
+    fit, val = validation_split(y, sched.validation_fraction, seed=seed)
+    x, test_x = unit(feats["train"]), unit(feats["test"])
+    seeds = [seed + s for s in range(sched.seeds)]
+    points, seconds, refs = [], {}, {}
+
+    t0 = time.perf_counter()
+    clean = [_server_tuned(x, y, fit, val, test_x, test_y, sched=sched, classes=classes, seed=s) for s in seeds]
+    refs[f"{extractor.name} + softmax"] = [acc for acc, _ in clean]
+    seconds["no noise"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    say("(c) features released once per image")
+    chosen_c = {None: [cfg for _, cfg in clean]}
+    for eps in sched.image_epsilons:
+        accs, cfgs = [], []
+        for s in seeds:
+            r = feature_release.release_features(project(feats["train"]), epsilon=eps, delta=delta, clip=1.0,
+                                                 seed=1000 * s + 17)
+            acc, cfg = _server_tuned(r, y, fit, val, test_x, test_y, sched=sched, classes=classes, seed=s)
+            accs.append(acc), cfgs.append(cfg)
+        chosen_c[eps] = cfgs
+        points.append(dict(method="release", image_epsilon=eps, epsilon_with_tuning=eps, accuracies=accs,
+                           configs=cfgs, detail={"clip": 1.0, "noise_std": feature_release.release_std(
+                               epsilon=eps, delta=delta, clip=1.0), "clip_in_feature_units": scale,
+                               "dimensions": int(x.shape[1])}))
+    seconds["release"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    say("(e) DP-SGD on the last layer")
+    for eps in sched.image_epsilons:
+        accs, cfgs, finals, totals, zs = [], [], [], [], []
+        for s in seeds:
+            acc, cfg, final, total, z = _dpsgd_tuned(x, y, fit, val, test_x, test_y, target=eps, sched=sched,
+                                                     classes=classes, delta=delta, seed=s)
+            accs.append(acc), cfgs.append(cfg), finals.append(final), totals.append(total), zs.append(z)
+        points.append(dict(method="last_layer_dpsgd", image_epsilon=max(finals), epsilon_with_tuning=max(totals),
+                           accuracies=accs, configs=cfgs,
+                           detail={"noise_multipliers": zs, "candidates": len(sched.dpsgd_grid)}))
+    seconds["last_layer_dpsgd"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if extractor.head is not None and sched.activation_seeds:
+        for eps in sched.activation_epsilons:
+            coord, per_image = coordinate_epsilon_for_image(eps, extractor.activation_shape, delta=delta)
+            say(f"(b) conv1 released once at ε = {coord:.3g} per coordinate ({per_image:.3g} per image)")
+            accs, cfgs = [], []
+            for s in seeds[:sched.activation_seeds]:
+                r = unit(_grid_release_features(extractor, data.train_images, coord, delta=delta, seed=1000 * s + 29))
+                acc, cfg = _server_tuned(r, y, fit, val, test_x, test_y, sched=sched, classes=classes, seed=s)
+                accs.append(acc), cfgs.append(cfg)
+            points.append(dict(method="activations_once", image_epsilon=per_image, epsilon_with_tuning=per_image,
+                               accuracies=accs, configs=cfgs, detail={"epsilon_per_coordinate": coord}))
+    seconds["activations_once"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    say("(f) labels by randomized response with a prior")
+    labels = _label_study(project(feats["train"]), y, test_x, test_y, sched=sched, classes=classes, delta=delta,
+                          seeds=seeds, chosen=chosen_c)
+    seconds["labels"] = time.perf_counter() - t0
+    counts = {"n_fit": int(len(fit)), "n_validation": int(len(val)), "n_train": int(len(y)),
+              "n_test": int(len(test_y)), "classes": classes, "feature_dimensions": int(x.shape[1])}
+    return {"points": points, "references": refs, "labels": labels, "counts": counts, "seconds": seconds}
+
+
+def _label_study(projected, y, test_x, test_y, *, sched, classes, delta, seeds, chosen):
+    """(f): labels by RR with a prior, two stages (Ghazi et al. 2021), on (c) at ``label_feature_epsilon`` (None:
+    the clean projected features, so the cost is the labels' alone): half the images' labels by plain randomized
+    response (a uniform prior); a softmax trained on them gives the prior of the other half from its features;
+    the model is trained on all noisy labels with the configuration the validation split chose for the features."""
+    eps_f = sched.label_feature_epsilon
+    rows = []
+    for eps_l in sched.label_epsilons:
+        accs, kept = [], []
+        for i, s in enumerate(seeds):
+            r = feature_release.release_features(projected, epsilon=eps_f, delta=delta, clip=1.0,
+                                                 seed=1000 * s + 17)
+            rng = np.random.default_rng(1000 * s + 41)
+            first = rng.random(len(y)) < 0.5
+            noisy = np.empty_like(y)
+            noisy[first] = feature_release.rr_with_prior(y[first], np.full((first.sum(), classes), 1.0 / classes),
+                                                         epsilon=eps_l, seed=1000 * s + 43)
+            lr, epochs = _parse(chosen[eps_f][i]) if eps_f in chosen else sched.server_grid[0]
+            stage1 = _fit(r[first], noisy[first], classes=classes, batch=sched.batch_size, seed=s, epochs=epochs,
+                          learning_rate=lr)
+            logits = stage1.logits(r[~first])
+            prior = np.exp(logits - logits.max(axis=1, keepdims=True))
+            prior /= prior.sum(axis=1, keepdims=True)
+            noisy[~first] = feature_release.rr_with_prior(y[~first], prior, epsilon=eps_l, seed=1000 * s + 47)
+            kept.append(float(np.mean(noisy == y)))
+            m = _fit(r, noisy, classes=classes, batch=sched.batch_size, seed=s, epochs=epochs, learning_rate=lr)
+            accs.append(m.accuracy(test_x, test_y))
+        rows.append({"label_epsilon": eps_l, "feature_epsilon": eps_f, "accuracies": accs,
+                     "mean": float(np.mean(accs)), "labels_correct": float(np.mean(kept))})
+    return rows
+
+
+def _parse(config: str) -> Tuple[float, int]:
+    lr, epochs = config.split(", ")
+    return float(lr.split()[1]), int(epochs.split()[0])

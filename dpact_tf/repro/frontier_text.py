@@ -1,0 +1,179 @@
+"""What the frontier chapter's numbers say, as prose and tables: read from its recorded metrics
+(:func:`dpact_tf.repro.frontier.frontier_study`), so that editing a sentence recomputes nothing.
+
+* :func:`method_choice` / :func:`method_choice_text` / :func:`choice_from_metrics` -- which method to choose at
+  which per-image epsilon (the discussion chapter's statement);
+* :func:`privacy_units` -- what each method's epsilon protects, side by side;
+* :func:`frontier_summary`, :func:`points_table`, :func:`describe_schedule` -- the chapter's prose and table.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+from dpact_tf.repro.frontier import METHODS, SCHEDULES
+from dpact_tf.repro.profiles import get_profile
+
+__all__ = ["privacy_units", "method_choice", "method_choice_text", "choice_from_metrics", "frontier_summary",
+           "points_table", "describe_schedule"]
+
+
+def privacy_units() -> List[Dict[str, str]]:
+    """The privacy unit of each method, side by side (what epsilon protects, and what it leaves out)."""
+    return [
+        {"method": METHODS["paper_scratch"], "adjacency": "replace one image",
+         "labels": "uploaded in the clear (not covered)",
+         "releases per image": "every release after the image's first step (conv1 is trained on it)",
+         "accounted as implemented": "yes: exact Gaussian composition of the worst-case release count"},
+        {"method": METHODS["paper_finetune"], "adjacency": "replace one image",
+         "labels": "uploaded in the clear (not covered)", "releases per image": "one per epoch (conv1 frozen)",
+         "accounted as implemented": "yes: exact Gaussian composition"},
+        {"method": METHODS["activations_once"], "adjacency": "replace one image",
+         "labels": "uploaded in the clear (not covered)", "releases per image": "one",
+         "accounted as implemented": "yes: the grid release, its rounding added to the sensitivity"},
+        {"method": METHODS["release"], "adjacency": "replace one image (sensitivity 2C)",
+         "labels": "uploaded in the clear (not covered); randomized response with a prior can cover them with "
+                   "an ε of its own (section 3)",
+         "releases per image": "one",
+         "accounted as implemented": "idealized: float64 Gaussian noise, no exact sampler"},
+        {"method": METHODS["last_layer_dpsgd"], "adjacency": "add or remove one example (image and label)",
+         "labels": "covered (never leave the data holder)", "releases per image": "every step's noisy gradient",
+         "accounted as implemented": "yes: Poisson sampling implemented and accounted (RDP)"},
+        {"method": "DP-SGD from scratch (dpact_tf.baselines.dpsgd)", "adjacency": "add or remove one example",
+         "labels": "covered", "releases per image": "every step's noisy gradient",
+         "accounted as implemented": "no: shuffled fixed-size batches, accounted as Poisson sampling"},
+    ]
+
+
+def method_choice(points: Sequence[Dict[str, Any]], targets: Sequence[float]) -> List[Dict[str, Any]]:
+    """Per target per-image epsilon: the method with the highest mean test accuracy among the points whose
+    per-image epsilon *including tuning* is at most the target, the runner-up, and whether the lead exceeds the
+    sum of their spreads over seeds (``clear``: False when it does not, or when a spread is unknown)."""
+    rows = []
+    for t in targets:
+        best: Dict[str, Dict[str, Any]] = {}
+        for p in points:
+            if p["epsilon_with_tuning"] <= t * (1 + 1e-9) and (p["method"] not in best
+                                                               or p["mean"] > best[p["method"]]["mean"]):
+                best[p["method"]] = p
+        ranked = sorted(best.values(), key=lambda p: -p["mean"])
+        if not ranked:
+            rows.append({"target": t, "method": None, "mean": None, "runner_up": None, "clear": False})
+            continue
+        top, second = ranked[0], ranked[1] if len(ranked) > 1 else None
+        spreads = [top["spread"]] + ([second["spread"]] if second else [])
+        known = all(s == s for s in spreads)
+        clear = second is not None and known and top["mean"] - second["mean"] > sum(spreads)
+        rows.append({"target": t, "method": top["method"], "mean": top["mean"], "spread": top["spread"],
+                     "runner_up": second["method"] if second else None,
+                     "runner_up_mean": second["mean"] if second else None, "clear": bool(clear)})
+    return rows
+
+
+def method_choice_text(rows: Sequence[Dict[str, Any]], *, chance: float) -> str:
+    """The choice as prose, one sentence per target epsilon."""
+    out = []
+    for r in rows:
+        if r["method"] is None:
+            out.append(f"At a per-image ε of {r['target']:g}, no method has a point.")
+            continue
+        if r["mean"] <= chance:
+            out.append(f"At a per-image ε of {r['target']:g}, no method beats the majority class "
+                       f"({100 * chance:.1f} %).")
+            continue
+        name = METHODS[r["method"]]
+        lead = ""
+        if r["runner_up"] is not None:
+            gap = 100 * (r["mean"] - r["runner_up_mean"])
+            lead = (f", {gap:.1f} points ahead of {METHODS[r['runner_up']]}"
+                    + ("" if r["clear"] else " (within the spread over seeds: not a clear lead)"))
+        out.append(f"At a per-image ε of {r['target']:g}: **{name}**, {100 * r['mean']:.1f} % test accuracy"
+                   f"{lead}.")
+    return " ".join(out)
+
+
+def frontier_summary(metrics: Dict[str, Any]) -> str:
+    """What the figure shows, from the recorded metrics: the paper's best point and the per-image epsilon it needs,
+    the methods that never beat the majority class, and the smallest per-image epsilon (tuning included) at which
+    one does."""
+    pts = metrics["points"]
+    paper = [p for p in pts if p["method"].startswith("paper_")]
+    ours = [p for p in pts if not p["method"].startswith("paper_")]
+    chance = metrics["chance"]
+    text = []
+    if paper:
+        best = max(paper, key=lambda p: p["mean"])
+        above = [p for p in paper if p["mean"] > chance]
+        text.append(f"The paper's training reaches at best {100 * best['mean']:.1f} % "
+                    f"({METHODS[best['method']]}, per-coordinate ε = {best['detail']['epsilon_per_coordinate']:g}) "
+                    f"at a per-image ε of {best['image_epsilon']:,.3g}; "
+                    + (f"its smallest per-image ε above the majority class ({100 * chance:.1f} %) is "
+                       f"{min(p['image_epsilon'] for p in above):,.3g}." if above else
+                       f"none of its points beats the majority class ({100 * chance:.1f} %)."))
+    floor = [m for m in dict.fromkeys(p["method"] for p in ours)
+             if all(p["mean"] <= chance for p in ours if p["method"] == m)]
+    if floor:
+        top = max(p["image_epsilon"] for p in ours if p["method"] in floor)
+        text.append("At the majority class at every per-image ε up to " f"{top:.3g}: "
+                    + " and ".join(METHODS[m] for m in floor) + ".")
+    above = [p for p in ours if p["mean"] > chance]
+    if above:
+        top = min(above, key=lambda p: (p["epsilon_with_tuning"], -p["mean"]))
+        spread = "one run" if top["spread"] != top["spread"] else f"± {100 * top['spread']:.1f} over seeds"
+        text.append(f"The smallest per-image ε (tuning included) at which a method beats the majority class is "
+                    f"{top['epsilon_with_tuning']:.3g}: {METHODS[top['method']]} reaches {100 * top['mean']:.1f} % "
+                    f"({spread}).")
+    elif ours:
+        text.append("None of the methods beats the majority class at any per-image ε of the sweep.")
+    return " ".join(text)
+
+
+def points_table(metrics: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """One row per point of the figure, for the chapter's table (epsilons as text with 3 significant digits)."""
+    rows = []
+    for p in sorted(metrics["points"], key=lambda p: (p["method"], p["image_epsilon"])):
+        n = len(p["accuracies"])
+        rows.append({"method": METHODS[p["method"]], "ε per image": f"{p['image_epsilon']:,.3g}",
+                     "ε with tuning": f"{p['epsilon_with_tuning']:,.3g}",
+                     "test accuracy": round(p["mean"], 4),
+                     "± (std over seeds)": round(p["spread"], 4) if n > 1 else "one run",
+                     "seeds": n, "chosen on validation (seed 0)": p["configs"][0]})
+    return rows
+
+
+def describe_schedule(profile: str) -> str:
+    """What the chapter runs at ``profile`` and what it leaves out, as prose."""
+    prof = get_profile(profile)
+    sched = SCHEDULES[prof.name]
+    fuller = SCHEDULES["medium"]
+    eps = ", ".join(f"{e:g}" for e in sched.image_epsilons)
+    text = (f"Profile **{prof.name}**: per-image ε ∈ {{{eps}}} at δ = 1e-5; {sched.seeds} seeds per point for "
+            f"(c) and (e), {sched.activation_seeds} for (b) (one grid release of every training image per seed "
+            f"and ε); {round(100 * sched.validation_fraction)} % of each person's training images held out for "
+            f"tuning; {len(sched.server_grid)} server configurations and {len(sched.dpsgd_grid)} DP-SGD "
+            f"configurations tried per point. The features are projected on the {sched.projection_dims} principal "
+            "directions of the public images' features, centred and scaled to a median norm of 1 there; the "
+            "release clips them to norm C = 1.")
+    text += f" (b) runs at per-image ε ∈ {{{', '.join(f'{e:g}' for e in sched.activation_epsilons)}}}."
+    if (sched.activation_seeds, len(sched.activation_epsilons), len(sched.label_epsilons)) < (
+            fuller.activation_seeds, len(fuller.activation_epsilons), len(fuller.label_epsilons)):
+        text += (f" The `medium` profile runs (b) with {fuller.activation_seeds} seeds at every ε of the sweep and "
+                 f"the labels at {len(fuller.label_epsilons)} label ε; `{prof.name}` runs less to stay within the "
+                 "book's 90 minutes.")
+    return text + (" Not run at any profile on this machine: (d) DP-SGD from scratch, tuned (one DP-SGD epoch "
+                   "of the whole network costs about three epochs of the split protocol, so even a small tuning "
+                   "grid does not fit the budget); the untuned runs of `dpact_tf.baselines.dpsgd` stay at the "
+                   "majority class and are not shown as if they were a fair point.")
+
+
+def choice_from_metrics(metrics: Optional[Dict[str, Any]], *, profile: str) -> str:
+    """The discussion's statement of which method to choose at which per-image epsilon, from the recorded
+    metrics of the frontier chapter (or why there is none)."""
+    if metrics is None:
+        return "The frontier chapter has not been run at this profile: no method is recommended."
+    targets = SCHEDULES[get_profile(profile).name].image_epsilons
+    rows = method_choice(metrics["points"], targets)
+    paper = [p for p in metrics["points"] if p["method"].startswith("paper_") and p["mean"] > metrics["chance"]]
+    family = (f" The paper's own training needs a per-image ε of at least "
+              f"{min(p['image_epsilon'] for p in paper):,.3g} to beat the majority class." if paper else
+              " The paper's own training beats the majority class at no per-image ε it was run at.")
+    return method_choice_text(rows, chance=metrics["chance"]) + family

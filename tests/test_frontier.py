@@ -1,0 +1,123 @@
+"""The frontier chapter's study: validation split, per-image calibration of the grid release, the method choice, and
+a tiny run with a stand-in extractor."""
+import math
+
+import numpy as np
+import pytest
+
+from dpact_tf import accounting
+from dpact_tf.repro import frontier, frontier_text
+from dpact_tf.repro.results import load_metrics, record_metrics
+
+
+def test_validation_split_is_per_person_and_disjoint():
+    labels = np.repeat(np.arange(4), [10, 5, 2, 1])
+    fit, val = frontier.validation_split(labels, 0.2, seed=0)
+    assert len(np.intersect1d(fit, val)) == 0 and len(fit) + len(val) == len(labels)
+    per_person = np.bincount(labels[val], minlength=4)
+    assert per_person.tolist() == [2, 1, 1, 0]  # round(0.2 n), at least one of two or more, none of one
+    again, _ = frontier.validation_split(labels, 0.2, seed=0)
+    assert np.array_equal(fit, again)
+    with pytest.raises(ValueError, match="fraction"):
+        frontier.validation_split(labels, 1.0)
+
+
+@pytest.mark.parametrize("target", [1.0, 8.0])
+def test_coordinate_epsilon_gives_at_most_the_per_image_target(target):
+    shape = (32, 32, 8)
+    coord, per_image = frontier.coordinate_epsilon_for_image(target, shape)
+    z = accounting.image_noise_multiplier(coord, 1e-5, shape, grid_rounding=True)
+    assert per_image == pytest.approx(accounting.image_epsilon(z, 1e-5)) and per_image <= target
+    assert per_image > target / 4  # the scan lands near the target (the grid's jumps leave gaps)
+
+
+def _p(method, eps, accs, tuned=None):
+    return {"method": method, "image_epsilon": eps, "epsilon_with_tuning": tuned or eps,
+            "mean": float(np.mean(accs)), "spread": float(np.std(accs, ddof=1)) if len(accs) > 1 else float("nan")}
+
+
+def test_method_choice_both_sides():
+    pts = [_p("release", 1.0, [0.30, 0.31, 0.32]), _p("last_layer_dpsgd", 1.0, [0.10, 0.11, 0.12], tuned=3.0),
+           _p("last_layer_dpsgd", 0.9, [0.50, 0.51, 0.52], tuned=6.0), _p("paper_scratch", 1e6, [0.2])]
+    rows = {r["target"]: r for r in frontier_text.method_choice(pts, [0.5, 1.0, 4.0, 8.0])}
+    assert rows[0.5]["method"] is None
+    assert rows[1.0]["method"] == "release" and rows[1.0]["runner_up"] is None and not rows[1.0]["clear"]
+    assert rows[4.0]["method"] == "release" and rows[4.0]["runner_up"] == "last_layer_dpsgd" and rows[4.0]["clear"]
+    assert rows[8.0]["method"] == "last_layer_dpsgd" and rows[8.0]["clear"]  # its ε with tuning counts, not 0.9
+    close = [_p("release", 1.0, [0.30, 0.35, 0.40]), _p("last_layer_dpsgd", 1.0, [0.29, 0.34, 0.39])]
+    (row,) = frontier_text.method_choice(close, [1.0])
+    assert row["method"] == "release" and not row["clear"]
+    text = frontier_text.method_choice_text([row], chance=0.3)
+    assert "not a clear lead" in text and "majority class" not in text
+    assert "no method beats the majority class (50.0 %)" in frontier_text.method_choice_text([row], chance=0.5)
+
+
+def test_choice_from_metrics_states_the_paper_family():
+    assert "not been run" in frontier_text.choice_from_metrics(None, profile="tiny")
+    m = {"points": [_p("release", 2.0, [0.3, 0.3]), _p("paper_scratch", 5e4, [0.2])], "chance": 0.1}
+    text = frontier_text.choice_from_metrics(m, profile="tiny")
+    assert "at least 5e+04" in text and "(c) features released once per image" in text
+    m["chance"] = 0.25
+    assert "at no per-image ε" in frontier_text.choice_from_metrics(m, profile="tiny")
+
+
+def test_study_with_a_given_extractor(tmp_path):
+    """The study at tiny on synthetic faces with a fixed random projection as the public extractor (no (b): it
+    has no head), the paper's points read from recorded metrics."""
+    rng = np.random.default_rng(0)
+    proj = rng.normal(size=(32 * 32 * 3, 16)).astype(np.float32)
+    extractor = frontier.FeatureExtractor(name="random projection", key="proj-0",
+                                          features=lambda x: np.maximum(x.reshape(len(x), -1) @ proj, 0))
+    table = [{"epsilon": None, "epochs": 8, "final_test_accuracy": 0.5, "run": "a"},
+             {"epsilon": 1.0, "epochs": 8, "final_test_accuracy": 0.125, "run": "b"}]
+    for study in ("scratch", "finetune"):
+        record_metrics(str(tmp_path), "tiny", "synthetic", study, {"table": table})
+    study = frontier.frontier_study(profile="tiny", dataset="synthetic", results_dir=str(tmp_path),
+                                    extractor=extractor, progress=False)
+    sched = frontier.SCHEDULES["tiny"]
+    by = {}
+    for p in study.points:
+        by.setdefault(p.method, []).append(p)
+    assert sorted(by) == ["last_layer_dpsgd", "paper_finetune", "paper_scratch", "release"]
+    for p in by["release"] + by["last_layer_dpsgd"]:
+        assert len(p.accuracies) == sched.seeds and all(0 <= a <= 1 for a in p.accuracies)
+    assert [p.image_epsilon for p in by["release"]] == list(sched.image_epsilons)
+    for p in by["last_layer_dpsgd"]:  # the final run meets its target; the tuning's runs raise the total
+        assert p.image_epsilon <= max(sched.image_epsilons) and p.epsilon_with_tuning > p.image_epsilon
+    (scratch,) = by["paper_scratch"]
+    assert scratch.accuracies == (0.125,) and scratch.image_epsilon > 1e3
+    assert study.counts["n_fit"] + study.counts["n_validation"] == study.counts["n_train"]
+    assert "fig-frontier" in study.figures and len(study.labels) == len(sched.label_epsilons)
+    saved = load_metrics(str(tmp_path), "tiny", "synthetic", "frontier")
+    assert saved["points"][0]["accuracies"] == list(study.points[0].accuracies)
+    again = frontier.frontier_study(profile="tiny", dataset="synthetic", results_dir=str(tmp_path),
+                                    extractor=extractor, progress=False)  # from the cache: the same numbers
+    assert [p.accuracies for p in again.points] == [p.accuracies for p in study.points]
+    assert not math.isnan(by["release"][0].spread)
+
+
+def test_summary_and_table_read_the_numbers():
+    paper = {**_p("paper_scratch", 2.5e7, [0.124]), "detail": {"epsilon_per_coordinate": 1.0}}
+    best = {**_p("paper_scratch", 4.8e9, [0.221]), "detail": {"epsilon_per_coordinate": 14.0}}
+    dpsgd = {**_p("last_layer_dpsgd", 1.0, [0.16, 0.17, 0.18], tuned=2.1), "detail": {}}
+    release = {**_p("release", 16.0, [0.124, 0.124]), "detail": {}}
+    m = {"points": [paper, best, dpsgd, release], "chance": 0.124}
+    for p in m["points"]:
+        p["accuracies"], p["configs"] = [p["mean"]], ["c"]
+    text = frontier_text.frontier_summary(m)
+    assert "at best 22.1 %" in text and "4.8e+09" in text and "smallest per-image ε above the majority class" in text
+    assert "beats the majority class is 2.1: (e) DP-SGD on the last layer" in text and "17.0 % (± 1.0" in text
+    assert "At the majority class at every per-image ε up to 16: (c) features released once per image." in text
+    rows = frontier_text.points_table(m)
+    assert [r["test accuracy"] for r in rows] == [0.17, 0.124, 0.221, 0.124]  # sorted by method, then ε
+    assert "`medium`" in frontier_text.describe_schedule("small")
+    assert "`medium`" not in frontier_text.describe_schedule("medium")
+
+
+def test_schedule_refuses_bad_values():
+    import dataclasses
+
+    small = frontier.SCHEDULES["small"]
+    for bad in ({"image_epsilons": (0.0,)}, {"seeds": 0}, {"projection_dims": 0}, {"validation_fraction": 1.0}):
+        with pytest.raises(ValueError):
+            dataclasses.replace(small, **bad)
