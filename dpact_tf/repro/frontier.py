@@ -42,7 +42,7 @@ from dpact_tf.repro.profiles import get_profile
 from dpact_tf.repro.results import (PRETRAIN_MODULES, cache_key, load_metrics, record_metrics,
                                     resolve_results_dir, study_dir)
 
-__all__ = ["FrontierSchedule", "SCHEDULES", "FeatureExtractor", "standin_extractor", "validation_split",
+__all__ = ["FrontierSchedule", "SCHEDULES", "FeatureExtractor", "standin_extractor", "dlib_extractor", "validation_split",
            "coordinate_epsilon_for_image", "FrontierPoint", "FrontierStudy", "frontier_study", "METHODS",
            "FRONTIER_MODULES"]
 
@@ -54,6 +54,8 @@ METHODS: Dict[str, str] = {
     "release": "(c) features released once per image",
     "activations_once": "(b) DP activations (conv1) released once per image",
     "last_layer_dpsgd": "(e) DP-SGD on the last layer over public features",
+    "release_dlib": "(c) features released once per image, dlib's face ResNet",
+    "last_layer_dpsgd_dlib": "(e) DP-SGD on the last layer over dlib's face ResNet",
     "paper_scratch": "(a) DP activations as the paper trains them, from scratch",
     "paper_finetune": "(a) DP activations as the paper trains them, fine-tuning",
 }
@@ -118,6 +120,7 @@ class FeatureExtractor:
     head: Optional[Callable[[np.ndarray], np.ndarray]] = None
     tail: Optional[Callable[[np.ndarray], np.ndarray]] = None
     activation_shape: Optional[Tuple[int, int, int]] = None
+    method_suffix: str = ""                             # appended to the method keys of its points ("" or "_dlib")
 
 
 def standin_extractor(pretrained) -> FeatureExtractor:
@@ -138,6 +141,20 @@ def standin_extractor(pretrained) -> FeatureExtractor:
     return FeatureExtractor(name="public stand-in, fc7", key=f"standin-{pretrained.spec.key()}",
                             features=lambda x: tail(head(x)), head=head, tail=tail,
                             activation_shape=tuple(int(n) for n in split.activation_shape))
+
+
+def dlib_extractor(profile: str) -> FeatureExtractor:
+    """dlib's public face ResNet (:mod:`dpact_tf.dlib_faces`: 128-d descriptors of a crop of the profile's images;
+    trained by its author on ~3 million faces of 7,485 identities chosen to avoid LFW's): a strong public feature
+    extractor for (c) and (e).  ``FileNotFoundError`` with the command that fetches it when the model is absent."""
+    from dpact_tf import dlib_faces, dlib_resnet
+
+    path = dlib_resnet.find_model_file()
+    prof = get_profile(profile)
+    embed = dlib_faces.face_extractor(source_crop_fraction=prof.crop_fraction)
+    return FeatureExtractor(name="dlib face ResNet (public), 128-d",
+                            key=f"dlib-{dlib_resnet.MODEL_SHA256[:16]}-{dlib_faces.LFW_CROP}-{prof.crop_fraction}",
+                            features=lambda x: embed(np.asarray(x, np.float32) * 255.0), method_suffix="_dlib")
 
 
 def validation_split(labels: np.ndarray, fraction: float, *, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
@@ -321,10 +338,11 @@ def _reference(results_dir, prof, dataset: str) -> Optional[float]:
 
 # --- the study ------------------------------------------------------------------------------------------------
 def frontier_study(*, profile: str, dataset: str, results_dir: Optional[str] = None, seed: int = 0,
-                   extractor: Optional[FeatureExtractor] = None, delta: float = 1e-5, force: bool = False,
-                   progress: bool = True) -> FrontierStudy:
+                   extractor: Optional[FeatureExtractor] = None, more_extractors: Sequence[FeatureExtractor] = (),
+                   delta: float = 1e-5, force: bool = False, progress: bool = True) -> FrontierStudy:
     """Run (or read from the cache) every method of the chapter; record metrics and the figure
-    ``fig-frontier``."""
+    ``fig-frontier``.  ``more_extractors`` (e.g. :func:`dlib_extractor`) add their (c) and (e) points, each
+    method key with the extractor's ``method_suffix``, and their no-noise references."""
     from dpact_tf.repro.pretrain import pretrain
     from dpact_tf.repro.runs import load_faces
 
@@ -337,18 +355,25 @@ def frontier_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
     base = os.path.join(resolve_results_dir(results_dir), prof.name, dataset, "frontier")
     settings = {"schedule": dataclasses.asdict(sched), "extractor": extractor.key, "seed": seed, "delta": delta,
                 "train_files": len(data.train_files), "test_files": len(data.test_files)}
-    cache = os.path.join(base, f"study_{cache_key(settings, modules=FRONTIER_MODULES)}.json")
-    if force or not os.path.exists(cache):
-        public = load_faces(prof, dataset, public=True, seed=seed, progress=progress)
-        feats = _features(extractor, data, public, cache=os.path.join(
-            base, f"features_{cache_key({'extractor': extractor.key}, modules=PRETRAIN_MODULES)}.npz"))
-        saved = _compute(extractor, data, feats, prof=prof, sched=sched, delta=delta, seed=seed, progress=progress)
-        write_json(cache, saved)
-    with open(cache) as fh:
-        saved = json.load(fh)
+    public = None
+    runs = []
+    for i, ex in enumerate([extractor, *more_extractors]):
+        cache = os.path.join(base, f"study_{cache_key({**settings, 'extractor': ex.key, 'main': i == 0}, modules=FRONTIER_MODULES)}.json")
+        if force or not os.path.exists(cache):
+            if public is None:
+                public = load_faces(prof, dataset, public=True, seed=seed, progress=progress)
+            feats = _features(ex, data, public, cache=os.path.join(
+                base, f"features_{cache_key({'extractor': ex.key}, modules=PRETRAIN_MODULES)}.npz"))
+            write_json(cache, _compute(ex, data, feats, prof=prof, sched=sched, delta=delta, seed=seed,
+                                       progress=progress, with_labels=i == 0))
+        with open(cache) as fh:
+            runs.append(json.load(fh))
+    saved = runs[0]
     points = [FrontierPoint(**{**p, "accuracies": tuple(p["accuracies"]), "configs": tuple(p["configs"])})
-              for p in saved["points"]] + _paper_points(results_dir, prof, dataset, delta=delta)
-    references = dict(saved["references"])
+              for run in runs for p in run["points"]] + _paper_points(results_dir, prof, dataset, delta=delta)
+    references = {k: v for run in runs for k, v in run["references"].items()}
+    seconds = {f"{k}{'' if i == 0 else ' (' + ex.name + ')'}": v
+               for i, (ex, run) in enumerate(zip([extractor, *more_extractors], runs)) for k, v in run["seconds"].items()}
     scratch = _reference(results_dir, prof, dataset)
     if scratch is not None:
         references["the paper's network from scratch (one run)"] = [scratch]
@@ -358,14 +383,15 @@ def frontier_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
                               {k: float(np.mean(v)) for k, v in references.items()}, chance=chance, dataset=dataset)
     study = FrontierStudy(points=points, references=references, labels=saved["labels"],
                           chance=chance, counts=saved["counts"],
-                          extractor=extractor.name, delta=delta, seconds=saved["seconds"],
+                          extractor=", ".join(ex.name for ex in [extractor, *more_extractors]), delta=delta,
+                          seconds=seconds,
                           figures={"fig-frontier": fig})
     plots.save_figure(fig, study_dir(results_dir, prof.name, dataset, "figures"), "frontier", study.to_json())
     record_metrics(results_dir, prof.name, dataset, "frontier", study.to_json())
     return study
 
 
-def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> Dict[str, Any]:
+def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress, with_labels: bool = True) -> Dict[str, Any]:
     def say(msg):
         if progress:
             print(f"frontier: {msg}", file=sys.stderr, flush=True)
@@ -399,7 +425,7 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> D
             acc, cfg = _server_tuned(r, y, fit, val, test_x, test_y, sched=sched, classes=classes, seed=s)
             accs.append(acc), cfgs.append(cfg)
         chosen_c[eps] = cfgs
-        points.append(dict(method="release", image_epsilon=eps, epsilon_with_tuning=eps, accuracies=accs,
+        points.append(dict(method="release" + extractor.method_suffix, image_epsilon=eps, epsilon_with_tuning=eps, accuracies=accs,
                            configs=cfgs, detail={"clip": 1.0, "noise_std": feature_release.release_std(
                                epsilon=eps, delta=delta, clip=1.0), "clip_in_feature_units": scale,
                                "dimensions": int(x.shape[1])}))
@@ -413,7 +439,7 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> D
             acc, cfg, final, total, z = _dpsgd_tuned(x, y, fit, val, test_x, test_y, target=eps, sched=sched,
                                                      classes=classes, delta=delta, seed=s)
             accs.append(acc), cfgs.append(cfg), finals.append(final), totals.append(total), zs.append(z)
-        points.append(dict(method="last_layer_dpsgd", image_epsilon=max(finals), epsilon_with_tuning=max(totals),
+        points.append(dict(method="last_layer_dpsgd" + extractor.method_suffix, image_epsilon=max(finals), epsilon_with_tuning=max(totals),
                            accuracies=accs, configs=cfgs,
                            detail={"noise_multipliers": zs, "candidates": len(sched.dpsgd_grid)}))
     seconds["last_layer_dpsgd"] = time.perf_counter() - t0
@@ -432,11 +458,13 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> D
                                accuracies=accs, configs=cfgs, detail={"epsilon_per_coordinate": coord}))
     seconds["activations_once"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    say("(f) labels by randomized response with a prior")
-    labels = _label_study(project(feats["train"]), y, test_x, test_y, sched=sched, classes=classes, delta=delta,
-                          seeds=seeds, chosen=chosen_c)
-    seconds["labels"] = time.perf_counter() - t0
+    labels = []
+    if with_labels:
+        t0 = time.perf_counter()
+        say("(f) labels by randomized response with a prior")
+        labels = _label_study(project(feats["train"]), y, test_x, test_y, sched=sched, classes=classes, delta=delta,
+                              seeds=seeds, chosen=chosen_c)
+        seconds["labels"] = time.perf_counter() - t0
     counts = {"n_fit": int(len(fit)), "n_validation": int(len(val)), "n_train": int(len(y)),
               "n_test": int(len(test_y)), "classes": classes, "feature_dimensions": int(x.shape[1])}
     return {"points": points, "references": refs, "labels": labels, "counts": counts, "seconds": seconds}

@@ -530,14 +530,16 @@ def frontier_plot(points: List[Dict[str, Any]], references: Dict[str, float], *,
     for i, method in enumerate(dict.fromkeys(p["method"] for p in points)):
         pts = sorted((p for p in points if p["method"] == method), key=lambda p: p["image_epsilon"])
         color = f"C{i}"
+        base = method.removesuffix("_dlib")  # the same method over another public model: same marker, dashed
         ax.errorbar([p["image_epsilon"] for p in pts], [p["mean"] for p in pts],
                     yerr=[0.0 if p["spread"] != p["spread"] else p["spread"] for p in pts],
-                    marker=markers.get(method, "o"), color=color, capsize=2, label=pts[0]["label"])
+                    marker=markers.get(base, "o"), color=color, capsize=2, label=pts[0]["label"],
+                    ls="--" if base != method else "-")
         tuned = [p for p in pts if p["epsilon_with_tuning"] > p["image_epsilon"] * (1 + 1e-6)]
         for p in tuned:
             ax.plot([p["image_epsilon"], p["epsilon_with_tuning"]], [p["mean"]] * 2, color=color, lw=0.8, ls=":")
         if tuned:
-            ax.plot([p["epsilon_with_tuning"] for p in tuned], [p["mean"] for p in tuned], markers.get(method, "o"),
+            ax.plot([p["epsilon_with_tuning"] for p in tuned], [p["mean"] for p in tuned], markers.get(base, "o"),
                     mfc="white", color=color, label=f"{pts[0]['label']}, tuning included")
     for j, (name, acc) in enumerate(references.items()):
         ax.axhline(acc, color="black", ls=("--", "-.", ":")[j % 3], lw=1, label=f"no noise: {name}")
