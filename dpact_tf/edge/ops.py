@@ -92,12 +92,15 @@ class Metrics:
         self.clients = Gauge("dpact_edge_clients", "client ids the server keeps progress for", registry=r)
         self.sessions = Gauge("dpact_edge_sessions", "open sessions", registry=r)
         self.server_steps = Gauge("dpact_edge_server_steps", "optimizer updates of the shared model", registry=r)
+        self.queue = Gauge("dpact_edge_queue_depth", "calls whose request arrived, waiting for the step lock "
+                           "(steps are serialised)", registry=r)
 
     def watch(self, service) -> "Metrics":
         """Read the gauges of ``service`` (an :class:`~dpact_tf.edge.server.EdgeService`) at each scrape."""
         self.clients.set_function(service.client_count)
         self.sessions.set_function(service.session_count)
         self.server_steps.set_function(lambda: service.half.steps)
+        self.queue.set_function(service.queue_depth)
         return self
 
     def __call__(self, name: str, info: dict) -> None:
@@ -127,7 +130,8 @@ def default_max_message_bytes(activation_shape: Sequence[int], max_batch: int) -
 def make_server(service, *, host: str = "127.0.0.1", port: int = 0, tokens: Optional[TokenBook] = None,
                 tls: Optional[Tuple[bytes, bytes]] = None, max_message_bytes: Optional[int] = None,
                 max_workers: int = 16, max_calls_per_client: int = 2, max_concurrent_calls: Optional[int] = None,
-                max_call_seconds: float = 600.0, health_servicer: Optional[health.HealthServicer] = None,
+                max_call_seconds: float = 600.0, upload_grace_seconds: float = 2.0, max_slow_uploads: int = 2,
+                max_upload_seconds: float = 60.0, health_servicer: Optional[health.HealthServicer] = None,
                 interceptors: Sequence[grpc.ServerInterceptor] = ()) -> Tuple[grpc.Server, int]:
     """A (not yet started) gRPC server for ``service``; returns (server, bound port).
 
@@ -145,7 +149,9 @@ def make_server(service, *, host: str = "127.0.0.1", port: int = 0, tokens: Opti
                ("grpc.so_reuseport", 0), ("grpc.max_connection_age_ms", age_ms),
                ("grpc.max_connection_age_grace_ms", age_ms)]
     gate = Gate(tokens, on_event=lambda name, info: service.on_event(name, info),
-                max_calls_per_client=max_calls_per_client, max_message_bytes=limit)
+                max_calls_per_client=max_calls_per_client, max_message_bytes=limit,
+                upload_grace_seconds=upload_grace_seconds, max_slow_uploads=max_slow_uploads,
+                max_upload_seconds=max_upload_seconds)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options,
                          interceptors=[gate, *interceptors],
                          maximum_concurrent_rpcs=max_concurrent_calls or 4 * max_workers)
