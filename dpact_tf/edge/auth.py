@@ -21,6 +21,11 @@ alone, before a worker thread reads the request body:
 * an authenticated call runs with its client id in :func:`caller`; a client id with ``max_calls_per_client``
   calls already in flight gets RESOURCE_EXHAUSTED before its body is read, so one token holder cannot tie up
   the worker threads with slow uploads;
+* a call whose request has not arrived ``upload_grace_seconds`` after it began is a slow upload: one client id
+  (or, without tokens, one peer address) may have ``max_slow_uploads`` of them in flight, and a slow upload
+  beyond them is cancelled (reason "slow_upload"); none is waited for past ``max_upload_seconds`` (reason
+  "upload_timeout").  So slow uploads hold a bounded number of worker threads per client or address for a
+  bounded time, while calls whose request arrives promptly are never counted;
 * an authenticated call whose request never arrives is reported as refused, reason "upload_ended", with its
   client id: gRPC's core refuses a message above the size limit (RESOURCE_EXHAUSTED to the client) by
   cancelling the call before Python sees a byte of it, so the gate sees the same thing as a client that
@@ -289,7 +294,7 @@ class _UploadWatch:
         self._timer.daemon = True
         self._timer.start()
 
-    def _cancel(self, reason: str, message: str) -> None:
+    def _cancel(self, reason: str, message: str) -> None:  # with the gate's lock held, the upload not finished
         self.why = (reason, message)
         self.context.cancel()
 
@@ -299,23 +304,21 @@ class _UploadWatch:
             if self._finished:
                 return
             taken = gate._slow.get(self.key, 0)
-            if taken < gate.max_slow_uploads:
-                gate._slow[self.key] = taken + 1
-                self._counted = True
-                rest = gate.max_upload_seconds - gate.upload_grace_seconds
-                self._timer = threading.Timer(rest, self._expire)
-                self._timer.daemon = True
-                self._timer.start()
+            if taken >= gate.max_slow_uploads:
+                self._cancel("slow_upload", f"{self.key} already has {taken} uploads slower than "
+                                            f"{gate.upload_grace_seconds:g} s in flight; this one was cancelled")
                 return
-        self._cancel("slow_upload", f"{self.key} already has {taken} uploads slower than "
-                                    f"{gate.upload_grace_seconds:g} s in flight; this one was cancelled")
+            gate._slow[self.key] = taken + 1
+            self._counted = True
+            self._timer = threading.Timer(gate.max_upload_seconds - gate.upload_grace_seconds, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
 
     def _expire(self) -> None:
         with self.gate._lock:
-            if self._finished:
-                return
-        self._cancel("upload_timeout", f"the request had not arrived {self.gate.max_upload_seconds:g} s after the "
-                                       "call began; the call was cancelled")
+            if not self._finished:
+                self._cancel("upload_timeout", f"the request had not arrived {self.gate.max_upload_seconds:g} s "
+                                               "after the call began; the call was cancelled")
 
     def done(self) -> None:
         gate = self.gate

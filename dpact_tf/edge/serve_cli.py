@@ -191,8 +191,8 @@ def add_serve_arguments(s: argparse.ArgumentParser) -> None:
                    "after its call began is a slow upload")
     s.add_argument("--max-slow-uploads", type=int, default=2, help="slow uploads in flight per client id (with "
                    "tokens) or per peer address (without); more are cancelled")
-    s.add_argument("--max-upload-seconds", type=float, default=60.0, help="a request not received this long after "
-                   "its call began is cancelled")
+    s.add_argument("--max-upload-seconds", type=float, help="a request not received this long after its call began "
+                   "is cancelled (default: the message size limit at 10 Mbit/s, at least 60 s)")
     s.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds to let calls finish at shutdown")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (/metrics)")
     s.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics port")

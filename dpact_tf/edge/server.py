@@ -1,6 +1,7 @@
 """The edge server: one server model, many phones, over gRPC (``dpact_edge.proto``).
 
-Per-client sessions: a client opens one with :meth:`EdgeService.Handshake` (stating ε, δ, the cut, the
+Per-client sessions (a client id that never applied a step is forgotten when its session expires): a client
+opens one with :meth:`EdgeService.Handshake` (stating ε, δ, the cut, the
 activation shape and the upload encoding; the server refuses a cut or shape its model does not have) and
 numbers its steps 1, 2, 3, ...; a session expires after ``session_ttl`` seconds without calls.  Behind a
 server with tokens (:mod:`dpact_tf.edge.auth`) a token issued to ``alice`` opens sessions for ``alice`` and
@@ -22,9 +23,12 @@ phone of the batch, and break the per-client replay of a step after a crash.  On
 every core of the machine (or, under tf.distribute, every GPU), so serialising costs no throughput on a
 busy server; the gRPC thread pool only overlaps decoding and network I/O.
 
-**No client can damage the shared model.** Every upload is checked against what the mechanism its client
-declared can produce: a grid upload's step and levels in [-T, D + T], a no-noise upload's values in [0, R]
-(``activation_range``), on training and evaluation calls alike.  Behind the checks, a step whose update would
+**No client can damage the shared model.** The declared mechanism is bounded at the handshake: a noisy
+client's delta at most ``max_delta`` and its epsilon at least ``min_epsilon`` (by default the lower end of
+:func:`dpact_tf.grid.certified_epsilons` at its delta), else FAILED_PRECONDITION, reason "privacy_bounds".
+Every upload is checked against what the mechanism its client declared can produce: a grid upload's step and
+levels in [-T, D + T] and levels that look like its noise (:func:`~dpact_tf.edge.wire.check_levels`), a
+no-noise upload's values in [0, R] (``activation_range``), on training and evaluation calls alike.  Behind the checks, a step whose update would
 leave the loss, dL/d(activation), a weight or an optimizer slot non-finite is rolled back
 (:class:`~dpact_tf.edge.model.UnsafeStep`); it is refused and never reaches the journal.
 
@@ -34,6 +38,7 @@ per epoch of each client's declared data), and the journal records it with the s
 
 Bad input is refused with a gRPC status and nothing changes: a wrong token -> UNAUTHENTICATED; another
 client's id or session -> PERMISSION_DENIED; an unknown or expired session -> NOT_FOUND; a step id already applied -> ALREADY_EXISTS; a gap in step ids -> FAILED_PRECONDITION;
+a token with ``max_ids_per_token`` client ids in open sessions opening another -> RESOURCE_EXHAUSTED;
 a wrong shape, encoding, label, NaN/inf, a value the declared mechanism cannot produce, a step that would
 make the model non-finite -> INVALID_ARGUMENT; a handshake with another cut or activation shape ->
 FAILED_PRECONDITION; a message above the size limit -> RESOURCE_EXHAUSTED (gRPC's own check; the gate logs
@@ -140,7 +145,11 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
         self._waiting = 0  # calls waiting for the step lock (the queue-depth gauge)
         self._count_lock = threading.Lock()
         if store is not None:
-            self._restore()
+            try:
+                self._restore()
+            except BaseException:
+                store.close()  # release the directory's lock: the caller may move the directory and retry
+                raise
 
     # --- persistence -------------------------------------------------------------------------------------
     def _restore(self) -> None:
