@@ -51,8 +51,9 @@ def _serve_args(*argv):
 
 
 def test_the_handshake_bounds_the_declared_epsilon_and_delta():
-    """The reviewer's (1e-3, 1e-5) and (2e-4, 0.1) are refused FAILED_PRECONDITION and logged; the default floor
-    is the grid's certified lower end at the declared delta; an operator can lower it."""
+    """(1e-3, 1e-5) and (2e-4, 0.1), at which one in-range upload destroys the model, are refused
+    FAILED_PRECONDITION and logged; the default floor is the grid's certified lower end at the declared delta; an
+    operator can lower it."""
     lo = grid.certified_epsilons(1e-5)[0]
     service = tiny_service()
     events = _events(service)
@@ -90,7 +91,7 @@ def test_plausibility_limits_are_chernoff_bounds_of_the_tables_tails():
 
 
 def test_honest_grid_releases_pass_and_edge_attacks_are_refused():
-    """Honest releases at the clean extremes (0 and R) pass, the reviewer's levels at -T / D + T are refused, and
+    """Honest releases at the clean extremes (0 and R) pass, levels at the ends -T / D + T are refused, and
     so are the attacks that stay just inside the tails: every level at D + 1 std, or 40% of them past 1 std."""
     rng = np.random.default_rng(1)
     for epsilon in (1.0, 5.0):
@@ -115,7 +116,7 @@ def test_honest_grid_releases_pass_and_edge_attacks_are_refused():
                 check_levels(to_proto(levels.astype(np.int32), "grid", step=spec.step), spec)
 
 
-def test_the_reviewers_grid_attack_is_refused_and_the_model_is_unchanged():
+def test_a_grid_upload_at_the_ends_of_the_range_is_refused_and_the_model_is_unchanged():
     epsilon = 1.0
     spec = grid.check_release(epsilon, 1e-5)
     lo, hi = level_bounds(spec)
