@@ -207,8 +207,9 @@ class Gate(grpc.ServerInterceptor):
 
         self._deny = grpc.stream_unary_rpc_method_handler(deny)
 
-    def _refuse(self, context, code: grpc.StatusCode, reason: str, message: str, client_id: Optional[str]) -> None:
-        self.on_event("refused", {"client_id": client_id, "peer": context.peer(), "code": code.name,
+    def _refuse(self, context, code: grpc.StatusCode, reason: str, message: str, client_id: Optional[str],
+                peer: Optional[str] = None) -> None:
+        self.on_event("refused", {"client_id": client_id, "peer": peer or context.peer(), "code": code.name,
                                   "reason": reason, "message": message})
         context.abort(code, message)
 
@@ -242,15 +243,17 @@ class Gate(grpc.ServerInterceptor):
                              "when one has finished", principal)
             self.on_event("inflight", {"calls": total})
             try:
-                watch = _UploadWatch(self, principal if principal is not None else _peer_address(context.peer()),
-                                     context)
+                peer = context.peer()  # read before a cancellation clears it
+                watch = _UploadWatch(self, principal if principal is not None else _peer_address(peer), context)
                 try:
                     request = next(request_iterator)
-                except StopIteration:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method} takes exactly one request message")
-                except grpc.RpcError:  # cancelled during the upload: by the client, the size limit or the watch
+                except (StopIteration, grpc.RpcError) as err:
+                    # cancelled during the upload (by the client, the size limit or the watch: gRPC ends the
+                    # request stream either way), or a stream without a request
+                    if watch.why is None and isinstance(err, StopIteration):
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method} takes exactly one request message")
                     reason, message = watch.why or ("upload_ended", self._ended)
-                    self._refuse(context, grpc.StatusCode.CANCELLED, reason, message, principal)
+                    self._refuse(context, grpc.StatusCode.CANCELLED, reason, message, principal, peer)
                 finally:
                     watch.done()
                 caller_token = _CALLER.set(principal)
