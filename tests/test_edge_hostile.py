@@ -16,7 +16,7 @@ from dpact_tf.edge import dpact_edge_pb2 as pb
 from dpact_tf.edge import dpact_edge_pb2_grpc as pb_grpc
 from dpact_tf.edge.auth import TokenBook
 from dpact_tf.edge.client import EdgeClient, _is_loopback
-from dpact_tf.edge.model import ServerHalf
+from dpact_tf.edge.model import ServerHalf, UnsafeStep
 from dpact_tf.edge.serve_cli import add_serve_arguments
 from dpact_tf.edge.store import CheckpointStore, DirectoryInUse
 from dpact_tf.edge.wire import (PLAUSIBILITY_ALPHA, TAIL_STDS, MechanismError, check_levels, level_bounds,
@@ -299,3 +299,29 @@ def test_serve_refuses_a_locked_or_damaged_directory_with_one_line(tmp_path):
     with pytest.raises(SystemExit) as err:
         serve(args, get_profile("tiny"))
     assert str(err.value).startswith("error: ") and "\n" not in str(err.value)
+
+
+def test_a_refusal_in_the_middle_of_train_ends_it_with_one_line(tmp_path, monkeypatch, capsys):
+    from dpact_tf.edge.cli import build_split, main, training_config
+    from dpact_tf.edge.server import EdgeService
+    from dpact_tf.repro.profiles import get_profile
+
+    prof = get_profile("tiny")
+    split = build_split(prof, prof.synthetic_identities, "conv1_1", 0, None, 1e-5)
+    service = EdgeService(ServerHalf(split.server, training_config(prof), 100), num_classes=prof.synthetic_identities,
+                          cut="conv1_1", activation_shape=split.activation_shape, max_batch=prof.batch_size)
+    apply = service._apply
+
+    def refuse_the_second(client, request, *args, **kwargs):
+        if request.step == 2:
+            raise UnsafeStep("this batch would make the server model non-finite")
+        return apply(client, request, *args, **kwargs)
+
+    monkeypatch.setattr(service, "_apply", refuse_the_second)
+    with running(service) as address, pytest.raises(SystemExit) as err:
+        main(["train", "--server", address, "--profile", "tiny", "--epochs", "1", "--epsilon", "5",
+              "--image-budget", "inf", "--ledger", str(tmp_path / "ledger"), "--timeout", str(DEADLINE)],
+             get_profile=get_profile)
+    assert str(err.value) == ("error: the server answered INVALID_ARGUMENT: this batch would make the server model "
+                              "non-finite")
+    assert "Traceback" not in capsys.readouterr().err
