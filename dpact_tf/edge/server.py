@@ -411,8 +411,9 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
 
     def session_count(self) -> int:
         """Sessions that have not expired."""
-        now = time.monotonic()
-        return sum(now - self._clients[cid].seen <= self.session_ttl for cid in list(self._sessions.values()))
+        now, clients = time.monotonic(), dict(self._clients)  # read without the lock: a scrape never waits
+        seen = [clients[cid].seen for cid in list(self._sessions.values()) if cid in clients]
+        return sum(now - t <= self.session_ttl for t in seen)
 
     def client_count(self) -> int:
         """Client ids the server keeps progress for."""
