@@ -103,6 +103,11 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
       session_ttl: seconds after which a session without calls expires (NOT_FOUND: the client handshakes again).
       reply_ttl: seconds a client's stored reply is kept after its last step (to answer a retry of that step, after
         a crash of the client or the server); older reply files are removed at a checkpoint.
+      min_epsilon: the smallest epsilon a noisy client may declare (None: the lower end of
+        :func:`dpact_tf.grid.certified_epsilons` at the client's delta).
+      max_delta: the largest delta a noisy client may declare.
+      max_ids_per_token: client ids with an open session per token (``<id>`` and ``<id>/<run>``); a handshake for
+        one more is refused RESOURCE_EXHAUSTED.
       on_event: callback ``(name, info)`` for "handshake", "step", "checkpoint", "restored", "journal_damaged",
         "refused" (no printing here; :mod:`dpact_tf.edge.ops` logs and counts them).
     """
