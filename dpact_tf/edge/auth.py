@@ -247,11 +247,9 @@ class Gate(grpc.ServerInterceptor):
                 watch = _UploadWatch(self, principal if principal is not None else _peer_address(peer), context)
                 try:
                     request = next(request_iterator)
-                except (StopIteration, grpc.RpcError) as err:
-                    # cancelled during the upload (by the client, the size limit or the watch: gRPC ends the
-                    # request stream either way), or a stream without a request
-                    if watch.why is None and isinstance(err, StopIteration):
-                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method} takes exactly one request message")
+                except (StopIteration, grpc.RpcError):
+                    # the request never arrived: the call was cancelled during the upload (by the client, the size
+                    # limit or the watch), which gRPC reports as either, depending on which of its events comes first
                     reason, message = watch.why or ("upload_ended", self._ended)
                     self._refuse(context, grpc.StatusCode.CANCELLED, reason, message, principal, peer)
                 finally:
