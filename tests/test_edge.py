@@ -576,13 +576,19 @@ def test_grid_uploads_are_checked_against_the_declared_mechanism():
     _, y = batch()
     with running(service) as address, _client(address, client_id="noisy", epsilon=5.0) as client:
         assert client.encoding == "grid"
-        edges = np.resize(np.array([-137, 151, 0, 14], np.int32), (4,) + ACT)  # every extreme the mechanism allows
+        # an honest release (clean values 0..R) with the mechanism's highest level in one coordinate
+        clean = np.linspace(0.0, 0.57735, 4 * int(np.prod(ACT)), dtype=np.float32).reshape((4,) + ACT)
+        words = np.random.default_rng(0).integers(-2**63, 2**63 - 1, clean.shape, dtype=np.int64)
+        edges = grid.release(clean, words, spec)
+        edges.flat[0] = 151
         _, loss, _, _ = client.train_step(1, (edges, spec.step), y)
         assert np.isfinite(loss) and service.half.steps == 1
         before = weights(service)
+        above, below = edges.copy(), edges.copy()
+        above.flat[0], below.flat[0] = 152, -138
         cases = {
-            "level above": ((edges + (edges == 151)).astype(np.int32), spec.step, "must lie in [-137, 151]"),
-            "level below": ((edges - (edges == -137)).astype(np.int32), spec.step, "got -138..151"),
+            "level above": (above, spec.step, "must lie in [-137, 151]"),
+            "level below": (below, spec.step, "got -138.."),
             "other step": (edges, spec.step * 1.01, "is not the step"),
         }
         for name, (levels, step, message) in cases.items():

@@ -21,7 +21,9 @@ DECAY, EVERY, CLASSES = 20, 3, 8
 
 
 def _server(port, directory, tokens):
-    return ServerProcess(port, "--num-classes", str(CLASSES), "--seed", "0", "--decay-steps", str(DECAY),
+    # per-step decay without clipping: the reference below is a plain ServerHalf
+    return ServerProcess(port, "--num-classes", str(CLASSES), "--seed", "0", "--decay", "per-step",
+                         "--decay-steps", str(DECAY), "--max-grad-norm", "0",
                          "--checkpoint-dir", directory, "--checkpoint-every", str(EVERY), "--tokens-file", tokens,
                          "--metrics-port", "0")
 

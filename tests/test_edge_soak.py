@@ -145,7 +145,7 @@ def test_a_kill_9_and_a_cut_short_journal_record_mid_soak_lose_and_double_nothin
     # the rate decays tenfold every 10 server steps: at the profile's 0.01 throughout, this tiny model's loss
     # spikes after about 30 steps in some orders of the phones' steps, and a step made non-finite is refused
     args = ("--num-classes", str(CLASSES), "--checkpoint-dir", directory, "--checkpoint-every", str(EVERY),
-            "--tokens-file", tokens, "--decay-steps", "10")
+            "--tokens-file", tokens, "--decay", "per-step", "--decay-steps", "10")
     acked, failures = [0] * PHONES, []  # per phone: its last acknowledged step
 
     def phone(k):

@@ -21,6 +21,11 @@ alone, before a worker thread reads the request body:
 * an authenticated call runs with its client id in :func:`caller`; a client id with ``max_calls_per_client``
   calls already in flight gets RESOURCE_EXHAUSTED before its body is read, so one token holder cannot tie up
   the worker threads with slow uploads;
+* a call whose request has not arrived ``upload_grace_seconds`` after it began is a slow upload: one client id
+  (or, without tokens, one peer address) may have ``max_slow_uploads`` of them in flight, and a slow upload
+  beyond them is cancelled (reason "slow_upload"); none is waited for past ``max_upload_seconds`` (reason
+  "upload_timeout").  So slow uploads hold a bounded number of worker threads per client or address for a
+  bounded time, while calls whose request arrives promptly are never counted;
 * an authenticated call whose request never arrives is reported as refused, reason "upload_ended", with its
   client id: gRPC's core refuses a message above the size limit (RESOURCE_EXHAUSTED to the client) by
   cancelling the call before Python sees a byte of it, so the gate sees the same thing as a client that
@@ -167,13 +172,27 @@ class Gate(grpc.ServerInterceptor):
       max_calls_per_client: calls of one client id in flight at once (the next one is refused).
       max_message_bytes: the server's message size limit, named in the log line of a call whose request never
         arrived (None: not known here).
+      upload_grace_seconds: a request that has not arrived this long after its call began is a slow upload.
+      max_slow_uploads: slow uploads in flight at once per client id (with tokens) or per peer address (without);
+        a slow upload beyond them is cancelled, so slow uploads hold at most this many worker threads per client
+        or address, and calls whose request arrives in time are never counted.
+      max_upload_seconds: a request that has not arrived this long after its call began is cancelled.
     """
 
     def __init__(self, tokens: Optional[TokenBook], *, on_event: Callable[[str, dict], None],
-                 max_calls_per_client: int = 2, max_message_bytes: Optional[int] = None) -> None:
-        if max_calls_per_client < 1:
-            raise ValueError(f"max_calls_per_client must be >= 1 (got {max_calls_per_client})")
+                 max_calls_per_client: int = 2, max_message_bytes: Optional[int] = None,
+                 upload_grace_seconds: float = 2.0, max_slow_uploads: int = 2,
+                 max_upload_seconds: float = 60.0) -> None:
+        if max_calls_per_client < 1 or max_slow_uploads < 1:
+            raise ValueError(f"max_calls_per_client and max_slow_uploads must be >= 1 (got {max_calls_per_client}, "
+                             f"{max_slow_uploads})")
+        if not 0 < upload_grace_seconds <= max_upload_seconds:
+            raise ValueError(f"need 0 < upload_grace_seconds <= max_upload_seconds (got {upload_grace_seconds}, "
+                             f"{max_upload_seconds})")
         self.tokens, self.on_event, self.max_calls_per_client = tokens, on_event, int(max_calls_per_client)
+        self.upload_grace_seconds, self.max_upload_seconds = float(upload_grace_seconds), float(max_upload_seconds)
+        self.max_slow_uploads = int(max_slow_uploads)
+        self._slow: Dict[str, int] = {}  # slow uploads in flight per client id or peer address
         limit = f"{max_message_bytes:,} bytes" if max_message_bytes else "the server's"
         self._ended = ("the call ended before its request arrived: the client cancelled it or went away during "
                        f"the upload, or the request was above the message size limit ({limit}; the client was "
@@ -188,8 +207,9 @@ class Gate(grpc.ServerInterceptor):
 
         self._deny = grpc.stream_unary_rpc_method_handler(deny)
 
-    def _refuse(self, context, code: grpc.StatusCode, reason: str, message: str, client_id: Optional[str]) -> None:
-        self.on_event("refused", {"client_id": client_id, "peer": context.peer(), "code": code.name,
+    def _refuse(self, context, code: grpc.StatusCode, reason: str, message: str, client_id: Optional[str],
+                peer: Optional[str] = None) -> None:
+        self.on_event("refused", {"client_id": client_id, "peer": peer or context.peer(), "code": code.name,
                                   "reason": reason, "message": message})
         context.abort(code, message)
 
@@ -223,12 +243,17 @@ class Gate(grpc.ServerInterceptor):
                              "when one has finished", principal)
             self.on_event("inflight", {"calls": total})
             try:
+                peer = context.peer()  # read before a cancellation clears it
+                watch = _UploadWatch(self, principal if principal is not None else _peer_address(peer), context)
                 try:
                     request = next(request_iterator)
-                except StopIteration:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method} takes exactly one request message")
-                except grpc.RpcError:  # cancelled during the upload: by the client, or by the size limit
-                    self._refuse(context, grpc.StatusCode.CANCELLED, "upload_ended", self._ended, principal)
+                except (StopIteration, grpc.RpcError):
+                    # the request never arrived: the call was cancelled during the upload (by the client, the size
+                    # limit or the watch), which gRPC reports as either, depending on which of its events comes first
+                    reason, message = watch.why or ("upload_ended", self._ended)
+                    self._refuse(context, grpc.StatusCode.CANCELLED, reason, message, principal, peer)
+                finally:
+                    watch.done()
                 caller_token = _CALLER.set(principal)
                 try:
                     return behavior(request, context)
@@ -250,3 +275,58 @@ class Gate(grpc.ServerInterceptor):
                 self.on_event("inflight", {"calls": total})
 
         return run
+
+
+def _peer_address(peer: str) -> str:
+    """The address of a gRPC peer string without its port ("ipv4:10.0.0.7:51234" -> "ipv4:10.0.0.7")."""
+    return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
+
+
+class _UploadWatch:
+    """Times one call's upload for the :class:`Gate`: after ``upload_grace_seconds`` it counts as slow (against
+    ``max_slow_uploads`` of its key, or cancelled if they are taken); after ``max_upload_seconds`` it is cancelled.
+    ``why`` is (reason, message) of a cancellation by the watch."""
+
+    def __init__(self, gate: "Gate", key: str, context) -> None:
+        self.gate, self.key, self.context = gate, key, context
+        self.why: Optional[tuple] = None
+        self._counted = self._finished = False
+        self._timer = threading.Timer(gate.upload_grace_seconds, self._slow)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _cancel(self, reason: str, message: str) -> None:  # with the gate's lock held, the upload not finished
+        self.why = (reason, message)
+        self.context.cancel()
+
+    def _slow(self) -> None:
+        gate = self.gate
+        with gate._lock:
+            if self._finished:
+                return
+            taken = gate._slow.get(self.key, 0)
+            if taken >= gate.max_slow_uploads:
+                self._cancel("slow_upload", f"{self.key} already has {taken} uploads slower than "
+                                            f"{gate.upload_grace_seconds:g} s in flight; this one was cancelled")
+                return
+            gate._slow[self.key] = taken + 1
+            self._counted = True
+            self._timer = threading.Timer(gate.max_upload_seconds - gate.upload_grace_seconds, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self) -> None:
+        with self.gate._lock:
+            if not self._finished:
+                self._cancel("upload_timeout", f"the request had not arrived {self.gate.max_upload_seconds:g} s "
+                                               "after the call began; the call was cancelled")
+
+    def done(self) -> None:
+        gate = self.gate
+        with gate._lock:
+            self._finished = True
+            self._timer.cancel()
+            if self._counted:
+                gate._slow[self.key] -= 1
+                if not gate._slow[self.key]:
+                    del gate._slow[self.key]

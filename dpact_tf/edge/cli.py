@@ -119,6 +119,8 @@ def _data(args: argparse.Namespace, prof: Any):
 
 
 def train(args: argparse.Namespace, prof: Any) -> int:
+    import grpc
+
     from dpact_tf.edge.client import EdgeClient, EdgeError, TLSFailure
     from dpact_tf.edge.resume import RunState
     from dpact_tf.edge.trainer import KerasHead, LiteRTHead, RemoteTrainer, batches
@@ -225,6 +227,8 @@ def train(args: argparse.Namespace, prof: Any) -> int:
             validation_data=lambda: batches(data.test_images, data.test_labels, prof.batch_size))
     except (BudgetExceeded, EdgeError, TLSFailure) as err:
         raise SystemExit(f"error: {err}") from None
+    except grpc.RpcError as err:  # a refusal the client cannot recover from (its log line is on the server)
+        raise SystemExit(f"error: the server answered {err.code().name}: {err.details()}") from None
     finally:
         client.close()
     print(f"done: run {state.client_id}; the ledger {ledger.path} holds {ledger.records} released batches, the "

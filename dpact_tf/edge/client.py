@@ -21,6 +21,7 @@ invented acknowledged work).
 """
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from typing import Optional, Sequence, Tuple, Union
@@ -71,10 +72,23 @@ def _retryable(err: grpc.RpcError) -> bool:
 
 
 def _is_loopback(target: str) -> bool:
+    """Whether a gRPC target names this machine: a unix socket, exactly "localhost", or a loopback IP address
+    (127.0.0.0/8, ::1) -- parsed as an address, so a host name such as "127.evil.example" is not one."""
     if target.startswith("unix:"):
         return True
-    host = target.split("///", 1)[-1].rsplit(":", 1)[0].strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
+    rest = target.split("///", 1)[-1]
+    if rest.startswith("["):  # [v6]:port
+        host = rest[1:].split("]", 1)[0]
+    elif rest.count(":") == 1:  # host:port
+        host = rest.rsplit(":", 1)[0]
+    else:  # a host without a port, or a bare IPv6 address
+        host = rest
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class EdgeClient:

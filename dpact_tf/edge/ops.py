@@ -8,6 +8,9 @@ Prometheus metrics and a log line for every refusal and error.
 * gRPC's own bounds: the message size limit (by default one float32 batch of ``max_batch`` activations, from
   the declared shape; the gate logs an authenticated call it cancels, with the client id), at most
   ``max_concurrent_calls`` calls at once (more are refused RESOURCE_EXHAUSTED by gRPC without a worker thread),
+  a watch on each call's upload (a request not received ``upload_grace_seconds`` after its call began is a slow
+  upload: at most ``max_slow_uploads`` of them per client id, or per peer address without tokens, the others
+  cancelled; none waits past ``max_upload_seconds``, by default the size limit at 10 Mbit/s and at least 60 s),
   and a connection lifetime: after ``max_call_seconds`` a connection is asked to close (clients reconnect at
   once) and the calls still on it get ``max_call_seconds`` more, so no call, however slowly it uploads, holds a
   worker thread longer than twice that;
@@ -35,7 +38,7 @@ from dpact_tf.edge import dpact_edge_pb2 as pb
 from dpact_tf.edge import dpact_edge_pb2_grpc as pb_grpc
 from dpact_tf.edge.auth import Gate, TokenBook
 
-__all__ = ["make_server", "default_max_message_bytes", "Metrics", "EventLog", "fanout", "SERVICE_NAME"]
+__all__ = ["make_server", "default_max_message_bytes", "default_max_upload_seconds", "MIN_UPLOAD_BYTES_PER_SECOND", "Metrics", "EventLog", "fanout", "SERVICE_NAME"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeTraining"].full_name  # "dpact.edge.v1.EdgeTraining"
 Callback = Callable[[str, dict], None]
@@ -92,12 +95,15 @@ class Metrics:
         self.clients = Gauge("dpact_edge_clients", "client ids the server keeps progress for", registry=r)
         self.sessions = Gauge("dpact_edge_sessions", "open sessions", registry=r)
         self.server_steps = Gauge("dpact_edge_server_steps", "optimizer updates of the shared model", registry=r)
+        self.queue = Gauge("dpact_edge_queue_depth", "calls whose request arrived, waiting for the step lock "
+                           "(steps are serialised)", registry=r)
 
     def watch(self, service) -> "Metrics":
         """Read the gauges of ``service`` (an :class:`~dpact_tf.edge.server.EdgeService`) at each scrape."""
         self.clients.set_function(service.client_count)
         self.sessions.set_function(service.session_count)
         self.server_steps.set_function(lambda: service.half.steps)
+        self.queue.set_function(service.queue_depth)
         return self
 
     def __call__(self, name: str, info: dict) -> None:
@@ -124,10 +130,21 @@ def default_max_message_bytes(activation_shape: Sequence[int], max_batch: int) -
     return min(int(np.prod(activation_shape, dtype=np.int64)) * 4 * int(max_batch) + (1 << 16), 2**31 - 1)
 
 
+# The slowest upload a server waits for by default: 10 Mbit/s, an LTE uplink.
+MIN_UPLOAD_BYTES_PER_SECOND = 1.25e6
+
+
+def default_max_upload_seconds(max_message_bytes: int) -> float:
+    """How long a call may take to deliver its request by default: a request of the size limit at
+    :data:`MIN_UPLOAD_BYTES_PER_SECOND`, and at least 60 s."""
+    return max(60.0, max_message_bytes / MIN_UPLOAD_BYTES_PER_SECOND)
+
+
 def make_server(service, *, host: str = "127.0.0.1", port: int = 0, tokens: Optional[TokenBook] = None,
                 tls: Optional[Tuple[bytes, bytes]] = None, max_message_bytes: Optional[int] = None,
                 max_workers: int = 16, max_calls_per_client: int = 2, max_concurrent_calls: Optional[int] = None,
-                max_call_seconds: float = 600.0, health_servicer: Optional[health.HealthServicer] = None,
+                max_call_seconds: float = 600.0, upload_grace_seconds: float = 2.0, max_slow_uploads: int = 2,
+                max_upload_seconds: Optional[float] = None, health_servicer: Optional[health.HealthServicer] = None,
                 interceptors: Sequence[grpc.ServerInterceptor] = ()) -> Tuple[grpc.Server, int]:
     """A (not yet started) gRPC server for ``service``; returns (server, bound port).
 
@@ -140,12 +157,16 @@ def make_server(service, *, host: str = "127.0.0.1", port: int = 0, tokens: Opti
     if max_workers < 1 or max_call_seconds <= 0:
         raise ValueError(f"max_workers must be >= 1 and max_call_seconds > 0 (got {max_workers}, {max_call_seconds})")
     limit = max_message_bytes or default_max_message_bytes(service.activation_shape, service.max_batch)
+    if max_upload_seconds is None:
+        max_upload_seconds = default_max_upload_seconds(limit)
     age_ms = int(max_call_seconds * 1000)
     options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                ("grpc.so_reuseport", 0), ("grpc.max_connection_age_ms", age_ms),
                ("grpc.max_connection_age_grace_ms", age_ms)]
     gate = Gate(tokens, on_event=lambda name, info: service.on_event(name, info),
-                max_calls_per_client=max_calls_per_client, max_message_bytes=limit)
+                max_calls_per_client=max_calls_per_client, max_message_bytes=limit,
+                upload_grace_seconds=upload_grace_seconds, max_slow_uploads=max_slow_uploads,
+                max_upload_seconds=max_upload_seconds)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options,
                          interceptors=[gate, *interceptors],
                          maximum_concurrent_rpcs=max_concurrent_calls or 4 * max_workers)

@@ -5,10 +5,10 @@ training (:func:`dpact_tf.split.make_optimizer`).  With one phone, progress in s
 are the same thing; with N phones sharing one server model they are not, and the operator picks:
 
 * :class:`StepDecay` (``serve --decay per-step --decay-steps S``): progress = server steps / S, every client's
-  steps counted.  N phones that each train E epochs of B batches make N x E x B server steps; S must be set for
+  steps counted, so any client's steps (batch-1 junk steps as well) lower every client's rate.  N phones that each train E epochs of B batches make N x E x B server steps; S must be set for
   that total (S = E x B, one phone's horizon, would decay N times too fast), and a phone that joins late
   trains at the rate the others have decayed to.
-* :class:`EpochDecay` (``serve --decay per-epoch --decay-epochs E``): the rate of a step is set by the epochs
+* :class:`EpochDecay` (``serve --decay per-epoch --decay-epochs E``, the default): the rate of a step is set by the epochs
   its own client has trained -- the images of that client's applied steps over the epoch size it declared at
   the handshake (``epoch_images``) -- so each phone's steps follow the schedule of a phone training alone for
   E epochs, whatever N is and whenever it joins.  A client's declaration changes only its own steps' rate,

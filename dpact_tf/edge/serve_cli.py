@@ -45,7 +45,7 @@ def serve(args: argparse.Namespace, prof: Any) -> int:
     from dpact_tf.edge.ops import EventLog, Metrics, fanout, make_server
     from dpact_tf.edge.schedule import EpochDecay, StepDecay
     from dpact_tf.edge.server import EdgeService
-    from dpact_tf.edge.store import CheckpointStore
+    from dpact_tf.edge.store import CheckpointStore, DamagedFile, DirectoryInUse
 
     tls = None
     if args.tls_cert or args.tls_key:
@@ -66,25 +66,32 @@ def serve(args: argparse.Namespace, prof: Any) -> int:
     with (strategy.scope() if strategy else tf.distribute.get_strategy().scope()):
         split = build_split(prof, num_classes, args.cut, args.seed, None, 1e-5)
     config = training_config(prof)
-    half = ServerHalf(split.server, config, args.decay_steps, strategy=strategy, max_grad_norm=args.max_grad_norm)
+    half = ServerHalf(split.server, config, args.decay_steps, strategy=strategy,
+                      max_grad_norm=args.max_grad_norm or None)
     if args.decay == "per-epoch":
         schedule = EpochDecay(config.learning_rate, config.lr_decay_rate, args.decay_epochs or prof.epochs)
     else:
         schedule = StepDecay(config.learning_rate, config.lr_decay_rate, args.decay_steps)
     metrics = Metrics() if args.metrics_port is not None else None
-    store = CheckpointStore(args.checkpoint_dir, fsync=args.fsync) if args.checkpoint_dir else None
-    service = EdgeService(half, num_classes=num_classes, cut=args.cut, activation_shape=split.activation_shape,
-                          max_batch=args.max_batch, activation_range=split.dp_layer.true_range, schedule=schedule,
-                          store=store,
-                          checkpoint_every=args.checkpoint_every if store else 0, session_ttl=args.session_ttl,
-                          reply_ttl=args.reply_ttl,
-                          on_event=fanout(EventLog(log), metrics))
+    try:
+        store = CheckpointStore(args.checkpoint_dir, fsync=args.fsync) if args.checkpoint_dir else None
+        service = EdgeService(half, num_classes=num_classes, cut=args.cut, activation_shape=split.activation_shape,
+                              max_batch=args.max_batch, activation_range=split.dp_layer.true_range,
+                              schedule=schedule, store=store,
+                              checkpoint_every=args.checkpoint_every if store else 0, session_ttl=args.session_ttl,
+                              reply_ttl=args.reply_ttl, min_epsilon=args.min_epsilon, max_delta=args.max_delta,
+                              max_ids_per_token=args.max_ids_per_token,
+                              on_event=fanout(EventLog(log), metrics))
+    except (DamagedFile, DirectoryInUse) as err:
+        raise SystemExit(f"error: {err}") from None
     health_servicer = health.HealthServicer()
     limit = int(args.max_message_mb * 2**20) if args.max_message_mb else None
     server, port = make_server(service, host=args.host, port=args.port, tokens=tokens, tls=tls,
                                max_message_bytes=limit, max_workers=args.max_workers,
                                max_calls_per_client=args.max_calls_per_client,
                                max_concurrent_calls=args.max_concurrent_calls, max_call_seconds=args.max_call_seconds,
+                               upload_grace_seconds=args.upload_grace_seconds, max_slow_uploads=args.max_slow_uploads,
+                               max_upload_seconds=args.max_upload_seconds,
                                health_servicer=health_servicer)
     http = metrics.watch(service).serve(args.metrics_port, args.metrics_host) if metrics is not None else None
     server.start()
@@ -139,15 +146,22 @@ def add_serve_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--num-classes", type=int, help="identities of fc8 (default: the profile's synthetic set)")
     s.add_argument("--cut", default="conv1_1", help="last client layer (the paper: conv1_1)")
     s.add_argument("--seed", type=int, default=0, help="initialisation seed (use the client's for comparable runs)")
-    s.add_argument("--decay", choices=("per-step", "per-epoch"), default="per-step",
-                   help="what the learning rate's decay counts: the server's steps, all clients together "
-                        "(--decay-steps), or each client's own epochs of the data it declares (--decay-epochs)")
+    s.add_argument("--decay", choices=("per-step", "per-epoch"), default="per-epoch",
+                   help="what the learning rate's decay counts: each client's own epochs of the data it declares "
+                        "(--decay-epochs; the default: no client can change another's rate), or the server's steps, "
+                        "all clients together (--decay-steps; any token holder's steps decay every client's rate)")
     s.add_argument("--decay-steps", type=int, default=1000, help="per-step: server steps (all clients together) over "
                    "which the learning rate decays by the profile's lr_decay_rate (N phones x epochs x batches)")
     s.add_argument("--decay-epochs", type=float, help="per-epoch: epochs of each client's data over which its steps' "
                    "learning rate decays by lr_decay_rate (default: the profile's epochs)")
-    s.add_argument("--max-grad-norm", type=float, help="clip the global norm of the server's weight gradients of "
-                   "one step to this (default: no clipping)")
+    s.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the global norm of the server's weight "
+                   "gradients of one step to this, which bounds how far one upload moves the shared model (0: no "
+                   "clipping)")
+    s.add_argument("--min-epsilon", type=float, help="the smallest epsilon a noisy client may declare (default: the "
+                   "lower end of the grid's certified interval at the client's delta)")
+    s.add_argument("--max-delta", type=float, default=1e-3, help="the largest delta a noisy client may declare")
+    s.add_argument("--max-ids-per-token", type=int, default=64, help="client ids with an open session per token "
+                   "(<id> and <id>/<run>); a handshake beyond them is refused")
     s.add_argument("--checkpoint-dir", help="checkpoints, stored replies and step journal; restored from at start")
     s.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint every this many server steps")
     s.add_argument("--fsync", action="store_true", help="fsync every journal record and checkpoint file: "
@@ -173,6 +187,12 @@ def add_serve_arguments(s: argparse.ArgumentParser) -> None:
                    help="calls in flight at once, all clients (default: 4 x --max-workers); more are refused")
     s.add_argument("--max-call-seconds", type=float, default=600.0,
                    help="connection lifetime: a connection is closed after twice this, so no call lasts longer")
+    s.add_argument("--upload-grace-seconds", type=float, default=2.0, help="a request not received this long "
+                   "after its call began is a slow upload")
+    s.add_argument("--max-slow-uploads", type=int, default=2, help="slow uploads in flight per client id (with "
+                   "tokens) or per peer address (without); more are cancelled")
+    s.add_argument("--max-upload-seconds", type=float, help="a request not received this long after its call began "
+                   "is cancelled (default: the message size limit at 10 Mbit/s, at least 60 s)")
     s.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds to let calls finish at shutdown")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (/metrics)")
     s.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics port")

@@ -1,6 +1,7 @@
 """The edge server: one server model, many phones, over gRPC (``dpact_edge.proto``).
 
-Per-client sessions: a client opens one with :meth:`EdgeService.Handshake` (stating ε, δ, the cut, the
+Per-client sessions (a client id that never applied a step is forgotten when its session expires): a client
+opens one with :meth:`EdgeService.Handshake` (stating ε, δ, the cut, the
 activation shape and the upload encoding; the server refuses a cut or shape its model does not have) and
 numbers its steps 1, 2, 3, ...; a session expires after ``session_ttl`` seconds without calls.  Behind a
 server with tokens (:mod:`dpact_tf.edge.auth`) a token issued to ``alice`` opens sessions for ``alice`` and
@@ -22,9 +23,12 @@ phone of the batch, and break the per-client replay of a step after a crash.  On
 every core of the machine (or, under tf.distribute, every GPU), so serialising costs no throughput on a
 busy server; the gRPC thread pool only overlaps decoding and network I/O.
 
-**No client can damage the shared model.** Every upload is checked against what the mechanism its client
-declared can produce: a grid upload's step and levels in [-T, D + T], a no-noise upload's values in [0, R]
-(``activation_range``), on training and evaluation calls alike.  Behind the checks, a step whose update would
+**No client can damage the shared model.** The declared mechanism is bounded at the handshake: a noisy
+client's delta at most ``max_delta`` and its epsilon at least ``min_epsilon`` (by default the lower end of
+:func:`dpact_tf.grid.certified_epsilons` at its delta), else FAILED_PRECONDITION, reason "privacy_bounds".
+Every upload is checked against what the mechanism its client declared can produce: a grid upload's step and
+levels in [-T, D + T] and levels that look like its noise (:func:`~dpact_tf.edge.wire.check_levels`), a
+no-noise upload's values in [0, R] (``activation_range``), on training and evaluation calls alike.  Behind the checks, a step whose update would
 leave the loss, dL/d(activation), a weight or an optimizer slot non-finite is rolled back
 (:class:`~dpact_tf.edge.model.UnsafeStep`); it is refused and never reaches the journal.
 
@@ -34,6 +38,7 @@ per epoch of each client's declared data), and the journal records it with the s
 
 Bad input is refused with a gRPC status and nothing changes: a wrong token -> UNAUTHENTICATED; another
 client's id or session -> PERMISSION_DENIED; an unknown or expired session -> NOT_FOUND; a step id already applied -> ALREADY_EXISTS; a gap in step ids -> FAILED_PRECONDITION;
+a token with ``max_ids_per_token`` client ids in open sessions opening another -> RESOURCE_EXHAUSTED;
 a wrong shape, encoding, label, NaN/inf, a value the declared mechanism cannot produce, a step that would
 make the model non-finite -> INVALID_ARGUMENT; a handshake with another cut or activation shape ->
 FAILED_PRECONDITION; a message above the size limit -> RESOURCE_EXHAUSTED (gRPC's own check; the gate logs
@@ -42,12 +47,13 @@ it).  Every refusal by the service is reported through
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import secrets
 import threading
 import time
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
@@ -58,8 +64,8 @@ from dpact_tf.edge.auth import caller, owns
 from dpact_tf.edge.model import ServerHalf, UnsafeStep
 from dpact_tf.edge.schedule import Schedule
 from dpact_tf.edge.store import CheckpointStore
-from dpact_tf.edge.wire import (HandshakeError, MechanismError, check_batch, check_handshake, check_levels,
-                                request_digest, to_proto)
+from dpact_tf.edge.wire import (DEFAULT_MAX_DELTA, HandshakeError, MechanismError, PolicyError, check_batch,
+                                check_handshake, check_levels, request_digest, to_proto)
 from dpact_tf.grid import GridSpec
 from dpact_tf.privacy import PAPER_ACTIVATION_RANGE
 
@@ -97,6 +103,11 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
       session_ttl: seconds after which a session without calls expires (NOT_FOUND: the client handshakes again).
       reply_ttl: seconds a client's stored reply is kept after its last step (to answer a retry of that step, after
         a crash of the client or the server); older reply files are removed at a checkpoint.
+      min_epsilon: the smallest epsilon a noisy client may declare (None: the lower end of
+        :func:`dpact_tf.grid.certified_epsilons` at the client's delta).
+      max_delta: the largest delta a noisy client may declare.
+      max_ids_per_token: client ids with an open session per token (``<id>`` and ``<id>/<run>``); a handshake for
+        one more is refused RESOURCE_EXHAUSTED.
       on_event: callback ``(name, info)`` for "handshake", "step", "checkpoint", "restored", "journal_damaged",
         "refused" (no printing here; :mod:`dpact_tf.edge.ops` logs and counts them).
     """
@@ -105,6 +116,8 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
                  max_batch: int = 256, activation_range: float = PAPER_ACTIVATION_RANGE,
                  schedule: Optional[Schedule] = None, store: Optional[CheckpointStore] = None,
                  checkpoint_every: int = 0, session_ttl: float = 3600.0, reply_ttl: float = 7 * 86400.0,
+                 min_epsilon: Optional[float] = None, max_delta: float = DEFAULT_MAX_DELTA,
+                 max_ids_per_token: int = 64,
                  on_event: Optional[Callable[[str, dict], None]] = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 (got {max_batch})")
@@ -112,6 +125,13 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
             raise ValueError(f"activation_range must be finite and > 0 (got {activation_range})")
         if not session_ttl > 0 or not reply_ttl > 0:
             raise ValueError(f"session_ttl and reply_ttl must be > 0 seconds (got {session_ttl}, {reply_ttl})")
+        if min_epsilon is not None and not (math.isfinite(min_epsilon) and min_epsilon > 0):
+            raise ValueError(f"min_epsilon must be finite and > 0, or None for the grid's certified floor (got "
+                             f"{min_epsilon})")
+        if not 0 < max_delta < 1:
+            raise ValueError(f"max_delta must be in (0, 1) (got {max_delta})")
+        if max_ids_per_token < 1:
+            raise ValueError(f"max_ids_per_token must be >= 1 (got {max_ids_per_token})")
         if checkpoint_every < 0 or (checkpoint_every and store is None):
             raise ValueError("checkpoint_every must be >= 0 and needs a store (a checkpoint directory)")
         self.half, self.schedule = half, schedule
@@ -119,13 +139,22 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
         self.activation_shape = tuple(int(s) for s in activation_shape)
         self.activation_range, self.session_ttl = float(activation_range), float(session_ttl)
         self.reply_ttl = float(reply_ttl)
+        self.min_epsilon, self.max_delta = min_epsilon, float(max_delta)
+        self.max_ids_per_token = int(max_ids_per_token)
         self.store, self.checkpoint_every = store, int(checkpoint_every)
         self.on_event = on_event or (lambda name, info: None)
         self._lock = threading.Lock()
         self._clients: Dict[str, _Client] = {}
         self._sessions: Dict[str, str] = {}  # session id -> client id
+        self._swept = time.monotonic()  # the last sweep of expired sessions
+        self._waiting = 0  # calls waiting for the step lock (the queue-depth gauge)
+        self._count_lock = threading.Lock()
         if store is not None:
-            self._restore()
+            try:
+                self._restore()
+            except BaseException:
+                store.close()  # release the directory's lock: the caller may move the directory and retry
+                raise
 
     # --- persistence -------------------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -181,6 +210,8 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
         state = pb.ServerState(server_steps=self.half.steps)
         replies = {}
         for c in self._clients.values():
+            if not c.last_step:
+                continue  # a client id without steps has no progress to keep
             state.clients.add(client_id=c.client_id, last_step=c.last_step, request_digest=c.digest,
                               images=c.images, epoch_images=c.epoch_images)
             if c.dirty and c.reply is not None:
@@ -204,11 +235,22 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
                          f"{principal + '/<run>'!r}, not {cid!r}", principal, "impersonation")
         try:
             spec = check_handshake(request, cut=self.cut, activation_shape=self.activation_shape,
-                                   needs_epoch_size=getattr(self.schedule, "needs_epoch_size", False))
+                                   needs_epoch_size=getattr(self.schedule, "needs_epoch_size", False),
+                                   min_epsilon=self.min_epsilon, max_delta=self.max_delta)
+        except PolicyError as err:
+            self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, str(err), cid, "privacy_bounds")
         except HandshakeError as err:
             code = grpc.StatusCode.FAILED_PRECONDITION if err.precondition else grpc.StatusCode.INVALID_ARGUMENT
             self._refuse(context, code, str(err), cid, "handshake")
         with self._lock:
+            self._sweep()
+            if principal is not None and (cid not in self._clients or not self._clients[cid].session_id):
+                live = sum(owns(principal, other) for other in self._sessions.values())
+                if live >= self.max_ids_per_token:
+                    self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                 f"the token of {principal!r} has {live} client ids with open sessions, the most "
+                                 f"this server keeps per token; reuse one, or wait {self.session_ttl:g} s for an "
+                                 "idle one to expire", cid, "too_many_ids")
             client = self._clients.setdefault(cid, _Client(cid))
             self._sessions.pop(client.session_id, None)  # one live session per client
             client.session_id = secrets.token_hex(16)
@@ -226,7 +268,7 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
 
     def TrainStep(self, request: pb.TrainStepRequest, context: grpc.ServicerContext) -> pb.TrainStepReply:
         start = time.monotonic()
-        with self._lock:
+        with self._queued():
             client = self._client(request.session_id, context)
             if request.step == client.last_step and client.last_step and request_digest(request) == client.digest:
                 stored = client.reply or self._stored_reply(client)  # a retry: answered, not applied again
@@ -262,7 +304,7 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
         return reply
 
     def Evaluate(self, request: pb.EvaluateRequest, context: grpc.ServicerContext) -> pb.EvaluateReply:
-        with self._lock:
+        with self._queued():
             client = self._client(request.session_id, context)
             act, labels = self._check(request.activation, request.labels, client, context)
             loss_sum, correct = self.half.evaluate(act, labels)
@@ -270,6 +312,25 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
         return pb.EvaluateReply(loss_sum=loss_sum, correct=correct, count=len(labels))
 
     # --- helpers -----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _queued(self) -> Iterator[None]:
+        """The step lock, counting the calls that wait for it (:meth:`queue_depth`)."""
+        with self._count_lock:
+            self._waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._count_lock:
+                self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def queue_depth(self) -> int:
+        """Calls whose request arrived and that wait for the step lock (steps are serialised)."""
+        return self._waiting
+
     def _client(self, session_id: str, context: grpc.ServicerContext) -> _Client:
         cid, principal = self._sessions.get(session_id), caller()
         if cid is None:
@@ -281,11 +342,30 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
                          principal, "impersonation")
         client, now = self._clients[cid], time.monotonic()
         if now - client.seen > self.session_ttl:
-            del self._sessions[session_id]
+            self._expire(session_id)
             self._refuse(context, grpc.StatusCode.NOT_FOUND, f"session expired after {self.session_ttl:g} s without "
                          "calls; call Handshake again", cid, "session")
         client.seen = now
         return client
+
+    def _expire(self, session_id: str) -> None:
+        """Close a session; forget its client id if it never applied a step (so idle handshakes leave nothing)."""
+        cid = self._sessions.pop(session_id, None)
+        client = self._clients.get(cid) if cid is not None else None
+        if client is not None:
+            client.session_id = ""
+            if not client.last_step:
+                del self._clients[cid]
+
+    def _sweep(self) -> None:
+        """Expire the sessions idle for more than ``session_ttl`` (at most once every ``session_ttl`` / 8 s)."""
+        now = time.monotonic()
+        if now - self._swept < min(self.session_ttl / 8, 60.0):
+            return
+        self._swept = now
+        for session_id, cid in list(self._sessions.items()):
+            if now - self._clients[cid].seen > self.session_ttl:
+                self._expire(session_id)
 
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, message: str,
                 client_id: Optional[str] = None, reason: str = "input") -> None:
@@ -336,8 +416,9 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
 
     def session_count(self) -> int:
         """Sessions that have not expired."""
-        now = time.monotonic()
-        return sum(now - self._clients[cid].seen <= self.session_ttl for cid in list(self._sessions.values()))
+        now, clients = time.monotonic(), dict(self._clients)  # read without the lock: a scrape never waits
+        seen = [clients[cid].seen for cid in list(self._sessions.values()) if cid in clients]
+        return sum(now - t <= self.session_ttl for t in seen)
 
     def client_count(self) -> int:
         """Client ids the server keeps progress for."""

@@ -19,6 +19,7 @@ Files in the checkpoint directory:
   record, so a reply of any size is stored (a protobuf message cannot exceed 2 GiB).  A file not rewritten
   for ``reply_ttl`` seconds (its client has not stepped since) is removed at a checkpoint, so the directory
   holds the replies of the clients active in that time, not of every client id ever seen;
+* ``lock`` -- held with ``flock`` by the server using the directory (a second server on it is refused);
 * ``journal.bin`` -- one :class:`JournalRecord` per step since the checkpoint: what the server received
   anyway (encoded activations and labels) and the learning rate.
 
@@ -28,6 +29,7 @@ checkpoint object is passed in.
 """
 from __future__ import annotations
 
+import fcntl
 import glob
 import hashlib
 import os
@@ -37,7 +39,11 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from dpact_tf.edge import dpact_edge_pb2 as pb
 from dpact_tf.edge.journal import DamagedFile, Journal, read_records, write_records
 
-__all__ = ["CheckpointStore", "DamagedFile"]
+__all__ = ["CheckpointStore", "DamagedFile", "DirectoryInUse"]
+
+
+class DirectoryInUse(RuntimeError):
+    """Another process holds the checkpoint directory's lock."""
 
 
 class CheckpointStore:
@@ -54,6 +60,13 @@ class CheckpointStore:
         self.directory, self.fsync = directory, bool(fsync)
         self.replies_dir = os.path.join(directory, "replies")
         os.makedirs(self.replies_dir, exist_ok=True)
+        self._lock = os.open(os.path.join(directory, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock)
+            raise DirectoryInUse(f"{directory} is in use by another server (it holds {directory}/lock); two servers "
+                                 "on one checkpoint directory would overwrite each other's journal") from None
         self.state_path = os.path.join(directory, "state.bin")
         self.journal = Journal(os.path.join(directory, "journal.bin"), fsync=self.fsync)
 
@@ -149,3 +162,6 @@ class CheckpointStore:
 
     def close(self) -> None:
         self.journal.close()
+        if self._lock >= 0:
+            os.close(self._lock)  # releases the directory's lock
+            self._lock = -1

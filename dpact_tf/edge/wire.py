@@ -11,6 +11,7 @@ imports it as well as the server.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -20,16 +21,24 @@ import numpy as np
 
 from dpact_tf.edge import dpact_edge_pb2 as pb
 from dpact_tf.encoding import ENCODINGS, GRID, WIRE_ENCODINGS, EncodedActivation, decode, decode_levels, encode
-from dpact_tf.grid import GridSpec, check_release, noise_table
+from dpact_tf.grid import GridSpec, certified_epsilons, check_release, noise_table
 
 __all__ = ["to_proto", "from_proto", "check_batch", "check_levels", "check_handshake", "level_bounds",
            "request_digest", "token_metadata", "TOKEN_HEADER", "MechanismError", "HandshakeError",
-           "FLOAT_RANGE_TOLERANCE"]
+           "FLOAT_RANGE_TOLERANCE", "DEFAULT_MAX_DELTA", "PLAUSIBILITY_ALPHA", "epsilon_floor", "PolicyError",
+           "level_limits", "LevelLimits"]
 
 TOKEN_HEADER = "authorization"  # gRPC metadata key of the client's token: "Bearer <token>"
 # Relative slack above R for a no-noise upload: float16 rounds a value by at most 2**-11 of it, and uint8's
 # offset + scale x q is computed in float32.
 FLOAT_RANGE_TOLERANCE = 2.0 ** -10
+# The largest delta a server accepts from a noisy client by default (serve --max-delta).
+DEFAULT_MAX_DELTA = 1e-3
+# The probability, at most, that the plausibility checks of :func:`check_levels` refuse an honest grid upload
+# (a Chernoff bound, computed from the noise table for each batch size: :func:`level_limits`).
+PLAUSIBILITY_ALPHA = 1e-12
+# The plausibility checks count levels farther than j noise stds outside [0, D], for j = 1 .. this.
+TAIL_STDS = 8
 
 
 class MechanismError(ValueError):
@@ -102,9 +111,72 @@ def level_bounds(spec: GridSpec) -> Tuple[int, int]:
     return -t, spec.max_level + t
 
 
+@dataclasses.dataclass(frozen=True)
+class LevelLimits:
+    """What :func:`check_levels` lets through in a grid upload of ``n`` levels (K = ``steps_per_std``).
+
+    ``tail_counts[j - 1]``: the most levels farther than j K steps outside [0, D]; ``sum_slack``: how far the sum
+    of the levels may lie below 0 or above n D.  Each bound fails an honest upload with probability at most
+    :data:`PLAUSIBILITY_ALPHA` / (``TAIL_STDS`` + 2), so all together at most :data:`PLAUSIBILITY_ALPHA`."""
+
+    n: int
+    steps_per_std: int
+    tail_counts: Tuple[int, ...]
+    sum_slack: float
+
+
+def _kl(p: float, q: float) -> float:
+    """KL(Bernoulli(p) || Bernoulli(q)) for q < p <= 1."""
+    out = p * math.log(p / q)
+    if p < 1.0:
+        out += (1.0 - p) * math.log((1.0 - p) / (1.0 - q))
+    return out
+
+
+def _binomial_limit(n: int, q: float, log_alpha: float) -> int:
+    """The smallest c such that P(X > c) <= e^log_alpha for X ~ Binomial(n, q) (or any sum of n independent
+    Bernoullis of probabilities <= q), by the Chernoff bound P(X >= m) <= exp(-n KL(m / n || q)), m / n > q."""
+    if q <= 0.0:
+        return 0
+    lo, hi = max(1, math.floor(n * q) + 1), n + 1  # the smallest m with a small enough bound lies in [lo, hi]
+    while lo < hi:
+        m = (lo + hi) // 2
+        if -n * _kl(m / n, q) <= log_alpha:
+            hi = m
+        else:
+            lo = m + 1
+    return lo - 1
+
+
+@functools.lru_cache(maxsize=1024)
+def level_limits(steps_per_std: int, n: int) -> LevelLimits:
+    """The plausibility limits of a grid upload of ``n`` levels, computed from the noise table's exact pmf.
+
+    A released level is k + Z with k in [0, D] and Z from the table, the coordinates independent.  So a level lies
+    more than a steps outside [0, D] with probability at most q(a) = P(|Z| > a), and the count of such levels is
+    bounded by a Chernoff bound on Binomial(n, q(a)); and the sum of the levels lies in [sum Z, n D + sum Z], with
+    P(sum Z >= s) <= min_t exp(n log E[e^(tZ)] - t s) (the table's moment generating function, exactly)."""
+    z, p = noise_table(steps_per_std).pmf()
+    k = int(steps_per_std)
+    log_alpha = math.log(PLAUSIBILITY_ALPHA / (TAIL_STDS + 2))
+    tails = []
+    for j in range(1, TAIL_STDS + 1):
+        q = float(p[np.abs(z) > j * k].sum())
+        tails.append(_binomial_limit(int(n), q, log_alpha))
+    t = np.geomspace(1e-5, 20.0, 600) / k
+    exponents = t[:, None] * z[None, :].astype(np.float64) + np.log(np.maximum(p, 1e-300))[None, :]
+    top = exponents.max(axis=1)
+    log_mgf = top + np.log(np.exp(exponents - top[:, None]).sum(axis=1))
+    slack = float(np.min((int(n) * log_mgf - log_alpha) / t))
+    return LevelLimits(n=int(n), steps_per_std=k, tail_counts=tuple(tails), sum_slack=slack)
+
+
 def check_levels(message: pb.Activation, spec: GridSpec) -> None:
-    """Refuse a grid upload the declared mechanism cannot have produced: a step other than its grid step, or a
-    level outside :func:`level_bounds` (:class:`MechanismError` naming the range and the mechanism)."""
+    """Refuse a grid upload the declared mechanism cannot have produced, or could only with a negligible chance
+    (:class:`MechanismError` naming the check and the mechanism): a step other than its grid step, a level outside
+    :func:`level_bounds`, too many levels far outside [0, D] for its noise, or a sum of levels below 0 or above n D
+    by more than its noise allows (:func:`level_limits`: an honest upload is refused with probability at most
+    :data:`PLAUSIBILITY_ALPHA`)."""
     if message.encoding != GRID:
         raise ValueError(f"a noisy release travels as 'grid' levels (got {message.encoding!r})")
     levels, step = decode_levels(_encoded(message))
@@ -112,10 +184,27 @@ def check_levels(message: pb.Activation, spec: GridSpec) -> None:
         raise MechanismError(f"grid step {step!r} is not the step {spec.step!r} of the mechanism declared at the "
                          f"handshake (epsilon={spec.epsilon:g}, {spec.steps_per_std} steps per std)")
     lo, hi = level_bounds(spec)
-    if levels.size and (int(levels.min()) < lo or int(levels.max()) > hi):
+    if not levels.size:
+        return
+    if int(levels.min()) < lo or int(levels.max()) > hi:
         raise MechanismError(f"grid levels must lie in [{lo}, {hi}] for the mechanism declared at the handshake "
                          f"(epsilon={spec.epsilon:g}: levels 0..{spec.max_level} plus noise of magnitude <= "
                          f"{-lo}); got {int(levels.min())}..{int(levels.max())}")
+    limits = level_limits(spec.steps_per_std, int(levels.size))
+    flat = levels.reshape(-1).astype(np.int64)
+    outside = np.maximum(-flat, flat - spec.max_level)
+    for j, most in enumerate(limits.tail_counts, start=1):
+        count = int(np.count_nonzero(outside > j * spec.steps_per_std))
+        if count > most:
+            raise MechanismError(f"{count} of {levels.size} grid levels lie more than {j} noise std(s) outside "
+                                 f"[0, {spec.max_level}]; the noise of the mechanism declared at the handshake "
+                                 f"(epsilon={spec.epsilon:g}) puts more than {most} there with probability below "
+                                 f"{PLAUSIBILITY_ALPHA:g}")
+    total = int(flat.sum())
+    if total < -limits.sum_slack or total > levels.size * spec.max_level + limits.sum_slack:
+        raise MechanismError(f"the grid levels average {total / levels.size:.4g}; the mechanism declared at the "
+                             f"handshake (epsilon={spec.epsilon:g}) averages within [0, {spec.max_level}] up to "
+                             f"{limits.sum_slack / levels.size:.3g} but with probability below {PLAUSIBILITY_ALPHA:g}")
 
 
 class HandshakeError(ValueError):
@@ -127,17 +216,49 @@ class HandshakeError(ValueError):
         self.precondition = precondition
 
 
+def epsilon_floor(delta: float, min_epsilon: Optional[float] = None) -> float:
+    """The smallest epsilon a server accepts from a client declaring ``delta``: ``min_epsilon`` if the operator set
+    one, else the lower end of :func:`dpact_tf.grid.certified_epsilons` at ``delta`` (below it the noise is so
+    large that one in-range upload moves the model by orders of magnitude more than an honest batch)."""
+    if min_epsilon is not None:
+        return float(min_epsilon)
+    return _certified_floor(float(delta))
+
+
+@functools.lru_cache(maxsize=64)
+def _certified_floor(delta: float) -> float:
+    try:
+        return certified_epsilons(delta)[0]
+    except ValueError:
+        return math.inf  # no grid releases at this delta: every noisy handshake is refused
+
+
+class PolicyError(HandshakeError):
+    """A well-formed handshake whose (epsilon, delta) lies outside what this server's operator accepts."""
+
+
 def check_handshake(request: pb.HandshakeRequest, *, cut: str, activation_shape: Sequence[int],
-                    needs_epoch_size: bool = False) -> Optional[GridSpec]:
+                    needs_epoch_size: bool = False, min_epsilon: Optional[float] = None,
+                    max_delta: float = DEFAULT_MAX_DELTA) -> Optional[GridSpec]:
     """The release mechanism a client declares (None: no noise), or :class:`HandshakeError`: an epsilon that is
     not finite and > 0, a delta outside (0, 1), an encoding that does not match the noise (a noisy release
     travels as grid levels only), another cut or activation shape than the server's, no grid for (epsilon,
-    delta), a missing or non-positive epoch size where the server's schedule counts epochs."""
+    delta), a missing or non-positive epoch size where the server's schedule counts epochs; and
+    :class:`PolicyError` for a delta above ``max_delta`` or an epsilon below :func:`epsilon_floor`."""
     noisy = request.HasField("epsilon")
     if noisy and not (math.isfinite(request.epsilon) and request.epsilon > 0):
         raise HandshakeError(f"epsilon must be finite and > 0, or absent for no noise (got {request.epsilon})")
     if not 0 < request.delta < 1:
         raise HandshakeError(f"delta must be in (0, 1) (got {request.delta})")
+    if noisy and request.delta > max_delta:
+        raise PolicyError(f"this server accepts delta <= {max_delta:g} (serve --max-delta); the client states "
+                          f"delta={request.delta:g}", precondition=True)
+    if noisy:
+        floor = epsilon_floor(request.delta, min_epsilon)
+        if request.epsilon < floor:
+            raise PolicyError(f"this server accepts epsilon >= {floor:.4g} at delta={request.delta:g} (serve "
+                              f"--min-epsilon; by default the lower end of the grid's certified interval); the "
+                              f"client states epsilon={request.epsilon:g}", precondition=True)
     if request.encoding not in WIRE_ENCODINGS:
         raise HandshakeError(f"encoding must be one of {WIRE_ENCODINGS} (got {request.encoding!r})")
     if noisy and request.encoding != GRID:
