@@ -218,7 +218,11 @@ def test_baselines_notebook(tiny_book):
     front = _metrics(base, "frontier")
     sched = frontier.SCHEDULES["tiny"]
     methods = {p["method"] for p in front["points"]}
-    assert methods == {"release", "last_layer_dpsgd", "activations_once", "paper_scratch", "paper_finetune"}
+    core = {"release", "last_layer_dpsgd", "activations_once", "paper_scratch", "paper_finetune"}
+    if "dlib's face ResNet is not available" in text:  # said in the chapter; its points are then missing
+        assert methods == core
+    else:
+        assert methods == core | {"release_dlib", "last_layer_dpsgd_dlib"}
     for p in front["points"]:
         if p["method"] == "activations_once":  # one release at most the per-image target
             assert p["image_epsilon"] <= max(sched.activation_epsilons) and len(p["accuracies"]) == sched.activation_seeds

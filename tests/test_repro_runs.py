@@ -134,7 +134,7 @@ def test_finetune_from_a_vggface_weights_file(tmp_path, tiny_vggface_h5):
     study = studies.finetune_study(profile="tiny", dataset="synthetic", results_dir=str(tmp_path / "r"),
                                    epsilons=[None], epochs=1, vggface_weights=str(path), progress=False)
     assert study.pretrain["source"] == "vggface" and study.pretrain["people"] == 2622
-    split = study["runs"][0].load_split()
+    split = study.runs[0].load_split()
     kernel, bias = fold_preprocessing(*weights["conv1_1"])
     # conv1 is frozen during fine-tuning: the client still holds VGG-Face's (folded) first layer
     np.testing.assert_allclose(split.client.get_layer("conv1_1").get_weights()[0], kernel, rtol=1e-6)
