@@ -255,6 +255,7 @@ def test_the_front_page_opens_with_every_claims_verdict(tiny_book):
     assert "SYNTHETIC data, not LFW" in text
     for row in table:
         assert f"*{row['verdict']}*" in text
+    assert "Which private training to choose, per image" in text and "has not been run" not in text
 
 
 def test_needs_name_only_earlier_chapters():
