@@ -524,7 +524,7 @@ def frontier_plot(points: List[Dict[str, Any]], references: Dict[str, float], *,
     standard deviation), hollow markers where the tuning's runs raise the epsilon, each setting's non-private
     accuracy as a horizontal line."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8.5, 4.6))
+    fig, ax = plt.subplots(figsize=(9, 7))
     markers = {"release": "o", "activations_once": "D", "last_layer_dpsgd": "s", "paper_scratch": "^",
                "paper_finetune": "v"}
     for i, method in enumerate(dict.fromkeys(p["method"] for p in points)):
@@ -546,7 +546,7 @@ def frontier_plot(points: List[Dict[str, Any]], references: Dict[str, float], *,
     ax.axhline(chance, color="0.5", ls=":", lw=1, label="majority class")
     ax.set_xscale("log")
     ax.set_xlabel("per-image ε (log scale; δ = 1e-5)"), ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)  # below: the axes keep the width
     ax.set_title(_title("Accuracy against the per-image ε of every method", dataset), fontsize=10)
     fig.tight_layout()
     return fig
