@@ -32,3 +32,6 @@ def test_rerun_note_is_a_command_a_reader_can_paste():
     note = rerun_note("04_partition", {"profile": "small", "dataset": "lfw", "epsilons": [None, 2.0]})
     assert "jupytext --to ipynb notebooks/04_partition.md -o - | papermill - book/executed/04_partition.ipynb" in note
     assert "-p profile 'small'" in note and "-y 'epsilons: [null, 2.0]'" in note
+    local = rerun_note("04_partition", {"profile": "small", "results_dir": "/home/me/results",
+                                        "vggface_weights": "/home/me/vgg.h5"})
+    assert "/home/me" not in local and "results_dir" not in local and "-p profile 'small'" in local

@@ -292,7 +292,10 @@ def test_chapters_show_no_logs_and_no_local_paths(tiny_book):
         nb = json.loads((root / "book" / "executed" / f"{name}.ipynb").read_text())
         hidden = [c for c in nb["cells"] if {"parameters", "injected-parameters"} & set(c["metadata"].get("tags", []))]
         assert hidden and all("remove-cell" in c["metadata"]["tags"] for c in hidden)
-        assert "Re-run this chapter" in "".join(nb["cells"][-1]["source"])
+        note = "".join(nb["cells"][-1]["source"])
+        assert "Re-run this chapter" in note
+        for path in (REPO, str(root), os.path.expanduser("~")):  # the note is shown too
+            assert path not in note, f"{name}'s re-run note shows the local path {path}"
 
 
 def test_the_log_check_catches_logs():

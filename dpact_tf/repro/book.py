@@ -49,6 +49,8 @@ NEEDS: Dict[str, Tuple[str, ...]] = {
 }
 
 HIDDEN_TAGS = ("parameters", "injected-parameters")
+# Parameters that name paths of the machine that executed the book: left out of the chapters' re-run notes.
+LOCAL_PARAMETERS = ("results_dir", "vggface_weights")
 # A logging line that reached stdout (Python/absl logging: "WARNING:tensorflow:...", "W1123 11:02:03.4 ...").
 _LOG_LINE = re.compile(r"^(?:(?:DEBUG|INFO|WARNING|ERROR|CRITICAL):\S*:|[IWEF]\d{4} \d\d:\d\d:\d\d)")
 
@@ -70,10 +72,12 @@ def resolve_dataset(dataset: str) -> str:
 
 
 def rerun_note(name: str, parameters: Dict[str, Any]) -> str:
-    """The markdown note appended to a chapter: how to re-run it, with the parameters it was run with."""
+    """The markdown note appended to a chapter: how to re-run it, with the parameters it was run with -- except
+    those naming places on the machine that ran it (:data:`LOCAL_PARAMETERS`: a reader's are elsewhere, and the
+    defaults find them)."""
     # -p for strings; -y with JSON (which is YAML: None -> null) for everything else
     params = " ".join(f"-p {k} {v!r}" if isinstance(v, str) else f"-y '{k}: {json.dumps(v)}'"
-                      for k, v in parameters.items())
+                      for k, v in parameters.items() if k not in LOCAL_PARAMETERS)
     only = f"python -m dpact_tf.repro run --only {name} --profile {parameters.get('profile', 'small')}"
     return ("```{admonition} Re-run this chapter\n:class: tip\n"
             f"This chapter is the notebook `notebooks/{name}.md`, executed with papermill. To re-run it:\n\n"
