@@ -23,8 +23,7 @@ TensorFlow is absent (e.g. beside the TFLite runtime).
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dpact_tf._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -43,7 +42,4 @@ _LAZY = {
 __all__ = ["PAPER_SENSITIVITY", "epsilon_for_sigma", "gaussian_sigma", "noise_std", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'dpact_tf' has no attribute {name!r}")
+__getattr__ = lazy_getattr("dpact_tf", _LAZY)

@@ -219,3 +219,20 @@ class SlowUploader(threading.Thread):
             except OSError:
                 pass
             time.sleep(0.25)  # then open the next call
+
+
+def events_of(service):
+    """The list ``service`` appends its (event, info) pairs to from now on."""
+    events = []
+    service.on_event = lambda name, info: events.append((name, info))
+    return events
+
+
+def rpc_code(fn):
+    """(status code, details) of the gRPC error ``fn()`` raises."""
+    import grpc
+    import pytest
+
+    with pytest.raises(grpc.RpcError) as err:
+        fn()
+    return err.value.code(), err.value.details()

@@ -14,7 +14,7 @@ from dpact_tf.edge.auth import TokenBook, issue_token
 from dpact_tf.edge.client import EdgeClient
 from dpact_tf.edge.wire import to_proto, token_metadata
 from dpact_tf.repro.profiles import get_profile
-from tests.edge_util import DEADLINE, SlowUploader, batch, running, tiny_service, weights
+from tests.edge_util import (DEADLINE, SlowUploader, batch, events_of, rpc_code, running, tiny_service, weights)
 
 ACT = (32, 32, 4)
 
@@ -22,18 +22,6 @@ ACT = (32, 32, 4)
 def _client(address, client_id, token, **kw):
     return EdgeClient(address, client_id=client_id, epsilon=None, delta=1e-5, cut="conv1_1", activation_shape=ACT,
                       token=token, timeout=DEADLINE, reconnect_timeout=5.0, **kw)
-
-
-def _events(service):
-    events = []
-    service.on_event = lambda name, info: events.append((name, info))
-    return events
-
-
-def _code(fn):
-    with pytest.raises(grpc.RpcError) as err:
-        fn()
-    return err.value.code(), err.value.details()
 
 
 def test_issued_tokens_are_stored_as_digests_and_reissuing_revokes(tmp_path):
@@ -78,7 +66,7 @@ def test_issue_token_command(tmp_path, capsys):
 def test_one_client_cannot_act_as_another():
     tokens = {"alice": "alice.a-secret", "bob": "bob.b-secret"}
     service = tiny_service()
-    events = _events(service)
+    events = events_of(service)
     with running(service, tokens=TokenBook(tokens=tokens)) as address:
         bob = _client(address, "bob/run1", tokens["bob"])
         bob.train_step(1, *batch())
@@ -86,7 +74,7 @@ def test_one_client_cannot_act_as_another():
         alice = _client(address, "alice/run7", tokens["alice"])
         alice.connect()  # her own runs: yes
         for cid in ("bob", "bob/run1", "alicex", "alice-bob"):  # anyone else's id: no
-            code, details = _code(_client(address, cid, tokens["alice"]).connect)
+            code, details = rpc_code(_client(address, cid, tokens["alice"]).connect)
             assert code == grpc.StatusCode.PERMISSION_DENIED and "issued to client 'alice'" in details, cid
         stub = pb_grpc.EdgeTrainingStub(alice.channel)  # bob's session id with alice's token
         x, y = batch(seed=1)
@@ -96,7 +84,7 @@ def test_one_client_cannot_act_as_another():
                      lambda: stub.Evaluate(pb.EvaluateRequest(session_id=bob_session, activation=to_proto(x),
                                                               labels=list(y)),
                                            timeout=DEADLINE, metadata=token_metadata(tokens["alice"]))):
-            code, details = _code(call)
+            code, details = rpc_code(call)
             assert code == grpc.StatusCode.PERMISSION_DENIED and "belongs to client 'bob/run1'" in details
         assert service.client_steps() == {"bob/run1": 1, "alice/run7": 0}
         for a, b in zip(before, weights(service)):
@@ -116,7 +104,7 @@ def test_an_unauthenticated_call_is_refused_before_its_body_is_read():
     waiting for its body, and a client with a token is served all along."""
     tokens = {"phone": "phone.secret"}
     service = tiny_service()
-    events = _events(service)
+    events = events_of(service)
     with running(service, tokens=TokenBook(tokens=tokens), max_workers=16) as address:
         port = int(address.rsplit(":", 1)[1])
         hostile = [SlowUploader(port, duration=6.0) for _ in range(24)]
@@ -149,7 +137,7 @@ def test_one_client_cannot_tie_up_the_workers_with_slow_uploads():
     nothing stays counted."""
     tokens = {"phone": "phone.secret", "mallory": "mallory.secret"}
     service = tiny_service()
-    events = _events(service)
+    events = events_of(service)
     with running(service, tokens=TokenBook(tokens=tokens), max_workers=4, max_calls_per_client=2) as address:
         port = int(address.rsplit(":", 1)[1])
         hostile = [SlowUploader(port, token=tokens["mallory"], duration=4.0) for _ in range(4)]
@@ -174,14 +162,14 @@ def test_one_client_cannot_tie_up_the_workers_with_slow_uploads():
 
 def test_an_exception_in_a_handler_is_logged_and_answered_internal(monkeypatch):
     service = tiny_service()
-    events = _events(service)
+    events = events_of(service)
 
     def broken(*args):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(service.half, "evaluate", broken)
     with running(service) as address, _client(address, "phone", None) as client:
-        code, details = _code(lambda: client.evaluate(*batch()))
+        code, details = rpc_code(lambda: client.evaluate(*batch()))
         assert code == grpc.StatusCode.INTERNAL and "logged" in details and "fire" not in details
         client.train_step(1, *batch())  # the server goes on
     errors = [info for name, info in events if name == "error"]

@@ -21,21 +21,10 @@ from dpact_tf.edge.serve_cli import add_serve_arguments
 from dpact_tf.edge.store import CheckpointStore, DirectoryInUse
 from dpact_tf.edge.wire import (PLAUSIBILITY_ALPHA, TAIL_STDS, MechanismError, check_levels, level_bounds,
                                 level_limits, to_proto)
-from tests.edge_util import CONFIG, DEADLINE, SlowUploader, batch, running, tiny_service, tiny_split, weights
+from tests.edge_util import (CONFIG, DEADLINE, SlowUploader, batch, events_of,
+                              rpc_code, running, tiny_service, tiny_split, weights)
 
 ACT = (32, 32, 4)
-
-
-def _events(service):
-    events = []
-    service.on_event = lambda name, info: events.append((name, info))
-    return events
-
-
-def _code(fn):
-    with pytest.raises(grpc.RpcError) as err:
-        fn()
-    return err.value.code(), err.value.details()
 
 
 def _hello(stub, client_id="x", token=None, **kw):
@@ -56,12 +45,12 @@ def test_the_handshake_bounds_the_declared_epsilon_and_delta():
     operator can lower it."""
     lo = grid.certified_epsilons(1e-5)[0]
     service = tiny_service()
-    events = _events(service)
+    events = events_of(service)
     with running(service) as address:
         stub = pb_grpc.EdgeTrainingStub(grpc.insecure_channel(address))
         for epsilon, delta, text in ((1e-3, 1e-5, "epsilon >= 0.7417"), (2e-4, 0.1, "delta <= 0.001"),
                                      (0.99 * lo, 1e-5, "epsilon >= 0.7417"), (1.0, 0.99, "delta <= 0.001")):
-            code, details = _code(lambda: _hello(stub, epsilon=epsilon, delta=delta, encoding="grid"))
+            code, details = rpc_code(lambda: _hello(stub, epsilon=epsilon, delta=delta, encoding="grid"))
             assert code == grpc.StatusCode.FAILED_PRECONDITION and text in details, (epsilon, delta, details)
         assert _hello(stub, epsilon=1.01 * lo, delta=1e-5, encoding="grid").session_id
         assert _hello(stub, delta=0.5, encoding="float32").session_id  # no noise: delta is not used
@@ -121,14 +110,14 @@ def test_a_grid_upload_at_the_ends_of_the_range_is_refused_and_the_model_is_unch
     spec = grid.check_release(epsilon, 1e-5)
     lo, hi = level_bounds(spec)
     service = tiny_service()
-    events = _events(service)
+    events = events_of(service)
     before = weights(service)
     _, y = batch(16)
     with running(service) as address:
         client = EdgeClient(address, client_id="eve", epsilon=epsilon, delta=1e-5, cut="conv1_1",
                             activation_shape=ACT, timeout=DEADLINE)
         levels = np.where(np.random.default_rng(0).random((16,) + ACT) < 0.5, lo, hi).astype(np.int32)
-        code, details = _code(lambda: client.train_step(1, (levels, spec.step), y))
+        code, details = rpc_code(lambda: client.train_step(1, (levels, spec.step), y))
         client.close()
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "noise std" in details
     assert service.half.steps == 0
@@ -186,7 +175,7 @@ def test_slow_uploads_without_tokens_are_bounded_per_address():
     """Without tokens, six slow uploads from one address: two are kept (until the upload deadline), the others are
     cancelled after the grace period; an honest client is served meanwhile."""
     service = tiny_service()
-    events = _events(service)
+    events = events_of(service)
     with running(service, max_workers=4, upload_grace_seconds=0.5, max_slow_uploads=2,
                  max_upload_seconds=2.0) as address:
         port = int(address.rsplit(":", 1)[1])
@@ -240,12 +229,12 @@ def test_loopback_means_a_loopback_address_or_exactly_localhost():
 def test_idle_client_ids_expire_and_live_ids_are_bounded_per_token():
     tokens = {"eve": "eve.secret", "bob": "bob.secret"}
     service = tiny_service(session_ttl=0.5, max_ids_per_token=5)
-    events = _events(service)
+    events = events_of(service)
     with running(service, tokens=TokenBook(tokens=tokens)) as address:
         stub = pb_grpc.EdgeTrainingStub(grpc.insecure_channel(address))
         for k in range(5):
             _hello(stub, f"eve/r{k}", tokens["eve"], delta=1e-5, encoding="float32")
-        code, details = _code(lambda: _hello(stub, "eve/r5", tokens["eve"], delta=1e-5, encoding="float32"))
+        code, details = rpc_code(lambda: _hello(stub, "eve/r5", tokens["eve"], delta=1e-5, encoding="float32"))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "5 client ids" in details
         assert _hello(stub, "eve/r0", tokens["eve"], delta=1e-5, encoding="float32").session_id  # its own again
         assert _hello(stub, "bob", tokens["bob"], delta=1e-5, encoding="float32").session_id  # another token

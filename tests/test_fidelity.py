@@ -179,3 +179,14 @@ def test_convergence_text_reads_the_recorded_rows():
                            {"epsilon": 5.0, "history": {"epoch": [1, 2], "test_accuracy": [0.1, 0.124]}}]}
     assert "(2 epochs) the same network ended at 0.410" in f.convergence_text(metrics, sweep)
     assert "the sweep's 2 epochs gave 0.124" in f.convergence_text(metrics, sweep)
+
+
+def test_the_notes_name_seeds_only_where_there_are_several():
+    from dpact_tf.repro.profiles import get_profile
+
+    small, medium, paper = (get_profile(n) for n in ("small", "medium", "paper"))
+    assert f.seeds_note(small) == "one seed per run"
+    assert f.seeds_note(medium).endswith(f"({medium.ladder_largest_seeds} seeds)")
+    note = f.cut_note(small, medium, paper)
+    assert "one seed per run." in note and "96×96×8" in note and "at most 60 epochs" in note
+    assert "The `medium` profile" not in f.cut_note(medium, medium, paper)

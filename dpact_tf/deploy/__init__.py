@@ -15,8 +15,7 @@ SECURITY.md in the repository.  Nothing here is imported until used: the runtime
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dpact_tf._lazy import lazy_getattr
 
 _LAZY = {
     "ClientHead": "dpact_tf.deploy.head",
@@ -32,7 +31,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'dpact_tf.deploy' has no attribute {name!r}")
+__getattr__ = lazy_getattr("dpact_tf.deploy", _LAZY)

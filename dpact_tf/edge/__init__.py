@@ -23,8 +23,7 @@ Imports are lazy so that the phone's side (client, trainer with a LiteRT head) r
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dpact_tf._lazy import lazy_getattr
 
 _LAZY = {
     "EdgeClient": "dpact_tf.edge.client",
@@ -45,7 +44,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'dpact_tf.edge' has no attribute {name!r}")
+__getattr__ = lazy_getattr("dpact_tf.edge", _LAZY)

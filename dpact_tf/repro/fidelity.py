@@ -28,9 +28,11 @@ from dpact_tf.repro.profiles import get_profile
 from dpact_tf.repro.results import record_metrics, relative_to_repo, study_dir
 from dpact_tf.repro.runs import RunSpec, load_faces, run_training
 
-__all__ = ["ConvergenceStudy", "LadderStudy", "convergence_study", "convergence_spec", "ladder_study", "ladder_runs_spec", "ladder_trends", "ladder_note", "trend_lines",
-           "cut_note", "ladder_table", "convergence_text", "above_chance", "fit_trend", "epochs_to_reach", "retained_gain", "training_flops_per_image",
-           "gpu_estimates", "profile_workload", "PAPER_COORDINATES", "REACH_FRACTIONS", "PREDICTION_LEVEL", "CHANCE_LEVEL", "GPU_SUSTAINED_TFLOPS"]
+__all__ = ["ConvergenceStudy", "LadderStudy", "convergence_study", "convergence_spec", "ladder_study",
+           "ladder_runs_spec", "ladder_trends", "ladder_note", "trend_lines", "cut_note", "ladder_table",
+           "convergence_text", "seeds_note", "above_chance", "fit_trend", "epochs_to_reach", "retained_gain",
+           "training_flops_per_image", "gpu_estimates", "profile_workload", "PAPER_COORDINATES", "REACH_FRACTIONS",
+           "PREDICTION_LEVEL", "CHANCE_LEVEL", "GPU_SUSTAINED_TFLOPS"]
 
 #: coordinates the paper's client releases per image: conv1_1 of VGG-Face on 224x224 inputs
 PAPER_COORDINATES = 224 * 224 * 64
@@ -336,16 +338,28 @@ def _shapes(points) -> str:
     return ", ".join(f"{s}×{s}×{c}" for s, c in points)
 
 
+def seeds_note(prof) -> str:
+    n = prof.ladder_largest_seeds
+    return "one seed per run" + (f" except the ladder's largest point ({n} seeds)" if n > 1 else "")
+
+
+def _medium_adds(prof, medium) -> bool:
+    return prof.name != medium.name and bool(set(medium.ladder_points) - set(prof.ladder_points))
+
+
+def _medium_ladder(medium) -> str:
+    return (f"{_shapes(medium.ladder_points)} at ε ∈ {plots.eps_set(medium.ladder_epsilons)} (at most "
+            f"{medium.convergence_max_epochs} epochs, {medium.ladder_largest_seeds} seeds at its largest point)")
+
+
 def ladder_note(prof, medium) -> str:
     """What this profile's ladder trains, and what ``medium``'s adds (Markdown)."""
     note = (f"This profile's ladder: {_shapes(prof.ladder_points)} at ε ∈ {plots.eps_set(prof.ladder_epsilons)}, "
             f"each run until it stops improving (patience {prof.convergence_patience} epochs, at most "
             f"{prof.convergence_max_epochs}).")
-    if set(medium.ladder_points) - set(prof.ladder_points) and prof.name != medium.name:
-        note += (f" The `medium` profile trains {_shapes(medium.ladder_points)} at ε ∈ "
-                 f"{plots.eps_set(medium.ladder_epsilons)} (at most {medium.convergence_max_epochs} epochs, "
-                 f"{medium.ladder_largest_seeds} seeds at its largest point); this profile leaves the larger points "
-                 "out to keep `make book` within its time budget on a 2-core CPU.")
+    if _medium_adds(prof, medium):
+        note += (f" The `medium` profile trains {_medium_ladder(medium)}; this profile leaves the larger points out "
+                 "to keep `make book` within its time budget on a 2-core CPU.")
     return note
 
 
@@ -353,13 +367,10 @@ def cut_note(prof, medium, paper) -> str:
     """What the fidelity studies of ``prof`` leave to ``medium`` and ``paper`` (Markdown)."""
     text = (f"At `{prof.name}`: convergence runs for ε ∈ {plots.eps_set(prof.convergence_epsilons)} "
             f"with a {prof.convergence_max_epochs}-epoch budget; the ladder at {_shapes(prof.ladder_points)}, "
-            f"ε ∈ {plots.eps_set(prof.ladder_epsilons)}, each run until it stops improving; one seed per run "
-            f"except the ladder's largest point ({prof.ladder_largest_seeds}).")
-    if set(medium.ladder_points) - set(prof.ladder_points) and prof.name != medium.name:
-        text += (f" The `medium` profile runs the convergence study for up to {medium.convergence_max_epochs} epochs "
-                 f"(ε ∈ {plots.eps_set(medium.convergence_epsilons)}) and the ladder at "
-                 f"{_shapes(medium.ladder_points)} at ε ∈ {plots.eps_set(medium.ladder_epsilons)} "
-                 f"({medium.ladder_largest_seeds} seeds at its largest point).")
+            f"ε ∈ {plots.eps_set(prof.ladder_epsilons)}, each run until it stops improving; {seeds_note(prof)}.")
+    if _medium_adds(prof, medium):
+        text += (f" The `medium` profile runs the convergence study (ε ∈ {plots.eps_set(medium.convergence_epsilons)}) "
+                 f"and the ladder at {_medium_ladder(medium)}.")
     if prof.name != paper.name:
         text += (f" Larger points (the paper's {paper.image_size}×{paper.image_size} input) are the `paper` "
                  f"profile's ladder, {_shapes(paper.ladder_points)}, for a GPU.")
