@@ -99,8 +99,8 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, epoch: int, history: Dict[str, List[Any]]) -> None:
         if self.monitor not in history or not history[self.monitor]:
             raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which the history does not have "
-                             f"(it has {sorted(k for k, v in history.items() if v)}); pass validation_data to fit "
-                             "to monitor test_accuracy")
+                             f"(it has {sorted(k for k, v in history.items() if v)}); pass monitor_data to fit to "
+                             "monitor validation_accuracy (validation_data: test_accuracy)")
         if stopping_epoch(history[self.monitor], patience=self.patience, min_delta=self.min_delta,
                           start_from_epoch=self.start_from_epoch) is not None:
             self.stop_training, self.stopped_epoch = True, epoch

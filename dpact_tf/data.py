@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FaceSplit", "load_lfw", "load_lfw_public", "split_people", "scan_lfw_dir", "resolve_lfw_dir",
            "make_dataset", "without_autotune", "PIPELINE_PARALLELISM", "people_from_records", "preprocess_image", "PAPER_COUNTS", "PUBLIC_COUNTS",
-           "LFWNotFoundError"]
+           "LFWNotFoundError", "validation_split"]
 
 # (people, images) of the paper's protocol and of the public set, for the complete LFW.
 PAPER_COUNTS: Tuple[int, int] = (158, 4324)   # people with >= 10 images
@@ -85,6 +85,22 @@ class FaceSplit:
                 "images": int(len(self.train_labels) + len(self.test_labels)),
                 "train_images": int(len(self.train_labels)), "test_images": int(len(self.test_labels)),
                 "image_size": self.image_size, "description": self.description}
+
+
+def validation_split(labels: np.ndarray, fraction: float, *, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) indices into ``labels``: per person, round(fraction * n) of its images (at least one when
+    it has two or more) go to validation; the test images are never touched."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1) (got {fraction})")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = min(len(idx) - 1, max(1, int(round(fraction * len(idx))))) if len(idx) > 1 else 0
+        val.extend(idx[:k].tolist())
+    val = np.sort(np.asarray(val, np.int64))
+    return np.setdiff1d(np.arange(len(labels)), val), val
 
 
 def resolve_lfw_dir(root: Optional[str] = None) -> str:

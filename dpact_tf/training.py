@@ -146,8 +146,12 @@ class EpochTrainer:
         raise NotImplementedError
 
     def fit(self, train: Iterable, epochs: int, *, validation_data: Optional[Iterable] = None,
-            callbacks: Sequence[Callback] = ()) -> Dict[str, List[float]]:
+            monitor_data: Optional[Iterable] = None, callbacks: Sequence[Callback] = ()) -> Dict[str, List[float]]:
         """Train for ``epochs``; returns ``{"epoch", "loss", "train_accuracy", "test_accuracy", ...}``.
+
+        ``validation_data`` is evaluated after every epoch as ``test_accuracy``/``test_loss`` (the reported
+        score); ``monitor_data``, images held out of the training set, as ``validation_accuracy``/
+        ``validation_loss`` -- what early stopping should watch, so that no choice is made on the test images.
 
         ``train`` yields (images, labels) batches and is re-iterated every epoch (a ``tf.data`` pipeline
         reshuffles itself).  Progress and files are the callbacks' business (e.g.
@@ -166,6 +170,8 @@ class EpochTrainer:
             self._build(epochs * steps_per_epoch)
         batch_logs = any(cb.wants_batch_logs for cb in callbacks)
         history: Dict[str, Any] = {k: [] for k in HISTORY_KEYS}
+        if monitor_data is not None:
+            history.update(validation_accuracy=[], validation_loss=[])
         for cb in callbacks:
             cb.on_train_begin(epochs=epochs, steps_per_epoch=steps_per_epoch)
         for epoch in range(1, epochs + 1):
@@ -200,6 +206,10 @@ class EpochTrainer:
                 ev = self.evaluate(validation_data)
                 history["test_accuracy"].append(ev["accuracy"])
                 history["test_loss"].append(ev["loss"])
+            if monitor_data is not None:
+                ev = self.evaluate(monitor_data)
+                history["validation_accuracy"].append(ev["accuracy"])
+                history["validation_loss"].append(ev["loss"])
             history["seconds"].append(time.perf_counter() - start)
             for cb in callbacks:
                 cb.on_epoch_end(epoch, history)

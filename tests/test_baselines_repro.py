@@ -30,11 +30,11 @@ def test_frozen_head_is_the_public_models_layers_and_stays_frozen(tmp_path):
 
 def test_baseline_specs_validate_their_options():
     ok = RunSpec(task="dssgd", profile="tiny", dataset="synthetic", epsilon=None, epochs=1,
-                 options=(("participants", 2), ("standalone", False), ("theta_download", 1.0),
+                 options=(("momentum_at", "server"), ("participants", 2), ("standalone", False), ("theta_download", 1.0),
                           ("theta_upload", 0.1)))
     assert ok.option("participants") == 2 and "dssgd" in ok.label()
     other = RunSpec(task="dssgd", profile="tiny", dataset="synthetic", epsilon=None, epochs=1,
-                    options=(("participants", 2), ("standalone", False), ("theta_download", 1.0),
+                    options=(("momentum_at", "server"), ("participants", 2), ("standalone", False), ("theta_download", 1.0),
                              ("theta_upload", 0.01)))
     assert ok.key() != other.key()
     with pytest.raises(ValueError, match="missing"):
@@ -84,7 +84,7 @@ def test_dssgd_run_saves_the_evaluated_global_model(tmp_path):
     from dpact_tf.repro.runs import load_faces
 
     spec = RunSpec(task="dssgd", profile="tiny", dataset="synthetic", epsilon=None, epochs=2,
-                   options=(("participants", 2), ("standalone", False), ("theta_download", 1.0),
+                   options=(("momentum_at", "server"), ("participants", 2), ("standalone", False), ("theta_download", 1.0),
                             ("theta_upload", 0.1)))
     run = run_training(spec, results_dir=str(tmp_path), progress=False)
     t = run.info["trainer"]
@@ -102,18 +102,23 @@ def test_dssgd_run_saves_the_evaluated_global_model(tmp_path):
     assert correct / len(faces.test_labels) == pytest.approx(run.history["test_accuracy"][-1])
 
 
-def test_dssgd_summary_says_when_full_sharing_falls_behind():
+def test_dssgd_summary_measures_the_staleness_of_local_momentum():
     from dpact_tf.repro.baselines import dssgd_summary
 
-    def study(full):
-        rows = [{"participants": 4, "standalone": False, "theta_upload": t, "test_accuracy": a}
-                for t, a in ((0.01, 0.13), (0.1, 0.25), (1.0, full))]
-        rows.append({"participants": 4, "standalone": True, "theta_upload": 1.0, "test_accuracy": 0.12})
+    def study(local, server):
+        rows = [{"participants": 4, "standalone": False, "theta_upload": t, "test_accuracy": a,
+                 "momentum_at": "participant"} for t, a in ((0.01, 0.13), (0.1, 0.25), (1.0, local))]
+        rows.append({"participants": 4, "standalone": False, "theta_upload": 1.0, "test_accuracy": server,
+                     "momentum_at": "server"})
+        rows.append({"participants": 4, "standalone": True, "theta_upload": None, "test_accuracy": 0.12,
+                     "momentum_at": "participant"})
         return {"centralized": {"test_accuracy": 0.41}, "rows": rows}
 
-    behind = dssgd_summary(study(0.15))
-    assert "below θ = 0.1" in behind and "separate momentum buffers" in behind
-    assert "separate momentum buffers" not in dssgd_summary(study(0.30))
+    text = dssgd_summary(study(0.15, 0.40))
+    assert "θ = 1 → 15.0 %" in text and "reaches 40.0 %: the local momentum's staleness costs 25.0 %" in text
+    assert "sharing less (θ = 0.1) scores above full sharing" in text
+    same = dssgd_summary(study(0.40, 0.40))
+    assert "staleness changes" in same and "sharing less" not in same
 
 
 def test_dpsgd_summary_says_when_no_run_learns():

@@ -57,19 +57,22 @@ def sgd(decay_steps, lr=0.05, momentum=0.9, decay_rate=0.1):
     return tf.keras.optimizers.SGD(learning_rate=schedule, momentum=momentum)
 
 
-def test_one_participant_sharing_everything_is_sgd_with_momentum():
+@pytest.mark.parametrize("momentum_at", ["server", "participant"])
+def test_one_participant_sharing_everything_is_sgd_with_momentum(momentum_at):
     # K = 1, theta_up = theta_down = 1: download w, w' = w + dw, upload all of dw -> the server's w' is the
-    # participant's; its velocity carries over between turns exactly as Keras' momentum slot does.
+    # participant's; the velocity (the server's or the participant's) carries over between turns exactly as Keras'
+    # momentum slot does.
     steps = 5
     trainer = DSSGDTrainer(tiny_model, participants=1, theta_upload=1.0, theta_download=1.0, learning_rate=0.05,
-                           total_steps=steps)
+                           momentum_at=momentum_at, total_steps=steps)
     ref = reference_model(trainer)
     opt = sgd(steps)
     for images, labels in batches(steps):
         loss = float(trainer.train_step(images, labels).loss)
         assert loss == pytest.approx(reference_step(ref, opt, images, labels), abs=1e-5)
     np.testing.assert_allclose(flat(trainer.global_weights()), flat(weights(ref)), atol=1e-5)
-    np.testing.assert_allclose(flat(trainer.participant_weights(0)), flat(weights(ref)), atol=1e-5)
+    if momentum_at == "participant":  # with the server's momentum the participant holds only its plain step
+        np.testing.assert_allclose(flat(trainer.participant_weights(0)), flat(weights(ref)), atol=1e-5)
     assert trainer.current_learning_rate() == pytest.approx(float(opt.learning_rate), rel=1e-6)
     assert not np.allclose(flat(trainer.global_weights()), flat(weights(tiny_model())))  # it did train
 
@@ -80,7 +83,7 @@ def test_full_sharing_with_two_participants_keeps_momentum_local():
     # learning rate, since each Keras optimizer would count only its own steps).
     steps = 6
     trainer = DSSGDTrainer(tiny_model, participants=2, theta_upload=1.0, learning_rate=0.05, lr_decay_rate=1.0,
-                           total_steps=steps)
+                           momentum_at="participant", total_steps=steps)
     two, one = reference_model(trainer), reference_model(trainer)
     opts = [sgd(steps, decay_rate=1.0), sgd(steps, decay_rate=1.0)]
     single = sgd(steps, decay_rate=1.0)
@@ -90,6 +93,38 @@ def test_full_sharing_with_two_participants_keeps_momentum_local():
         reference_step(one, single, images, labels)
     np.testing.assert_allclose(flat(trainer.global_weights()), flat(weights(two)), atol=1e-5)
     assert np.abs(flat(trainer.global_weights()) - flat(weights(one))).max() > 1e-4  # one buffer differs
+
+
+def test_full_sharing_with_server_momentum_is_centralized_sgd_with_momentum():
+    # K = 3, theta = 1, one velocity at the server: the participants' steps in turn are one Keras SGD-momentum run.
+    steps = 6
+    trainer = DSSGDTrainer(tiny_model, participants=3, theta_upload=1.0, learning_rate=0.05, momentum_at="server",
+                           total_steps=steps)
+    ref, opt = reference_model(trainer), sgd(steps)
+    for images, labels in batches(steps):
+        trainer.train_step(images, labels)
+        reference_step(ref, opt, images, labels)
+    np.testing.assert_allclose(flat(trainer.global_weights()), flat(weights(ref)), atol=1e-5)
+
+
+def test_server_momentum_accumulates_the_sparse_uploads():
+    # momentum 0.5, constant lr: the server's velocity after two uploads u1, u2 is 0.5 * u1 + u2, and w moved by
+    # u1 + (0.5 * u1 + u2); each upload is the largest tenth of a participant's plain SGD step.
+    trainer = DSSGDTrainer(tiny_model, participants=2, theta_upload=0.1, learning_rate=0.05, momentum=0.5,
+                           lr_decay_rate=1.0, momentum_at="server", total_steps=2)
+    w0 = flat(trainer.global_weights())
+    uploads = []
+    for images, labels in batches(2):
+        before = flat(trainer.global_weights())
+        model = load(reference_model(trainer), trainer._unflatten(tf.constant(before)))
+        reference_step(model, tf.keras.optimizers.SGD(0.05), images, labels)
+        step = flat(weights(model)) - before
+        keep = np.argsort(-np.abs(step), kind="stable")[:selected_count(0.1, trainer.num_parameters)]
+        uploads.append(np.zeros_like(step))
+        uploads[-1][keep] = step[keep]
+        trainer.train_step(images, labels)
+    expected = w0 + uploads[0] + (0.5 * uploads[0] + uploads[1])
+    np.testing.assert_allclose(flat(trainer.global_weights()), expected, atol=1e-5)
 
 
 def test_upload_is_the_largest_magnitude_fraction_of_the_change():

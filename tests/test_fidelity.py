@@ -158,12 +158,11 @@ def test_a_ladder_run_at_the_profiles_shape_is_the_convergence_studys_run():
 
     prof = get_profile("small")
     spec = f.ladder_runs_spec(prof, size=64, channels=8, epsilon=10.0, seed=0, dataset="lfw")
-    patience, budget = prof.convergence_patience, prof.convergence_max_epochs
-    conv = RunSpec(task="scratch", profile="small", dataset="lfw", epsilon=10.0, epochs=budget, seed=0,
-                   patience=patience, min_delta=prof.convergence_min_delta,
-                   start_from_epoch=max(0, min(prof.epochs, budget - patience)))
-    assert spec.key() == conv.key()
+    conv = f.convergence_spec(prof, "lfw", 10.0, seed=0)
+    assert spec.key() == conv.key() and spec.validation_fraction == f.VALIDATION_FRACTION
     assert f.ladder_runs_spec(prof, size=64, channels=16, epsilon=10.0, seed=0, dataset="lfw").key() != conv.key()
+    with pytest.raises(ValueError, match="validation split"):
+        RunSpec(task="scratch", profile="small", dataset="lfw", epsilon=10.0, epochs=30, patience=8)
 
 
 def test_convergence_text_reads_the_recorded_rows():

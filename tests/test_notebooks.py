@@ -179,11 +179,11 @@ def test_fidelity_notebook(tiny_book):
     rows = {r["epsilon"]: r for r in conv["rows"]}
     assert list(rows) == list(prof.convergence_epsilons)
     for h in conv["histories"]:
-        acc = h["history"]["test_accuracy"]
-        stop = stopping_epoch(acc, patience=conv["patience"], min_delta=conv["min_delta"],
+        acc, watched = h["history"]["test_accuracy"], h["history"]["validation_accuracy"]
+        stop = stopping_epoch(watched, patience=conv["patience"], min_delta=conv["min_delta"],
                               start_from_epoch=conv["start_from_epoch"])
-        # a run ends exactly where the stated rule says, or at the budget
-        assert len(acc) == (stop if stop is not None else conv["max_epochs"])
+        # a run ends exactly where the stated rule, applied to the held-out training images, says, or at the budget
+        assert len(acc) == len(watched) == (stop if stop is not None else conv["max_epochs"])
         # every run is read at its final epoch, never at the epoch of its best test accuracy
         assert rows[h["epsilon"]]["final_test_accuracy"] == acc[-1] and "best_test_accuracy" not in rows[h["epsilon"]]
     ladder = _metrics(base, "ladder")

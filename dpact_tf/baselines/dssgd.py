@@ -6,11 +6,18 @@ participant's turn (their Algorithm 1, in the round-robin schedule of Sec. 5.1):
 
 1. download the fraction ``theta_download`` of the global parameters into its local model -- the most updated
    ones (largest ``stat``; ties: the lower index), or all of them when ``theta_download == 1``;
-2. one local SGD-with-momentum step on a batch of its own shard (momentum is local state: each participant keeps
-   its own velocity);
+2. one local SGD step on a batch of its own shard;
 3. upload the fraction ``theta_upload`` of the local parameter change ``dw`` (the step's update) with the largest
    magnitude, selected over *all* parameters of the network at once (Algorithm 1's "largest values" criterion,
    not per layer); the server adds it to ``w`` and adds one to ``stat`` at the uploaded indices.
+
+Momentum lives where ``momentum_at`` says.  ``"participant"`` (the default: local training, as in the paper):
+each participant keeps its own velocity and uploads its momentum step, so with K participants every upload
+carries a velocity that has not seen the other K - 1 participants' steps (stale by up to K turns), which
+penalizes full sharing.  ``"server"``: the participant's step is plain SGD, and the server keeps one velocity over
+the global parameters, ``v = momentum * v + uploaded`` and ``w += v`` -- with ``theta = 1`` this is SGD with
+momentum on the round-robin batches, so full sharing is centralized training.  A standalone participant keeps
+its own velocity either way.
 
 The paper's optional Laplace noise on the uploaded values (its DP variant) is not applied: this is the
 no-noise DSSGD whose privacy comes from sharing a small fraction of the update.
@@ -181,8 +188,10 @@ class DSSGDTrainer(EpochTrainer):
       theta_upload: fraction of the parameters whose local change is uploaded per turn, in [0, 1]
         (0: nothing is shared).
       theta_download: fraction of the global parameters downloaded before each turn, in [0, 1] (1: all).
-      learning_rate, momentum, lr_decay_rate: each participant's SGD: ``lr * lr_decay_rate ** (t / total_steps)``
-        at the run's t-th turn (the paper's schedule, as :class:`dpact_tf.split.SplitTrainer`), momentum local.
+      learning_rate, momentum, lr_decay_rate: the SGD: ``lr * lr_decay_rate ** (t / total_steps)`` at the run's
+        t-th turn (the paper's schedule, as :class:`dpact_tf.split.SplitTrainer`).
+      momentum_at: ``"server"`` (one velocity over the global parameters, fed by the uploads) or
+        ``"participant"`` (each participant's own velocity; see the module's docstring).
       standalone: only participant 0 trains, on its shard alone, and nothing is shared (the thetas are ignored,
         no traffic); every batch is then participant 0's (pass ``interleave_shards(..., shards[:1], ...)``) and
         evaluation uses its model.
@@ -193,7 +202,7 @@ class DSSGDTrainer(EpochTrainer):
     def __init__(self, model_fn: Callable[[], tf.keras.Model], *, participants: int, theta_upload: float,
                  theta_download: float = 1.0, learning_rate: float = 0.01, momentum: float = 0.9,
                  lr_decay_rate: float = 0.1, standalone: bool = False, seed: int = 0,
-                 total_steps: Optional[int] = None) -> None:
+                 momentum_at: str = "participant", total_steps: Optional[int] = None) -> None:
         if isinstance(participants, bool) or int(participants) != participants or participants < 1:
             raise ValueError(f"participants must be a positive integer (got {participants!r})")
         self.theta_upload = _check_fraction("theta_upload", theta_upload)
@@ -204,6 +213,9 @@ class DSSGDTrainer(EpochTrainer):
             raise ValueError(f"momentum must be in [0, 1) (got {momentum})")
         if not 0 < lr_decay_rate <= 1:
             raise ValueError(f"lr_decay_rate must be in (0, 1] (got {lr_decay_rate})")
+        if momentum_at not in ("server", "participant"):
+            raise ValueError(f"momentum_at must be 'server' or 'participant' (got {momentum_at!r})")
+        self.momentum_at = "participant" if standalone else momentum_at
         self.participants = int(participants)
         self.standalone = bool(standalone)
         self.learning_rate, self.momentum, self.lr_decay_rate = float(learning_rate), float(momentum), float(lr_decay_rate)
@@ -218,7 +230,8 @@ class DSSGDTrainer(EpochTrainer):
         self._global = tf.Variable(init, trainable=False, name="dssgd_global")
         self._stat = tf.Variable(tf.zeros([n], tf.int32), trainable=False, name="dssgd_stat")
         self._local = tf.Variable(tf.tile(init[None], [k, 1]), trainable=False, name="dssgd_local")
-        self._velocity = tf.Variable(tf.zeros([k, n]), trainable=False, name="dssgd_velocity")
+        self._velocity = tf.Variable(tf.zeros([k if self.momentum_at == "participant" else 1, n]), trainable=False,
+                                     name="dssgd_velocity")  # per participant, or the server's one
         self._turn_var = tf.Variable(0, dtype=tf.int64, trainable=False)  # turns taken: the schedule's step
         self.upload_count = 0 if standalone else selected_count(self.theta_upload, n)
         self.download_count = 0 if standalone else selected_count(self.theta_download, n)
@@ -280,15 +293,19 @@ class DSSGDTrainer(EpochTrainer):
             step_f = tf.cast(self._turn_var, tf.float32)
             lr = self.learning_rate * tf.pow(tf.constant(self.lr_decay_rate, tf.float32),
                                              step_f / float(self.decay_steps))
-            delta = -g * lr + tf.gather(self._velocity, owner) * self.momentum
+            if self.momentum_at == "participant":
+                delta = -g * lr + tf.gather(self._velocity, owner) * self.momentum
+                self._velocity.scatter_update(tf.IndexedSlices(delta[None], owner[None]))
+            else:
+                delta = -g * lr
             self._local.scatter_update(tf.IndexedSlices((w + delta)[None], owner[None]))
-            self._velocity.scatter_update(tf.IndexedSlices(delta[None], owner[None]))
             if self.upload_count == n:  # 3. upload
-                self._global.assign_add(delta)
+                self._upload(delta)
                 self._stat.assign_add(tf.ones([n], tf.int32))
             elif self.upload_count > 0:
                 idx = largest_magnitude(delta, self.upload_count)
-                self._global.scatter_add(tf.IndexedSlices(tf.gather(delta, idx), idx))
+                self._upload(tf.scatter_nd(idx[:, None], tf.gather(delta, idx), [n])
+                             if self.momentum_at == "server" else tf.IndexedSlices(tf.gather(delta, idx), idx))
                 self._stat.scatter_add(tf.IndexedSlices(tf.ones_like(idx), idx))
             return loss, _correct(logits, labels), tf.constant(True)
 
@@ -298,6 +315,14 @@ class DSSGDTrainer(EpochTrainer):
         loss, correct, ok = tf.cond(_images_ok(images), step, refused)
         self._turn_var.assign_add(1)
         return loss, correct, ok
+
+    def _upload(self, update) -> None:
+        """The server's side of an upload: a dense vector, or (participant momentum) sparse slices of the update."""
+        if self.momentum_at == "server":
+            self._velocity.assign(self._velocity * self.momentum + update[None])
+            self._global.assign_add(self._velocity[0])
+        else:
+            self._global.assign_add(update) if isinstance(update, tf.Tensor) else self._global.scatter_add(update)
 
     def train_step(self, images: tf.Tensor, labels: tf.Tensor) -> GradientMessage:
         """The turn of participant ``turns % K`` (0 when standalone) on this batch of its shard.  A batch the image
@@ -316,10 +341,11 @@ class DSSGDTrainer(EpochTrainer):
 
     # -- the epoch loop, evaluation, state ----------------------------------------------------------------------
     def fit(self, train: Iterable, epochs: int, *, validation_data: Optional[Iterable] = None,
-            callbacks: Sequence[Callback] = ()) -> Dict[str, List[float]]:
+            monitor_data: Optional[Iterable] = None, callbacks: Sequence[Callback] = ()) -> Dict[str, List[float]]:
         """:meth:`EpochTrainer.fit`, recording each epoch's traffic for :meth:`history_extras`; an epoch must be
         whole rounds (a multiple of K batches)."""
-        return super().fit(train, epochs, validation_data=validation_data, callbacks=[self._traffic, *callbacks])
+        return super().fit(train, epochs, validation_data=validation_data, monitor_data=monitor_data,
+                           callbacks=[self._traffic, *callbacks])
 
     def history_extras(self) -> Dict[str, List[int]]:
         """Per epoch of the last :meth:`fit`: ``turns``, ``upload_bytes`` and ``download_bytes`` (summed over the

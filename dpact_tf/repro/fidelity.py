@@ -83,6 +83,10 @@ class LadderStudy:
     metrics: Dict[str, Any]            # what the discussion reads (recorded as the "ladder" metrics)
 
 
+#: per person, the share of the training images held out for early stopping to watch (never the test images)
+VALIDATION_FRACTION = 0.1
+
+
 # --- convergence ---------------------------------------------------------------------------------------------
 def convergence_spec(prof, dataset: str, epsilon: Optional[float], *, seed: int = 0, max_epochs: Optional[int] = None,
                      patience: Optional[int] = None, min_delta: Optional[float] = None) -> RunSpec:
@@ -96,7 +100,8 @@ def convergence_spec(prof, dataset: str, epsilon: Optional[float], *, seed: int 
     # converged.
     start = max(0, min(prof.epochs, max_epochs - patience))
     return RunSpec(task="scratch", profile=prof.name, dataset=dataset, epsilon=epsilon, epochs=max_epochs, seed=seed,
-                   patience=patience, min_delta=min_delta, start_from_epoch=start)
+                   patience=patience, min_delta=min_delta, start_from_epoch=start,
+                   validation_fraction=VALIDATION_FRACTION)
 
 
 def convergence_study(faces=None, *, profile: str, dataset: str, epsilons: Optional[Sequence[Optional[float]]] = None,
@@ -106,7 +111,8 @@ def convergence_study(faces=None, *, profile: str, dataset: str, epsilons: Optio
     """The baseline and ``epsilons`` trained from scratch (Fig. 3's setting) with early stopping.
 
     Every run has the same budget (``max_epochs``, over which the learning rate decays by the profile's factor)
-    and stops when its test accuracy has not improved by more than ``min_delta`` for ``patience`` epochs
+    and stops when its accuracy on :data:`VALIDATION_FRACTION` of the training images, held out (never the test
+    images), has not improved by more than ``min_delta`` for ``patience`` epochs
     (:class:`dpact_tf.callbacks.EarlyStopping`), never before the profile's sweep budget (``epochs``) + patience.  Reported per epsilon: epochs trained, whether it stopped
     (converged by the rule) or ran out of budget, its final test accuracy, the epochs needed to reach each of
     :data:`REACH_FRACTIONS` of the baseline's final test accuracy, and :func:`retained_gain` of the final one.
@@ -149,7 +155,8 @@ def convergence_study(faces=None, *, profile: str, dataset: str, epsilons: Optio
                       {"rows": rows})
     base_row = next(q for q in rows if q["epsilon"] is None)
     metrics = {"rows": rows, "histories": _histories(runs), "max_epochs": max_epochs, "patience": patience,
-               "min_delta": min_delta, "start_from_epoch": base.spec.start_from_epoch, "baseline_final": base_final, "baseline_converged": base_row["stopped_early"],
+               "min_delta": min_delta, "start_from_epoch": base.spec.start_from_epoch,
+               "validation_fraction": base.spec.validation_fraction, "baseline_final": base_final, "baseline_converged": base_row["stopped_early"],
                "baseline_epochs": base_row["epochs_trained"],
                "reach_fractions": list(REACH_FRACTIONS), "majority_class_test_accuracy": chance}
     record_metrics(results_dir, prof.name, dataset, "convergence", metrics)
@@ -245,7 +252,7 @@ def ladder_runs_spec(prof, *, size: int, channels: int, epsilon: Optional[float]
     return RunSpec(task="scratch", profile=prof.name, dataset=dataset, epsilon=epsilon, epochs=max_epochs, seed=seed,
                    patience=patience, min_delta=prof.convergence_min_delta,
                    start_from_epoch=max(0, min(prof.epochs, max_epochs - patience)),
-                   image_size=None if size == prof.image_size else size,
+                   validation_fraction=VALIDATION_FRACTION, image_size=None if size == prof.image_size else size,
                    conv1_channels=None if channels == default_channels else channels)
 
 

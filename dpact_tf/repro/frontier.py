@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from dpact_tf.baselines import feature_release, linear_dpsgd
+from dpact_tf.data import validation_split
 from dpact_tf.jsonio import write_json
 from dpact_tf.repro import plots
 from dpact_tf.repro.profiles import get_profile
@@ -155,22 +156,6 @@ def dlib_extractor(profile: str) -> FeatureExtractor:
     return FeatureExtractor(name="dlib face ResNet (public), 128-d",
                             key=f"dlib-{dlib_resnet.MODEL_SHA256[:16]}-{dlib_faces.LFW_CROP}-{prof.crop_fraction}",
                             features=lambda x: embed(np.asarray(x, np.float32) * 255.0), method_suffix="_dlib")
-
-
-def validation_split(labels: np.ndarray, fraction: float, *, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """(fit, validation) indices into ``labels``: per person, round(fraction * n) of its images (at least one when
-    it has two or more) go to validation; the test images are never touched."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be in (0, 1) (got {fraction})")
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    val = []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        k = min(len(idx) - 1, max(1, int(round(fraction * len(idx))))) if len(idx) > 1 else 0
-        val.extend(idx[:k].tolist())
-    val = np.sort(np.asarray(val, np.int64))
-    return np.setdiff1d(np.arange(len(labels)), val), val
 
 
 def coordinate_epsilon_for_image(image_epsilon: float, activation_shape: Sequence[int], *,

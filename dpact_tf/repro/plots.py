@@ -505,8 +505,14 @@ def dssgd_plot(rows: List[Dict[str, Any]], *, centralized: Dict[str, Any], chanc
     fig, ax = plt.subplots(figsize=(7.5, 4))
     for i, k in enumerate(sorted({r["participants"] for r in rows})):
         shared = sorted((r["theta_upload"], r["test_accuracy"]) for r in rows
-                        if r["participants"] == k and not r["standalone"])
-        ax.plot([p[0] for p in shared], [p[1] for p in shared], "o-", color=f"C{i}", label=f"DSSGD, K = {k}")
+                        if r["participants"] == k and not r["standalone"] and r.get("momentum_at", "server") == "server")
+        ax.plot([p[0] for p in shared], [p[1] for p in shared], "o-", color=f"C{i}",
+                label=f"DSSGD, K = {k}, each participant's own momentum")
+        local = [(r["theta_upload"], r["test_accuracy"]) for r in rows
+                 if r["participants"] == k and not r["standalone"] and r.get("momentum_at") == "server"]
+        if local:
+            ax.plot([p[0] for p in local], [p[1] for p in local], "x", ms=9, mew=2, color=f"C{i}",
+                    label=f"K = {k}, θ = 1, one momentum at the server")
         alone = [r["test_accuracy"] for r in rows if r["participants"] == k and r["standalone"]]
         if alone:
             ax.axhline(alone[0], color=f"C{i}", ls="-.", lw=1, label=f"one participant alone (1/{k} of the data)")

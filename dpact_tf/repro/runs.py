@@ -28,7 +28,7 @@ TASKS = ("scratch", "finetune", "pretrain", "frozen_head", "dpsgd", "dssgd")
 BASELINE_TASKS = ("frozen_head", "dpsgd", "dssgd")
 #: the options each baseline task needs (``RunSpec.options``)
 TASK_OPTIONS = {"dpsgd": ("l2_norm_clip", "noise_multiplier"),
-                "dssgd": ("participants", "theta_upload", "theta_download", "standalone")}
+                "dssgd": ("participants", "theta_upload", "theta_download", "standalone", "momentum_at")}
 #: the code a baseline's runs depend on beyond TRAINING_MODULES (part of their cache key only)
 TASK_MODULES = {"dpsgd": ("dpact_tf.baselines.dpsgd", "dpact_tf.baselines.whole_model"),
                 "dssgd": ("dpact_tf.baselines.dssgd", "dpact_tf.baselines.whole_model")}
@@ -50,16 +50,18 @@ class RunSpec:
     method: str = "classic"          # sigma calibration ("classic" = the paper's)
     init: Optional[str] = None       # key of the run whose weights initialize this one (fine-tuning)
     weights_sha256: Optional[str] = None  # pretrain only: taken from this public weights file, not trained
-    patience: Optional[int] = None   # early stopping: end after this many epochs without a better test accuracy
+    patience: Optional[int] = None   # early stopping: end after this many epochs without a better validation accuracy
     min_delta: float = 0.0           # early stopping: "better" = more than this above the best so far
     start_from_epoch: int = 0        # early stopping: epochs not monitored at the start
     conv1_channels: Optional[int] = None  # conv1_1's output channels (None: the profile's width); the scale ladder
     image_size: Optional[int] = None      # input side in pixels (None: the profile's); the scale ladder
     options: Tuple[Tuple[str, Any], ...] = ()  # a baseline's settings, as sorted (name, value) pairs (TASK_OPTIONS)
+    validation_fraction: Optional[float] = None  # per person, this fraction of the training images is held out
+                                                 # (dpact_tf.data.validation_split) and is what early stopping watches
 
     #: fields left out of the cache key while they have their default (so adding them kept earlier keys)
     _KEY_DEFAULTS = {"patience": None, "min_delta": 0.0, "start_from_epoch": 0, "conv1_channels": None,
-                     "image_size": None, "options": ()}
+                     "image_size": None, "options": (), "validation_fraction": None}
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -82,6 +84,14 @@ class RunSpec:
         get_profile(self.profile)
         if self.patience is not None and (int(self.patience) != self.patience or self.patience < 1):
             raise ValueError(f"patience must be a positive number of epochs or None (got {self.patience})")
+        if self.validation_fraction is not None and not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1) or None (got {self.validation_fraction})")
+        if self.patience is not None and self.validation_fraction is None:
+            raise ValueError("early stopping watches a validation split carved from the training images, never the "
+                             "test images: give validation_fraction (e.g. 0.1) with patience")
+        if self.validation_fraction is not None and self.task not in ("scratch", "finetune", "frozen_head",
+                                                                      "dpsgd"):
+            raise ValueError(f"a {self.task} run takes no validation_fraction (its batches are its participants')")
         if self.conv1_channels is not None and (int(self.conv1_channels) != self.conv1_channels
                                                 or self.conv1_channels < 1):
             raise ValueError(f"conv1_channels must be a positive integer or None (got {self.conv1_channels})")
@@ -259,8 +269,15 @@ def run_training(spec: RunSpec, *, results_dir: Optional[str] = None, force: boo
             split.client.load_weights(init_dir + ".client.h5", by_name=True, skip_mismatch=True)
             split.client.load_weights(init_dir + ".server.h5", by_name=True, skip_mismatch=True)
             config = dataclasses.replace(config, train_client=False)
-    train = make_dataset(data.train_images, data.train_labels, batch_size=prof.batch_size, shuffle=True,
-                         seed=spec.seed)
+    train_images, train_labels, monitor = data.train_images, data.train_labels, None
+    if spec.validation_fraction is not None:
+        from dpact_tf.data import validation_split
+
+        fit_idx, val_idx = validation_split(data.train_labels, spec.validation_fraction, seed=spec.seed)
+        monitor = make_dataset(data.train_images[val_idx], data.train_labels[val_idx],
+                               batch_size=max(256, prof.batch_size))
+        train_images, train_labels = data.train_images[fit_idx], data.train_labels[fit_idx]
+    train = make_dataset(train_images, train_labels, batch_size=prof.batch_size, shuffle=True, seed=spec.seed)
     test = make_dataset(data.test_images, data.test_labels, batch_size=max(256, prof.batch_size))
     trainer, train = _trainer(spec, split, config, data, train)
     info = {"data": data.summary(), "synthetic": data.is_synthetic, "noise_std": float(split.dp_layer.stddev),
@@ -272,12 +289,12 @@ def run_training(spec: RunSpec, *, results_dir: Optional[str] = None, force: boo
     desc = f"{spec.task} {spec.label()}" + (f" cut {spec.cut}" if spec.cut != "conv1_1" else "")
     callbacks: List[Callback] = [HistoryWriter(path, meta)]
     if spec.patience is not None:
-        callbacks.append(EarlyStopping(monitor="test_accuracy", patience=spec.patience, min_delta=spec.min_delta,
+        callbacks.append(EarlyStopping(monitor="validation_accuracy", patience=spec.patience, min_delta=spec.min_delta,
                                        start_from_epoch=spec.start_from_epoch))
     if progress:
         callbacks.append(ProgressBar(desc))
     start = time.perf_counter()
-    history = trainer.fit(train, spec.epochs, validation_data=test, callbacks=callbacks)
+    history = trainer.fit(train, spec.epochs, validation_data=test, monitor_data=monitor, callbacks=callbacks)
     info["wall_seconds"] = time.perf_counter() - start
     info.update(_trainer_info(trainer, prof.batch_size))
     split.client.save_weights(cpath)
@@ -313,7 +330,7 @@ def _trainer(spec: RunSpec, split, config, data: FaceSplit, train):
         trainer = DSSGDTrainer(split.monolithic, participants=k, theta_upload=spec.option("theta_upload"),
                                theta_download=spec.option("theta_download"), learning_rate=config.learning_rate,
                                momentum=config.momentum, lr_decay_rate=config.lr_decay_rate, standalone=standalone,
-                               seed=spec.seed)
+                               momentum_at=spec.option("momentum_at"), seed=spec.seed)
         return trainer, batches
     raise ValueError(f"no trainer for task {spec.task!r}")
 
