@@ -135,3 +135,15 @@ def test_the_train_command_names_a_tls_failure_at_once(tmp_path):
         took = time.monotonic() - start
     assert "error: TLS handshake with" in str(done.value.code) and "CERTIFICATE_VERIFY_FAILED" in str(done.value.code)
     assert took < 60  # building the model and the data; the connection itself fails at once, not after 120 s
+
+
+def test_profile_help_states_each_profiles_input_size_and_width():
+    import re
+
+    from dpact_tf.edge.serve_cli import PROFILE_HELP
+    from dpact_tf.repro.profiles import PROFILES
+
+    for name, prof in PROFILES.items():
+        clause = next(c for c in re.split(r"[;:.] ", PROFILE_HELP) if re.search(rf"\b{name}\b", c) and "x" in c)
+        assert f"{prof.image_size}x{prof.image_size}" in clause, (name, clause)
+        assert ("1/8" in clause) == (prof.width == 1 / 8) and ("VGG-Face's widths" in clause) == (prof.width == 1.0)

@@ -18,9 +18,13 @@ image beyond the budget is refused before it is sent.  Run again after an interr
 settings, it resumes the run under the same client id: applied steps are skipped and the request in flight is
 resent byte for byte, so no image is released afresh because of a restart.
 
-Thin: parse arguments, build the model from a profile, call :mod:`dpact_tf.edge`, print a summary.  The
-profiles are the reproduction's; the library does not import them, so :func:`main` takes the profile lookup
-as an argument and ``__main__`` passes :func:`dpact_tf.repro.profiles.get_profile`.
+``--profile`` is only a shorthand for the model's dimensions and training settings (:data:`dpact_tf.edge.serve_cli.PROFILE_HELP`): the
+input size, the layer widths, fc units, batch size, learning rate, momentum and decay that the book's profile of
+that name uses, so that a phone and a server started with the same name build the same network.
+
+Thin: parse arguments, build the model from those dimensions, call :mod:`dpact_tf.edge`, print a summary.  The
+names are the reproduction's; the library does not import them, so :func:`main` takes the lookup as an argument
+and ``__main__`` passes :func:`dpact_tf.repro.profiles.get_profile`.
 Both sides build the network from the same ``--seed``, so with noise off the run is the in-process
 ``SplitTrainer`` run (a fresh server only needs the architecture; the seed makes runs comparable).
 """
@@ -33,7 +37,7 @@ import sys
 from typing import Any, Callable, List, Optional
 
 from dpact_tf import privacy
-from dpact_tf.edge.serve_cli import add_issue_token_arguments, add_serve_arguments
+from dpact_tf.edge.serve_cli import PROFILE_HELP, add_issue_token_arguments, add_serve_arguments
 from dpact_tf.encoding import WIRE_ENCODINGS
 from dpact_tf.ledger import DEFAULT_BUDGET
 
@@ -253,7 +257,7 @@ def parser() -> argparse.ArgumentParser:
                                                                  "digest in --tokens-file)"))
     t = sub.add_parser("train", help="train the client half against a running edge server")
     t.add_argument("--server", required=True, help="host:port of the edge server")
-    t.add_argument("--profile", default="tiny", help="model size profile: tiny, small or paper")
+    t.add_argument("--profile", default="tiny", help=PROFILE_HELP)
     t.add_argument("--head", help="run the head from this .tflite in LiteRT (the phone's path) instead of Keras")
     t.add_argument("--trusted-head-sha256", help="with --head: refuse the .tflite unless the whole file has this "
                    "SHA-256 (a head you exported or approved; without it a warning says the head was not checked)")

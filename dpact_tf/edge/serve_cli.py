@@ -24,6 +24,12 @@ __all__ = ["serve", "issue_token_command", "add_serve_arguments", "add_issue_tok
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+#: what ``--profile`` means to the edge commands (shared by serve and train)
+PROFILE_HELP = ("shorthand for the model's dimensions and training settings, as the book's profile of that name "
+                "defines them (dpact_tf/repro/profiles.py): tiny = 32x32 inputs at 1/8 widths; small and "
+                "medium = 64x64 at 1/8 widths; paper = 224x224 at VGG-Face's widths. Both sides must give the same name.")
+
+
 def _logger() -> logging.Logger:
     log = logging.getLogger("dpact_tf.edge")
     if not log.handlers:
@@ -142,7 +148,7 @@ def add_serve_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for every interface: needs TLS "
                    "and --tokens-file, or --insecure)")
     s.add_argument("--port", type=int, default=50051, help="port (0: any free port, printed at start)")
-    s.add_argument("--profile", default="tiny", help="model size profile: tiny, small or paper")
+    s.add_argument("--profile", default="tiny", help=PROFILE_HELP)
     s.add_argument("--num-classes", type=int, help="identities of fc8 (default: the profile's synthetic set)")
     s.add_argument("--cut", default="conv1_1", help="last client layer (the paper: conv1_1)")
     s.add_argument("--seed", type=int, default=0, help="initialisation seed (use the client's for comparable runs)")
