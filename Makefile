@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # (for --pdb or -s: make test PYTEST_WORKERS=0 PYTEST_ARGS="-s tests/test_split.py")
 PYTEST_WORKERS ?= 2
 
-# LFW location: $DPACT_LFW_DIR if set, else data/lfw, else a shared copy beside the checkout (this workplace).
+# LFW location: $DPACT_LFW_DIR if set, else data/lfw, else a copy at ../shared/data/lfw beside the checkout.
 ifeq ($(strip $(DPACT_LFW_DIR)),)
   ifneq ($(wildcard data/lfw),)
     export DPACT_LFW_DIR := $(abspath data/lfw)

@@ -18,8 +18,8 @@ Public API (one module per concept):
 The reproduction of the paper (profiles, cached runs, studies, claims, plots, the book) is the sub-package
 :mod:`dpact_tf.repro`; nothing in the library imports it.
 
-TensorFlow is imported lazily: ``import dpact_tf.privacy`` does not load it, so the maths can be used where
-TensorFlow is absent (e.g. beside the TFLite runtime).
+TensorFlow (and SciPy) are imported lazily: ``import dpact_tf.privacy`` does not load TensorFlow, so the maths can
+be used where TensorFlow is absent, and ``import dpact_tf.deploy.runtime`` loads neither (the phone's side).
 """
 from __future__ import annotations
 
@@ -27,9 +27,11 @@ from dpact_tf._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
-from dpact_tf.privacy import PAPER_SENSITIVITY, epsilon_for_sigma, gaussian_sigma, noise_std  # noqa: F401
-
 _LAZY = {
+    "PAPER_SENSITIVITY": "dpact_tf.privacy",
+    "epsilon_for_sigma": "dpact_tf.privacy",
+    "gaussian_sigma": "dpact_tf.privacy",
+    "noise_std": "dpact_tf.privacy",
     "DPActivation": "dpact_tf.layers",
     "SplitModel": "dpact_tf.vggface",
     "build_split_vggface": "dpact_tf.vggface",
@@ -39,7 +41,7 @@ _LAZY = {
     "TrainingConfig": "dpact_tf.split",
 }
 
-__all__ = ["PAPER_SENSITIVITY", "epsilon_for_sigma", "gaussian_sigma", "noise_std", *_LAZY]
+__all__ = [*_LAZY]
 
 
 __getattr__ = lazy_getattr("dpact_tf", _LAZY)

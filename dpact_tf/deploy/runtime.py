@@ -30,29 +30,12 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from dpact_tf.deploy import tflite_inspect
+
 __all__ = ["HeadRunner", "Release", "TrainResult", "EntropyStream"]
 
 # The most bytes of one strip's entropy (HeadRunner's rows_per_call=None): a strip's tensors stay in the CPU's cache.
 _STRIP_BYTES = 1 << 19
-
-
-def _tflite_inspect():
-    """:mod:`dpact_tf.deploy.tflite_inspect`, also when this file is loaded by path without the package (the TF-free
-    measuring process of :mod:`dpact_tf.repro.mobile_cost`)."""
-    if __name__.startswith("dpact_tf."):
-        from dpact_tf.deploy import tflite_inspect
-
-        return tflite_inspect
-    import importlib.util
-    import sys
-
-    key = "_dpact_tflite_inspect"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, os.path.join(os.path.dirname(__file__), "tflite_inspect.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
 
 
 class EntropyStream:
@@ -176,7 +159,7 @@ class HeadRunner:
         int64 entropy in, int32 levels out) with its JSON sidecar; older heads are refused."""
         from ai_edge_litert.interpreter import Interpreter
 
-        inspect = _tflite_inspect()
+        inspect = tflite_inspect
         self._lock = threading.Lock()  # calls are serialized: one interpreter is not thread-safe
         for name, value in (("max_batch", max_batch), ("workers", workers)):
             if isinstance(value, bool) or int(value) != value or value < 1:

@@ -21,22 +21,18 @@ the app stays under 500 MB.  Measured here, per batch of 8:
 Every runtime runs in its own process, loaded and warm, and the repeats are interleaved
 (:mod:`dpact_tf.repro.interleave`): each round times one forward or backward of every process in turn, so a busy
 CPU slows both sides alike; the LiteRT/Keras ratio is also reported round by round (median and IQR).
-The LiteRT processes run ``python dpact_tf/repro/mobile_cost.py litert ...`` as a *script*: it loads ``deploy/runtime.py`` and
-``data.py`` by file path, so neither TensorFlow nor the ``dpact_tf`` package (whose ``__init__`` imports SciPy)
-is in the measured process.  This module writes nothing but ``run_mobile_benchmark``'s JSON and prints nothing:
+The LiteRT processes run ``python -m dpact_tf.repro.mobile_cost litert ...``, which imports ``dpact_tf.deploy.runtime``
+and ``dpact_tf.data`` and so neither TensorFlow nor SciPy (a test checks the process's modules).  This module writes nothing but ``run_mobile_benchmark``'s JSON and prints nothing:
 progress goes to an optional callback.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import statistics
 import subprocess
 import sys
 
-if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]  # run as a script: dpact_tf/'s modules must not shadow top-level ones (e.g. `data`)
 import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -72,23 +68,9 @@ _CROP_FRACTION = 224 / 250  # data.load_lfw's default crop of the 250x250 LFW im
 
 def upload_bytes(activation_shape: Sequence[int]) -> Dict[str, int]:
     """Bytes per image of the (already noisy) activation in each wire encoding of :mod:`dpact_tf.encoding`."""
-    enc = _sibling("encoding")
+    from dpact_tf import encoding as enc
+
     return {name: enc.bytes_per_image(activation_shape, name) for name in enc.ENCODINGS}
-
-
-def _sibling(name: str):
-    """``dpact_tf.<name>`` (e.g. ``"deploy.runtime"``) -- or, in the TF-free measuring script, the same file loaded
-    without the package."""
-    if f"dpact_tf.{name}" in sys.modules or __name__.startswith("dpact_tf"):
-        return importlib.import_module(f"dpact_tf.{name}")
-    key = "_dpact_" + name.replace(".", "_")
-    if key not in sys.modules:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # dpact_tf/
-        spec = importlib.util.spec_from_file_location(key, os.path.join(root, *name.split(".")) + ".py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
 
 
 def _status_mb(field: str) -> float:
@@ -137,11 +119,13 @@ def litert_session(path: str, *, mode: str = "release", batch: int = 8, repeats:
     ``mode="release"``, ``backward`` for ``"train"`` --, a function reporting memory at the end).  Setup measures
     the batch load (``repeats`` times) and the model load (everything up to the first result).  ``num_threads``
     in all, split over ``workers`` interpreters; ``whole_images``: one call per chunk of images instead of
-    HeadRunner's strips.  Run it in a TF-free process (``python dpact_tf/repro/mobile_cost.py litert ...``)."""
+    HeadRunner's strips.  Run it in a TF-free process (``python -m dpact_tf.repro.mobile_cost litert ...``)."""
     if mode not in ("release", "train"):
         raise ValueError(f"mode must be 'release' or 'train' (got {mode!r})")
     num_threads = num_threads or os.cpu_count()
-    runtime, data = _sibling("deploy.runtime"), _sibling("data")
+    from dpact_tf import data
+    from dpact_tf.deploy import runtime
+
     rss_before = _status_mb("VmRSS")
     start = time.perf_counter()
     per_worker = max(1, num_threads // workers)
@@ -189,7 +173,7 @@ def litert_session(path: str, *, mode: str = "release", batch: int = 8, repeats:
 
     def finish() -> Dict[str, Any]:
         return {"peak_rss_mb_process": _status_mb("VmHWM"), "load_avg_after": os.getloadavg()[0],
-                "tensorflow_imported": "tensorflow" in sys.modules, "dpact_package_imported": "dpact_tf" in sys.modules}
+                "tensorflow_imported": "tensorflow" in sys.modules, "scipy_imported": "scipy" in sys.modules}
 
     return info, ops, finish
 
@@ -334,7 +318,7 @@ def run_mobile_benchmark(configs: Sequence[Tuple[str, int, float]], *, out_dir: 
                                "bare_process_mb": bare, "load_avg_start": os.getloadavg()[0], "configs": []}
     common = ["--batch", str(batch), "--repeats", str(repeats), "--epsilon", str(epsilon),
               "--threads", str(num_threads), "--serve"] + (["--jpeg-dir", jpeg_dir] if jpeg_dir else [])
-    script = [sys.executable, os.path.abspath(__file__)]
+    script = [sys.executable, "-m", "dpact_tf.repro.mobile_cost"]
     for label, size, width in configs:
         client = client_for_export(image_size=size, width=width, seed=seed)
         entry: Dict[str, Any] = {"label": label, "image_size": size, "width": width, "variants": {},
@@ -381,7 +365,7 @@ def run_mobile_benchmark(configs: Sequence[Tuple[str, int, float]], *, out_dir: 
             lite = {**info, **_summary("forward", times[(f"{name}/release", "forward")], batch,
                                        cpu[(f"{name}/release", "forward")])}
             lite["release_memory_mb"] = finals[f"{name}/release"]["peak_rss_mb_process"] - bare
-            lite.update({k: finals[f"{name}/release"][k] for k in ("tensorflow_imported", "dpact_package_imported")})
+            lite.update({k: finals[f"{name}/release"][k] for k in ("tensorflow_imported", "scipy_imported")})
             if f"{name}/train" in workers:
                 lite.update(_summary("backward", times[(f"{name}/train", "backward")], batch,
                                      cpu[(f"{name}/train", "backward")]),
@@ -466,7 +450,9 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             raise SystemExit("keras: use --serve (run_mobile_benchmark interleaves it with LiteRT)")
         session = keras_session(args.path, batch=args.batch, epsilon=args.epsilon, num_threads=args.threads,
                                 jpeg_dir=args.jpeg_dir)
-    _sibling("repro.interleave").serve(*session)
+    from dpact_tf.repro import interleave
+
+    interleave.serve(*session)
     return 0
 
 
