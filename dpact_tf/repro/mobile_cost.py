@@ -417,7 +417,7 @@ def _hardware() -> Dict[str, Any]:
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python dpact_tf/repro/mobile_cost.py")
+    parser = argparse.ArgumentParser(prog="python -m dpact_tf.repro.mobile_cost")
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name in ("litert", "keras"):
         p = sub.add_parser(name, help=f"measure a head in {name} (prints one JSON line)")
