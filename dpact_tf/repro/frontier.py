@@ -100,7 +100,6 @@ class FrontierSchedule:
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1) (got {self.validation_fraction})")
 
-
     def scratch_candidates(self) -> Tuple["frontier_scratch.Candidate", ...]:
         """(d)'s grid as :class:`dpact_tf.repro.frontier_scratch.Candidate` s."""
         return tuple(frontier_scratch.Candidate(*c) for c in self.scratch_dpsgd_grid)
@@ -381,11 +380,11 @@ def frontier_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
     seconds = {}
     if sched.scratch_dpsgd_epsilons:  # (d): its candidate runs cached one by one
         fit, val = validation_split(data.train_labels, sched.validation_fraction, seed=seed)
-        scratch, seconds["scratch_dpsgd"] = frontier_scratch.scratch_dpsgd_points(
+        d_points, seconds["scratch_dpsgd"] = frontier_scratch.scratch_dpsgd_points(
             data, fit, val, epsilons=sched.scratch_dpsgd_epsilons, grid=sched.scratch_candidates(), delta=delta,
             model_kwargs=prof.model_kwargs(), seed=seed, cache_dir=os.path.join(base, "scratch_dpsgd"),
             force=force, progress=progress)
-        raw += scratch
+        raw += d_points
     points = [FrontierPoint(**{**p, "accuracies": tuple(p["accuracies"]), "configs": tuple(p["configs"])})
               for p in raw] + _paper_points(results_dir, prof, dataset, delta=delta)
     references = {k: v for run in runs for k, v in run["references"].items()}
