@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from dpact_tf import build_split_vggface
-from dpact_tf.baselines.dpsgd import (IMPLEMENTATIONS, MIN_NOISE_MULTIPLIER, DPSGDTrainer, _dpsgd_event,
-                                      calibrate_noise_multiplier, dpsgd_epsilon)
+from dpact_tf.baselines.dpsgd import (IMPLEMENTATIONS, MIN_NOISE_MULTIPLIER, DPSGDTrainer, RunShape, _dpsgd_event,
+                                      calibrate_noise_multiplier, composed_epsilon, dpsgd_epsilon)
 from dpact_tf.callbacks import EarlyStopping, ProgressBar
 from dpact_tf.split import SplitTrainer, TrainingConfig, make_optimizer
 from dpact_tf.training import HISTORY_KEYS
@@ -121,6 +121,50 @@ def test_the_noise_std_is_z_clip_over_batch(implementation):
     assert any(not np.array_equal(a, b) for a, b in zip(before, _weights(clean)))
 
 
+def test_poisson_steps_divide_by_the_expected_batch_size():
+    """expected_batch_size=B: (sum of clipped gradients + noise) / B whatever the batch holds.  Noise off and a clip
+    no gradient reaches, a batch of 4 with B = 8 takes the first step of a batch of 4 averaged at half the rate
+    (the first momentum step is -lr g)."""
+    x, y = _batch()
+    poisson, reference = _model(), _model(seed=1)
+    reference.set_weights(poisson.get_weights())
+    DPSGDTrainer(poisson, l2_norm_clip=1e6, noise_multiplier=0.0, learning_rate=0.02, total_steps=10,
+                 expected_batch_size=8).train_step(x, y)
+    DPSGDTrainer(reference, l2_norm_clip=1e6, noise_multiplier=0.0, learning_rate=0.01, total_steps=10).train_step(x, y)
+    for a, b in zip(_weights(poisson), _weights(reference)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_an_empty_poisson_batch_is_a_noise_only_step():
+    """An empty batch moves the weights by -lr N(0, (z C)^2) / B (std within 4 standard errors over ~40,000
+    weights); without noise it moves nothing; without expected_batch_size it is refused."""
+    z, clip, lr, b = 1.3, 0.5, 0.01, 8
+    x, y = _batch()
+    empty_x, empty_y = x[:0], y[:0]
+    model = _model()
+    before = _weights(model)
+    trainer = DPSGDTrainer(model, l2_norm_clip=clip, noise_multiplier=z, learning_rate=lr, total_steps=10,
+                           expected_batch_size=b)
+    out = trainer.train_step(empty_x, empty_y)
+    assert float(out.correct) == 0.0 and int(trainer.optimizer.iterations) == 1
+    diff = np.concatenate([(a - c).ravel() for a, c in zip(_weights(model), before)]).astype(np.float64)
+    sigma = lr * z * clip / b
+    assert diff.size >= 10_000 and abs(diff.std() - sigma) < 4 * sigma / math.sqrt(2 * diff.size)
+    quiet = _model()
+    before = _weights(quiet)
+    DPSGDTrainer(quiet, l2_norm_clip=clip, noise_multiplier=0.0, total_steps=10, expected_batch_size=b).train_step(
+        empty_x, empty_y)
+    assert all(np.array_equal(a, c) for a, c in zip(_weights(quiet), before))
+    with pytest.raises(ValueError, match="empty batch"):
+        DPSGDTrainer(_model(), l2_norm_clip=clip, noise_multiplier=z, total_steps=10).train_step(empty_x, empty_y)
+
+
+def test_expected_batch_size_needs_per_example_clipping_in_the_model():
+    for kwargs in ({"implementation": "optimizer"}, {"num_microbatches": 2}, {"expected_batch_size": 0}):
+        with pytest.raises(ValueError, match="expected_batch_size"):
+            DPSGDTrainer(_model(), l2_norm_clip=1.0, noise_multiplier=1.0, **{"expected_batch_size": 4, **kwargs})
+
+
 def test_fit_returns_the_history_and_works_with_callbacks(capsys):
     x, y = _batch(12)
     train = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
@@ -191,6 +235,22 @@ def test_targets_beyond_the_accounting_are_refused():
     floor = dpsgd_epsilon(MIN_NOISE_MULTIPLIER, **RUN)
     with pytest.raises(ValueError, match="beyond"):
         calibrate_noise_multiplier(2 * floor, **RUN)
+
+
+def test_composed_epsilon_of_runs():
+    """k identical runs compose to one run of k times the epochs (the same steps); one run is dpsgd_epsilon; a
+    second, different run only adds."""
+    one = RunShape(1.1, RUN["batch_size"], RUN["num_examples"], RUN["epochs"])
+    assert composed_epsilon([one], delta=1e-5) == pytest.approx(dpsgd_epsilon(1.1, **RUN), rel=1e-12)
+    assert composed_epsilon([one] * 3, delta=1e-5) == pytest.approx(
+        dpsgd_epsilon(1.1, **{**RUN, "epochs": 3 * RUN["epochs"]}), rel=1e-9)
+    other = RunShape(2.0, 128, RUN["num_examples"], 5)
+    both = composed_epsilon([one, other], delta=1e-5)
+    assert both > max(composed_epsilon([one], delta=1e-5), composed_epsilon([other], delta=1e-5))
+    with pytest.raises(ValueError, match="at least one"):
+        composed_epsilon([], delta=1e-5)
+    with pytest.raises(ValueError, match="noise_multiplier"):
+        composed_epsilon([one._replace(noise_multiplier=0.0)], delta=1e-5)
 
 
 def _tf_privacy_poisson_epsilon(n, batch, epochs, z, delta):

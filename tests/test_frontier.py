@@ -78,7 +78,10 @@ def test_study_with_a_given_extractor(tmp_path):
     by = {}
     for p in study.points:
         by.setdefault(p.method, []).append(p)
-    assert sorted(by) == ["last_layer_dpsgd", "paper_finetune", "paper_scratch", "release"]
+    assert sorted(by) == ["last_layer_dpsgd", "paper_finetune", "paper_scratch", "release", "scratch_dpsgd"]
+    (scratch_d,) = by["scratch_dpsgd"]  # (d) at tiny: one epsilon, one seed, the choice among two candidates
+    assert scratch_d.image_epsilon <= sched.scratch_dpsgd_epsilons[0] < scratch_d.epsilon_with_tuning
+    assert len(scratch_d.detail["candidates"]) == 2 and "scratch_dpsgd" in study.seconds
     for p in by["release"] + by["last_layer_dpsgd"]:
         assert len(p.accuracies) == sched.seeds and all(0 <= a <= 1 for a in p.accuracies)
     assert [p.image_epsilon for p in by["release"]] == list(sched.image_epsilons)

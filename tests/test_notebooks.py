@@ -211,14 +211,15 @@ def test_baselines_notebook(tiny_book):
     text = _outputs_text(root, "09_baselines")
     for method in ("(c) features released once per image", "(e) DP-SGD on the last layer",
                    "(b) DP activations (conv1) released once per image", "(a) DP activations as the paper trains",
-                   "Which method at which per-image ε", "add or remove one example"):
+                   "Which method at which per-image ε", "add or remove one example",
+                   "(d) DP-SGD on the whole network, from scratch, tuned"):
         assert method in text, f"the chapter lacks {method!r}"
     for fig in ("frontier", "baseline_privynet", "baseline_dssgd"):
         assert (base / "figures" / f"{fig}.png").exists()
     front = _metrics(base, "frontier")
     sched = frontier.SCHEDULES["tiny"]
     methods = {p["method"] for p in front["points"]}
-    core = {"release", "last_layer_dpsgd", "activations_once", "paper_scratch", "paper_finetune"}
+    core = {"release", "last_layer_dpsgd", "activations_once", "paper_scratch", "paper_finetune", "scratch_dpsgd"}
     if "dlib's face ResNet is not available" in text:  # said in the chapter; its points are then missing
         assert methods == core
     else:
@@ -226,6 +227,8 @@ def test_baselines_notebook(tiny_book):
     for p in front["points"]:
         if p["method"] == "activations_once":  # one release at most the per-image target
             assert p["image_epsilon"] <= max(sched.activation_epsilons) and len(p["accuracies"]) == sched.activation_seeds
+        if p["method"] == "scratch_dpsgd":  # (d): the chosen candidate's run meets the target; the search composes
+            assert p["image_epsilon"] <= max(sched.scratch_dpsgd_epsilons) < p["epsilon_with_tuning"]
         if p["method"] == "paper_scratch":  # the from-scratch chapter's runs, read, at their per-image epsilon
             scratch = {r["epsilon"]: r for r in _metrics(base, "scratch")["table"]}
             assert p["accuracies"] == [scratch[p["detail"]["epsilon_per_coordinate"]]["final_test_accuracy"]]

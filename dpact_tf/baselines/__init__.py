@@ -4,6 +4,8 @@
 * :mod:`dpact_tf.baselines.dpsgd` -- DP-SGD (Abadi et al. 2016) on the whole network, by the data holder, with
   TF Privacy's per-example clipping and noise (its Keras ``DPModel``, or its ``DPKerasSGDOptimizer``); noise
   calibrated to a per-example epsilon with dp-accounting's RDP accountant.
+* :mod:`dpact_tf.baselines.poisson` -- Poisson-sampled batches, the sampling DP-SGD's accountant assumes (each
+  example in each step with probability B / n), for :class:`~dpact_tf.baselines.dpsgd.DPSGDTrainer`.
 * :mod:`dpact_tf.baselines.dssgd` -- DSSGD (Shokri & Shmatikov 2015): K participants, local SGD, top-theta
   gradient upload to a parameter server.
 * :mod:`dpact_tf.baselines.secret_sharing` -- SPNN-style (Fang et al. 2020): conv1_1 on additive secret shares

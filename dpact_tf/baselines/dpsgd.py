@@ -16,6 +16,11 @@ registry) covers Dense and Embedding layers only, not Conv2D, so ``DPModel`` com
 exactly, by ``tf.vectorized_map`` -- ~20x faster here than the optimizer's Jacobian through the whole batch
 (``benchmarks/dpsgd_cost.py``).
 
+Sampling: fed a shuffled ``tf.data`` pipeline, the trainer takes fixed-size batches and divides each noisy sum by
+the batch's size, which the accounting below treats as Poisson sampling (its caveat).  Fed
+:class:`dpact_tf.baselines.poisson.PoissonBatches` with ``expected_batch_size`` set, it samples as accounted:
+each noisy sum is divided by the fixed expected batch size, and an empty batch is a noise-only step.
+
 The epsilon of a run (:func:`dpsgd_epsilon`, :func:`calibrate_noise_multiplier`) is per *training example*
 (add-or-remove-one adjacency, all checkpoints released), by dp-accounting's RDP accountant (plain Python, no
 TensorFlow op).  It is not comparable term for term with the DP-activation epsilon, which is per released
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, List, NamedTuple, Optional
+from typing import Iterator, List, NamedTuple, Optional, Sequence
 
 import dp_accounting
 import tensorflow as tf
@@ -38,7 +43,7 @@ from dpact_tf.training import (EpochTrainer, correct_count as _correct, float_im
 from dpact_tf.baselines.whole_model import evaluate_batch
 
 __all__ = ["DPSGDTrainer", "StepResult", "IMPLEMENTATIONS", "dpsgd_epsilon", "calibrate_noise_multiplier",
-           "DPSGD_RDP_ORDERS", "MIN_NOISE_MULTIPLIER"]
+           "composed_epsilon", "RunShape", "DPSGD_RDP_ORDERS", "MIN_NOISE_MULTIPLIER"]
 
 # RDP orders of the accountant: dp-accounting's defaults (so no epsilon here exceeds its default accountant's), plus
 # orders close to 1, where the optimum lies for small noise multipliers (large epsilons).
@@ -93,6 +98,10 @@ class DPSGDTrainer(EpochTrainer):
         multiplier z / 2 (TF Privacy's ``used_microbatching``).
       total_steps: the decay's length in steps; by default inferred by :meth:`fit` (epochs x batches per epoch).
       implementation: one of :data:`IMPLEMENTATIONS` (TF Privacy's ``DPModel`` or ``DPKerasSGDOptimizer``).
+      expected_batch_size: None (default) divides each noisy sum by the batch's size.  B, for Poisson-sampled
+        batches (:class:`dpact_tf.baselines.poisson.PoissonBatches`): divides it by B whatever the batch holds,
+        ``(sum_i clip(g_i) + N(0, z^2 C^2 I)) / B`` (Abadi et al.), and takes an empty batch as a noise-only step;
+        ``implementation="model"`` and ``num_microbatches=None`` only.
 
     Images are checked as the split protocol checks them (float, finite, in [0, 1]): a refused batch raises a
     ``ValueError`` and changes nothing.  The noise is TF Privacy's ``tf.random.normal``: under a global seed
@@ -103,7 +112,7 @@ class DPSGDTrainer(EpochTrainer):
     def __init__(self, model: tf.keras.Model, *, l2_norm_clip: float, noise_multiplier: float,
                  learning_rate: float = 0.01, momentum: float = 0.9, lr_decay_rate: float = 0.1,
                  num_microbatches: Optional[int] = None, total_steps: Optional[int] = None,
-                 implementation: str = "model") -> None:
+                 implementation: str = "model", expected_batch_size: Optional[int] = None) -> None:
         if not (math.isfinite(l2_norm_clip) and l2_norm_clip > 0):
             raise ValueError(f"l2_norm_clip must be a finite number > 0 (got {l2_norm_clip})")
         if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
@@ -114,6 +123,13 @@ class DPSGDTrainer(EpochTrainer):
                              "None clips every example on its own")
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} (got {implementation!r})")
+        if expected_batch_size is not None:
+            if int(expected_batch_size) != expected_batch_size or expected_batch_size < 1:
+                raise ValueError(f"expected_batch_size must be a positive integer or None (got {expected_batch_size})")
+            if implementation != "model" or num_microbatches is not None:
+                raise ValueError("expected_batch_size needs implementation='model' and num_microbatches=None (got "
+                                 f"{implementation!r}, {num_microbatches}); Poisson batches are clipped per example")
+        self.expected_batch_size = None if expected_batch_size is None else int(expected_batch_size)
         self.model = model
         self.config = TrainingConfig(learning_rate=learning_rate, momentum=momentum, lr_decay_rate=lr_decay_rate)
         self.l2_norm_clip = float(l2_norm_clip)
@@ -138,7 +154,9 @@ class DPSGDTrainer(EpochTrainer):
         variables = self.model.trainable_variables
         if self.implementation == "model":
             self.optimizer = make_optimizer(cfg, self.decay_steps)
-            self._dp_model = tensorflow_privacy.DPModel(
+            cls = tensorflow_privacy.DPModel if self.expected_batch_size is None else _fixed_denominator_model(
+                self.expected_batch_size)
+            self._dp_model = cls(
                 l2_norm_clip=self.l2_norm_clip, noise_multiplier=self.noise_multiplier,
                 num_microbatches=self.num_microbatches, use_xla=False,  # XLA: slower on CPU
                 inputs=self.model.inputs, outputs=self.model.outputs, name=f"{self.model.name}_dpsgd")
@@ -156,6 +174,7 @@ class DPSGDTrainer(EpochTrainer):
         label_spec = tf.TensorSpec([None], tf.int32)
         self._step_fn = step_fn
         self._step = tf.function(self._checked_step, input_signature=[image_spec, label_spec])
+        self._noise_step = tf.function(self._noise_only_step)
         self._evaluate = tf.function(self._evaluate_step, input_signature=[image_spec, label_spec])
         self._traced = False
         self.built = True
@@ -169,6 +188,11 @@ class DPSGDTrainer(EpochTrainer):
         if k is not None and int(labels.shape[0]) % k:
             raise ValueError(f"a batch of {labels.shape[0]} examples does not split into num_microbatches={k}; "
                              "use a batch size (and a dataset size) that is a multiple of it, or None")
+        if int(labels.shape[0]) == 0:
+            if self.expected_batch_size is None:
+                raise ValueError("an empty batch: only Poisson-sampled training (expected_batch_size=...) takes one")
+            self._noise_step()
+            return StepResult(loss=tf.constant(0.0), correct=tf.constant(0.0))
         if self._traced:
             ok, loss, correct = self._step(images, labels)
         else:
@@ -196,6 +220,13 @@ class DPSGDTrainer(EpochTrainer):
         n = tf.cast(tf.shape(labels)[0], tf.float32)
         return logs["loss"], tf.round(logs["accuracy"] * n)
 
+    def _noise_only_step(self) -> None:
+        """The step of an empty Poisson batch: the sum of no clipped gradients plus the noise, over B."""
+        std = self.l2_norm_clip * self.noise_multiplier
+        variables = self.model.trainable_variables
+        grads = [tf.random.normal(tf.shape(v), stddev=std) / self.expected_batch_size for v in variables]
+        self.optimizer.apply_gradients(zip(grads, variables))
+
     def _optimizer_step(self, images: tf.Tensor, labels: tf.Tensor):
         """TF Privacy's ``DPKerasSGDOptimizer``: it takes the vector loss (one entry per example) and the tape."""
         with tf.GradientTape() as tape:
@@ -213,6 +244,19 @@ class DPSGDTrainer(EpochTrainer):
         """The rate of the last step taken, as :class:`dpact_tf.split.SplitTrainer` reports it."""
         self._require_built()
         return float(self._schedule(max(int(self.optimizer.iterations) - 1, 0)))
+
+
+def _fixed_denominator_model(denominator: int):
+    """TF Privacy's ``DPModel`` whose noisy sum of clipped gradients is divided by ``denominator`` (the expected
+    batch size of Poisson sampling) instead of the batch's size: its own clipping and noise, rescaled."""
+    import tensorflow_privacy
+
+    class PoissonDPModel(tensorflow_privacy.DPModel):
+        def _reduce_per_example_grads(self, stacked_grads):
+            mean = super()._reduce_per_example_grads(stacked_grads)  # (sum + noise) / batch size
+            return mean * tf.cast(tf.shape(stacked_grads)[0], mean.dtype) / denominator
+
+    return PoissonDPModel
 
 
 def _check_run(*, batch_size: int, num_examples: int, epochs: int, delta: float) -> None:
@@ -250,8 +294,9 @@ def dpsgd_epsilon(noise_multiplier: float, *, batch_size: int, num_examples: int
     ``compute_dp_sgd_privacy_statement(..., used_microbatching=False)`` ("assuming Poisson sampling"), which
     counts ``ceil(epochs / q)`` steps instead.
 
-    Caveat, the usual one (TF Privacy's statement says the same): the training loop shuffles the data into
-    fixed-size batches each epoch; it does not Poisson-sample them.  The Poisson analysis is the one practice
+    Caveat, the usual one (TF Privacy's statement says the same), unless the trainer is fed Poisson batches
+    (:class:`dpact_tf.baselines.poisson.PoissonBatches`, ``expected_batch_size``): a shuffled pipeline gives
+    fixed-size batches each epoch, not Poisson samples.  The Poisson analysis is the one practice
     reports, but it is not a proof for shuffled batches (for an arbitrary order of the data the bound is far
     larger, e.g. 57 instead of 2.6 for TF Privacy's MNIST example).
 
@@ -265,6 +310,31 @@ def dpsgd_epsilon(noise_multiplier: float, *, batch_size: int, num_examples: int
     return _rdp_epsilon(noise_multiplier, delta, batch_size=batch_size, num_examples=num_examples, epochs=epochs)
 
 
+class RunShape(NamedTuple):
+    """One DP-SGD run as the accountant sees it (the arguments of :func:`dpsgd_epsilon` but delta)."""
+
+    noise_multiplier: float  # z
+    batch_size: int          # B (expected, for Poisson sampling)
+    num_examples: int        # n: the sampling rate is B / n
+    epochs: int              # epochs x ceil(n / B) steps
+
+
+def composed_epsilon(runs: Sequence[RunShape], *, delta: float) -> float:
+    """Per-example epsilon at ``delta`` of several DP-SGD runs on the same examples (RDP composition of all their
+    steps, the accountant of :func:`dpsgd_epsilon`): what a hyper-parameter search costs when every candidate is
+    trained on the private data and only the chosen one is released, counted as if all were (Papernot & Steinke,
+    ICLR 2022, give tighter bounds for a randomized number of candidates).  One run gives :func:`dpsgd_epsilon`."""
+    if not runs:
+        raise ValueError("composed_epsilon needs at least one run")
+    for r in runs:
+        _check_run(batch_size=r.batch_size, num_examples=r.num_examples, epochs=r.epochs, delta=delta)
+        if not (math.isfinite(r.noise_multiplier) and r.noise_multiplier >= MIN_NOISE_MULTIPLIER):
+            raise ValueError(f"every noise_multiplier must be >= {MIN_NOISE_MULTIPLIER:g} (got {r.noise_multiplier})")
+    event = dp_accounting.ComposedDpEvent([_dpsgd_event(r.noise_multiplier, batch_size=r.batch_size,
+                                                        num_examples=r.num_examples, epochs=r.epochs) for r in runs])
+    return float(rdp.RdpAccountant(DPSGD_RDP_ORDERS).compose(event).get_epsilon(delta))
+
+
 def calibrate_noise_multiplier(target_epsilon: float, *, batch_size: int, num_examples: int, epochs: int,
                                delta: float, tolerance: float = 1e-4) -> float:
     """The smallest noise multiplier z whose :func:`dpsgd_epsilon` is at most ``target_epsilon``, up to a
@@ -275,7 +345,7 @@ def calibrate_noise_multiplier(target_epsilon: float, *, batch_size: int, num_ex
     thousands) give z of a few hundredths, where the RDP bound is the loose un-subsampled one (see
     :data:`MIN_NOISE_MULTIPLIER`), so the z returned is larger than a tighter accountant would need.  A target
     above the epsilon of :data:`MIN_NOISE_MULTIPLIER` raises a ``ValueError`` (nothing is clamped silently).
-    The same caveat as :func:`dpsgd_epsilon` applies (Poisson analysis, shuffled batches).
+    The same caveat as :func:`dpsgd_epsilon` applies (sound for Poisson batches, an assumption for shuffled ones).
     """
     _check_run(batch_size=batch_size, num_examples=num_examples, epochs=epochs, delta=delta)
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):

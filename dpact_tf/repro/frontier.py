@@ -15,6 +15,9 @@ never on the test images, and the tuning's privacy cost is stated (Papernot & St
 * ``last_layer_dpsgd`` (e) -- DP-SGD on a softmax over the public features, Poisson-sampled as accounted
   (:mod:`dpact_tf.baselines.linear_dpsgd`); every candidate of the tuning grid is a DP-SGD run on the private
   images, so the tuning's epsilon composes them all (:func:`dpact_tf.baselines.linear_dpsgd.composed_epsilon`).
+* ``scratch_dpsgd`` (d) -- DP-SGD on the whole network from scratch, Poisson-sampled as accounted, tuned over a grid
+  of (clip, learning rate, batch, epochs); the tuning's epsilon composes every candidate
+  (:mod:`dpact_tf.repro.frontier_scratch`, each candidate run cached on its own).  ``small`` leaves it out.
 * ``paper_scratch`` / ``paper_finetune`` (a) -- the paper's own runs (Figs 3 and 4), read from the metrics of the
   from-scratch and fine-tuning chapters, at their per-image epsilon over the run (:mod:`dpact_tf.accounting`).
 
@@ -38,7 +41,7 @@ import numpy as np
 from dpact_tf.baselines import feature_release, linear_dpsgd
 from dpact_tf.data import validation_split
 from dpact_tf.jsonio import write_json
-from dpact_tf.repro import plots
+from dpact_tf.repro import frontier_scratch, plots
 from dpact_tf.repro.profiles import get_profile
 from dpact_tf.repro.results import (PRETRAIN_MODULES, cache_key, load_metrics, record_metrics,
                                     resolve_results_dir, study_dir)
@@ -54,6 +57,7 @@ FRONTIER_MODULES = (*PRETRAIN_MODULES, "dpact_tf.accounting", "dpact_tf.sensitiv
 METHODS: Dict[str, str] = {
     "release": "(c) features released once per image",
     "activations_once": "(b) DP activations (conv1) released once per image",
+    "scratch_dpsgd": "(d) DP-SGD on the whole network, from scratch, tuned",
     "last_layer_dpsgd": "(e) DP-SGD on the last layer over public features",
     "release_dlib": "(c) features released once per image, dlib's face ResNet",
     "last_layer_dpsgd_dlib": "(e) DP-SGD on the last layer over dlib's face ResNet",
@@ -79,15 +83,26 @@ class FrontierSchedule:
     label_feature_epsilon: Optional[float]               # (f): RR labels on (c) at this per-image feature
                                                          # epsilon (None: clean features, the labels' cost alone)
     label_epsilons: Tuple[float, ...]                    # (f): label epsilons of randomized response with a prior
+    scratch_dpsgd_epsilons: Tuple[float, ...] = ()       # (d): per-image epsilons (empty: (d) left out)
+    scratch_dpsgd_grid: Tuple[Tuple[float, float, int, int], ...] = ()  # (d): (clip, learning rate, expected
+                                                         # batch size, epochs) candidates, one seed each
 
     def __post_init__(self) -> None:
-        if any(not e > 0 for e in (*self.image_epsilons, *self.activation_epsilons, *self.label_epsilons)):
+        if any(not e > 0 for e in (*self.image_epsilons, *self.activation_epsilons, *self.label_epsilons,
+                                   *self.scratch_dpsgd_epsilons)):
             raise ValueError("every epsilon of a schedule must be > 0")
+        if self.scratch_dpsgd_epsilons and not self.scratch_dpsgd_grid:
+            raise ValueError("scratch_dpsgd_epsilons needs a scratch_dpsgd_grid of (clip, lr, batch, epochs)")
+        self.scratch_candidates()  # each candidate checked
         if self.seeds < 1 or self.activation_seeds < 0 or self.projection_dims < 1:
             raise ValueError(f"seeds and projection_dims must be >= 1 and activation_seeds >= 0 (got {self.seeds}, "
                              f"{self.projection_dims}, {self.activation_seeds})")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1) (got {self.validation_fraction})")
+
+    def scratch_candidates(self) -> Tuple["frontier_scratch.Candidate", ...]:
+        """(d)'s grid as :class:`dpact_tf.repro.frontier_scratch.Candidate` s."""
+        return tuple(frontier_scratch.Candidate(*c) for c in self.scratch_dpsgd_grid)
 
 
 _GRID = ((0.1, 10), (0.5, 10), (0.5, 30))
@@ -96,15 +111,21 @@ SCHEDULES: Dict[str, FrontierSchedule] = {
     "tiny": FrontierSchedule(image_epsilons=(2.0, 16.0), seeds=2, validation_fraction=0.2,
                              server_grid=((0.5, 10),), dpsgd_grid=((1.0, 1.0, 10), (0.1, 4.0, 10)), batch_size=64,
                              activation_seeds=1, activation_epsilons=(16.0,), projection_dims=8,
-                             label_feature_epsilon=None, label_epsilons=(2.0,)),
+                             label_feature_epsilon=None, label_epsilons=(2.0,), scratch_dpsgd_epsilons=(16.0,),
+                             scratch_dpsgd_grid=((1.0, 0.5, 32, 2), (0.1, 2.0, 32, 2))),
     "small": FrontierSchedule(image_epsilons=(1.0, 2.0, 4.0, 8.0, 16.0), seeds=3, validation_fraction=0.2,
                               server_grid=_GRID, dpsgd_grid=_DPSGD_GRID, batch_size=256, activation_seeds=1,
                               activation_epsilons=(1.0, 16.0), projection_dims=32,
-                              label_feature_epsilon=None, label_epsilons=(1.0, 4.0)),
+                              label_feature_epsilon=None, label_epsilons=(1.0, 4.0), scratch_dpsgd_epsilons=(),
+                              scratch_dpsgd_grid=()),
 }
+# (d) at medium: small clips with large rates (Tramer & Boneh, ICLR 2021) beside clip 1, batch 256 and 512; one seed
+# (small leaves (d) out: a candidate costs tens of minutes, see frontier_scratch.SECONDS_PER_EPOCH_SMALL_LFW).
+_SCRATCH_GRID = ((0.1, 2.0, 256, 15), (1.0, 0.5, 256, 15), (0.1, 4.0, 512, 30), (1.0, 1.0, 512, 30))
 SCHEDULES["medium"] = dataclasses.replace(SCHEDULES["small"], activation_seeds=3,
                                           activation_epsilons=(1.0, 2.0, 4.0, 8.0, 16.0),
-                                          label_epsilons=(1.0, 2.0, 4.0, 8.0))
+                                          label_epsilons=(1.0, 2.0, 4.0, 8.0), scratch_dpsgd_epsilons=(1.0, 4.0, 16.0),
+                                          scratch_dpsgd_grid=_SCRATCH_GRID)
 SCHEDULES["paper"] = SCHEDULES["medium"]
 
 
@@ -338,7 +359,8 @@ def frontier_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
                                                progress=progress))
     data = load_faces(prof, dataset, seed=seed, progress=progress)
     base = os.path.join(resolve_results_dir(results_dir), prof.name, dataset, "frontier")
-    settings = {"schedule": dataclasses.asdict(sched), "extractor": extractor.key, "seed": seed, "delta": delta,
+    settings = {"schedule": {k: v for k, v in dataclasses.asdict(sched).items() if not k.startswith("scratch_")},
+                "extractor": extractor.key, "seed": seed, "delta": delta,
                 "train_files": len(data.train_files), "test_files": len(data.test_files)}
     public = None
     runs = []
@@ -354,11 +376,21 @@ def frontier_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
         with open(cache) as fh:
             runs.append(json.load(fh))
     saved = runs[0]
+    raw = [p for run in runs for p in run["points"]]
+    seconds = {}
+    if sched.scratch_dpsgd_epsilons:  # (d): its candidate runs cached one by one
+        fit, val = validation_split(data.train_labels, sched.validation_fraction, seed=seed)
+        d_points, seconds["scratch_dpsgd"] = frontier_scratch.scratch_dpsgd_points(
+            data, fit, val, epsilons=sched.scratch_dpsgd_epsilons, grid=sched.scratch_candidates(), delta=delta,
+            model_kwargs=prof.model_kwargs(), seed=seed, cache_dir=os.path.join(base, "scratch_dpsgd"),
+            force=force, progress=progress)
+        raw += d_points
     points = [FrontierPoint(**{**p, "accuracies": tuple(p["accuracies"]), "configs": tuple(p["configs"])})
-              for run in runs for p in run["points"]] + _paper_points(results_dir, prof, dataset, delta=delta)
+              for p in raw] + _paper_points(results_dir, prof, dataset, delta=delta)
     references = {k: v for run in runs for k, v in run["references"].items()}
-    seconds = {f"{k}{'' if i == 0 else ' (' + ex.name + ')'}": v
-               for i, (ex, run) in enumerate(zip([extractor, *more_extractors], runs)) for k, v in run["seconds"].items()}
+    seconds.update({f"{k}{'' if i == 0 else ' (' + ex.name + ')'}": v
+                    for i, (ex, run) in enumerate(zip([extractor, *more_extractors], runs))
+                    for k, v in run["seconds"].items()})
     scratch = _reference(results_dir, prof, dataset)
     if scratch is not None:
         references["the paper's network from scratch (one run)"] = [scratch]

@@ -4,17 +4,19 @@
 * :func:`method_choice` / :func:`method_choice_text` / :func:`choice_from_metrics` -- which method to choose at
   which per-image epsilon (the discussion chapter's statement);
 * :func:`privacy_units` -- what each method's epsilon protects, side by side;
-* :func:`frontier_summary`, :func:`points_table`, :func:`describe_schedule` -- the chapter's prose and table.
+* :func:`frontier_summary`, :func:`points_table`, :func:`describe_schedule`, :func:`scratch_schedule` -- the
+  chapter's prose and table.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
 from dpact_tf.repro.frontier import METHODS, SCHEDULES
+from dpact_tf.repro.frontier_scratch import estimated_seconds
 from dpact_tf.repro.profiles import get_profile
 
 __all__ = ["privacy_units", "method_choice", "method_choice_text", "choice_from_metrics", "frontier_summary",
-           "points_table", "describe_schedule"]
+           "points_table", "describe_schedule", "scratch_schedule"]
 
 
 def privacy_units() -> List[Dict[str, str]]:
@@ -38,9 +40,10 @@ def privacy_units() -> List[Dict[str, str]]:
         {"method": METHODS["last_layer_dpsgd"], "adjacency": "add or remove one example (image and label)",
          "labels": "covered (never leave the data holder)", "releases per image": "every step's noisy gradient",
          "accounted as implemented": "yes: Poisson sampling implemented and accounted (RDP)"},
-        {"method": "DP-SGD from scratch (dpact_tf.baselines.dpsgd)", "adjacency": "add or remove one example",
-         "labels": "covered", "releases per image": "every step's noisy gradient",
-         "accounted as implemented": "no: shuffled fixed-size batches, accounted as Poisson sampling"},
+        {"method": METHODS["scratch_dpsgd"], "adjacency": "add or remove one example (image and label)",
+         "labels": "covered (never leave the data holder)", "releases per image": "every step's noisy gradient",
+         "accounted as implemented": "yes: Poisson sampling implemented and accounted (RDP); the choice among "
+                                     "the candidates reads the validation images without noise"},
     ]
 
 
@@ -149,8 +152,8 @@ def describe_schedule(profile: str) -> str:
     text = (f"Profile **{prof.name}**: per-image ε ∈ {{{eps}}} at δ = 1e-5; {sched.seeds} seeds per point for "
             f"(c) and (e), {sched.activation_seeds} for (b) (one grid release of every training image per seed "
             f"and ε); {round(100 * sched.validation_fraction)} % of each person's training images held out for "
-            f"tuning; {len(sched.server_grid)} server configurations and {len(sched.dpsgd_grid)} DP-SGD "
-            f"configurations tried per point. The features are projected on the {sched.projection_dims} principal "
+            f"tuning; {len(sched.server_grid)} server configurations and {len(sched.dpsgd_grid)} configurations of "
+            f"(e)'s DP-SGD tried per point. The features are projected on the {sched.projection_dims} principal "
             "directions of the public images' features, centred and scaled to a median norm of 1 there; the "
             "release clips them to norm C = 1.")
     text += f" (b) runs at per-image ε ∈ {{{', '.join(f'{e:g}' for e in sched.activation_epsilons)}}}."
@@ -159,10 +162,33 @@ def describe_schedule(profile: str) -> str:
         text += (f" The `medium` profile runs (b) with {fuller.activation_seeds} seeds at every ε of the sweep and "
                  f"the labels at {len(fuller.label_epsilons)} label ε; `{prof.name}` runs less to stay within the "
                  "book's 90 minutes.")
-    return text + (" Not run at any profile on this machine: (d) DP-SGD from scratch, tuned (one DP-SGD epoch "
-                   "of the whole network costs about three epochs of the split protocol, so even a small tuning "
-                   "grid does not fit the budget); the untuned runs of `dpact_tf.baselines.dpsgd` stay at the "
-                   "majority class and are not shown as if they were a fair point.")
+    return text + " " + scratch_schedule(prof.name)
+
+
+def scratch_schedule(profile: str) -> str:
+    """What (d), DP-SGD on the whole network from scratch, runs at ``profile`` -- or that it is left out, and
+    which profile runs it at what estimated cost."""
+    sched = SCHEDULES[get_profile(profile).name]
+    if sched.scratch_dpsgd_epsilons:
+        cands = sched.scratch_candidates()
+        eps = ", ".join(f"{e:g}" for e in sched.scratch_dpsgd_epsilons)
+        text = (f"(d) DP-SGD on the whole network runs at per-image ε ∈ {{{eps}}}, {len(cands)} candidates per ε "
+                f"({'; '.join(c.label() for c in cands)}), Poisson-sampled, one seed")
+        if profile in ("small", "medium"):  # the shape the cost was measured at
+            per_run = estimated_seconds((1.0,), cands) / len(cands)
+            total = estimated_seconds(sched.scratch_dpsgd_epsilons, cands)
+            text += (f": each run costs ~{per_run / 60:.0f} min on a 2-core CPU, the sweep ~{total / 3600:.1f} h "
+                     "(estimated)")
+        return text + "."
+    fuller = SCHEDULES["medium"]
+    cands = fuller.scratch_candidates()
+    total = estimated_seconds(fuller.scratch_dpsgd_epsilons, cands)
+    per_run = estimated_seconds((1.0,), cands) / len(cands)
+    return (f"`{get_profile(profile).name}` leaves out (d), DP-SGD on the whole network from scratch: one candidate "
+            f"run costs ~{per_run / 60:.0f} min on a 2-core CPU (estimated), and a fair point needs a tuning grid "
+            "of several. `make book PROFILE=medium` runs "
+            f"it at per-image ε ∈ {{{', '.join(f'{e:g}' for e in fuller.scratch_dpsgd_epsilons)}}} with "
+            f"{len(cands)} candidates per ε and one seed, ~{total / 3600:.1f} h more on a 2-core CPU (estimated).")
 
 
 def choice_from_metrics(metrics: Optional[Dict[str, Any]], *, profile: str) -> str:
@@ -176,4 +202,7 @@ def choice_from_metrics(metrics: Optional[Dict[str, Any]], *, profile: str) -> s
     family = (f" The paper's own training needs a per-image ε of at least "
               f"{min(p['image_epsilon'] for p in paper):,.3g} to beat the majority class." if paper else
               " The paper's own training beats the majority class at no per-image ε it was run at.")
-    return method_choice_text(rows, chance=metrics["chance"]) + family
+    missing = "" if any(p["method"] == "scratch_dpsgd" for p in metrics["points"]) else (
+        f" {METHODS['scratch_dpsgd']} is not compared: the `{get_profile(profile).name}` profile does not run it "
+        "(`medium` does).")
+    return method_choice_text(rows, chance=metrics["chance"]) + family + missing

@@ -531,8 +531,8 @@ def frontier_plot(points: List[Dict[str, Any]], references: Dict[str, float], *,
     accuracy as a horizontal line."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 7))
-    markers = {"release": "o", "activations_once": "D", "last_layer_dpsgd": "s", "paper_scratch": "^",
-               "paper_finetune": "v"}
+    markers = {"release": "o", "activations_once": "D", "last_layer_dpsgd": "s", "scratch_dpsgd": "P",
+               "paper_scratch": "^", "paper_finetune": "v"}
     for i, method in enumerate(dict.fromkeys(p["method"] for p in points)):
         pts = sorted((p for p in points if p["method"] == method), key=lambda p: p["image_epsilon"])
         color = f"C{i}"
