@@ -93,10 +93,10 @@ def release_sums(layer, clean: np.ndarray, releases: int) -> np.ndarray:
 
     total = None
     x = tf.convert_to_tensor(clean, tf.float32)
-    for _ in range(int(releases)):
-        levels = layer.release_levels(x).numpy()
+    for _ in range(int(releases)):  # summed in TensorFlow: one copy out at the end
+        levels = layer.release_levels(x)
         total = levels if total is None else total + levels
-    return total
+    return total.numpy()
 
 
 def server_membership_scores(clean_client, layer, received_images: np.ndarray, candidates: np.ndarray, *,

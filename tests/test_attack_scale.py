@@ -102,10 +102,12 @@ def test_summary_reads_the_growth_and_the_control():
     assert "Every step up in size raised the separation" in text and "12× the coordinates" in text
     assert "understate the leakage at the paper's size" in text and "1.6 minutes" in text
     rows[3]["separation"] = 5.0  # epsilon 3 shrinks with size
-    rows[4]["separation"] = 1.0  # the public conv1 separates less than the known one
+    rows[4]["separation"] = 1.0  # the public conv1 separates less than the known one: 1.5 / 1.0
     text = attack_scale.scale_summary(_study(rows))
     assert "did not grow at every step" in text and "understate the leakage" not in text
-    assert "may overstate" in text
+    assert "1.5× as far as the trained one" in text and "may overstate" in text
+    rows[4]["separation"] = 1.4  # 1.5 / 1.4 = 1.07: within 10 %
+    assert "within 10 % of each other" in attack_scale.scale_summary(_study(rows))
     table = attack_scale.scale_table(_study(rows))
     assert len(table) == 5 and table[0]["activation"] == "64×64×8" and table[1]["separation"] == "4.0"
 

@@ -253,14 +253,19 @@ def scale_summary(study: ScaleStudy, *, paper_shape: Sequence[int] = (224, 224, 
     if public:
         p = next((r for r in public if r["epsilon"] == e0), public[0])
         k = row[(tuple(p["shape"]), p["epsilon"])]
-        weaker = k["separation"] <= p["separation"]
+        ratio = k["separation"] / p["separation"] if p["separation"] > 0 else math.inf
+        if abs(ratio - 1) <= 0.1:
+            verdict = ("within 10 % of each other: the test's power follows how the activations spread across faces, "
+                       "which the data-dependent scale sets, more than the training of the filters.")
+        elif ratio < 1:
+            verdict = ("the untrained conv1 is the weaker, so the larger points understate what a trained conv1 "
+                       "releases.")
+        else:
+            verdict = (f"the untrained conv1 separates the two {ratio:.1f}× as far as the trained one, so the larger "
+                       "points may overstate a trained conv1's leakage by about that factor.")
         text.append(f"At {_shape(p)} and ε = {p['epsilon']:g} the public model's trained conv1 gives AUC "
                     f"{p['mia_auc']:.2f} (separation {_fmt_sep(p['separation'])}) and the known, untrained conv1 "
-                    f"{k['mia_auc']:.2f} ({_fmt_sep(k['separation'])}): "
-                    + ("the untrained conv1 is the weaker, so the larger points understate what a trained conv1 "
-                       "releases." if weaker else
-                       "the untrained conv1 separates the two more than the trained one here, so the larger points "
-                       "may overstate a trained conv1's leakage by about that ratio."))
+                    f"{k['mia_auc']:.2f} ({_fmt_sep(k['separation'])}): " + verdict)
     coords = math.prod(large)
     paper = math.prod(paper_shape)
     if grows and coords < paper:
