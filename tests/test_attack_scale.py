@@ -96,7 +96,7 @@ def test_summary_reads_the_growth_and_the_control():
             _row((64, 64, 8), 1.0, 2.0, 0.85, conv1="public")]
     text = attack_scale.scale_summary(_study(rows))
     assert "AUC is 0.80 and 1.00" in text and "from 1.5 to 4.0 standard deviations" in text
-    assert "it does at 0 of the 4 settings" in text and "easier here than in the chapter's" in text
+    assert "95% Clopper–Pearson bounds" in text and "it does at 0 of the 4 settings" in text and "easier here than in the chapter's" in text
     assert "advantage bound is above 0 at 64×64×64." in text
     assert "the untrained conv1 is the weaker" in text
     assert "Every step up in size raised the separation" in text and "12× the coordinates" in text

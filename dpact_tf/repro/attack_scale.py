@@ -240,7 +240,8 @@ def scale_summary(study: ScaleStudy, *, paper_shape: Sequence[int] = (224, 224, 
     capped = sum(r["mia_epsilon_lower"] >= ceiling - 1e-9 for r in known)
     text = [f"**At larger activations.** The server received {study.releases} releases of each of {study.faces} "
             f"training faces and tests them and {study.faces} held-out test faces (half of each to choose the "
-            f"threshold, {held} of each to measure it: the ε bound can show at most {ceiling:.2f}; it does at "
+            f"threshold, {held} of each to measure it with {first['mia_confidence']:.0%} Clopper–Pearson bounds: "
+            f"the ε bound can show at most {ceiling:.2f}; it does at "
             f"{capped} of the {len(known)} settings with the known conv1). With {study.faces} received faces a "
             "non-member's nearest received face is farther than among the chapter's whole training split, so the "
             "test is easier here than in the chapter's membership rows: compare these rows with each other. At "
