@@ -37,16 +37,31 @@ def _summed_noise(steps_per_std: int, releases: int) -> Tuple[int, np.ndarray]:
     return int(z[0]) * releases, total
 
 
+@functools.lru_cache(maxsize=16)
+def _summed_release_table(steps_per_std: int, releases: int) -> Tuple[int, np.ndarray]:
+    """(offset, log table) with table[up, j] = log P(B + Z_1 + ... + Z_E = offset + j), B ~ Binomial(E, up / 256)
+    the copies that round up (up = 0 .. 256 of the dither's values) and Z the noise table's draws."""
+    from scipy.stats import binom
+
+    offset, noise = _summed_noise(steps_per_std, releases)
+    levels = grid.DITHER_LEVELS
+    binomial = binom.pmf(np.arange(releases + 1)[None, :], releases, (np.arange(levels + 1) / levels)[:, None])
+    table = np.zeros((levels + 1, len(noise) + releases))
+    for k in range(releases + 1):
+        table[:, k:k + len(noise)] += binomial[:, k:k + 1] * noise[None, :]
+    with np.errstate(divide="ignore"):
+        return offset, np.log(table)
+
+
 def summed_release_logpmf(level_sums: np.ndarray, clean: np.ndarray, spec: grid.GridSpec, releases: int) -> np.ndarray:
     """log P(S = ``level_sums`` | clean activation ``clean``), summed over each row's coordinates ([N, ...] -> [N]).
 
     One copy's level is clip(floor(f g^-1 + u), 0, D) + Z: with m = floor(f / g) it is m or m + 1 (the share of the
     256 dither values that round up, a) plus Z, and D with certainty once m >= D.  The sum of E copies is
     E m + B + (Z_1 + ... + Z_E) with B ~ Binomial(E, a) independent of the noise: exact for the table (and
-    :func:`dpact_tf.grid.release_pmf` for E = 1).  An impossible sum gives -inf.
+    :func:`dpact_tf.grid.release_pmf` for E = 1).  An impossible sum gives -inf.  The pmf of B + Z_1 + ... + Z_E
+    is tabulated once per (grid, E) for each of the 257 values of a, so a coordinate costs one look-up.
     """
-    from scipy.stats import binom
-
     if int(releases) != releases or releases < 1:
         raise ValueError(f"releases must be a positive integer (got {releases})")
     sums = np.asarray(level_sums, dtype=np.int64)
@@ -54,26 +69,20 @@ def summed_release_logpmf(level_sums: np.ndarray, clean: np.ndarray, spec: grid.
     if sums.shape != clean.shape:
         raise ValueError(f"level_sums {sums.shape} and clean {clean.shape} must have the same shape")
     releases = int(releases)
-    offset, noise = _summed_noise(spec.steps_per_std, releases)
+    offset, table = _summed_release_table(spec.steps_per_std, releases)
     levels = grid.DITHER_LEVELS
     out = np.empty(len(sums))
-    ks = np.arange(releases + 1)
     for i, (s_row, f_row) in enumerate(zip(sums.reshape(len(sums), -1), clean.reshape(len(clean), -1))):
         x = (np.maximum(f_row, np.float32(0)) * np.float32(spec.scale)).astype(np.float64)
         m = np.floor(x)
         # dither values j with x + (j + 1/2) / 256 >= m + 1: j >= 256 (1 - frac) - 1/2
-        up = levels - np.clip(np.ceil(levels * (1.0 - (x - m)) - 0.5), 0, levels)
-        a = up / levels
+        up = (levels - np.clip(np.ceil(levels * (1.0 - (x - m)) - 0.5), 0, levels)).astype(np.int64)
         top = m >= spec.max_level
         m = np.where(top, spec.max_level, m).astype(np.int64)
-        a = np.where(top, 0.0, a)
-        prob = np.zeros(len(s_row))
-        for k in ks:
-            idx = s_row - releases * m - k - offset
-            ok = (idx >= 0) & (idx < len(noise))
-            prob += binom.pmf(k, releases, a) * np.where(ok, noise[np.clip(idx, 0, len(noise) - 1)], 0.0)
-        with np.errstate(divide="ignore"):
-            out[i] = np.log(prob).sum()
+        up = np.where(top, 0, up)
+        j = s_row - releases * m - offset
+        ok = (j >= 0) & (j < table.shape[1])
+        out[i] = np.where(ok, table[up, np.clip(j, 0, table.shape[1] - 1)], -np.inf).sum()
     return out
 
 
@@ -84,10 +93,10 @@ def release_sums(layer, clean: np.ndarray, releases: int) -> np.ndarray:
 
     total = None
     x = tf.convert_to_tensor(clean, tf.float32)
-    for _ in range(int(releases)):
-        levels = layer.release_levels(x).numpy()
+    for _ in range(int(releases)):  # summed in TensorFlow: one copy out at the end
+        levels = layer.release_levels(x)
         total = levels if total is None else total + levels
-    return total
+    return total.numpy()
 
 
 def server_membership_scores(clean_client, layer, received_images: np.ndarray, candidates: np.ndarray, *,

@@ -168,6 +168,12 @@ def test_attacks_notebook(tiny_book):
     assert m["oracle"]["ceiling"] > 1 / m["people"]
     text = _outputs_text(root, "07_attacks")
     assert "understate the paper-scale leakage" in text and "Clopper–Pearson" in text
+    # the membership test at larger activations: every noisy epsilon at each of tiny's points, smallest first
+    scale = _metrics(base, "attack_scale")
+    known = [r for r in scale["rows"] if r["conv1"] == "known"]
+    assert [r["epsilon"] for r in known] == [e for e in EPSILONS if e is not None] * 2
+    assert known[0]["noise_multiplier"] > known[-1]["noise_multiplier"] and scale["seconds"] > 0
+    assert "**At larger activations.**" in text and "standard deviations" in text
 
 def test_fidelity_notebook(tiny_book):
     from dpact_tf.callbacks import stopping_epoch

@@ -129,10 +129,21 @@ class Profile:
     # scale ladder: seeds of its largest point (every other point trains one); every ladder run trains with the
     # convergence study's early stopping and budget, so a point stops when it no longer improves
     ladder_largest_seeds: int = 1
+    # the attacks chapter's scale study (dpact_tf.repro.attack_scale): the server's membership test at these
+    # (input side, conv1_1 channels) activations, with this many received faces and as many non-member candidates
+    attack_scale_points: Tuple[Tuple[int, int], ...] = ()
+    attack_scale_faces: int = 100
 
     def __post_init__(self) -> None:
         if self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32 (got {self.image_size})")
+        for side, channels in self.attack_scale_points:
+            if side < 32 or side % 32 or channels < 1:
+                raise ValueError(f"attack_scale_points must be (side, channels) with side a positive multiple of 32 "
+                                 f"and channels >= 1 (got {(side, channels)})")
+        if self.attack_scale_faces < 8:
+            raise ValueError(f"attack_scale_faces must be >= 8 (got {self.attack_scale_faces}): the membership audit "
+                             "holds out half of each class")
         for field in ("epochs", "finetune_epochs", "partition_epochs", "batch_size",
                       "convergence_max_epochs", "convergence_patience", "ladder_largest_seeds"):
             if getattr(self, field) < 1:
@@ -187,18 +198,22 @@ _SMALL = Profile(name="small", image_size=64, crop_fraction=0.6, width=1 / 8, fc
                  synthetic_images_per_identity=30, benchmark_repeats=10, convergence_max_epochs=30,
                  convergence_patience=8, convergence_min_delta=0.005, convergence_epsilons=(None, 3.0, 5.0, 10.0),
                  ladder_points=((64, 4), (64, 8), (64, 16)), ladder_epsilons=(None, 10.0),
-                 baselines=_BASELINES, attack_epsilons=_SMALL_ATTACK_EPSILONS)
+                 baselines=_BASELINES, attack_epsilons=_SMALL_ATTACK_EPSILONS,
+                 attack_scale_points=((64, 8), (64, 64)), attack_scale_faces=100)
 
 # medium: small's book with the fidelity chapter's budgets (dpact_tf.repro.fidelity) -- convergence runs twice as long
 # and a scale ladder at epsilon 5 and 10 to the paper's 64 conv1 channels and 96x96 inputs, two seeds at 64x64x64.
-# Every other field is small's (tests/test_fidelity.py checks it), so `make book PROFILE=medium` costs small's
-# chapters plus its fidelity chapter (README).  Larger points (96x96x64 trains ~8x slower than 64x64x8 here) are
+# Every other field is small's but the attacks' scale study, which adds 128x128x64 and the paper's 224x224x64
+# activations (minutes each; tests/test_fidelity.py checks the rest), so `make book PROFILE=medium` costs small's
+# chapters plus its fidelity chapter and those two points (README).  Larger points (96x96x64 trains ~8x slower than 64x64x8 here) are
 # left to a GPU.
 FIDELITY_FIELDS: Tuple[str, ...] = ("convergence_max_epochs", "convergence_patience", "convergence_min_delta",
-                                    "convergence_epsilons", "ladder_points", "ladder_epsilons", "ladder_largest_seeds")
+                                    "convergence_epsilons", "ladder_points", "ladder_epsilons", "ladder_largest_seeds",
+                                    "attack_scale_points")
 _MEDIUM = dataclasses.replace(_SMALL, name="medium", convergence_max_epochs=60, convergence_patience=10,
                               ladder_points=((64, 4), (64, 8), (64, 16), (64, 32), (64, 64), (96, 8)),
-                              ladder_epsilons=(None, 5.0, 10.0), ladder_largest_seeds=2)
+                              ladder_epsilons=(None, 5.0, 10.0), ladder_largest_seeds=2,
+                              attack_scale_points=((64, 8), (64, 64), (128, 64), (224, 64)))
 
 PROFILES: Dict[str, Profile] = {
     "tiny": Profile(name="tiny", image_size=32, crop_fraction=0.6, width=1 / 8, fc_units=64, batch_size=32,
@@ -208,6 +223,7 @@ PROFILES: Dict[str, Profile] = {
                     benchmark_repeats=3, convergence_max_epochs=6, convergence_patience=2,
                     convergence_min_delta=0.0, convergence_epsilons=(None, 3.0),
                     ladder_points=((32, 4), (32, 8), (32, 16)), ladder_epsilons=(None, 3.0), ladder_largest_seeds=2,
+                    attack_scale_points=((32, 8), (32, 32)), attack_scale_faces=24,
                     baselines=BaselineSchedule(epochs=2, cuts=("conv1_1", "pool1"), dpsgd_epsilons=(3.0,),
                                                dpsgd_matched_epsilons=(5.0,), dpsgd_clip=1.0,
                                                dssgd_participants=(2,), dssgd_thetas=(0.1, 1.0), attack_epochs=1)),
@@ -222,7 +238,7 @@ PROFILES: Dict[str, Profile] = {
                      convergence_patience=10, convergence_min_delta=0.005,
                      convergence_epsilons=(None, 2.0, 3.0, 5.0, 10.0, 20.0),
                      ladder_points=((224, 8), (224, 16), (224, 32), (224, 64)), ladder_epsilons=(None, 3.0, 5.0, 10.0),
-                     ladder_largest_seeds=2,
+                     ladder_largest_seeds=2, attack_scale_points=((128, 64), (224, 64)), attack_scale_faces=200,
                      baselines=dataclasses.replace(_BASELINES, epochs=30, dpsgd_epsilons=(1.0, 2.0, 3.0, 5.0, 10.0, 20.0),
                                                    dpsgd_matched_epsilons=(3.0, 10.0), dssgd_participants=(2, 4, 8),
                                                    attack_epochs=5)),
