@@ -107,11 +107,11 @@ def test_medium_is_small_with_the_fidelity_budgets():
     # make book PROFILE=medium costs small's chapters plus its fidelity chapter: every other field equal
     import dataclasses
 
-    from dpact_tf.repro.profiles import FIDELITY_FIELDS, get_profile
+    from dpact_tf.repro.profiles import MEDIUM_FIELDS, get_profile
 
     small, medium = get_profile("small"), get_profile("medium")
     differ = {f.name for f in dataclasses.fields(small) if getattr(small, f.name) != getattr(medium, f.name)}
-    assert "name" in differ and differ - {"name"} <= set(FIDELITY_FIELDS)
+    assert "name" in differ and differ - {"name"} <= set(MEDIUM_FIELDS)
     assert medium.training_settings() == small.training_settings()
     # medium's ladder: conv1 channels up to the paper's 64, a larger input than the profile's, two seeds at the top
     assert max(c for _, c in medium.ladder_points) == 64

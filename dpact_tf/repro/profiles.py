@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Optional, Tuple
 
-__all__ = ["Profile", "PretrainRecipe", "BaselineSchedule", "PROFILES", "FIDELITY_FIELDS", "get_profile",
+__all__ = ["Profile", "PretrainRecipe", "BaselineSchedule", "PROFILES", "MEDIUM_FIELDS", "get_profile",
            "DEFAULT_EPSILONS"]
 
 # The paper's sweep (Figs 2-4): epsilon from 1 to 20; None is the no-noise baseline.
@@ -201,15 +201,15 @@ _SMALL = Profile(name="small", image_size=64, crop_fraction=0.6, width=1 / 8, fc
                  baselines=_BASELINES, attack_epsilons=_SMALL_ATTACK_EPSILONS,
                  attack_scale_points=((64, 8), (64, 64)), attack_scale_faces=100)
 
-# medium: small's book with the fidelity chapter's budgets (dpact_tf.repro.fidelity) -- convergence runs twice as long
-# and a scale ladder at epsilon 5 and 10 to the paper's 64 conv1 channels and 96x96 inputs, two seeds at 64x64x64.
-# Every other field is small's but the attacks' scale study, which adds 128x128x64 and the paper's 224x224x64
-# activations (minutes each; tests/test_fidelity.py checks the rest), so `make book PROFILE=medium` costs small's
-# chapters plus its fidelity chapter and those two points (README).  Larger points (96x96x64 trains ~8x slower than 64x64x8 here) are
-# left to a GPU.
-FIDELITY_FIELDS: Tuple[str, ...] = ("convergence_max_epochs", "convergence_patience", "convergence_min_delta",
-                                    "convergence_epsilons", "ladder_points", "ladder_epsilons", "ladder_largest_seeds",
-                                    "attack_scale_points")
+# medium: small's book with larger budgets where small cannot decide -- convergence runs twice as long, a scale ladder
+# at epsilon 5 and 10 to the paper's 64 conv1 channels and 96x96 inputs (two seeds at 64x64x64), and the attacks'
+# scale study adds 128x128x64 and the paper's 224x224x64 activations.  Every other field is small's
+# (tests/test_fidelity.py checks it); the frontier chapter's schedule at medium adds (d), DP-SGD from scratch
+# (dpact_tf.repro.frontier.SCHEDULES).  So `make book PROFILE=medium` costs small's chapters plus those studies
+# (README).  Larger ladder points (96x96x64 trains ~8x slower than 64x64x8 here) are left to a GPU.
+MEDIUM_FIELDS: Tuple[str, ...] = ("convergence_max_epochs", "convergence_patience", "convergence_min_delta",
+                                  "convergence_epsilons", "ladder_points", "ladder_epsilons", "ladder_largest_seeds",
+                                  "attack_scale_points")
 _MEDIUM = dataclasses.replace(_SMALL, name="medium", convergence_max_epochs=60, convergence_patience=10,
                               ladder_points=((64, 4), (64, 8), (64, 16), (64, 32), (64, 64), (96, 8)),
                               ladder_epsilons=(None, 5.0, 10.0), ladder_largest_seeds=2,
