@@ -1,5 +1,5 @@
 """(d) of the frontier chapter: DP-SGD from scratch, tuned on the validation split -- the choice reads validation
-accuracies only, the tuning's epsilon composes every candidate, candidate runs are cached, and the small profile
+accuracies only, the tuning's epsilon composes every candidate, candidate runs are cached, and a profile
 leaves (d) out and says so."""
 import dataclasses
 
@@ -27,20 +27,23 @@ def test_candidates_are_checked():
         with pytest.raises(ValueError):
             frontier_scratch.Candidate(*bad)
     with pytest.raises(ValueError, match="grid"):
-        dataclasses.replace(frontier.SCHEDULES["small"], scratch_dpsgd_epsilons=(1.0,))
+        dataclasses.replace(frontier.SCHEDULES["small"], scratch_dpsgd_epsilons=(1.0,), scratch_dpsgd_grid=())
     with pytest.raises(ValueError, match="epsilon"):
         dataclasses.replace(frontier.SCHEDULES["tiny"], scratch_dpsgd_epsilons=(0.0,))
 
 
-def test_schedules_small_leaves_d_out_medium_runs_it():
+def test_schedules_run_d_with_a_grid_per_epsilon():
     small, medium, tiny = (frontier.SCHEDULES[p] for p in ("small", "medium", "tiny"))
-    assert small.scratch_dpsgd_epsilons == () and small.scratch_candidates() == ()
-    assert medium.scratch_dpsgd_epsilons == (1.0, 4.0, 16.0) and 3 <= len(medium.scratch_candidates()) <= 4
+    assert small.scratch_dpsgd_epsilons == medium.scratch_dpsgd_epsilons == (1.0, 4.0, 16.0)
+    assert len(small.scratch_candidates()) == 2 and 3 <= len(medium.scratch_candidates()) <= 4
+    assert sum(c.epochs for c in small.scratch_candidates()) < sum(c.epochs for c in medium.scratch_candidates())
     assert frontier.SCHEDULES["paper"].scratch_dpsgd_epsilons == medium.scratch_dpsgd_epsilons
     assert len(tiny.scratch_dpsgd_epsilons) == 1 and [c.epochs for c in tiny.scratch_candidates()] == [2, 2]
 
 
-def test_the_chapter_says_small_leaves_d_out_and_what_medium_costs():
+def test_the_chapter_says_when_a_profile_leaves_d_out_and_what_medium_costs(monkeypatch):
+    monkeypatch.setitem(frontier.SCHEDULES, "small", dataclasses.replace(
+        frontier.SCHEDULES["small"], scratch_dpsgd_epsilons=(), scratch_dpsgd_grid=()))
     text = frontier_text.describe_schedule("small")
     assert "`small` leaves out (d)" in text and "`make book PROFILE=medium`" in text and "(estimated)" in text
     medium = frontier.SCHEDULES["medium"]

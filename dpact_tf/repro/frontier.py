@@ -116,11 +116,11 @@ SCHEDULES: Dict[str, FrontierSchedule] = {
     "small": FrontierSchedule(image_epsilons=(1.0, 2.0, 4.0, 8.0, 16.0), seeds=3, validation_fraction=0.2,
                               server_grid=_GRID, dpsgd_grid=_DPSGD_GRID, batch_size=256, activation_seeds=1,
                               activation_epsilons=(1.0, 16.0), projection_dims=32,
-                              label_feature_epsilon=None, label_epsilons=(1.0, 4.0), scratch_dpsgd_epsilons=(),
-                              scratch_dpsgd_grid=()),
+                              label_feature_epsilon=None, label_epsilons=(1.0, 4.0), scratch_dpsgd_epsilons=(1.0, 4.0, 16.0),
+                              scratch_dpsgd_grid=((0.1, 2.0, 256, 10), (1.0, 0.5, 256, 10))),
 }
-# (d) at medium: small clips with large rates (Tramer & Boneh, ICLR 2021) beside clip 1, batch 256 and 512; one seed
-# (small leaves (d) out: a candidate costs tens of minutes, see frontier_scratch.SECONDS_PER_EPOCH_SMALL_LFW).
+# (d): a small clip with a large rate (Tramer & Boneh, ICLR 2021) beside clip 1; one seed.  small: two candidates of 10
+# epochs (a candidate costs ~2 min, frontier_scratch.SECONDS_PER_EPOCH_SMALL_LFW); medium: longer runs, batch 512 too.
 _SCRATCH_GRID = ((0.1, 2.0, 256, 15), (1.0, 0.5, 256, 15), (0.1, 4.0, 512, 30), (1.0, 1.0, 512, 30))
 SCHEDULES["medium"] = dataclasses.replace(SCHEDULES["small"], activation_seeds=3,
                                           activation_epsilons=(1.0, 2.0, 4.0, 8.0, 16.0),

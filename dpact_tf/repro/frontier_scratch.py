@@ -43,11 +43,11 @@ __all__ = ["Candidate", "pick", "train_candidate", "scratch_dpsgd_points", "esti
 SCRATCH_MODULES = (*TRAINING_MODULES, "dpact_tf.baselines.dpsgd", "dpact_tf.baselines.poisson",
                    "dpact_tf.baselines.whole_model", "dpact_tf.repro.frontier_scratch")
 
-#: Wall seconds of one DP-SGD epoch over the LFW fit images (3,111 faces) at the small profile's shape (64x64,
-#: width 1/8, fc 256), expected batch 256, validation scored: one epoch of :func:`train_candidate` measured on the
-#: 2-core CPU while another job kept it busy (load ~4), tracing included -- an upper estimate (the small book's
-#: shuffled DP-SGD runs, batch 64, took ~12 s per epoch of 3,895 faces).  Medium runs at the same shape.
-SECONDS_PER_EPOCH_SMALL_LFW = 37.0
+#: Wall seconds of one DP-SGD epoch over the LFW fit images (about 3,100 faces) at the small profile's shape (64x64,
+#: width 1/8, fc 256), expected batch 256, validation scored: 10.5-11 s per epoch after the first (16 s, tracing
+#: included) of :func:`train_candidate` on the 2-core CPU beside one other low-priority job.  Medium runs at the same
+#: shape.  Only estimates use it: the chapter reports the measured seconds of the runs it made.
+SECONDS_PER_EPOCH_SMALL_LFW = 11.0
 
 
 @dataclasses.dataclass(frozen=True)

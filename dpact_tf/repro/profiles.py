@@ -204,9 +204,9 @@ _SMALL = Profile(name="small", image_size=64, crop_fraction=0.6, width=1 / 8, fc
 # medium: small's book with larger budgets where small cannot decide -- convergence runs twice as long, a scale ladder
 # at epsilon 5 and 10 to the paper's 64 conv1 channels and 96x96 inputs (two seeds at 64x64x64), and the attacks'
 # scale study adds 128x128x64 and the paper's 224x224x64 activations.  Every other field is small's
-# (tests/test_fidelity.py checks it); the frontier chapter's schedule at medium adds (d), DP-SGD from scratch
-# (dpact_tf.repro.frontier.SCHEDULES).  So `make book PROFILE=medium` costs small's chapters plus those studies
-# (README).  Larger ladder points (96x96x64 trains ~8x slower than 64x64x8 here) are left to a GPU.
+# (tests/test_fidelity.py checks it); the frontier chapter's schedule at medium runs (d), DP-SGD from scratch,
+# with longer candidates and seeds of (b) (dpact_tf.repro.frontier.SCHEDULES).  So `make book PROFILE=medium` costs
+# small's chapters plus those studies (README).  Larger ladder points (96x96x64 trains ~8x slower than 64x64x8 here) are left to a GPU.
 MEDIUM_FIELDS: Tuple[str, ...] = ("convergence_max_epochs", "convergence_patience", "convergence_min_delta",
                                   "convergence_epsilons", "ladder_points", "ladder_epsilons", "ladder_largest_seeds",
                                   "attack_scale_points")
