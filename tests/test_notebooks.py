@@ -22,6 +22,7 @@ def tiny_book(tmp_path_factory):
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(os.path.join(REPO, name), root / name)
     shutil.copytree(os.path.join(REPO, "book"), root / "book", ignore=shutil.ignore_patterns("executed", "_build"))
+    shutil.copytree(os.path.join(REPO, "_static"), root / "_static")
     results = root / "results"
     # two at once: the tiny chapters are mostly single-threaded (tracing, kernels starting), and the scheduler that
     # keeps a chapter after the ones it needs is itself under test here
@@ -340,6 +341,8 @@ def test_book_builds_with_warnings_as_errors(tiny_book):
     method = open(os.path.join(html, "book", "method.html")).read()
     assert "_static/mathjax/tex-chtml.js" in method and "cdn.jsdelivr.net" not in method
     assert os.path.getsize(os.path.join(html, "_static", "mathjax", "tex-chtml.js")) > 100_000
+    # code cells wrap at the page's width (the book's stylesheet is served and linked)
+    assert "_static/dpact.css" in page and "pre-wrap" in open(os.path.join(html, "_static", "dpact.css")).read()
 
 
 def test_book_stops_without_lfw(tmp_path, monkeypatch):
