@@ -150,6 +150,10 @@ def test_ladder_trends_leave_runs_at_chance_out_and_say_why_there_is_no_trend():
                    "10": "above chance at one size only (2 of 4 runs): a trend needs two"}
     text = f.trend_lines({"trends": trends, "no_trend": why})
     assert "ε = 3: no trend — at chance at every size" in text and "0.00–0.00" not in text
+    assert "above 1" not in text
+    steep = {"5": {**trends["5"], "prediction": 1.09, "lower": -0.09, "upper": 2.27}}
+    assert "a share above 1, more than the no-noise run gains, is the straight line's" in f.trend_lines(
+        {"trends": steep, "no_trend": {}})
 
 
 def test_a_ladder_run_at_the_profiles_shape_is_the_convergence_studys_run():

@@ -393,7 +393,7 @@ def ladder_table(rows: Sequence[Mapping[str, Any]]):
         "released per image": f"{r['image_size']}×{r['image_size']}×{r['conv1_channels']} = {r['coordinates']:,}",
         "seed": r["seed"], "ε": plots.eps_label(r["epsilon"]), "final test acc.": round(r["final_test_accuracy"], 3),
         "above chance": "yes" if r["above_chance"] else "no",
-        "gain kept": None if r["epsilon"] is None else round(r["retained_gain"], 3),
+        "gain kept": "—" if r["epsilon"] is None else round(r["retained_gain"], 3),
         "epochs": r["epochs_trained"],
         "minutes": None if r.get("seconds") is None else round(r["seconds"] / 60, 1)} for r in rows])
     return out.set_index(["released per image", "seed", "ε"])
@@ -409,9 +409,11 @@ def trend_lines(ladder) -> str:
         interval = (f"{round(100 * t['level'])}% prediction interval {t['lower']:.2f} to {t['upper']:.2f}"
                     if t["lower"] is not None else "no interval (fewer than three runs above chance)")
         censored = f"; {t['censored']} run(s) at chance left out" if t.get("censored") else ""
+        beyond = (" (a share above 1, more than the no-noise run gains, is the straight line's, not a prediction a "
+                  "noisy run can meet)" if t["prediction"] > 1 else "")
         lines.append(f"* ε = {eps}: {t['slope_per_decade']:+.3f} per tenfold more coordinates; at the paper's size "
                      f"the line predicts that **{t['prediction']:.2f}** of the no-noise gain is kept ({interval}), "
-                     f"{t['extrapolation_decades']:.1f} decades beyond the largest point measured{censored}.")
+                     f"{t['extrapolation_decades']:.1f} decades beyond the largest point measured{censored}{beyond}.")
     for eps, why in no_trend.items():
         lines.append(f"* ε = {eps}: no trend — {why}; nothing can be extrapolated to the paper's size.")
     return "\n".join(lines)
