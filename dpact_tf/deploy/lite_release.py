@@ -11,6 +11,10 @@ computes the same integers from the same words with fewer and cheaper ops:
   calls too so that the converter computes it once;
 * the dither j, the low byte of v, as a cast to uint8 (a cast truncates modulo 256) instead of a shift, a
   multiplication and a subtraction;
+* one GATHER instead of two where |Z| < 256 (K up to 24): the "lookup" sampler's ``split[b]`` (256 t - 1, or
+  2^63 - 1 where the bucket holds no threshold) always ends in the byte 255, which :func:`packed_table` replaces by
+  ``low[b]``; with v' = v - j (v with its low byte cleared), ``v' > packed[b]`` exactly when ``v > split[b]``
+  (both say v >> 8 >= t), and ``low[b]`` is the packed word's low byte;
 * the clamp to the largest level D in float32 before the cast to int32 (``min(x, D)`` then the cast equals
   ``min(floor(x), D)`` for the finite x > 0 of a valid release) instead of two int32 clamps after it; the head
   refuses a release whose activation is not finite (:func:`finite`), where the cast would give any integer.
@@ -20,14 +24,14 @@ are bit-identical to :func:`dpact_tf.grid.release` on the same words (tests/test
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from dpact_tf import grid, grid_tf
 
-__all__ = ["fold", "finite", "release_levels"]
+__all__ = ["fold", "finite", "packed_table", "release_levels"]
 
 _INT64_MAX = np.iinfo(np.int64).max
 # Float32's largest finite value: a sum of non-negative activations below it is finite.
@@ -47,6 +51,14 @@ def finite(clean: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(clean) < _FLOAT32_MAX
 
 
+def packed_table(lookup: grid_tf.LookupTables) -> Optional[np.ndarray]:
+    """int64 [B]: ``split[b]`` with its low byte (always 255) replaced by ``low[b]``; ``None`` if some |Z| does
+    not fit in a byte (K > 24)."""
+    if int(lookup.low.max()) > 255 or np.any(lookup.split & 255 != 255):
+        return None
+    return (lookup.split & ~np.int64(255)) | lookup.low.astype(np.int64)
+
+
 def release_levels(clean: tf.Tensor, words: tf.Tensor, scale: tf.Tensor, max_level: tf.Tensor,
                    table: grid.NoiseTable) -> tf.Tensor:
     """n = min(floor(max(f, 0) * scale + (j + 1/2) / 256), D) + Z as int32, :func:`dpact_tf.grid.release`, for a
@@ -55,13 +67,19 @@ def release_levels(clean: tf.Tensor, words: tf.Tensor, scale: tf.Tensor, max_lev
     :func:`dpact_tf.grid_tf.release_levels` with ``sampler="tree"``)."""
     lookup = grid_tf.lookup_tables(table)
     negative, v = fold(words)
+    low_byte = tf.cast(v, tf.uint8)  # j = v mod 256 (a cast truncates): the dither
     # |Z| = low[b] + (v > split[b]) in the bucket b of d = 2^63 - 1 - v (grid_tf's "lookup" sampler)
     distance = tf.constant(_INT64_MAX, tf.int64) - v
     bucket = tf.bitwise.right_shift(tf.bitcast(tf.cast(distance, tf.float32), tf.int32), lookup.shift)
-    above = v > tf.gather(tf.constant(lookup.split), bucket)
-    magnitude = tf.gather(tf.constant(lookup.low), bucket) + tf.cast(above, tf.int32)
+    packed = packed_table(lookup)
+    if packed is not None:
+        entry = tf.gather(tf.constant(packed), bucket)
+        above = v - tf.cast(low_byte, tf.int64) > entry
+        magnitude = tf.cast(tf.cast(entry, tf.uint8), tf.int32) + tf.cast(above, tf.int32)
+    else:
+        above = v > tf.gather(tf.constant(lookup.split), bucket)
+        magnitude = tf.gather(tf.constant(lookup.low), bucket) + tf.cast(above, tf.int32)
     noise = tf.where(negative, -magnitude, magnitude)
-    dither = tf.cast(tf.cast(v, tf.uint8), tf.float32)  # v mod 256: the low byte of its low 32 bits
-    u = (dither + 0.5) * (1.0 / grid.DITHER_LEVELS)
+    u = (tf.cast(low_byte, tf.float32) + 0.5) * (1.0 / grid.DITHER_LEVELS)
     x = tf.maximum(clean, 0.0) * scale + u  # > 0 and finite: the cast after the clamp is the floor
     return tf.cast(tf.minimum(x, max_level), tf.int32) + noise
