@@ -207,6 +207,7 @@ class HeadRunner:
         self.activation_shape = (int(self.meta["activation_shape"][1]),) + (int(entropy[2]), int(entropy[3]))
         self.rows_per_call = self._strip_rows(rows_per_call)
         self._runners: Dict[str, Any] = {}
+        self._pad_buffer: Optional[np.ndarray] = None  # _padded's
 
     def _strip_rows(self, rows: Optional[int]) -> int:
         """Check ``rows_per_call`` (or pick it, for ``None``) against the image height and the head."""
@@ -291,7 +292,7 @@ class HeadRunner:
         the app's words written into the entropy tensor in place."""
         height, rows, halo = self.image_shape[0], self.rows_per_call, self._halo
         if halo:  # zero rows above and below: conv1_1's SAME padding at the image's border
-            image = np.pad(image, [(0, 0), (halo, halo), (0, 0), (0, 0)])
+            image = self._padded(image)
         expected_scale = np.float32(eps * self.scale_per_epsilon)
         act_rows, width, channels = self.activation_shape
         out_rows = rows if halo else act_rows  # activation rows per call
@@ -338,6 +339,16 @@ class HeadRunner:
         if errors:
             raise errors[0]
         return Release(levels, float(expected_scale))
+
+    def _padded(self, image: np.ndarray) -> np.ndarray:
+        """``image`` with ``halo`` zero rows above and below, in a buffer kept for the next batch of this size (its
+        border rows are never written; calls are serialized by the lock)."""
+        halo = self._halo
+        n, h, w, c = image.shape
+        if self._pad_buffer is None or self._pad_buffer.shape[0] != n:
+            self._pad_buffer = np.zeros((n, h + 2 * halo, w, c), np.uint8)
+        self._pad_buffer[:, halo:halo + h] = image
+        return self._pad_buffer
 
     def grad_shape(self, batch: int) -> Tuple[int, ...]:
         """The shape ``train`` expects for ``grad_activation``: [batch, H, W, C] of the activation."""
