@@ -11,7 +11,8 @@ computes the same integers from the same words with fewer and cheaper ops:
   calls too so that the converter computes it once;
 * the dither j, the low byte of v, as a cast to uint8 (a cast truncates modulo 256) instead of a shift, a
   multiplication and a subtraction;
-* one GATHER instead of two where |Z| < 256 (K up to 24): the "lookup" sampler's ``split[b]`` (256 t - 1, or
+* one GATHER instead of two where every bucket's smallest |Z| fits a byte (K up to 24; the paper's K = 16 has
+  |Z| <= 137): the "lookup" sampler's ``split[b]`` (256 t - 1, or
   2^63 - 1 where the bucket holds no threshold) always ends in the byte 255, which :func:`packed_table` replaces by
   ``low[b]``; with v' = v - j (v with its low byte cleared), ``v' > packed[b]`` exactly when ``v > split[b]``
   (both say v >> 8 >= t), and ``low[b]`` is the packed word's low byte;
@@ -20,7 +21,8 @@ computes the same integers from the same words with fewer and cheaper ops:
   refuses a release whose activation is not finite (:func:`finite`), where the cast would give any integer.
 
 The noise |Z| comes from the ``"lookup"`` sampler's tables (:func:`dpact_tf.grid_tf.lookup_tables`), so the levels
-are bit-identical to :func:`dpact_tf.grid.release` on the same words (tests/test_deploy_release.py).
+are bit-identical to :func:`dpact_tf.grid.release` on the same words (tests/test_lite_release.py, and
+tests/test_release_exact.py for the written .tflite).
 """
 from __future__ import annotations
 
