@@ -12,10 +12,10 @@ computes the same integers from the same words with fewer and cheaper ops:
 * the dither j, the low byte of v, as a cast to uint8 (a cast truncates modulo 256) instead of a shift, a
   multiplication and a subtraction;
 * one GATHER instead of two where every bucket's smallest |Z| fits a byte (K up to 24; the paper's K = 16 has
-  |Z| <= 137): the "lookup" sampler's ``split[b]`` (256 t - 1, or
-  2^63 - 1 where the bucket holds no threshold) always ends in the byte 255, which :func:`packed_table` replaces by
-  ``low[b]``; with v' = v - j (v with its low byte cleared), ``v' > packed[b]`` exactly when ``v > split[b]``
-  (both say v >> 8 >= t), and ``low[b]`` is the packed word's low byte;
+  |Z| <= 137): the "lookup" sampler's ``split[b]`` (256 t - 1, or 2^63 - 1 where the bucket holds no threshold)
+  always ends in the byte 255, which :func:`packed_table` replaces by ``low[b]``; with v' = v - j (v with its low
+  byte cleared), ``v' > packed[b]`` exactly when ``v > split[b]`` (both say v >> 8 >= t), and ``low[b]`` is the
+  packed word's low byte;
 * the clamp to the largest level D in float32 before the cast to int32 (``min(x, D)`` then the cast equals
   ``min(floor(x), D)`` for the finite x > 0 of a valid release) instead of two int32 clamps after it; the head
   refuses a release whose activation is not finite (:func:`finite`), where the cast would give any integer.
