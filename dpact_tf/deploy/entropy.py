@@ -50,10 +50,14 @@ def fresh(entropy: tf.Tensor, valid: tf.Tensor, last: tf.Variable) -> tf.Tensor:
     """``valid`` and not the last accepted call's entropy (``last``: :func:`fingerprint_variable`); remembers this
     call's if it is accepted."""
     # The first FINGERPRINT_SIZE words of the first row and the last of the last row (zero-padded when a row is
-    # shorter; sliced before reshaping: no full-size copy).  EITHER end matching refuses: a stale buffer that
-    # was resized (LiteRT keeps a tensor's contents when it shrinks) or refilled at one end keeps the other.
-    head_row = tf.reshape(entropy[:1, :1], [-1])[:FINGERPRINT_SIZE]
-    tail_row = tf.reshape(entropy[-1:, -1:], [-1])[-FINGERPRINT_SIZE:]
+    # shorter; sliced before reshaping: no full-size copy, and only the pixels that hold them when the channels are
+    # known: TFLite's STRIDED_SLICE copies word by word, and a whole row is a fixed cost per call).  EITHER end
+    # matching refuses: a stale buffer that was resized (LiteRT keeps a tensor's contents when it shrinks) or
+    # refilled at one end keeps the other.
+    channels = entropy.shape[-1]
+    pixels = None if channels is None else -(-FINGERPRINT_SIZE // int(channels))  # ceil(FINGERPRINT_SIZE / C)
+    head_row = tf.reshape(entropy[:1, :1, :pixels], [-1])[:FINGERPRINT_SIZE]
+    tail_row = tf.reshape(entropy[-1:, -1:, -pixels if pixels else None:], [-1])[-FINGERPRINT_SIZE:]
     pad = tf.zeros([FINGERPRINT_SIZE], tf.int64)
     fingerprint = tf.concat([tf.concat([head_row, pad], 0)[:FINGERPRINT_SIZE],
                              tf.concat([pad, tail_row], 0)[-FINGERPRINT_SIZE:]], 0)
