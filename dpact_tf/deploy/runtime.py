@@ -36,8 +36,8 @@ __all__ = ["HeadRunner", "Release", "TrainResult", "EntropyStream", "strip_rows"
 
 # HeadRunner's rows_per_call=None (strip_rows): the most bytes of one strip's entropy, so that a strip's tensors stay
 # in a core's L2 cache, and the fewest rows, so that each call's fixed cost (its ~100 ops, the halo rows) stays small.
-# Measured on this project's 2-core x86 machine: 32 rows (128 KiB) release 64x64x8 ~8% faster than whole images
-# (256 KiB), 4 rows (448 KiB) release 224x224x64 ~25% faster than 1 row.
+# Measured on this project's 2-core x86 machine: 32 rows (128 KiB) release 64x64x8 ~7% faster than whole images
+# (256 KiB); at 224x224x64, 4 rows (448 KiB) ~4% faster than 1 row (112 KiB).
 _STRIP_BYTES = 1 << 17
 _MIN_STRIP_ROWS = 4
 
