@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from dpact_tf import build_split_vggface, grid
 from dpact_tf.deploy.convert import convert_client_head, weights_hash
-from dpact_tf.deploy.runtime import EntropyStream, HeadRunner
+from dpact_tf.deploy.runtime import EntropyStream, HeadRunner, strip_rows
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +119,24 @@ def test_strip_rows_are_checked(heads):
     for rows in (0, 5, 1.5, 128):
         with pytest.raises(ValueError, match="divisor of the image height 64"):
             HeadRunner(path, rows_per_call=rows)
-    # rows_per_call=None: the most rows whose entropy fits 512 KiB -- all 64 rows of 32 x 8 words here
+    # rows_per_call=None: the most rows whose entropy fits 128 KiB -- all 64 rows of 32 x 8 words (2 KiB a row) here
     assert HeadRunner(path).rows_per_call == 64
     # a pool1 head's release takes whole images only (its strips would need more than one row of halo)
     assert HeadRunner(pool1).rows_per_call == 32
     with pytest.raises(ValueError, match="whole images only"):
         HeadRunner(pool1, rows_per_call=16)
+
+
+@pytest.mark.parametrize("height, row_bytes, rows", [
+    (64, 8 * 64 * 8, 32),       # small's 64x64x8: 4 KiB a row, 32 rows fill 128 KiB
+    (32, 8 * 32 * 8, 32),       # tiny's 32x32x8: 2 KiB a row, the whole image fits
+    (224, 8 * 224 * 64, 4),     # the paper's 224x224x64: 112 KiB a row, 1 row fits but 4 is the fewest
+    (224, 8 * 224 * 8, 8),      # 14 KiB a row: 9 rows fit 128 KiB, 8 is the largest divisor of 224 up to 9
+    (7, 1 << 20, 7),            # a prime height, rows too large: no divisor in [4, 7) but 7
+    (3, 8, 3),                  # fewer rows than the minimum: the whole image
+])
+def test_strip_rows_by_size(height, row_bytes, rows):
+    assert strip_rows(height, row_bytes) == rows
 
 
 def test_pooled_head_releases_whole_images(heads, monkeypatch):

@@ -3,6 +3,7 @@
 * :mod:`dpact_tf.deploy.graph` -- the head's computation as small pure functions of builtin ops (features,
   Eq. (1), the hand-derived backward pass, SGD);
 * :mod:`dpact_tf.deploy.entropy` -- the graph's checks of the app's entropy (shape, spread, not the last call's);
+* :mod:`dpact_tf.deploy.lite_release` -- the grid release in the TFLite kernels' cheapest ops (bit-identical);
 * :mod:`dpact_tf.deploy.head` -- :class:`ClientHead`, the tf.Module whose signatures are the .tflite's
   (``release``, ``clean``, ``train``, ``gradient``, ``apply_gradient``);
 * :mod:`dpact_tf.deploy.convert` -- :func:`convert_client_head`: the checked .tflite and its JSON sidecar;

@@ -106,15 +106,15 @@ def convert_client_head(client: tf.keras.Model, out_path: str, *, with_train: bo
                                   "max_level) + Z; the server reads levels / scale",
                         "scale": "float32 []: grid steps per activation unit, epsilon * scale_per_epsilon",
                         "valid": "int32 []: 1 = released; 0 = refused (epsilon outside certified_epsilons, or "
-                                 "entropy of another shape, implausible, or the last accepted call's): levels all "
-                                 "zero, send nothing"},
+                                 "entropy of another shape, implausible, or the last accepted call's, or a non-finite "
+                                 "activation): levels all zero, send nothing"},
             "halo_rows": halo, "steps_per_std": head.steps_per_std, "sampler": head.sampler,
             "certified_epsilons": [lo, hi],
             "scale_per_epsilon": head.scale_per_epsilon, "true_range": head.true_range,
             "max_level": "ceil(float32(true_range) * scale), in float32",
             "noise": f"discrete Gaussian N_Z(0, {head.steps_per_std}^2) from a {grid.MAGNITUDE_BITS}-bit table "
-                     f"(dpact_tf.grid.noise_table), sampled with builtin ops (dpact_tf.grid_tf, sampler "
-                     f"{head.sampler!r})",
+                     f"(dpact_tf.grid.noise_table), sampled with builtin ops (sampler {head.sampler!r}: "
+                     + ("dpact_tf.deploy.lite_release" if head.sampler == "lookup" else "dpact_tf.grid_tf") + ")",
             "delta_as_implemented": "dpact_tf.grid.grid_spec(epsilon, delta, steps_per_std=steps_per_std, "
                                     "sensitivity=sensitivity, true_range=true_range).delta: at most delta for "
                                     "every epsilon in certified_epsilons",

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from dpact_tf.deploy import lite_release
+
 __all__ = ["FINGERPRINT_SIZE", "ENTROPY_TOLERANCE_SE", "plausible", "fresh", "fingerprint_variable"]
 
 # Words at each end of ``release``'s entropy kept in the head's fingerprint of the last accepted call.
@@ -26,10 +28,9 @@ def plausible(entropy: tf.Tensor, act_shape: tf.Tensor) -> tf.Tensor:
     """True iff ``entropy`` has the activation's shape and a plausible spread: the words below 0 and those in
     [-2^62, 2^62) are each n/2 within ENTROPY_TOLERANCE_SE standard errors (sqrt(n)/2) of a fair count."""
     shape_ok = tf.reduce_all(tf.equal(tf.shape(entropy), act_shape))
-    # The same ops as grid_tf.release_levels' first lines, so that the converter computes them once: v < 2^62
+    # The same ops as the release's (lite_release.fold), so that the converter computes them once: v < 2^62
     # exactly when the word is in [-2^62, 2^62).
-    negative = entropy < 0
-    v = tf.where(negative, -(entropy + 1), entropy)
+    negative, v = lite_release.fold(entropy)
     middle = v < tf.constant(1 << 62, tf.int64)
     n = tf.cast(tf.size(entropy), tf.float32)
     tolerance = ENTROPY_TOLERANCE_SE * 0.5 * tf.sqrt(n)
@@ -49,10 +50,14 @@ def fresh(entropy: tf.Tensor, valid: tf.Tensor, last: tf.Variable) -> tf.Tensor:
     """``valid`` and not the last accepted call's entropy (``last``: :func:`fingerprint_variable`); remembers this
     call's if it is accepted."""
     # The first FINGERPRINT_SIZE words of the first row and the last of the last row (zero-padded when a row is
-    # shorter; sliced before reshaping: no full-size copy).  EITHER end matching refuses: a stale buffer that
-    # was resized (LiteRT keeps a tensor's contents when it shrinks) or refilled at one end keeps the other.
-    head_row = tf.reshape(entropy[:1, :1], [-1])[:FINGERPRINT_SIZE]
-    tail_row = tf.reshape(entropy[-1:, -1:], [-1])[-FINGERPRINT_SIZE:]
+    # shorter; sliced before reshaping: no full-size copy, and only the pixels that hold them when the channels are
+    # known: TFLite's STRIDED_SLICE copies word by word, and a whole row is a fixed cost per call).  EITHER end
+    # matching refuses: a stale buffer that was resized (LiteRT keeps a tensor's contents when it shrinks) or
+    # refilled at one end keeps the other.
+    channels = entropy.shape[-1]
+    pixels = None if channels is None else -(-FINGERPRINT_SIZE // int(channels))  # ceil(FINGERPRINT_SIZE / C)
+    head_row = tf.reshape(entropy[:1, :1, :pixels], [-1])[:FINGERPRINT_SIZE]
+    tail_row = tf.reshape(entropy[-1:, -1:, -pixels if pixels else None:], [-1])[-FINGERPRINT_SIZE:]
     pad = tf.zeros([FINGERPRINT_SIZE], tf.int64)
     fingerprint = tf.concat([tf.concat([head_row, pad], 0)[:FINGERPRINT_SIZE],
                              tf.concat([pad, tail_row], 0)[-FINGERPRINT_SIZE:]], 0)

@@ -7,20 +7,22 @@ Signatures:
   image to [0, 1], runs the client's layers, clips to [0, 1], applies Eq. (1) and releases every coordinate f as
   the integer ``n = min(floor(max(f, 0) * scale + (j + 1/2) / 256), D) + Z`` of :func:`dpact_tf.grid.release`
   (dithered rounding to a grid of K steps per noise std, then discrete Gaussian noise), computed from ONE uniform
-  int64 word of ``entropy`` per coordinate by :func:`dpact_tf.grid_tf.release_levels` (``sampler="lookup"``, or
-  ``"tree"`` for a K whose table the lookup's buckets cannot separate: builtin ops only).  ``entropy`` is the noise's only source: the head has no random op.  The server reads
-  ``levels / scale``.  In the graph, all in float32 as :func:`dpact_tf.grid.grid_scale` and
-  :func:`dpact_tf.grid.max_shift` compute it: ``scale = epsilon * float32(K / (S_f sqrt(2 ln(1.25/delta))))``
-  and ``D = ceil(float32(R) * scale)``, with K, delta, S_f and the true range R fixed at conversion and recorded
-  in the JSON sidecar.
+  int64 word of ``entropy`` per coordinate by :func:`dpact_tf.deploy.lite_release.release_levels`
+  (``sampler="lookup"``, in the TFLite kernels' cheapest ops), or :func:`dpact_tf.grid_tf.release_levels`
+  (``"tree"``, for a K whose table the lookup's buckets cannot separate): builtin ops only.  ``entropy`` is the
+  noise's only source: the head has no random op.  The server reads ``levels / scale``.  In the graph, all in
+  float32 as :func:`dpact_tf.grid.grid_scale` and :func:`dpact_tf.grid.max_shift` compute it:
+  ``scale = epsilon * float32(K / (S_f sqrt(2 ln(1.25/delta))))`` and ``D = ceil(float32(R) * scale)``, with K,
+  delta, S_f and the true range R fixed at conversion and recorded in the JSON sidecar.
   ``valid = 1`` iff epsilon lies in the head's certified interval (:func:`dpact_tf.grid.certified_epsilons`: every
   epsilon in it releases with the delta asked for as implemented; NaN, inf and <= 0 lie outside) and the entropy
   passes its checks: the activation's shape (LiteRT would broadcast a [1, 1, 1, C] buffer), a plausible spread --
   the words below 0 and those in [-2^62, 2^62) each half of the buffer within :data:`ENTROPY_TOLERANCE_SE`
   standard errors (a zero-filled or constant buffer, 63-bit words that are never negative, or 32-bit values
-  sign-extended to 64 bits, which would give no noise at all, fail) -- and not the last accepted call's: the head
-  keeps the first :data:`FINGERPRINT_SIZE` words of the buffer's first row and the last of its last row in a
-  resource variable, and refuses a call whose entropy matches either end (LiteRT keeps an input tensor between
+  sign-extended to 64 bits, which would give no noise at all, fail), the activation is finite (``"lookup"``: its
+  levels are clamped in float32) -- and not the last accepted call's: the head keeps the first
+  :data:`FINGERPRINT_SIZE` words of the buffer's first row and the last of its last row in a resource variable,
+  and refuses a call whose entropy matches either end (LiteRT keeps an input tensor between
   calls, so an app that forgets to refill would release a second image with the first one's noise; a buffer
   resized or refilled at one end only keeps the other).  The fingerprint remembers one call per interpreter:
   the app must still write new words before every call.  An invalid release returns all-zero ``levels`` (and
@@ -51,7 +53,7 @@ import numpy as np
 import tensorflow as tf
 
 from dpact_tf import grid, grid_tf
-from dpact_tf.deploy import entropy, graph
+from dpact_tf.deploy import entropy, graph, lite_release
 from dpact_tf.layers import DPActivation
 
 __all__ = ["ClientHead", "head_layers", "float32_inside"]
@@ -207,12 +209,18 @@ class ClientHead(tf.Module):
         valid = tf.logical_and(epsilon >= lo, epsilon <= hi)  # NaN fails both
         clean, _, _ = self._features(image, self.halo_rows)
         valid = tf.logical_and(valid, entropy.plausible(words, tf.shape(clean)))
+        if self.sampler == "lookup":  # its levels are clamped in float32: a NaN activation must not be released
+            valid = tf.logical_and(valid, lite_release.finite(clean))
         valid = entropy.fresh(words, valid, self.entropy_fingerprint)
         # grid.grid_scale and grid.max_shift in float32; an invalid call quantizes with scale 0 (nothing of the
         # image) and is zeroed at the end.
         scale = tf.where(valid, epsilon * np.float32(self.scale_per_epsilon), 0.0)
-        max_level = tf.maximum(tf.cast(tf.math.ceil(np.float32(self.true_range) * scale), tf.int32), 1)
-        levels = grid_tf.release_levels(clean, words, scale, max_level, self.table, sampler=self.sampler)
+        max_level = tf.maximum(tf.math.ceil(np.float32(self.true_range) * scale), 1.0)  # an integer < 2^24
+        if self.sampler == "lookup":
+            levels = lite_release.release_levels(clean, words, scale, max_level, self.table)
+        else:
+            levels = grid_tf.release_levels(clean, words, scale, tf.cast(max_level, tf.int32), self.table,
+                                            sampler=self.sampler)
         return {"levels": tf.where(valid, levels, 0), "scale": scale, "valid": tf.cast(valid, tf.int32)}
 
     def _weight_gradient(self, image: tf.Tensor, grad_activation: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:

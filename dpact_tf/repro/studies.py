@@ -278,7 +278,7 @@ def partition_study(*, profile: str, dataset: str, results_dir: Optional[str] = 
 
 # --- mobile cost -------------------------------------------------------------------------------------------
 # The code behind the mobile-cost benchmark (its cache key includes their source).
-MOBILE_MODULES = ("dpact_tf.repro.mobile_cost", "dpact_tf.repro.interleave", "dpact_tf.deploy.convert", "dpact_tf.deploy.head", "dpact_tf.deploy.graph", "dpact_tf.deploy.entropy", "dpact_tf.deploy.runtime", "dpact_tf.layers",
+MOBILE_MODULES = ("dpact_tf.repro.mobile_cost", "dpact_tf.repro.interleave", "dpact_tf.deploy.convert", "dpact_tf.deploy.head", "dpact_tf.deploy.graph", "dpact_tf.deploy.entropy", "dpact_tf.deploy.lite_release", "dpact_tf.deploy.runtime", "dpact_tf.layers",
                   "dpact_tf.privacy", "dpact_tf.vggface", "dpact_tf.grid", "dpact_tf.grid_tf",
                   "dpact_tf.deploy.tflite_inspect")
 
