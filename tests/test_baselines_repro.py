@@ -115,7 +115,7 @@ def test_dssgd_summary_measures_the_staleness_of_local_momentum():
         return {"centralized": {"test_accuracy": 0.41}, "rows": rows}
 
     text = dssgd_summary(study(0.15, 0.40))
-    assert "θ = 1 → 15.0 %" in text and "reaches 40.0 %: the local momentum's staleness costs 25.0 %" in text
+    assert "θ = 1 → 15.0 %" in text and "reaches 40.0 %: the local momentum's staleness costs 25.0 points" in text
     assert "sharing less (θ = 0.1) scores above full sharing" in text
     same = dssgd_summary(study(0.40, 0.40))
     assert "staleness changes" in same and "sharing less" not in same

@@ -336,7 +336,7 @@ def dssgd_summary(study: Dict[str, Any]) -> str:
             lines.append(
                 f"Each participant's velocity misses the other {k - 1} participants' steps. With one momentum at the "
                 f"server instead, full sharing is SGD with momentum on the participants' batches in turn and reaches "
-                f"{_pct(central['test_accuracy'])}: the local momentum's staleness {how} {_pct(abs(diff))} at θ = 1.")
+                f"{_pct(central['test_accuracy'])}: the local momentum's staleness {how} {100 * abs(diff):.1f} points at θ = 1.")
         better = [r for r in shared if full and r["theta_upload"] < 1.0
                   and r["test_accuracy"] > full["test_accuracy"] + TIE_MARGIN]
         if k > 1 and better:
@@ -513,7 +513,7 @@ def spnn_study(*, profile: str, dataset: str, results_dir: Optional[str] = None,
     with open(cache + ".json") as fh:
         saved = json.load(fh)
     arrays = np.load(cache + ".npz")
-    messages = [{"link": link, "bytes / image / step": round(b, 1)}
+    messages = [{"link": link, "bytes / image / step": int(round(b))}
                 for link, b in saved["transcript"]["bytes_per_image"].items()]
     record_metrics(results_dir, prof.name, dataset, "baseline_spnn", saved)
     return {**saved, "messages": messages, "shown": arrays["shown"], "faces": arrays["faces"]}
