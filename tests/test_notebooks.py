@@ -224,7 +224,10 @@ def test_baselines_notebook(tiny_book):
             assert p["accuracies"] == [scratch[p["detail"]["epsilon_per_coordinate"]]["final_test_accuracy"]]
     assert front["counts"]["n_fit"] + front["counts"]["n_validation"] == front["counts"]["n_train"]
     dssgd = _metrics(base, "baseline_dssgd")
-    assert len(dssgd["rows"]) == len(prof.baselines.dssgd_participants) * (len(prof.baselines.dssgd_thetas) + 1)
+    # per K: every theta with local momentum, full sharing with the server's momentum, one participant alone
+    assert len(dssgd["rows"]) == len(prof.baselines.dssgd_participants) * (len(prof.baselines.dssgd_thetas) + 2)
+    assert sorted((r["theta_upload"] or 0, r["momentum_at"]) for r in dssgd["rows"] if not r["standalone"]) == \
+        sorted([(t, "participant") for t in prof.baselines.dssgd_thetas] + [(1.0, "server")])
     uploads = {r["theta_upload"]: r["upload_bytes_per_image"] for r in dssgd["rows"] if not r["standalone"]}
     assert uploads[0.1] < uploads[1.0]
     spnn = _metrics(base, "baseline_spnn")
