@@ -185,7 +185,9 @@ def mobile_cost_plot(results: Dict[str, Any]):
     plt = _plt()
     paper = results["paper_nexus6p"]
     configs = results["configs"]
-    fig, axes = plt.subplots(len(configs), 4, figsize=(15, 3.0 * len(configs)), squeeze=False)
+    # two panels a row, two rows per head: readable at the book's width
+    fig, grid = plt.subplots(2 * len(configs), 2, figsize=(10, 3.6 * 2 * len(configs)), squeeze=False)
+    axes = [list(grid[2 * i]) + list(grid[2 * i + 1]) for i in range(len(configs))]
     panels = [("load (s)", [("batch_load_s", "batch load (8 JPEGs)"), ("model_load_s", "model load")], "load_s"),
               ("forward, batch of 8 (s)", [("forward_s", None)], "forward_s"),
               ("backward per sample (s)", [("backward_s_per_sample", None)], "backward_s_per_sample"),
@@ -206,14 +208,14 @@ def mobile_cost_plot(results: Dict[str, Any]):
                 ax.bar(xs, ys, width=width, color=cs, hatch="//" if k else "", edgecolor="white" if k else None,
                        label=part)
             ax.axhline(paper[bound], color="grey", ls="--", lw=1, label=f"paper's bound < {paper[bound]:g}")
-            ax.set_xticks(range(len(runs)), [short.get(n, n) for n, _ in runs], fontsize=7)
-            ax.set_yscale("log"), ax.set_ylabel(label, fontsize=8)
-            ax.set_title(f"{c['label']} head, {c['image_size']}×{c['image_size']}", fontsize=8)
-            ax.legend(fontsize=6)
-    fig.suptitle(f"Client cost: LiteRT exports and Keras on {results['hardware']['cpu']} "
+            ax.set_xticks(range(len(runs)), [short.get(n, n) for n, _ in runs], fontsize=9)
+            ax.set_yscale("log"), ax.set_ylabel(label, fontsize=10)
+            ax.set_title(f"{c['label']} head, {c['image_size']}×{c['image_size']}", fontsize=10)
+            ax.legend(fontsize=8)
+    fig.suptitle(f"Client cost: LiteRT exports and Keras on {results['hardware']['cpu']}\n"
                  f"({results.get('num_threads', results['hardware']['cores'])} threads, the grid release at ε = "
                  f"{results.get('epsilon', 5):g} in both) vs the paper's Nexus 6P bounds — different hardware",
-                 fontsize=9)
+                 fontsize=11)
     fig.tight_layout()
     return fig
 
