@@ -1,7 +1,10 @@
 """What the book runner removes from an executed chapter (fast: no kernel)."""
+import os
+
 import nbformat
 
 from dpact_tf.repro.book import clean_executed, rerun_note
+from dpact_tf.repro.results import REPO
 
 
 def test_clean_executed_drops_logs_hides_parameters_and_adds_the_rerun_note(tmp_path):
@@ -35,3 +38,30 @@ def test_rerun_note_is_a_command_a_reader_can_paste():
     local = rerun_note("04_partition", {"profile": "small", "results_dir": "/home/me/results",
                                         "vggface_weights": "/home/me/vgg.h5"})
     assert "/home/me" not in local and "results_dir" not in local and "-p profile 'small'" in local
+
+
+def test_clean_executed_names_no_place_on_this_machine(tmp_path, monkeypatch):
+    lfw, results = tmp_path / "faces" / "lfw", tmp_path / "runs"
+    monkeypatch.setenv("DPACT_LFW_DIR", str(lfw))
+    nb = nbformat.v4.new_notebook()
+    injected = nbformat.v4.new_code_cell(f"results_dir = {str(results)!r}", metadata={"tags": ["injected-parameters"]})
+    work = nbformat.v4.new_code_cell("load()")
+    work.outputs = [
+        nbformat.v4.new_output("display_data", data={"text/markdown": f"LFW ({lfw}), 158 people",
+                                                     "text/plain": f"see {REPO}/book and {results}/small"}),
+        nbformat.v4.new_output("stream", name="stdout", text=f"cached in {os.path.expanduser('~')}/x\n"),
+    ]
+    nb.cells = [injected, work]
+    nb.metadata["papermill"] = {"input_path": f"{REPO}/book/executed/x.source.ipynb",
+                                "parameters": {"results_dir": str(results)}}
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, str(path))
+    clean_executed(str(path), name="02_scratch", parameters={"profile": "tiny", "results_dir": str(results)})
+    out = nbformat.read(str(path), as_version=4)
+    data = out.cells[1].outputs[0].data
+    assert data["text/markdown"] == "LFW ($DPACT_LFW_DIR), 158 people"
+    assert data["text/plain"] == "see ./book and $DPACT_RESULTS_DIR/small"
+    assert out.cells[1].outputs[1].text == "cached in ~/x\n"
+    assert out.cells[0].source == "results_dir = '$DPACT_RESULTS_DIR'"
+    assert out.metadata.papermill == {"input_path": "./book/executed/x.source.ipynb",
+                                      "parameters": {"results_dir": "$DPACT_RESULTS_DIR"}}

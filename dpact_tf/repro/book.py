@@ -87,14 +87,38 @@ def rerun_note(name: str, parameters: Dict[str, Any]) -> str:
             "Cached runs are reused; add `--force` (or `-p force True`) to retrain.\n```")
 
 
+def local_paths(parameters: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """(place on this machine, what a reader is shown instead), longest first: the LFW directory, the results
+    directory, the repository and the home directory -- a chapter and its notebook name none of them."""
+    from dpact_tf.repro.results import resolve_results_dir
+
+    places = {}
+    lfw = os.environ.get("DPACT_LFW_DIR") or os.path.join(REPO, "data", "lfw")
+    places[os.path.realpath(lfw)] = places[os.path.abspath(lfw)] = "$DPACT_LFW_DIR"
+    results = resolve_results_dir(parameters.get("results_dir"))
+    places[os.path.realpath(results)] = places[os.path.abspath(results)] = "$DPACT_RESULTS_DIR"
+    places[REPO] = "."
+    places[os.path.expanduser("~")] = "~"
+    return sorted(((k, v) for k, v in places.items() if k not in ("", "/")), key=lambda kv: -len(kv[0]))
+
+
+def _without_local_paths(text: str, places: List[Tuple[str, str]]) -> str:
+    for place, shown in places:
+        text = text.replace(place, shown)
+    return text
+
+
 def clean_executed(path: str, *, name: str, parameters: Dict[str, Any]) -> Dict[str, int]:
-    """Drop stderr streams and logging lines, hide parameter cells, append the re-run note; returns the count
-    of outputs dropped (they were echoed to the terminal while the notebook ran)."""
+    """Drop stderr streams and logging lines, hide parameter cells, name no place on this machine
+    (:func:`local_paths`: in outputs, cell sources and papermill's metadata), append the re-run note; returns the
+    count of outputs dropped (they were echoed to the terminal while the notebook ran)."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
+    places = local_paths(parameters)
     dropped = 0
     for cell in nb.cells:
+        cell["source"] = _without_local_paths(cell.get("source", ""), places)
         tags = cell.get("metadata", {}).get("tags", [])
         if any(t in tags for t in HIDDEN_TAGS) and "remove-cell" not in tags:
             cell.setdefault("metadata", {})["tags"] = [*tags, "remove-cell"]
@@ -111,8 +135,17 @@ def clean_executed(path: str, *, name: str, parameters: Dict[str, Any]) -> Dict[
                     if not text.strip():
                         continue
                     out["text"] = text
+                if "text" in out:
+                    out["text"] = _without_local_paths("".join(out["text"]), places)
+                for mime, data in out.get("data", {}).items():
+                    if mime.startswith("text/") or mime.endswith("json"):
+                        out["data"][mime] = (_without_local_paths("".join(data), places) if not isinstance(data, dict)
+                                             else json.loads(_without_local_paths(json.dumps(data), places)))
                 kept.append(out)
             cell["outputs"] = kept
+    papermill = nb.get("metadata", {}).get("papermill")
+    if papermill:
+        nb["metadata"]["papermill"] = json.loads(_without_local_paths(json.dumps(papermill), places))
     note = nbformat.v4.new_markdown_cell(rerun_note(name, parameters))
     note["id"] = f"{name}-rerun"
     nb.cells.append(note)
