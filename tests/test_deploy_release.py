@@ -111,3 +111,17 @@ def test_forked_processes_release_independent_noise(exported):
     os.waitpid(pid, 0)
     theirs = np.frombuffer(data, np.float32)
     assert theirs.size == mine.size and abs(np.corrcoef(mine, theirs)[0, 1]) < 6 / math.sqrt(mine.size)
+
+
+def test_a_non_finite_activation_is_refused_not_clamped(tmp_path):
+    # conv1_1 weights holding a NaN (e.g. a corrupted file) make the clean activation NaN: the graph's own check
+    # refuses the release, so nothing built from it leaves the phone.
+    tf.keras.utils.set_random_seed(0)
+    split = dpact_tf.build_split_vggface(SHAPE, 3, width=1 / 8, fc_units=8, epsilon=5.0, noise_seed=0)
+    kernel, bias = split.client.get_layer("conv1_1").get_weights()
+    kernel[0, 0, 0, 0] = np.nan
+    split.client.get_layer("conv1_1").set_weights([kernel, bias])
+    path = str(tmp_path / "nan.tflite")
+    convert_client_head(split.client, path, with_train=False)
+    with pytest.raises(RuntimeError, match="refused the release"):
+        HeadRunner(path).release(_images(n=1), 5.0)
