@@ -59,9 +59,9 @@ def test_clean_executed_names_no_place_on_this_machine(tmp_path, monkeypatch):
     clean_executed(str(path), name="02_scratch", parameters={"profile": "tiny", "results_dir": str(results)})
     out = nbformat.read(str(path), as_version=4)
     data = out.cells[1].outputs[0].data
-    assert data["text/markdown"] == "LFW ($DPACT_LFW_DIR), 158 people"
-    assert data["text/plain"] == "see ./book and $DPACT_RESULTS_DIR/small"
+    assert data["text/markdown"] == "LFW (DPACT_LFW_DIR), 158 people"
+    assert data["text/plain"] == "see ./book and DPACT_RESULTS_DIR/small"
     assert out.cells[1].outputs[1].text == "cached in ~/x\n"
-    assert out.cells[0].source == "results_dir = '$DPACT_RESULTS_DIR'"
+    assert out.cells[0].source == "results_dir = 'DPACT_RESULTS_DIR'"
     assert out.metadata.papermill == {"input_path": "./book/executed/x.source.ipynb",
-                                      "parameters": {"results_dir": "$DPACT_RESULTS_DIR"}}
+                                      "parameters": {"results_dir": "DPACT_RESULTS_DIR"}}

@@ -88,15 +88,16 @@ def rerun_note(name: str, parameters: Dict[str, Any]) -> str:
 
 
 def local_paths(parameters: Dict[str, Any]) -> List[Tuple[str, str]]:
-    """(place on this machine, what a reader is shown instead), longest first: the LFW directory, the results
-    directory, the repository and the home directory -- a chapter and its notebook name none of them."""
+    """(place on this machine, what a reader is shown instead), longest first: the LFW directory and the results
+    directory by the variables that set them (no ``$``: a chapter's Markdown would read a pair as math), the
+    repository as ``.``, the home directory as ``~`` -- a chapter and its notebook name none of them."""
     from dpact_tf.repro.results import resolve_results_dir
 
     places = {}
     lfw = os.environ.get("DPACT_LFW_DIR") or os.path.join(REPO, "data", "lfw")
-    places[os.path.realpath(lfw)] = places[os.path.abspath(lfw)] = "$DPACT_LFW_DIR"
+    places[os.path.realpath(lfw)] = places[os.path.abspath(lfw)] = "DPACT_LFW_DIR"
     results = resolve_results_dir(parameters.get("results_dir"))
-    places[os.path.realpath(results)] = places[os.path.abspath(results)] = "$DPACT_RESULTS_DIR"
+    places[os.path.realpath(results)] = places[os.path.abspath(results)] = "DPACT_RESULTS_DIR"
     places[REPO] = "."
     places[os.path.expanduser("~")] = "~"
     return sorted(((k, v) for k, v in places.items() if k not in ("", "/")), key=lambda kv: -len(kv[0]))
