@@ -247,6 +247,15 @@ def test_composed_epsilon_of_runs():
     other = RunShape(2.0, 128, RUN["num_examples"], 5)
     both = composed_epsilon([one, other], delta=1e-5)
     assert both > max(composed_epsilon([one], delta=1e-5), composed_epsilon([other], delta=1e-5))
+    # repeated runs, in any order, compose as the explicit list of every run's event
+    import dp_accounting
+    from dp_accounting import rdp
+
+    from dpact_tf.baselines.dpsgd import DPSGD_RDP_ORDERS
+    explicit = rdp.RdpAccountant(DPSGD_RDP_ORDERS).compose(dp_accounting.ComposedDpEvent(
+        [_dpsgd_event(r.noise_multiplier, batch_size=r.batch_size, num_examples=r.num_examples, epochs=r.epochs)
+         for r in (one, other, one)])).get_epsilon(1e-5)
+    assert composed_epsilon([one, other, one], delta=1e-5) == pytest.approx(explicit, rel=1e-9)
     with pytest.raises(ValueError, match="at least one"):
         composed_epsilon([], delta=1e-5)
     with pytest.raises(ValueError, match="noise_multiplier"):

@@ -72,6 +72,13 @@ def test_tuning_composes_the_runs():
     two = L.composed_epsilon([(1.0, 0.1, 100)] * 2, delta=1e-5)
     assert two == pytest.approx(L.epsilon(1.0, sampling_rate=0.1, steps=100, delta=1e-5, runs=2))
     assert one < two < 2 * one
+    # repeated runs, in any order, compose as the explicit list of every run's event
+    import dp_accounting
+
+    runs = [(1.0, 0.1, 100), (2.0, 0.05, 50), (1.0, 0.1, 100)]
+    explicit = L._accountant("rdp").compose(dp_accounting.ComposedDpEvent(
+        [L._event(*r) for r in runs])).get_epsilon(1e-5)
+    assert L.composed_epsilon(runs, delta=1e-5) == pytest.approx(explicit, rel=1e-9)
 
 
 def test_noise_off_training_is_deterministic_and_learns():

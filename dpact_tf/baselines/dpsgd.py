@@ -28,7 +28,9 @@ activation (:mod:`dpact_tf.accounting`).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import math
 from typing import Iterator, List, NamedTuple, Optional, Sequence
 
@@ -278,6 +280,7 @@ def _dpsgd_event(noise_multiplier: float, *, batch_size: int, num_examples: int,
     return dp_accounting.SelfComposedDpEvent(step, steps)
 
 
+@functools.lru_cache(maxsize=1024)  # pure; calibrations of one run share their brackets
 def _rdp_epsilon(noise_multiplier: float, delta: float, **run: int) -> float:
     accountant = rdp.RdpAccountant(DPSGD_RDP_ORDERS)
     return float(accountant.compose(_dpsgd_event(noise_multiplier, **run)).get_epsilon(delta))
@@ -330,11 +333,17 @@ def composed_epsilon(runs: Sequence[RunShape], *, delta: float) -> float:
         _check_run(batch_size=r.batch_size, num_examples=r.num_examples, epochs=r.epochs, delta=delta)
         if not (math.isfinite(r.noise_multiplier) and r.noise_multiplier >= MIN_NOISE_MULTIPLIER):
             raise ValueError(f"every noise_multiplier must be >= {MIN_NOISE_MULTIPLIER:g} (got {r.noise_multiplier})")
-    event = dp_accounting.ComposedDpEvent([_dpsgd_event(r.noise_multiplier, batch_size=r.batch_size,
-                                                        num_examples=r.num_examples, epochs=r.epochs) for r in runs])
+    # identical runs compose as one self-composed event: the same RDP sum, each run's RDP computed once
+    counts = collections.Counter(RunShape(float(r.noise_multiplier), int(r.batch_size), int(r.num_examples),
+                                          int(r.epochs)) for r in runs)
+    event = dp_accounting.ComposedDpEvent([
+        dp_accounting.SelfComposedDpEvent(_dpsgd_event(r.noise_multiplier, batch_size=r.batch_size,
+                                                       num_examples=r.num_examples, epochs=r.epochs), n)
+        for r, n in counts.items()])
     return float(rdp.RdpAccountant(DPSGD_RDP_ORDERS).compose(event).get_epsilon(delta))
 
 
+@functools.lru_cache(maxsize=256)  # pure; the candidates of a search that share a run shape calibrate it once
 def calibrate_noise_multiplier(target_epsilon: float, *, batch_size: int, num_examples: int, epochs: int,
                                delta: float, tolerance: float = 1e-4) -> float:
     """The smallest noise multiplier z whose :func:`dpsgd_epsilon` is at most ``target_epsilon``, up to a

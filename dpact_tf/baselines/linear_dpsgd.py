@@ -19,7 +19,9 @@ batches): the non-private reference and the server's training on released featur
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import math
 from typing import Optional, Sequence, Tuple
 
@@ -141,6 +143,7 @@ def _accountant(name: str):
     raise ValueError(f"accountant must be 'rdp' or 'pld' (got {name!r})")
 
 
+@functools.lru_cache(maxsize=1024)  # pure; a search asks the same question once per seed and candidate
 def epsilon(noise_multiplier: float, *, sampling_rate: float, steps: int, delta: float,
             accountant: str = "rdp", runs: int = 1) -> float:
     """Per-example epsilon at ``delta`` of ``runs`` DP-SGD runs of ``steps`` Poisson-sampled Gaussian steps
@@ -163,10 +166,14 @@ def composed_epsilon(runs: Sequence[Tuple[float, float, int]], *, delta: float, 
     private data costs, composed (Papernot & Steinke 2022 give tighter bounds for a randomized number of runs)."""
     if not runs:
         raise ValueError("composed_epsilon needs at least one run")
-    events = [_event(z, q, steps) for z, q, steps in runs]
+    # identical runs (the candidates of one schedule share a noise multiplier) compose as one self-composed event:
+    # the same RDP sum, each run's RDP computed once
+    counts = collections.Counter((float(z), float(q), int(steps)) for z, q, steps in runs)
+    events = [dp_accounting.SelfComposedDpEvent(_event(z, q, steps), n) for (z, q, steps), n in counts.items()]
     return float(_accountant(accountant).compose(dp_accounting.ComposedDpEvent(events)).get_epsilon(delta))
 
 
+@functools.lru_cache(maxsize=256)  # pure; every seed and candidate of a search calibrates the same run
 def calibrate_noise_multiplier(target_epsilon: float, *, sampling_rate: float, steps: int, delta: float,
                                accountant: str = "rdp") -> float:
     """The smallest noise multiplier whose :func:`epsilon` is at most ``target_epsilon`` (dp-accounting's
