@@ -131,11 +131,12 @@ def _max_q(lo: np.ndarray, hi: np.ndarray, colour: np.ndarray, zero: int, channe
     value = np.full((n,) * (2 * r), -np.inf)
     value[(zero,) * r] = 0.0  # positions 0..r-1 padding, r..2r-1 free (channels 0..r-1)
     back = []
+    cand = np.empty((n,) * (2 * r + 1))  # one buffer for every position (n^(2r+1) floats: fresh ones page-fault)
     for p in range(2 * r, total):
         if p < channels + r:  # v_p free
-            cand = value[..., None] + term  # axes: v_{p-2r}, ..., v_{p-1}, v_p
+            np.add(value[..., None], term, out=cand)  # axes: v_{p-2r}, ..., v_{p-1}, v_p
         else:  # v_p is padding: only the zero value
-            cand = np.full((n,) * (2 * r + 1), -np.inf)
+            cand.fill(-np.inf)
             cand[..., zero] = value + term[..., zero]
         if trace:
             back.append(np.argmax(cand, axis=0))
