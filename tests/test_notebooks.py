@@ -14,6 +14,7 @@ from dpact_tf.repro.book import NEEDS, NOTEBOOKS, REPO, build_book, run_notebook
 from dpact_tf.repro.profiles import get_profile
 
 EPSILONS = [None, 1.0, 3.0, 20.0]
+PARTITION_OVERRIDE = {"04_partition": {"epsilons": None}}
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,10 @@ def tiny_book(tmp_path_factory):
     results = root / "results"
     # two at once: the tiny chapters are mostly single-threaded (tracing, kernels starting), and the scheduler that
     # keeps a chapter after the ones it needs is itself under test here
+    # the partition chapter sweeps its profile's own epsilons (PARTITION_OVERRIDE): its conv1_1 runs are then the
+    # baselines chapter's references, and the per-notebook override is itself under test
     run_notebooks(profile="tiny", dataset="synthetic", out_dir=str(root / "book" / "executed"),
-                  results_dir=str(results), epsilons=EPSILONS, jobs=2)
+                  results_dir=str(results), epsilons=EPSILONS, jobs=2, overrides=PARTITION_OVERRIDE)
     return root, results / "tiny" / "synthetic"
 
 
@@ -90,15 +93,23 @@ def test_finetune_notebook(tiny_book):
 
 
 def test_partition_notebook(tiny_book):
-    _, base = tiny_book
+    root, base = tiny_book
+    prof = get_profile("tiny")
     m = _metrics(base, "partition")
     cuts = [c["cut"] for c in m["costs"]]
-    assert cuts == ["conv1_1", "conv1_2", "pool1", "conv2_2", "pool2"]
-    assert len(m["rows"]) == len(cuts) * len(EPSILONS)
+    assert cuts == ["conv1_1", "pool1", "conv2_2"] == list(prof.partition_cuts)
+    # the override reached the chapter: the profile's epsilons, not the book's sweep
+    assert [(r["cut"], r["epsilon"]) for r in m["rows"]] == [(c, e) for c in cuts for e in prof.partition_epsilons]
+    assert prof.partition_epsilons != tuple(EPSILONS)
+    nb = json.loads((root / "book" / "executed" / "04_partition.ipynb").read_text())
+    assert nb["metadata"]["papermill"]["parameters"]["epsilons"] is None
     cost = {c["cut"]: c for c in m["paper_costs"]}
-    assert cost["conv1_1"]["client_mflops"] < cost["conv1_2"]["client_mflops"] < cost["conv2_2"]["client_mflops"]
-    assert cost["pool1"]["activation_kib"] == cost["conv1_2"]["activation_kib"] / 4
-    assert cost["conv1_1"]["activation_shape"] == [224, 224, 64]
+    assert cost["conv1_1"]["client_mflops"] < cost["pool1"]["client_mflops"] < cost["conv2_2"]["client_mflops"]
+    # pool1 halves conv1_2's 224 x 224 x 64 output, the same shape as conv1_1's
+    assert cost["pool1"]["activation_shape"] == [112, 112, 64] and cost["conv1_1"]["activation_shape"] == [224, 224, 64]
+    assert cost["pool1"]["activation_kib"] == cost["conv1_1"]["activation_kib"] / 4
+    # the paper's cuts left out at tiny are named in the chapter
+    assert "`conv1_2`" in _outputs_text(root, "04_partition")
 
 
 def test_mobile_notebook(tiny_book):
@@ -252,6 +263,11 @@ def test_the_front_page_opens_with_every_claims_verdict(tiny_book):
     for row in table:
         assert f"*{row['verdict']}*" in text
     assert "Which private training to choose, per image" in text and "has not been run" not in text
+
+
+def test_overrides_name_known_notebooks(tmp_path):
+    with pytest.raises(ValueError, match="unknown notebooks"):
+        run_notebooks(profile="tiny", dataset="synthetic", out_dir=str(tmp_path), overrides={"04_partitions": {}})
 
 
 def test_needs_name_only_earlier_chapters():
