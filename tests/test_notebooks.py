@@ -243,6 +243,13 @@ def test_baselines_notebook(tiny_book):
         sorted([(t, "participant") for t in prof.baselines.dssgd_thetas] + [(1.0, "server")])
     uploads = {r["theta_upload"]: r["upload_bytes_per_image"] for r in dssgd["rows"] if not r["standalone"]}
     assert uploads[0.1] < uploads[1.0]
+    # the DP-activation references are the partition chapter's conv1_1 runs (same budget and epsilons): read, not
+    # retrained, which is why the baselines chapter waits for it (NEEDS)
+    from dpact_tf.repro.runs import RunSpec
+    partition = {RunSpec(task="scratch", profile="tiny", dataset="synthetic", epsilon=e, epochs=prof.partition_epochs,
+                         cut="conv1_1").key() for e in prof.partition_epsilons}
+    assert {r["run"] for r in _metrics(base, "baseline_privynet")["dp_activations"]} == partition
+    assert "04_partition" in NEEDS["09_baselines"]
     spnn = _metrics(base, "baseline_spnn")
     assert spnn["max_abs_error_z"] < 1e-3 and spnn["test_accuracy"] == pytest.approx(spnn["float_test_accuracy"],
                                                                                       abs=2 / 40)
