@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from dpact_tf.repro.profiles import get_profile
 from dpact_tf.repro.results import REPO
@@ -43,7 +43,7 @@ NEEDS: Dict[str, Tuple[str, ...]] = {
     "06_accounting": (),
     "07_attacks": ("01_activations", "03_finetune"),  # the public model, the fine-tuning runs (server classifier)
     "08_fidelity": ("02_scratch", "03_finetune", "07_attacks"),  # 07 trains the no-noise convergence run (its oracle)
-    "09_baselines": ("01_activations", "02_scratch", "03_finetune"),
+    "09_baselines": ("01_activations", "02_scratch", "03_finetune", "04_partition"),  # at tiny its references are 04's
     "10_discussion": tuple(NOTEBOOKS[:-2]),
     "00_intro": tuple(NOTEBOOKS[:-2]),
 }
@@ -165,10 +165,13 @@ def _to_ipynb(source: str, dest: str) -> None:
 def run_notebooks(*, profile: str, dataset: str, out_dir: str, results_dir: Optional[str] = None,
                   force: bool = False, epsilons: Optional[Sequence[Optional[float]]] = None,
                   only: Optional[Sequence[str]] = None, notebook_dir: Optional[str] = None,
-                  vggface_weights: Optional[str] = None, jobs: int = 1) -> Dict[str, float]:
+                  vggface_weights: Optional[str] = None, jobs: int = 1,
+                  overrides: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Dict[str, float]:
     """Execute the notebooks with papermill; returns seconds per notebook.
 
     Only the parameters a notebook declares are passed to it (papermill warns about the others).
+    ``overrides``: per notebook, parameters that replace the shared ones (e.g. ``{"04_partition": {"epsilons":
+    None}}``: that chapter sweeps its profile's own epsilons while the others take ``epsilons``).
     ``vggface_weights``: the public Keras VGG-Face weights file; the fine-tuning chapter then starts from VGG-Face
     instead of the offline stand-in (needs the ``paper`` profile's shapes).
     ``jobs``: notebooks executed at once, each in its own process, a chapter starting once the chapters it
@@ -196,19 +199,20 @@ def run_notebooks(*, profile: str, dataset: str, out_dir: str, results_dir: Opti
                                     "`python data_scripts/fetch_vggface_weights.py` to download it")
         inside = os.path.relpath(path, REPO)  # the notebooks run in the repository: keep the chapter's note local-free
         params["vggface_weights"] = path if inside.startswith(os.pardir) else inside
-    unknown = sorted(set(only or ()) - set(NOTEBOOKS))
+    unknown = sorted((set(only or ()) | set(overrides or ())) - set(NOTEBOOKS))
     if unknown:
         raise ValueError(f"unknown notebooks {unknown}; choose from {NOTEBOOKS}")
+    per_notebook = {n: {**params, **dict((overrides or {}).get(n, {}))} for n in NOTEBOOKS}
     names = [n for n in NOTEBOOKS if not only or n in only]
     label = f"profile={prof.name}, dataset={dataset}"
     if jobs == 1 or len(names) == 1:
         timings: Dict[str, float] = {}
         for i, name in enumerate(names, 1):
             print(f"[{i}/{len(names)}] executing notebooks/{name}.md ({label})", file=sys.stderr, flush=True)
-            timings[name] = _execute(name, notebook_dir, out_dir, params)
+            timings[name] = _execute(name, notebook_dir, out_dir, per_notebook[name])
             print(f"[{i}/{len(names)}] {name}: {timings[name]:.0f} s", file=sys.stderr, flush=True)
         return timings
-    return _execute_parallel(names, notebook_dir, out_dir, params, jobs=jobs, label=label)
+    return _execute_parallel(names, notebook_dir, out_dir, per_notebook, jobs=jobs, label=label)
 
 
 def _execute(name: str, notebook_dir: str, out_dir: str, params: Dict[str, Any]) -> float:
@@ -230,8 +234,8 @@ def _execute(name: str, notebook_dir: str, out_dir: str, params: Dict[str, Any])
     return time.perf_counter() - start
 
 
-def _execute_parallel(names: List[str], notebook_dir: str, out_dir: str, params: Dict[str, Any], *, jobs: int,
-                      label: str) -> Dict[str, float]:
+def _execute_parallel(names: List[str], notebook_dir: str, out_dir: str, params: Dict[str, Dict[str, Any]], *,
+                      jobs: int, label: str) -> Dict[str, float]:
     """:func:`_execute` of ``names`` in ``jobs`` processes, each notebook once the ones it needs (of ``names``)
     are done; the first failure stops the scheduling and is raised once the running notebooks have ended."""
     import concurrent.futures as cf
@@ -250,7 +254,7 @@ def _execute_parallel(names: List[str], notebook_dir: str, out_dir: str, params:
                     pending.remove(name)
                     print(f"[{len(names) - len(pending)}/{len(names)}] executing notebooks/{name}.md ({label}; "
                           f"{jobs} at once)", file=sys.stderr, flush=True)
-                    running[pool.submit(_execute, name, notebook_dir, out_dir, params)] = name
+                    running[pool.submit(_execute, name, notebook_dir, out_dir, params[name])] = name
             if not running:
                 break
             finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)

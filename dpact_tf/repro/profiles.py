@@ -173,6 +173,10 @@ _PARTITION_CUTS = ("conv1_1", "conv1_2", "pool1", "conv2_2", "pool2")
 # small trains three of them for Fig. 3's 15 epochs, so its conv1_1 runs are the Fig. 3 sweep's (cached, not retrained)
 # and the book fits 90 minutes on 2 cores; paper trains all five.
 _SMALL_PARTITION_CUTS = ("conv1_1", "pool1", "pool2")
+# tiny (the tests' smoke runs): a cut of each kind -- the paper's, a pooling layer, a deeper convolution -- at two
+# epsilons (None and 5) for 2 epochs, so its conv1_1 runs are the baselines chapter's references (its budget and
+# matched epsilon, BaselineSchedule), cached, not retrained.
+_TINY_PARTITION_CUTS = ("conv1_1", "pool1", "conv2_2")
 
 # The attacks (inversions, a decoder with its null twin, the identity oracle and the server-side membership test per
 # epsilon) at six of the sweep's eight epsilons, to keep the book within its time budget on 2 cores; tiny and paper
@@ -218,15 +222,15 @@ _MEDIUM = dataclasses.replace(_SMALL, name="medium", convergence_max_epochs=60, 
 PROFILES: Dict[str, Profile] = {
     "tiny": Profile(name="tiny", image_size=32, crop_fraction=0.6, width=1 / 8, fc_units=64, batch_size=32,
                     learning_rate=0.01, momentum=0.9, lr_decay_rate=0.1, epochs=8, finetune_epochs=4,
-                    pretrain=dataclasses.replace(_PRETRAIN, epochs=6), partition_epochs=2, partition_cuts=_PARTITION_CUTS,
-                    partition_epsilons=(None, 1.0), synthetic_identities=8, synthetic_images_per_identity=30,
+                    pretrain=dataclasses.replace(_PRETRAIN, epochs=6), partition_epochs=2, partition_cuts=_TINY_PARTITION_CUTS,
+                    partition_epsilons=(None, 5.0), synthetic_identities=8, synthetic_images_per_identity=30,
                     benchmark_repeats=3, convergence_max_epochs=6, convergence_patience=2,
                     convergence_min_delta=0.0, convergence_epsilons=(None, 3.0),
-                    ladder_points=((32, 4), (32, 8), (32, 16)), ladder_epsilons=(None, 3.0), ladder_largest_seeds=2,
+                    ladder_points=((32, 4), (32, 8)), ladder_epsilons=(None, 3.0), ladder_largest_seeds=2,
                     attack_scale_points=((32, 8), (32, 32)), attack_scale_faces=24,
                     baselines=BaselineSchedule(epochs=2, cuts=("conv1_1", "pool1"), dpsgd_epsilons=(3.0,),
                                                dpsgd_matched_epsilons=(5.0,), dpsgd_clip=1.0,
-                                               dssgd_participants=(2,), dssgd_thetas=(0.1, 1.0), attack_epochs=1)),
+                                               dssgd_participants=(2,), dssgd_thetas=(0.1,), attack_epochs=1)),
     "small": _SMALL,
     "medium": _MEDIUM,
     "paper": Profile(name="paper", image_size=224, crop_fraction=224 / 250, width=1.0, fc_units=4096,
