@@ -13,10 +13,10 @@ def _kernel(path, layer):
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def results(tiny_pretrained_results):
     """One results directory for the frozen-head runs: the public model is pretrained once, and the PrivyNet study
     reads the frozen-head run of the test below from the cache (the same spec as its own run cut at pool1)."""
-    return str(tmp_path_factory.mktemp("baselines"))
+    return tiny_pretrained_results
 
 
 def test_frozen_head_is_the_public_models_layers_and_stays_frozen(results):
