@@ -108,7 +108,8 @@ def test_litert_head_over_grpc_equals_in_process(tmp_path):
     runner = HeadRunner(str(tmp_path / "head.tflite"))
     head = LiteRTHead(runner, epsilon=None, learning_rate=CONFIG.learning_rate, decay_rate=CONFIG.lr_decay_rate,
                       decay_steps=CONFIG.lr_decay_steps)
-    service = tiny_service()
+    service = EdgeService(ServerHalf(tiny_split().server, CONFIG, 10), num_classes=CLASSES, cut="conv1_1",
+                          activation_shape=ACT, max_batch=16)  # the server half of the reference's split
     with running(service) as address, _client(address) as client:
         remote = RemoteTrainer(head, client)
         losses = [remote.train_step(x, y)["loss"] for x, y in steps]
