@@ -24,6 +24,18 @@ def tiny_vggface_h5(tmp_path):
     return path, weights
 
 
+@pytest.fixture(scope="session")
+def tiny_pretrained_results(tmp_path_factory):
+    """A results directory holding the ``tiny`` public model pretrained on synthetic faces, shared by the tests
+    that start from it (tests/test_repro_runs.py, tests/test_baselines_repro.py): one pretraining per process.
+    Their runs are cached there by key, so a test finds the others' runs, never other settings'."""
+    from dpact_tf.repro.pretrain import pretrain
+
+    results = str(tmp_path_factory.mktemp("tiny_pretrained"))
+    pretrain("tiny", "synthetic", results_dir=results, progress=False)
+    return results
+
+
 # Files that take minutes, run first: `make test` spreads files over two processes (pytest-xdist, --dist loadfile
 # --no-loadscope-reorder keeps this order), so the other process works through the quick files meanwhile instead of
 # waiting at the end for the tiny book.

@@ -12,11 +12,21 @@ def _kernel(path, layer):
         return fh[layer][layer]["kernel:0"][()]
 
 
-def test_frozen_head_is_the_public_models_layers_and_stays_frozen(tmp_path):
-    pre = pretrain("tiny", "synthetic", results_dir=str(tmp_path), progress=False)
-    spec = RunSpec(task="frozen_head", profile="tiny", dataset="synthetic", epsilon=None, epochs=1, cut="pool1",
+@pytest.fixture(scope="module")
+def results(tiny_pretrained_results):
+    """One results directory for the frozen-head runs: the public model is pretrained once, and the PrivyNet study
+    reads the frozen-head run of the test below from the cache (the same spec as its own run cut at pool1)."""
+    return tiny_pretrained_results
+
+
+def test_frozen_head_is_the_public_models_layers_and_stays_frozen(results):
+    from dpact_tf.repro.profiles import get_profile
+
+    pre = pretrain("tiny", "synthetic", results_dir=results, progress=False)
+    epochs = get_profile("tiny").baselines.epochs
+    spec = RunSpec(task="frozen_head", profile="tiny", dataset="synthetic", epsilon=None, epochs=epochs, cut="pool1",
                    init=pre.spec.key())
-    run = run_training(spec, results_dir=str(tmp_path), progress=False)
+    run = run_training(spec, results_dir=results, progress=False)
     # conv1_1 comes from the public client file, conv1_2 from the public server file (split at conv1_1): both
     # are in the frozen client, unchanged by training
     assert np.array_equal(_kernel(run.client_weights, "conv1_1"), _kernel(pre.client_weights, "conv1_1"))
@@ -25,7 +35,7 @@ def test_frozen_head_is_the_public_models_layers_and_stays_frozen(tmp_path):
     assert not np.array_equal(_kernel(run.server_weights, "conv2_1"), _kernel(pre.server_weights, "conv2_1"))
     split = run.load_split()
     assert split.dp_layer.stddev == 0.0 and split.cut == "pool1"
-    assert len(run.history["test_accuracy"]) == 1
+    assert len(run.history["test_accuracy"]) == epochs
 
 
 def test_baseline_specs_validate_their_options():
@@ -54,11 +64,11 @@ def test_baseline_specs_validate_their_options():
     # a scratch run's key did not change by the new field
 
 
-def test_privynet_study_tiny(tmp_path):
+def test_privynet_study_tiny(results):
     from dpact_tf.repro import baselines
     from dpact_tf.repro.profiles import get_profile
 
-    study = baselines.privynet_study(profile="tiny", dataset="synthetic", results_dir=str(tmp_path), progress=False,
+    study = baselines.privynet_study(profile="tiny", dataset="synthetic", results_dir=results, progress=False,
                                      n_faces=4)
     cuts = get_profile("tiny").baselines.cuts
     assert [r["cut"] for r in study["rows"]] == list(cuts)
@@ -72,7 +82,7 @@ def test_privynet_study_tiny(tmp_path):
     assert {r["epsilon_per_coordinate"] for r in study["dp_activations"]} == {None, 5.0}
     noisy = next(r for r in study["dp_activations"] if r["epsilon_per_coordinate"] == 5.0)
     assert noisy["image_epsilon_per_run"] > noisy["image_epsilon_per_release"] > 5.0
-    again = baselines.privynet_study(profile="tiny", dataset="synthetic", results_dir=str(tmp_path), progress=False,
+    again = baselines.privynet_study(profile="tiny", dataset="synthetic", results_dir=results, progress=False,
                                      n_faces=4)
     assert again["rows"] == study["rows"]  # cached
 

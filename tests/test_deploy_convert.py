@@ -1,14 +1,12 @@
 """Converting the head: its sidecar, what the converter checks in the written bytes (builtin ops, no random op,
 the grid release), the CLI, other cuts and the docs' Kotlin names."""
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import dpact_tf
 from dpact_tf import build_split_vggface, grid, privacy
 from dpact_tf.deploy.convert import ConversionError, _convert, convert_client_head
 from dpact_tf.deploy.runtime import HeadRunner
@@ -101,17 +99,22 @@ def test_client_for_export_from_weights(tmp_path):
         client_for_export(image_size=32, width=1 / 8, weights=str(tmp_path / "missing.h5"))
 
 
-def test_convert_cli(tmp_path):
+def test_convert_cli(tmp_path, monkeypatch, capsys):
+    """``python tflite/convert.py ...`` as its command line runs it: the script's ``__main__`` with its arguments
+    (in this process, which already has TensorFlow and this dpact_tf imported: the script is a thin CLI)."""
+    import runpy
+
     out = tmp_path / "head.tflite"
     script = os.path.join(os.path.dirname(__file__), os.pardir, "tflite", "convert.py")
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(dpact_tf.__file__)))  # this dpact_tf, not another
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
-    res = subprocess.run([sys.executable, script, "--seed", "0", "--image-size", "32", "--width", "0.125",
-                          "--out", str(out)], capture_output=True, text=True, env=env)
-    assert res.returncode == 0, res.stderr[-2000:]
+    monkeypatch.setattr(sys, "argv", [script, "--seed", "0", "--image-size", "32", "--width", "0.125",
+                                      "--out", str(out)])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(script, run_name="__main__")
+    assert done.value.code == 0
+    stdout = capsys.readouterr().out
     assert out.exists() and (tmp_path / "head.json").exists()
-    assert "signatures ['apply_gradient', 'clean', 'gradient', 'release', 'train']" in res.stdout
-    assert "certified epsilons [0.7417, 20.3967]" in res.stdout and "16 grid steps per std" in res.stdout
+    assert "signatures ['apply_gradient', 'clean', 'gradient', 'release', 'train']" in stdout
+    assert "certified epsilons [0.7417, 20.3967]" in stdout and "16 grid steps per std" in stdout
 
 
 def _kotlin_calls(path):

@@ -108,7 +108,8 @@ def test_litert_head_over_grpc_equals_in_process(tmp_path):
     runner = HeadRunner(str(tmp_path / "head.tflite"))
     head = LiteRTHead(runner, epsilon=None, learning_rate=CONFIG.learning_rate, decay_rate=CONFIG.lr_decay_rate,
                       decay_steps=CONFIG.lr_decay_steps)
-    service = tiny_service()
+    service = EdgeService(ServerHalf(tiny_split().server, CONFIG, 10), num_classes=CLASSES, cut="conv1_1",
+                          activation_shape=ACT, max_batch=16)  # the server half of the reference's split
     with running(service) as address, _client(address) as client:
         remote = RemoteTrainer(head, client)
         losses = [remote.train_step(x, y)["loss"] for x, y in steps]
@@ -768,11 +769,14 @@ def test_train_refuses_a_run_above_the_default_budget_before_connecting(tmp_path
     assert not os.path.exists(tmp_path / "releases.jsonl")
 
 
-def test_a_client_process_killed_mid_run_resumes_without_releasing_anything_again(tmp_path):
+def test_a_client_process_killed_mid_run_resumes_without_releasing_anything_again(tmp_path, capsys):
+    """``train`` in a subprocess, killed with SIGKILL while step 3 is applied on the server and its reply held
+    back; the same command again, in this process (another process than the killed one, with only the files
+    the killed one left), resumes the run."""
     import subprocess
     import sys
 
-    from dpact_tf.edge.cli import build_split, training_config
+    from dpact_tf.edge.cli import build_split, main, training_config
     from dpact_tf.synthetic import synthetic_faces
 
     prof = get_profile("tiny")
@@ -784,11 +788,10 @@ def test_a_client_process_killed_mid_run_resumes_without_releasing_anything_agai
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     with running(service, interceptors=[recorder, hold]) as address:
-        command = [sys.executable, "-m", "dpact_tf.edge", "train", "--server", address, "--profile", "tiny",
-                   "--epochs", "2", "--epsilon", "5", "--image-budget", "inf", "--ledger", str(ledger),
-                   "--timeout", str(DEADLINE), "--reconnect-timeout", "5"]
-        first = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True)
+        args = ["train", "--server", address, "--profile", "tiny", "--epochs", "2", "--epsilon", "5",
+                "--image-budget", "inf", "--ledger", str(ledger), "--timeout", str(DEADLINE), "--reconnect-timeout", "5"]
+        first = subprocess.Popen([sys.executable, "-m", "dpact_tf.edge", *args], cwd=root, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert hold.applied.wait(timeout=240), "the client never reached step 3"
         finally:
@@ -797,9 +800,11 @@ def test_a_client_process_killed_mid_run_resumes_without_releasing_anything_agai
             hold.release.set()
         client_id = json.load(open(ledger / "run" / "run.json"))["client_id"]
         assert service.client_steps() == {client_id: 3}
-        second = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert f"resuming run {client_id} after step 2, its head restored" in second.stdout
+        capsys.readouterr()
+        code = main(args, get_profile=get_profile)
+    second = capsys.readouterr()
+    assert code == 0, second.err[-3000:]
+    assert f"resuming run {client_id} after step 2, its head restored" in second.out
     data = synthetic_faces(prof.synthetic_identities, prof.synthetic_images_per_identity, prof.image_size)
     per_epoch = -(-len(data.train_labels) // prof.batch_size)
     test_batches = -(-len(data.test_labels) // prof.batch_size)

@@ -17,18 +17,18 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 from dpact_tf.edge.client import EdgeClient
 from dpact_tf.edge.model import ServerHalf
 from dpact_tf.edge.server import EdgeService
-from tests.edge_util import CLASSES, CONFIG, batch, running, tiny_split
+from tests.edge_util import ACTIVATION, CLASSES, CONFIG, batch, running, tiny_server
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
-    split = tiny_split()
-mirrored = ServerHalf(split.server, CONFIG, 10, strategy=strategy)
-single = ServerHalf(tiny_split().server, CONFIG, 10)
-service = EdgeService(mirrored, num_classes=CLASSES, cut="conv1_1", activation_shape=split.activation_shape)
+    server = tiny_server()
+mirrored = ServerHalf(server, CONFIG, 10, strategy=strategy)
+single = ServerHalf(tiny_server(), CONFIG, 10)
+service = EdgeService(mirrored, num_classes=CLASSES, cut="conv1_1", activation_shape=ACTIVATION)
 out = {"replicas": strategy.num_replicas_in_sync, "grad": 0.0, "loss": 0.0, "correct": [], "weights": 0.0}
 with running(service) as address:
     client = EdgeClient(address, client_id="phone", epsilon=None, delta=1e-5, cut="conv1_1",
-                        activation_shape=split.activation_shape, timeout=20.0)
+                        activation_shape=ACTIVATION, timeout=20.0)
     for step, n in enumerate((5, 8), start=1):  # 5: an uneven split over the two replicas
         x, y = batch(n=n, seed=step)
         grad, loss, correct, _ = client.train_step(step, x, y)

@@ -66,14 +66,15 @@ def test_study_with_a_given_extractor(tmp_path, monkeypatch):
     """The study at tiny on synthetic faces with a fixed random projection as the public extractor (no (b): it
     has no head), the paper's points read from recorded metrics.  (d) is left out here: its runs are tested in
     tests/test_frontier_scratch.py, and the tiny book runs the whole chapter."""
+    # one per-image epsilon (each costs DP-SGD calibrations), no (d)
     monkeypatch.setitem(frontier.SCHEDULES, "tiny", dataclasses.replace(
-        frontier.SCHEDULES["tiny"], scratch_dpsgd_epsilons=(), scratch_dpsgd_grid=()))
+        frontier.SCHEDULES["tiny"], image_epsilons=(16.0,), scratch_dpsgd_epsilons=(), scratch_dpsgd_grid=()))
     rng = np.random.default_rng(0)
     proj = rng.normal(size=(32 * 32 * 3, 16)).astype(np.float32)
     extractor = frontier.FeatureExtractor(name="random projection", key="proj-0",
                                           features=lambda x: np.maximum(x.reshape(len(x), -1) @ proj, 0))
-    table = [{"epsilon": None, "epochs": 8, "final_test_accuracy": 0.5, "run": "a"},
-             {"epsilon": 1.0, "epochs": 8, "final_test_accuracy": 0.125, "run": "b"}]
+    table = [{"epsilon": None, "epochs": 2, "final_test_accuracy": 0.5, "run": "a"},  # 2 epochs: quick to account
+             {"epsilon": 1.0, "epochs": 2, "final_test_accuracy": 0.125, "run": "b"}]
     for study in ("scratch", "finetune"):
         record_metrics(str(tmp_path), "tiny", "synthetic", study, {"table": table})
     study = frontier.frontier_study(profile="tiny", dataset="synthetic", results_dir=str(tmp_path),

@@ -29,10 +29,11 @@ def test_keys_differ_by_configuration():
     assert a.key() != RunSpec(task="scratch", profile="tiny", dataset="synthetic", epsilon=5.0, epochs=1, cut="pool1").key()
 
 
-def test_finetune_from_pretrained(tmp_path):
-    pre = pretrain("tiny", "synthetic", results_dir=str(tmp_path), progress=False)
+def test_finetune_from_pretrained(tiny_pretrained_results):
+    results = tiny_pretrained_results  # the public model pretrained there once (tests/conftest.py)
+    pre = pretrain("tiny", "synthetic", results_dir=results, progress=False)
     assert pre.spec == pretrain_spec("tiny", "synthetic") and pre.info["data"]["people"] == 8
-    assert pretrain("tiny", "synthetic", results_dir=str(tmp_path), progress=False).cached
+    assert pre.cached and os.path.exists(pre.client_weights)
     info = public_model_info(pre)
     assert info["augmentation"] is True and info["epochs"] == get_profile("tiny").pretrain.epochs
     # Augmentation is for training only: the held-out accuracy of every epoch is measured on the images as they
@@ -41,7 +42,7 @@ def test_finetune_from_pretrained(tmp_path):
     assert info["heldout_by_min_images"][0]["accuracy"] == pre.info["heldout"]["accuracy"]
     assert info["final_heldout_accuracy"] > 2 * info["heldout_chance"], "the public model did not learn"
     spec = RunSpec(task="finetune", profile="tiny", dataset="synthetic", epsilon=None, epochs=1, init=pre.spec.key())
-    result = run_training(spec, results_dir=str(tmp_path), progress=False)
+    result = run_training(spec, results_dir=results, progress=False)
     import h5py
     # the client (conv1_1) was frozen: its saved weights equal the pre-trained ones
     with h5py.File(pre.client_weights) as a, h5py.File(result.client_weights) as b:

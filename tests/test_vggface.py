@@ -21,7 +21,7 @@ def test_layer_names_follow_vggface():
 
 def test_full_vggface_parameter_count():
     # VGG-Face with 2622 classes has 145,002,878 parameters (conv 14,714,688 + fc 130,288,190).
-    split = build_split_vggface((224, 224, 3), 2622)
+    split = build_split_vggface((224, 224, 3), 2622, kernel_initializer="zeros")  # counts alike; no 145M draws
     # (the client's only non-trainable weight is the DP layer's noise counter)
     assert _trainable(split.client) + _trainable(split.server) == 145_002_878
     assert split.activation_shape == (224, 224, 64)
