@@ -257,6 +257,37 @@ def test_baselines_notebook(tiny_book):
     assert spnn["upload_bytes_per_image"] > spnn["dp_activation_upload_bytes_per_image"]
 
 
+def test_privynet_study_reads_the_chapters_runs(tiny_book):
+    """The PrivyNet study the baselines chapter ran, asked again with the chapter's arguments: read from the cache
+    (no training), and what it holds is coherent."""
+    from dpact_tf.repro import baselines
+
+    _, base = tiny_book
+    def cached():  # runs and study caches; the study records its metrics and figures again on every call
+        return {p: p.stat().st_mtime_ns for p in base.rglob("*")
+                if p.is_file() and p.parent.name not in ("metrics", "figures")}
+
+    files, recorded = cached(), _metrics(base, "baseline_privynet")
+    study = baselines.privynet_study(profile="tiny", dataset="synthetic", seed=0, results_dir=str(base.parent.parent),
+                                     progress=False)
+    assert cached() == files  # nothing trained, nothing cached afresh
+    assert _metrics(base, "baseline_privynet") == recorded  # recorded again, the same
+    cuts = get_profile("tiny").baselines.cuts
+    assert study["rows"] == recorded["rows"]
+    assert [r["cut"] for r in study["rows"]] == list(cuts)
+    for r in study["rows"]:
+        assert 0 <= r["test_accuracy"] <= 1 and -1 <= r["decoder_ssim"] <= 1
+        assert r["client_mflops_per_step"] > 0 and r["upload_bytes_per_image"] == 4 * math.prod(r["activation_shape"])
+    # a later cut costs the client more and (after pooling) uploads less
+    assert study["rows"][1]["client_mflops_per_step"] > study["rows"][0]["client_mflops_per_step"]
+    assert study["rows"][1]["upload_bytes_per_image"] < study["rows"][0]["upload_bytes_per_image"]
+    assert set(study["shown"]) == set(cuts) and len({v.shape[0] for v in study["shown"].values()}) == 1
+    assert study["shown"][cuts[0]].shape[0] >= 1
+    assert {r["epsilon_per_coordinate"] for r in study["dp_activations"]} == {None, 5.0}
+    noisy = next(r for r in study["dp_activations"] if r["epsilon_per_coordinate"] == 5.0)
+    assert noisy["image_epsilon_per_run"] > noisy["image_epsilon_per_release"] > 5.0
+
+
 def test_discussion_notebook(tiny_book):
     root, _ = tiny_book
     with open(root / "book" / "executed" / "10_discussion.ipynb") as fh:
