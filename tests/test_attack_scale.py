@@ -9,11 +9,12 @@ from dpact_tf.repro import attack_scale
 from dpact_tf.repro.profiles import get_profile
 
 
-def test_points_grow_to_the_paper_and_the_noise_multiplier_falls():
+def test_points_grow_towards_the_paper_and_the_noise_multiplier_falls():
     small, medium = get_profile("small"), get_profile("medium")
     assert small.attack_scale_points[0] == (small.image_size, 8)  # the chapter's own activation first
     assert set(small.attack_scale_points) < set(medium.attack_scale_points)
-    assert (224, 64) in medium.attack_scale_points and (224, 64) in get_profile("paper").attack_scale_points
+    # medium reaches the paper's 64 channels at 128x128 (224x224x64 holds more than 24 GiB at once); paper runs 224
+    assert (128, 64) in medium.attack_scale_points and (224, 64) in get_profile("paper").attack_scale_points
     for name in ("tiny", "small", "medium", "paper"):
         points = get_profile(name).attack_scale_points
         assert len(points) >= 2
