@@ -305,9 +305,17 @@ def test_the_front_page_opens_with_every_claims_verdict(tiny_book):
     assert "Which private training to choose, per image" in text and "has not been run" not in text
 
 
-def test_overrides_name_known_notebooks(tmp_path):
+def test_overrides_name_known_notebooks_and_their_own_parameters(tmp_path):
     with pytest.raises(ValueError, match="unknown notebooks"):
         run_notebooks(profile="tiny", dataset="synthetic", out_dir=str(tmp_path), overrides={"04_partitions": {}})
+    with pytest.raises(ValueError, match="every chapter shares"):
+        run_notebooks(profile="tiny", dataset="synthetic", out_dir=str(tmp_path),
+                      overrides={"04_partition": {"results_dir": str(tmp_path)}})
+    # a misspelt parameter is refused before the chapter runs (papermill would drop it silently)
+    with pytest.raises(ValueError, match=r"declares no parameter \['epsilon'\]"):
+        run_notebooks(profile="tiny", dataset="synthetic", out_dir=str(tmp_path), only=["06_accounting"],
+                      overrides={"06_accounting": {"epsilon": [1.0]}})
+    assert not list(tmp_path.glob("*.ipynb"))  # nothing executed, nothing left behind
 
 
 def test_needs_name_only_earlier_chapters():

@@ -49,6 +49,8 @@ NEEDS: Dict[str, Tuple[str, ...]] = {
 }
 
 HIDDEN_TAGS = ("parameters", "injected-parameters")
+# Parameters every chapter of one book takes alike (run_notebooks refuses them in a per-chapter override).
+SHARED_PARAMETERS = ("profile", "dataset", "results_dir", "force", "vggface_weights", "seed")
 # Parameters that name paths of the machine that executed the book: left out of the chapters' re-run notes.
 LOCAL_PARAMETERS = ("results_dir", "vggface_weights")
 # A logging line that reached stdout (Python/absl logging: "WARNING:tensorflow:...", "W1123 11:02:03.4 ...").
@@ -202,6 +204,11 @@ def run_notebooks(*, profile: str, dataset: str, out_dir: str, results_dir: Opti
     unknown = sorted((set(only or ()) | set(overrides or ())) - set(NOTEBOOKS))
     if unknown:
         raise ValueError(f"unknown notebooks {unknown}; choose from {NOTEBOOKS}")
+    for name, extra in (overrides or {}).items():
+        shared = sorted(set(extra) & set(SHARED_PARAMETERS))
+        if shared:
+            raise ValueError(f"overrides[{name!r}] sets {shared}: every chapter shares these (chapters read each "
+                             "other's cached runs); pass them to run_notebooks itself")
     per_notebook = {n: {**params, **dict((overrides or {}).get(n, {}))} for n in NOTEBOOKS}
     names = [n for n in NOTEBOOKS if not only or n in only]
     label = f"profile={prof.name}, dataset={dataset}"
@@ -209,20 +216,28 @@ def run_notebooks(*, profile: str, dataset: str, out_dir: str, results_dir: Opti
         timings: Dict[str, float] = {}
         for i, name in enumerate(names, 1):
             print(f"[{i}/{len(names)}] executing notebooks/{name}.md ({label})", file=sys.stderr, flush=True)
-            timings[name] = _execute(name, notebook_dir, out_dir, per_notebook[name])
+            timings[name] = _execute(name, notebook_dir, out_dir, per_notebook[name],
+                                     overridden=tuple((overrides or {}).get(name, ())))
             print(f"[{i}/{len(names)}] {name}: {timings[name]:.0f} s", file=sys.stderr, flush=True)
         return timings
-    return _execute_parallel(names, notebook_dir, out_dir, per_notebook, jobs=jobs, label=label)
+    return _execute_parallel(names, notebook_dir, out_dir, per_notebook, jobs=jobs, label=label,
+                             overridden={n: tuple(v) for n, v in (overrides or {}).items()})
 
 
-def _execute(name: str, notebook_dir: str, out_dir: str, params: Dict[str, Any]) -> float:
-    """Execute one notebook into ``out_dir`` and clean it; returns its wall time in seconds."""
+def _execute(name: str, notebook_dir: str, out_dir: str, params: Dict[str, Any],
+             overridden: Sequence[str] = ()) -> float:
+    """Execute one notebook into ``out_dir`` and clean it; returns its wall time in seconds.  ``overridden``: the
+    parameters given for this notebook alone, which it must declare (a misspelt one is an error, not ignored)."""
     import papermill as pm
 
     start = time.perf_counter()
     source_nb = os.path.join(out_dir, f"{name}.source.ipynb")
     _to_ipynb(os.path.join(notebook_dir, f"{name}.md"), source_nb)
     declared = pm.inspect_notebook(source_nb)
+    undeclared = sorted(set(overridden) - set(declared))
+    if undeclared:
+        os.remove(source_nb)
+        raise ValueError(f"notebooks/{name}.md declares no parameter {undeclared} (it declares {sorted(declared)})")
     nb_params = {k: v for k, v in params.items() if k in declared}
     out = os.path.join(out_dir, f"{name}.ipynb")
     try:
@@ -235,7 +250,7 @@ def _execute(name: str, notebook_dir: str, out_dir: str, params: Dict[str, Any])
 
 
 def _execute_parallel(names: List[str], notebook_dir: str, out_dir: str, params: Dict[str, Dict[str, Any]], *,
-                      jobs: int, label: str) -> Dict[str, float]:
+                      jobs: int, label: str, overridden: Optional[Dict[str, Tuple[str, ...]]] = None) -> Dict[str, float]:
     """:func:`_execute` of ``names`` in ``jobs`` processes, each notebook once the ones it needs (of ``names``)
     are done; the first failure stops the scheduling and is raised once the running notebooks have ended."""
     import concurrent.futures as cf
@@ -254,7 +269,8 @@ def _execute_parallel(names: List[str], notebook_dir: str, out_dir: str, params:
                     pending.remove(name)
                     print(f"[{len(names) - len(pending)}/{len(names)}] executing notebooks/{name}.md ({label}; "
                           f"{jobs} at once)", file=sys.stderr, flush=True)
-                    running[pool.submit(_execute, name, notebook_dir, out_dir, params[name])] = name
+                    running[pool.submit(_execute, name, notebook_dir, out_dir, params[name],
+                                        (overridden or {}).get(name, ()))] = name
             if not running:
                 break
             finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)

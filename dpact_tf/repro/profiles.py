@@ -208,7 +208,7 @@ _SMALL = Profile(name="small", image_size=64, crop_fraction=0.6, width=1 / 8, fc
 # medium: small's book with larger budgets where small cannot decide -- convergence runs twice as long, a scale ladder
 # at epsilon 5 and 10 to the paper's 64 conv1 channels and 96x96 inputs (two seeds at 64x64x64), and the attacks'
 # scale study adds 128x128x64 activations.  The paper's 224x224x64 is left to larger machines: its membership test
-# holds every face's releases at once and needs more than this machine's 24 GiB (the kernel was killed there).  Every
+# holds every face's releases at once, more than 24 GiB.  Every
 # other field is small's
 # (tests/test_fidelity.py checks it); the frontier chapter's schedule at medium runs (d), DP-SGD from scratch,
 # with longer candidates and seeds of (b) (dpact_tf.repro.frontier.SCHEDULES).  So `make book PROFILE=medium` costs
