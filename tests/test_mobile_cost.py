@@ -70,3 +70,21 @@ def test_benchmark_compares_variants_fairly(tmp_path):
     assert conf["variants"]["reference kernels, whole batch"]["rows_per_call"] == 32
     assert res["bare_process_mb"] > 0 and "load_avg_start" in res
     assert set(PAPER_NEXUS6P) == {"load_s", "forward_s", "backward_s_per_sample", "memory_mb"}
+
+
+def test_cost_table_shows_three_digits_and_a_dash_for_what_a_runtime_does_not_measure():
+    from dpact_tf.repro.studies import cost_table, measure_text
+
+    assert [measure_text(v) for v in (None, float("nan"), 0.012345, 2.5, 99.94, 1234.5)] == \
+        ["—", "—", "0.0123", "2.5", "99.9", "1,234"]
+    res = {"configs": [{"label": "small", "image_size": 64,
+                        "variants": {"parallel strips": {"forward_s": 0.01234, "model_load_s": 0.5}},
+                        "keras": {"forward_s": 0.02, "backward_s_per_sample": 0.001}}],
+           "paper_nexus6p": {"load_s": 1.0, "forward_s": 2.0, "backward_s_per_sample": 3.0, "memory_mb": 150.0}}
+    rows = cost_table(res)
+    assert [(r["head"], r["runtime"]) for r in rows] == [("small 64×64", "parallel strips"), ("small 64×64", "Keras"),
+                                                         ("paper 224×224", "Nexus 6P (bounds)")]
+    assert rows[0]["forward, batch 8 (s)"] == "0.0123" and rows[0]["model load (s)"] == "0.5"
+    assert rows[0]["backward / sample (s)"] == "—" and rows[1]["backward / sample (s)"] == "0.001"
+    assert rows[2]["release (MB)"] == rows[2]["train (MB)"] == "150" and rows[2]["model load (s)"] == "—"
+    assert len({len(r) for r in rows}) == 1  # every row has every column

@@ -361,8 +361,9 @@ class HeadRunner:
         border rows are never written; calls are serialized by the lock)."""
         halo = self._halo
         n, h, w, c = image.shape
-        if self._pad_buffer is None or self._pad_buffer.shape[0] != n:
-            self._pad_buffer = np.zeros((n, h + 2 * halo, w, c), np.uint8)
+        shape = (n, h + 2 * halo, w, c)
+        if self._pad_buffer is None or self._pad_buffer.shape != shape:
+            self._pad_buffer = np.zeros(shape, np.uint8)
         self._pad_buffer[:, halo:halo + h] = image
         return self._pad_buffer
 

@@ -7,7 +7,7 @@
 * :mod:`~dpact_tf.edge.model`   -- :class:`ServerHalf`: the server model behind the front, optionally under
   ``tf.distribute``.
 * :mod:`~dpact_tf.edge.store`   -- checkpoints every N steps plus a step journal (survives ``kill -9``).
-* :mod:`~dpact_tf.edge.server`  -- :class:`EdgeService` (sessions, step ids, checks).
+* :mod:`~dpact_tf.edge.server`  -- :class:`EdgeService` (each client's session, its step ids, the checks).
 * :mod:`~dpact_tf.edge.auth`    -- per-client tokens (:class:`TokenBook`, :func:`issue_token`) and the gate that
   checks them before a request body is read.
 * :mod:`~dpact_tf.edge.ops`     -- :func:`make_server` (bounded resources, health, reflection) and

@@ -21,7 +21,7 @@ from dpact_tf.repro.results import cache_key, record_metrics, relative_to_repo, 
 from dpact_tf.repro.runs import RunSpec, load_faces, run_training
 
 __all__ = ["ActivationStudy", "ScratchStudy", "FinetuneStudy", "PartitionStudy", "MobileStudy", "resolve_epsilons", "activation_study", "split_summary", "scratch_runs", "record_scratch", "finetune_study",
-           "partition_study", "mobile_study", "encoding_study", "runs_table"]
+           "partition_study", "mobile_study", "encoding_study", "runs_table", "cost_table", "measure_text"]
 
 
 # --- typed results: each study's numbers and its figures keyed by the MyST name the chapter gives them ----------
@@ -414,6 +414,37 @@ def ledger_summary(replay: Mapping[str, Any]) -> str:
             f"composed for the worst-case image) reads back a per-image ε of {replay['ledger_epsilon']:,.0f}; the "
             f"accounting above gives {replay['accounting_epsilon']:,.0f} for the same run (with the grid's worst-case "
             f"rounding). Its default budget of ε = {replay['default_budget']:g} per image {refused}.")
+
+
+def measure_text(value: Optional[float]) -> str:
+    """A measurement for a table: three significant digits (whole numbers with thousands separators from 100 up),
+    a dash where there is none (None or NaN)."""
+    if value is None or value != value:
+        return "—"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+_COST_COLUMNS = (("batch load (s)", "batch_load_s"), ("model load (s)", "model_load_s"),
+                 ("forward, batch 8 (s)", "forward_s"), ("GFLOP/s", "conv1_1_gflop_per_s"),
+                 ("backward / sample (s)", "backward_s_per_sample"), ("release (MB)", "release_memory_mb"),
+                 ("train (MB)", "train_memory_mb"))
+
+
+def cost_table(res: Mapping[str, Any]) -> List[Dict[str, str]]:
+    """The cost chapter's table: per head and runtime (each exported variant, Keras, the paper's Nexus 6P bounds),
+    every measurement of :data:`_COST_COLUMNS` as :func:`measure_text` (a dash where a runtime does not measure it)."""
+    rows = []
+    for c in res["configs"]:
+        for name, m in list(c["variants"].items()) + [("Keras", c["keras"])]:
+            rows.append({"head": f"{c['label']} {c['image_size']}×{c['image_size']}", "runtime": name,
+                         **{col: measure_text(m.get(key)) for col, key in _COST_COLUMNS}})
+    p = res["paper_nexus6p"]
+    paper = {"batch_load_s": p["load_s"], "forward_s": p["forward_s"],
+             "backward_s_per_sample": p["backward_s_per_sample"], "release_memory_mb": p["memory_mb"],
+             "train_memory_mb": p["memory_mb"]}
+    rows.append({"head": "paper 224×224", "runtime": "Nexus 6P (bounds)",
+                 **{col: measure_text(paper.get(key)) for col, key in _COST_COLUMNS}})
+    return rows
 
 
 def mobile_summary(res: Mapping[str, Any], *, deployed: str, reference: str = "reference kernels, whole batch") -> str:
