@@ -165,6 +165,7 @@ class DPSGDTrainer(EpochTrainer):
             self._dp_model.compile(optimizer=self.optimizer, metrics=["accuracy"],
                                    loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
             self.optimizer.build(variables)
+            self._build_dp_model_metrics()
             step_fn = self._model_step
         else:
             self.optimizer = tensorflow_privacy.DPKerasSGDOptimizer(
@@ -180,6 +181,17 @@ class DPSGDTrainer(EpochTrainer):
         self._evaluate = tf.function(self._evaluate_step, input_signature=[image_spec, label_spec])
         self._traced = False
         self.built = True
+
+    def _build_dp_model_metrics(self) -> None:
+        """Create the variables ``DPModel.train_step`` would create on its first call (its loss and accuracy
+        metrics, and TF Privacy's clipping-loss container), so the step is traced once: a ``tf.function`` whose
+        first trace creates variables is traced a second time without them."""
+        dp = self._dp_model
+        y_pred = tf.zeros([1, *self.model.output_shape[1:]], tf.float32)
+        dp.compiled_loss.build(y_pred)
+        dp.compiled_metrics.build(y_pred, tf.zeros([1], tf.int32))
+        if getattr(dp, "_clipping_loss", None) is None and hasattr(dp, "_make_clipping_loss"):
+            dp._make_clipping_loss()  # TF Privacy 0.9's private builder of the privatized loss's container
 
     def train_step(self, images: tf.Tensor, labels: tf.Tensor) -> StepResult:
         """One DP-SGD step on a batch (one compiled call)."""
