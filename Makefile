@@ -42,7 +42,7 @@ $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-deps --no-compile -r requirements.lock  # the lock lists every dependency
+	$(PY) -m pip install --quiet --no-deps -r requirements.lock  # the lock lists every dependency
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --prefix $(VENV) --name python3 --display-name "Python 3 (dpact)" >/dev/null
