@@ -1,15 +1,11 @@
 """(d) of the frontier chapter: DP-SGD from scratch, tuned on the validation split -- the choice reads validation
 accuracies only, the tuning's epsilon composes every candidate, candidate runs are cached, and a profile
-leaves (d) out and says so."""
+leaves (d) out and says so.  The tuning on the tiny book's own (d) runs: tests/test_notebooks.py."""
 import dataclasses
 
-import numpy as np
 import pytest
 
-from dpact_tf.baselines.dpsgd import RunShape, composed_epsilon
-from dpact_tf.data import validation_split
 from dpact_tf.repro import frontier, frontier_scratch, frontier_text
-from dpact_tf.repro.profiles import get_profile
 from dpact_tf.repro.runs import load_faces
 
 
@@ -70,55 +66,3 @@ def test_the_choice_says_whether_d_was_compared():
     (row,) = [r for r in frontier_text.privacy_units() if r["method"] == frontier.METHODS["scratch_dpsgd"]]
     assert "add or remove" in row["adjacency"] and row["labels"].startswith("covered")
     assert "Poisson sampling implemented and accounted" in row["accounted as implemented"]
-
-
-@pytest.fixture(scope="module")
-def tiny_faces():
-    prof = get_profile("tiny")
-    data = load_faces(prof, "synthetic", seed=0, progress=False)
-    fit, val = validation_split(data.train_labels, frontier.SCHEDULES["tiny"].validation_fraction, seed=0)
-    return prof, data, fit, val
-
-
-def _run(faces, cache_dir, grid):
-    prof, data, fit, val = faces
-    return frontier_scratch.scratch_dpsgd_points(data, fit, val, epsilons=(16.0,), grid=grid, delta=1e-5,
-                                                 model_kwargs=prof.model_kwargs(), seed=0,
-                                                 cache_dir=str(cache_dir), progress=False)
-
-
-def test_tuning_reads_validation_never_test(tiny_faces, tmp_path, monkeypatch):
-    """Tiny's two candidates (they score apart, above chance, so a choice by any other score could differ); one
-    trained again with the test labels shuffled has the same validation accuracy (the test labels are never read
-    for it), and the choice is the argmax of the validation accuracies (so it never reads them either); the
-    tuning's epsilon is the composition of both candidates' runs, at least the chosen run's, which meets the
-    target; a second call reads every candidate from the cache."""
-    prof, data, fit, val = tiny_faces
-    grid = frontier.SCHEDULES["tiny"].scratch_candidates()
-    (point,), seconds = _run(tiny_faces, tmp_path / "a", grid)
-    cands = point["detail"]["candidates"]
-    accs = [c["validation_accuracy"] for c in cands]
-    assert len(cands) == 2 and seconds > 0
-    assert len(set(accs)) == 2 and max(accs) > 1 / len(np.unique(data.train_labels))  # a choice to make
-    assert point["configs"] == [cands[frontier_scratch.pick(accs)]["config"]]
-    rng = np.random.default_rng(1)
-    shuffled = dataclasses.replace(data, test_labels=rng.permutation(data.test_labels))
-    assert not np.array_equal(shuffled.test_labels, data.test_labels)
-    again = frontier_scratch.train_candidate(shuffled, fit, val, grid[0], target_epsilon=16.0, delta=1e-5,
-                                             model_kwargs=prof.model_kwargs(), seed=0)
-    assert again["validation_accuracy"] == accs[0] and again["history"]["validation_accuracy"][-1] == accs[0]
-    total = composed_epsilon([RunShape(c["noise_multiplier"], g.batch_size, len(fit), g.epochs)
-                              for c, g in zip(cands, grid)], delta=1e-5)
-    assert point["epsilon_with_tuning"] == pytest.approx(total, rel=1e-12)
-    assert point["image_epsilon"] <= 16.0 < point["epsilon_with_tuning"]
-    assert point["image_epsilon"] == pytest.approx(16.0, rel=1e-2)  # calibrated to the target
-    assert 0.0 <= point["accuracies"][0] <= 1.0 and point["method"] == "scratch_dpsgd"
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("a cached candidate was trained again")
-
-    monkeypatch.setattr(frontier_scratch, "train_candidate", no_training)
-    (cached,), _ = _run(tiny_faces, tmp_path / "a", grid)
-    assert cached == point
-    with pytest.raises(ValueError, match="grid is empty"):
-        _run(tiny_faces, tmp_path / "a", ())

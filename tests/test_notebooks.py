@@ -1,11 +1,13 @@
 """Smoke runs of every notebook at the tiny profile (papermill), assertions on what they recorded, and a
 build of the book from those executed notebooks with warnings as errors."""
+import dataclasses
 import json
 import math
 import os
 import re
 import shutil
 
+import numpy as np
 import pytest
 
 from dpact_tf import privacy
@@ -255,6 +257,59 @@ def test_baselines_notebook(tiny_book):
                                                                                       abs=2 / 40)
     assert spnn["float_test_accuracy"] == pytest.approx(spnn["run_test_accuracy"], abs=0.01)
     assert spnn["upload_bytes_per_image"] > spnn["dp_activation_upload_bytes_per_image"]
+
+
+def test_d_tuning_reads_validation_never_test(tiny_book, monkeypatch):
+    """(d) as the baselines chapter ran it, asked again with its arguments: every candidate read from the chapter's
+    cache.  Tiny's two candidates score apart, above chance (a choice by any other score could differ); the first,
+    trained again here with the test labels shuffled, has the chapter's validation accuracy (the test labels are
+    never read for it, and the run is reproducible across processes); the choice is the argmax of the validation
+    accuracies (so it never reads them either); the tuning's epsilon is the composition of both candidates' runs,
+    at least the chosen run's, which meets the target."""
+    from dpact_tf.baselines.dpsgd import RunShape, composed_epsilon
+    from dpact_tf.data import validation_split
+    from dpact_tf.repro import frontier_scratch
+    from dpact_tf.repro.runs import load_faces
+
+    _, base = tiny_book
+    prof, sched = get_profile("tiny"), frontier.SCHEDULES["tiny"]
+    data = load_faces(prof, "synthetic", seed=0, progress=False)
+    fit, val = validation_split(data.train_labels, sched.validation_fraction, seed=0)
+    grid = sched.scratch_candidates()
+    train = frontier_scratch.train_candidate
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a candidate the chapter ran was trained again")
+
+    monkeypatch.setattr(frontier_scratch, "train_candidate", no_training)
+
+    def points(candidates):
+        return frontier_scratch.scratch_dpsgd_points(
+            data, fit, val, epsilons=sched.scratch_dpsgd_epsilons, grid=candidates, delta=1e-5,
+            model_kwargs=prof.model_kwargs(), seed=0, cache_dir=str(base / "frontier" / "scratch_dpsgd"),
+            progress=False)
+
+    (point,), seconds = points(grid)
+    (target,) = sched.scratch_dpsgd_epsilons
+    cands = point["detail"]["candidates"]
+    accs = [c["validation_accuracy"] for c in cands]
+    assert len(cands) == 2 and seconds > 0
+    assert len(set(accs)) == 2 and max(accs) > 1 / len(np.unique(data.train_labels))  # a choice to make
+    assert point["configs"] == [cands[frontier_scratch.pick(accs)]["config"]]
+    total = composed_epsilon([RunShape(c["noise_multiplier"], g.batch_size, len(fit), g.epochs)
+                              for c, g in zip(cands, grid)], delta=1e-5)
+    assert point["epsilon_with_tuning"] == pytest.approx(total, rel=1e-12)
+    assert point["image_epsilon"] <= target < point["epsilon_with_tuning"]
+    assert point["image_epsilon"] == pytest.approx(target, rel=1e-2)  # calibrated to the target
+    assert 0.0 <= point["accuracies"][0] <= 1.0 and point["method"] == "scratch_dpsgd"
+    with pytest.raises(ValueError, match="grid is empty"):
+        points(())
+    rng = np.random.default_rng(1)
+    shuffled = dataclasses.replace(data, test_labels=rng.permutation(data.test_labels))
+    assert not np.array_equal(shuffled.test_labels, data.test_labels)
+    again = train(shuffled, fit, val, grid[0], target_epsilon=target, delta=1e-5, model_kwargs=prof.model_kwargs(),
+                  seed=0)
+    assert again["validation_accuracy"] == accs[0] and again["history"]["validation_accuracy"][-1] == accs[0]
 
 
 def test_privynet_study_reads_the_chapters_runs(tiny_book):
