@@ -48,6 +48,12 @@ def test_the_chapter_says_when_a_profile_leaves_d_out_and_what_medium_costs(monk
     ran = frontier_text.describe_schedule("medium")
     assert "leaves out (d)" not in ran and "per-image ε ∈ {1, 4, 16}, 4 candidates per ε" in ran
     assert "one seed: each run costs ~" in ran
+    assert "searches more" not in ran and "searches more" not in frontier_text.scratch_schedule("tiny")
+    # small runs (d) and says what medium's search adds
+    monkeypatch.undo()
+    small = frontier_text.scratch_schedule("small")
+    assert "2 candidates per ε" in small and "`make book PROFILE=medium` searches more: 4 candidates per ε" in small
+    assert all(c.label() in small for c in medium.scratch_candidates())
     # an epoch of 37 s: 4 candidates of 15, 15, 30, 30 epochs at 3 epsilons
     assert frontier_scratch.estimated_seconds((1, 4, 16), medium.scratch_candidates(), 37.0) == 3 * 90 * 37.0
 

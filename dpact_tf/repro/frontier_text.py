@@ -179,7 +179,14 @@ def scratch_schedule(profile: str) -> str:
             total = estimated_seconds(sched.scratch_dpsgd_epsilons, cands)
             text += (f": each run costs ~{per_run / 60:.0f} min on a 2-core CPU, the sweep ~{total / 3600:.1f} h "
                      "(estimated)")
-        return text + "."
+        text += "."
+        fuller = SCHEDULES["medium"].scratch_candidates()
+        if profile == "small" and fuller != cands:  # what small leaves out of (d)'s search
+            text += (f" `make book PROFILE=medium` searches more: {len(fuller)} candidates per ε, longer and with "
+                     f"larger batches ({'; '.join(c.label() for c in fuller)}), "
+                     f"~{estimated_seconds(SCHEDULES['medium'].scratch_dpsgd_epsilons, fuller) / 3600:.1f} h "
+                     "(estimated).")
+        return text
     fuller = SCHEDULES["medium"]
     cands = fuller.scratch_candidates()
     total = estimated_seconds(fuller.scratch_dpsgd_epsilons, cands)
