@@ -16,8 +16,9 @@ PYTEST_ARGS ?=
 # make test spreads the suite over this many processes (pytest-xdist; each test file stays on one), 0: one process
 # (for --pdb or -s: make test PYTEST_WORKERS=0 PYTEST_ARGS="-s tests/test_split.py")
 PYTEST_WORKERS ?= 2
-# TensorFlow threads per test process: the two workers and the tiny book's two kernels already fill two cores, and
-# idle TensorFlow threads spin against each other (one each: ~4 % less CPU and wall time on this 2-core machine)
+# TensorFlow threads per test process: with two workers and the tiny book's two kernels there are more processes
+# than two cores, and idle TensorFlow threads spin against each other (one each: ~4 % less CPU and wall time on a
+# 2-core machine; on more cores, try TEST_TF_THREADS=2 with PYTEST_WORKERS=4)
 TEST_TF_THREADS ?= 1
 
 # LFW location: $DPACT_LFW_DIR if set, else data/lfw, else a copy at ../shared/data/lfw beside the checkout.

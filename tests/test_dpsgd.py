@@ -125,13 +125,15 @@ def test_the_noise_std_is_z_clip_over_batch(implementation):
     assert any(not np.array_equal(a, b) for a, b in zip(before, _weights(clean)))
 
 
-@pytest.mark.parametrize("implementation, expected_batch_size", [("model", None), ("model", 8), ("optimizer", None)])
-def test_the_step_is_traced_once(implementation, expected_batch_size):
+@pytest.mark.parametrize("implementation, expected_batch_size, microbatches",
+                         [("model", None, None), ("model", 8, None), ("model", None, 2), ("optimizer", None, None)])
+def test_the_step_is_traced_once(implementation, expected_batch_size, microbatches):
     """Batches of any size share one trace (its input signature), and the first call does not trace it twice
     (every variable the step uses exists before it is traced): a retrace costs seconds on the paper's network."""
     trainer = DPSGDTrainer(_model(), l2_norm_clip=1.0, noise_multiplier=0.5, total_steps=10,
-                           implementation=implementation, expected_batch_size=expected_batch_size)
-    for n in (4, 4, 3):
+                           implementation=implementation, expected_batch_size=expected_batch_size,
+                           num_microbatches=microbatches)
+    for n in ((4, 4, 2) if microbatches else (4, 4, 3)):
         trainer.train_step(*_batch(n))
     assert trainer._step.experimental_get_tracing_count() == 1
 

@@ -168,7 +168,8 @@ def describe_schedule(profile: str) -> str:
 def scratch_schedule(profile: str) -> str:
     """What (d), DP-SGD on the whole network from scratch, runs at ``profile`` -- or that it is left out, and
     which profile runs it at what estimated cost."""
-    sched = SCHEDULES[get_profile(profile).name]
+    profile = get_profile(profile).name
+    sched = SCHEDULES[profile]
     if sched.scratch_dpsgd_epsilons:
         cands = sched.scratch_candidates()
         eps = ", ".join(f"{e:g}" for e in sched.scratch_dpsgd_epsilons)
@@ -182,8 +183,8 @@ def scratch_schedule(profile: str) -> str:
         text += "."
         fuller = SCHEDULES["medium"].scratch_candidates()
         if profile == "small" and fuller != cands:  # what small leaves out of (d)'s search
-            text += (f" `make book PROFILE=medium` searches more: {len(fuller)} candidates per ε, longer and with "
-                     f"larger batches ({'; '.join(c.label() for c in fuller)}), "
+            text += (f" `make book PROFILE=medium` searches more: {len(fuller)} candidates per ε "
+                     f"({'; '.join(c.label() for c in fuller)}), "
                      f"~{estimated_seconds(SCHEDULES['medium'].scratch_dpsgd_epsilons, fuller) / 3600:.1f} h "
                      "(estimated).")
         return text
@@ -191,7 +192,7 @@ def scratch_schedule(profile: str) -> str:
     cands = fuller.scratch_candidates()
     total = estimated_seconds(fuller.scratch_dpsgd_epsilons, cands)
     per_run = estimated_seconds((1.0,), cands) / len(cands)
-    return (f"`{get_profile(profile).name}` leaves out (d), DP-SGD on the whole network from scratch: one candidate "
+    return (f"`{profile}` leaves out (d), DP-SGD on the whole network from scratch: one candidate "
             f"run costs ~{per_run / 60:.0f} min on a 2-core CPU (estimated), and a fair point needs a tuning grid "
             "of several. `make book PROFILE=medium` runs "
             f"it at per-image ε ∈ {{{', '.join(f'{e:g}' for e in fuller.scratch_dpsgd_epsilons)}}} with "
