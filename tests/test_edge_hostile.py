@@ -228,7 +228,7 @@ def test_loopback_means_a_loopback_address_or_exactly_localhost():
 
 def test_idle_client_ids_expire_and_live_ids_are_bounded_per_token():
     tokens = {"eve": "eve.secret", "bob": "bob.secret"}
-    service = tiny_service(session_ttl=0.5, max_ids_per_token=5)
+    service = tiny_service(idle_ttl=0.5, max_ids_per_token=5)
     events = events_of(service)
     with running(service, tokens=TokenBook(tokens=tokens)) as address:
         stub = pb_grpc.EdgeTrainingStub(grpc.insecure_channel(address))

@@ -238,7 +238,7 @@ def test_an_idle_session_expires_and_the_client_opens_another(tmp_path):
                             timeout=DEADLINE, reconnect_timeout=5.0)
         client.train_step(1, *batch())
         old = client.session.session_id
-        service.session_ttl = 1.0  # from now on (the first step above compiled the model: seconds)
+        service.idle_ttl = 1.0  # from now on (the first step above compiled the model: seconds)
         assert service.session_count() == 1
         time.sleep(1.3)
         assert service.session_count() == 0

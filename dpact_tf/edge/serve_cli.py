@@ -84,7 +84,7 @@ def serve(args: argparse.Namespace, prof: Any) -> int:
         service = EdgeService(half, num_classes=num_classes, cut=args.cut, activation_shape=split.activation_shape,
                               max_batch=args.max_batch, activation_range=split.dp_layer.true_range,
                               schedule=schedule, store=store,
-                              checkpoint_every=args.checkpoint_every if store else 0, session_ttl=args.session_ttl,
+                              checkpoint_every=args.checkpoint_every if store else 0, idle_ttl=args.idle_ttl,
                               reply_ttl=args.reply_ttl, min_epsilon=args.min_epsilon, max_delta=args.max_delta,
                               max_ids_per_token=args.max_ids_per_token,
                               on_event=fanout(EventLog(log), metrics))
@@ -172,8 +172,8 @@ def add_serve_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint every this many server steps")
     s.add_argument("--fsync", action="store_true", help="fsync every journal record and checkpoint file: "
                    "acknowledged steps also survive a power cut (slower); a kill -9 needs only the default flush")
-    s.add_argument("--session-ttl", type=float, default=3600.0,
-                   help="seconds after which an idle session expires (the client handshakes again)")
+    s.add_argument("--idle-ttl", type=float, default=3600.0,
+                   help="seconds without calls after which a client's handshake is forgotten (it handshakes again)")
     s.add_argument("--reply-ttl", type=float, default=7 * 86400.0,
                    help="seconds a client's last reply is kept after its last step, to answer a retry of that step "
                    "(a client resuming later cannot go on with its run); older reply files are removed at checkpoints")

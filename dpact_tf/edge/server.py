@@ -3,7 +3,7 @@
 Per-client sessions (a client id that never applied a step is forgotten when its session expires): a client
 opens one with :meth:`EdgeService.Handshake` (stating ε, δ, the cut, the
 activation shape and the upload encoding; the server refuses a cut or shape its model does not have) and
-numbers its steps 1, 2, 3, ...; a session expires after ``session_ttl`` seconds without calls.  Behind a
+numbers its steps 1, 2, 3, ...; a client's handshake is forgotten after ``idle_ttl`` seconds without calls.  Behind a
 server with tokens (:mod:`dpact_tf.edge.auth`) a token issued to ``alice`` opens sessions for ``alice`` and
 ``alice/<run>`` only, and a call on another client's session is refused.  A client with noise (ε stated) uploads the integer levels of
 :mod:`dpact_tf.grid` ("grid" encoding; a float encoding of a noisy release is refused at the handshake), and
@@ -100,7 +100,8 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
       schedule: the learning rate of each step (None: the half's own decay over server steps).
       store: where checkpoints, replies and the step journal go (None: in memory only).
       checkpoint_every: checkpoint after every this many server steps (0: only on :meth:`save`).
-      session_ttl: seconds after which a session without calls expires (NOT_FOUND: the client handshakes again).
+      idle_ttl: seconds without calls after which a client's handshake is forgotten (NOT_FOUND: the client
+        handshakes again).
       reply_ttl: seconds a client's stored reply is kept after its last step (to answer a retry of that step, after
         a crash of the client or the server); older reply files are removed at a checkpoint.
       min_epsilon: the smallest epsilon a noisy client may declare (None: the lower end of
@@ -115,7 +116,7 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
     def __init__(self, half: ServerHalf, *, num_classes: int, cut: str, activation_shape: Sequence[int],
                  max_batch: int = 256, activation_range: float = PAPER_ACTIVATION_RANGE,
                  schedule: Optional[Schedule] = None, store: Optional[CheckpointStore] = None,
-                 checkpoint_every: int = 0, session_ttl: float = 3600.0, reply_ttl: float = 7 * 86400.0,
+                 checkpoint_every: int = 0, idle_ttl: float = 3600.0, reply_ttl: float = 7 * 86400.0,
                  min_epsilon: Optional[float] = None, max_delta: float = DEFAULT_MAX_DELTA,
                  max_ids_per_token: int = 64,
                  on_event: Optional[Callable[[str, dict], None]] = None) -> None:
@@ -123,8 +124,8 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
             raise ValueError(f"max_batch must be >= 1 (got {max_batch})")
         if not (math.isfinite(activation_range) and activation_range > 0):
             raise ValueError(f"activation_range must be finite and > 0 (got {activation_range})")
-        if not session_ttl > 0 or not reply_ttl > 0:
-            raise ValueError(f"session_ttl and reply_ttl must be > 0 seconds (got {session_ttl}, {reply_ttl})")
+        if not idle_ttl > 0 or not reply_ttl > 0:
+            raise ValueError(f"idle_ttl and reply_ttl must be > 0 seconds (got {idle_ttl}, {reply_ttl})")
         if min_epsilon is not None and not (math.isfinite(min_epsilon) and min_epsilon > 0):
             raise ValueError(f"min_epsilon must be finite and > 0, or None for the grid's certified floor (got "
                              f"{min_epsilon})")
@@ -137,7 +138,7 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
         self.half, self.schedule = half, schedule
         self.num_classes, self.cut, self.max_batch = int(num_classes), cut, int(max_batch)
         self.activation_shape = tuple(int(s) for s in activation_shape)
-        self.activation_range, self.session_ttl = float(activation_range), float(session_ttl)
+        self.activation_range, self.idle_ttl = float(activation_range), float(idle_ttl)
         self.reply_ttl = float(reply_ttl)
         self.min_epsilon, self.max_delta = min_epsilon, float(max_delta)
         self.max_ids_per_token = int(max_ids_per_token)
@@ -249,7 +250,7 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
                 if live >= self.max_ids_per_token:
                     self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                                  f"the token of {principal!r} has {live} client ids with open sessions, the most "
-                                 f"this server keeps per token; reuse one, or wait {self.session_ttl:g} s for an "
+                                 f"this server keeps per token; reuse one, or wait {self.idle_ttl:g} s for an "
                                  "idle one to expire", cid, "too_many_ids")
             client = self._clients.setdefault(cid, _Client(cid))
             self._sessions.pop(client.session_id, None)  # one live session per client
@@ -341,9 +342,9 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
                          f"this session belongs to client {cid!r}, not to {principal!r} whose token this call carries",
                          principal, "impersonation")
         client, now = self._clients[cid], time.monotonic()
-        if now - client.seen > self.session_ttl:
+        if now - client.seen > self.idle_ttl:
             self._expire(session_id)
-            self._refuse(context, grpc.StatusCode.NOT_FOUND, f"session expired after {self.session_ttl:g} s without "
+            self._refuse(context, grpc.StatusCode.NOT_FOUND, f"session expired after {self.idle_ttl:g} s without "
                          "calls; call Handshake again", cid, "session")
         client.seen = now
         return client
@@ -358,13 +359,13 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
                 del self._clients[cid]
 
     def _sweep(self) -> None:
-        """Expire the sessions idle for more than ``session_ttl`` (at most once every ``session_ttl`` / 8 s)."""
+        """Forget the handshakes idle for more than ``idle_ttl`` (at most once every ``idle_ttl`` / 8 s)."""
         now = time.monotonic()
-        if now - self._swept < min(self.session_ttl / 8, 60.0):
+        if now - self._swept < min(self.idle_ttl / 8, 60.0):
             return
         self._swept = now
         for session_id, cid in list(self._sessions.items()):
-            if now - self._clients[cid].seen > self.session_ttl:
+            if now - self._clients[cid].seen > self.idle_ttl:
                 self._expire(session_id)
 
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, message: str,
@@ -418,7 +419,7 @@ class EdgeService(pb_grpc.EdgeTrainingServicer):
         """Sessions that have not expired."""
         now, clients = time.monotonic(), dict(self._clients)  # read without the lock: a scrape never waits
         seen = [clients[cid].seen for cid in list(self._sessions.values()) if cid in clients]
-        return sum(now - t <= self.session_ttl for t in seen)
+        return sum(now - t <= self.idle_ttl for t in seen)
 
     def client_count(self) -> int:
         """Client ids the server keeps progress for."""
