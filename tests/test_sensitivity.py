@@ -73,6 +73,29 @@ def test_paper_size_bracket():
     assert not res.exact
 
 
+def test_the_verified_table_is_what_the_dynamic_programme_computes():
+    """The stored upper bounds are the programme's output to the bit, and are used only at the defaults."""
+    assert sensitivity._VERIFIED_UPPER_SQ
+    for channels, stored in sensitivity._VERIFIED_UPPER_SQ.items():
+        computed = sensitivity._upper_bound_sq(channels, 2, sensitivity.UPPER_BOUND_CUTS, bias=2.0, alpha=1.0,
+                                               beta=0.5)
+        assert computed == stored, (channels, computed, stored)
+        assert sensitivity.pixel_sensitivity(channels).upper_sq == stored
+
+
+def test_the_table_is_read_only_at_the_defaults(monkeypatch):
+    sensitivity.pixel_sensitivity.cache_clear()
+    monkeypatch.setitem(sensitivity._VERIFIED_UPPER_SQ, 3, 7.0)  # a marker no programme returns
+    try:
+        assert sensitivity.pixel_sensitivity(3).upper_sq == 7.0
+        for change in ({"bias": 2.5}, {"alpha": 0.5}, {"beta": 0.75}, {"depth_radius": 1},
+                       {"cuts": (0.0, 0.5, 1.0)}):
+            assert sensitivity.pixel_sensitivity(3, **change).upper_sq < 2, change
+        assert sensitivity.pixel_sensitivity(4).upper_sq < 2
+    finally:
+        sensitivity.pixel_sensitivity.cache_clear()
+
+
 def test_image_sensitivity_and_errors():
     assert sensitivity.image_sensitivity(2.0, 3, 4) == pytest.approx(math.sqrt(24))
     with pytest.raises(ValueError, match="channels"):
