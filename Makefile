@@ -21,12 +21,14 @@ PYTEST_WORKERS ?= 2
 # 2-core machine; on more cores, try TEST_TF_THREADS=2 with PYTEST_WORKERS=4)
 TEST_TF_THREADS ?= 1
 
-# The venv's packages are installed by uv (pinned here; installed into the venv by pip): it unpacks and byte-compiles
-# the lock on every core, where pip takes about 2.5 times as long on 2 cores.  The byte-compiling is kept because
-# with PYTHONDONTWRITEBYTECODE set, every process would otherwise compile TensorFlow's sources on import.  uv reads
-# no pip.conf: --native-tls trusts the system's certificates as pip does; point it at a mirror with UV_INDEX_URL.
+# The venv's packages are installed by uv (pinned here; installed into the venv by pip, with an up-to-date pip for
+# `pip check` and the data scripts): it unpacks and byte-compiles the lock on every core, about 2.5 times faster
+# than pip on 2 cores.  The byte-compiling is kept because with PYTHONDONTWRITEBYTECODE set, every process would
+# otherwise compile TensorFlow's sources on import.  uv reads neither pip.conf nor PIP_* variables nor pip's
+# constraint files: --system-certs trusts the system's certificates as pip does; behind a mirror set
+# UV_DEFAULT_INDEX (and PIP_INDEX_URL for the pip step, which installs uv itself).
 UV_VERSION ?= 0.13.9
-UV_INSTALL = $(VENV)/bin/uv pip install --python $(PY) --quiet --native-tls --no-deps --compile-bytecode
+UV_INSTALL = $(VENV)/bin/uv pip install --python $(PY) --quiet --system-certs --no-deps --compile-bytecode
 
 # LFW location: $DPACT_LFW_DIR if set, else data/lfw, else a copy at ../shared/data/lfw beside the checkout.
 ifeq ($(strip $(DPACT_LFW_DIR)),)
@@ -52,7 +54,7 @@ venv: $(STAMP)
 $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet uv==$(UV_VERSION)
+	$(PY) -m pip install --quiet --upgrade pip uv==$(UV_VERSION)
 	$(UV_INSTALL) -r requirements.lock  # the lock lists every dependency
 	$(UV_INSTALL) -r requirements-nodeps.txt
 	$(UV_INSTALL) --no-build-isolation -e .
