@@ -26,7 +26,8 @@ def release_jar(pytestconfig, tmp_path_factory):
                     "Debian packages `kotlin default-jdk-headless` (apt-get install -y kotlin default-jdk-headless; "
                     ".ci/run does this when it runs as root)")
     digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
-    cache = pytestconfig.cache.mkdir("kotlin") if pytestconfig.cache else tmp_path_factory.mktemp("kotlin")
+    store = getattr(pytestconfig, "cache", None)  # absent under -p no:cacheprovider
+    cache = store.mkdir("kotlin") if store else tmp_path_factory.mktemp("kotlin")
     jar = Path(cache) / f"DpactRelease-{digest}.jar"
     if not jar.exists():
         partial = jar.with_name(f"partial-{os.getpid()}-{jar.name}")  # kotlinc writes a jar only to a *.jar path
