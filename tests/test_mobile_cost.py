@@ -6,7 +6,7 @@ import pytest
 
 from dpact_tf import build_split_vggface, encoding
 from dpact_tf.deploy.convert import convert_client_head
-from dpact_tf.repro.mobile_cost import DEPLOYED, PAPER_NEXUS6P, VARIANTS, bare_process_mb, run_mobile_benchmark, upload_bytes
+from dpact_tf.repro.mobile_cost import bare_process_mb, upload_bytes
 
 
 
@@ -43,33 +43,6 @@ def test_litert_measurement_imports_neither_tensorflow_nor_scipy(head, mode):
 
 def test_bare_process_is_the_baseline():
     assert 10 < bare_process_mb() < 400
-
-
-def test_benchmark_compares_variants_fairly(tmp_path):
-    names = ["reference kernels, whole batch", DEPLOYED]
-    res = run_mobile_benchmark([("tiny", 32, 1 / 16)], out_dir=str(tmp_path), batch=2, repeats=2, variants=names,
-                               jpeg_dir="")
-    assert json.load(open(tmp_path / "mobile_cost.json"))["configs"][0]["label"] == "tiny"
-    conf = res["configs"][0]
-    assert set(conf["variants"]) == set(names) and conf["litert"] is conf["variants"][DEPLOYED]
-    for name, lite in conf["variants"].items():
-        assert lite["noise_source"].startswith("the app's entropy only") and lite["builtin_ops_only"]
-        assert lite["epsilon"] == conf["keras"]["epsilon"] == res["epsilon"] and lite["num_threads"] == res["num_threads"]
-        assert lite["release_memory_mb"] > 0 and lite["train_memory_mb"] > 0
-        assert lite["max_batch"] == VARIANTS[name]["max_batch"] and lite["workers"] == VARIANTS[name]["workers"]
-        assert {"forward_s", "backward_s_per_sample"} <= set(conf["ratio_litert_over_keras"][name])
-    assert conf["keras"]["forward_s"] > 0 and conf["keras"]["num_threads"] == res["num_threads"]
-    # interleaved: every runtime timed once per round, the ratio also taken round by round
-    assert res["interleaved"] and len(conf["keras"]["forward_all_s"]) == len(conf["litert"]["forward_all_s"]) == 2
-    paired = conf["ratio_litert_over_keras"][DEPLOYED]["forward_paired"]
-    ratios = sorted(a / b for a, b in zip(conf["litert"]["forward_all_s"], conf["keras"]["forward_all_s"]))
-    assert paired["median"] == pytest.approx(sum(ratios) / 2) and paired["iqr"][0] <= paired["median"]
-    assert conf["ratio_litert_over_keras"][DEPLOYED]["forward_cpu"] == pytest.approx(
-        conf["litert"]["forward_cpu_s"] / conf["keras"]["forward_cpu_s"])
-    assert conf["litert"]["tensorflow_imported"] is False
-    assert conf["variants"]["reference kernels, whole batch"]["rows_per_call"] == 32
-    assert res["bare_process_mb"] > 0 and "load_avg_start" in res
-    assert set(PAPER_NEXUS6P) == {"load_s", "forward_s", "backward_s_per_sample", "memory_mb"}
 
 
 def test_cost_table_shows_three_digits_and_a_dash_for_what_a_runtime_does_not_measure():

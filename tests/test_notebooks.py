@@ -13,6 +13,7 @@ import pytest
 from dpact_tf import privacy
 from dpact_tf.repro import claims, frontier
 from dpact_tf.repro.book import NEEDS, NOTEBOOKS, REPO, build_book, run_notebooks
+from dpact_tf.repro.mobile_cost import DEPLOYED, PAPER_NEXUS6P, VARIANTS
 from dpact_tf.repro.profiles import get_profile
 
 EPSILONS = [None, 1.0, 3.0, 20.0]
@@ -127,6 +128,30 @@ def test_mobile_notebook(tiny_book):
     assert conf["litert"]["workers"] == 2 and conf["keras"]["epsilon"] == res["epsilon"]
     assert conf["litert"]["noise_source"].startswith("the app's entropy only")
     assert conf["litert"]["batch_load_s"] > 0 and conf["litert"]["release_memory_mb"] > 0
+    # every variant measured as the deployed one: the app's entropy, builtin ops, the same epsilon and threads
+    assert conf["litert"] == conf["variants"][DEPLOYED]
+    for name, lite in conf["variants"].items():
+        assert lite["noise_source"].startswith("the app's entropy only") and lite["builtin_ops_only"]
+        assert lite["epsilon"] == conf["keras"]["epsilon"] == res["epsilon"] and lite["num_threads"] == res["num_threads"]
+        assert lite["max_batch"] == VARIANTS[name]["max_batch"] and lite["workers"] == VARIANTS[name]["workers"]
+        assert lite["release_memory_mb"] > 0 and "forward_s" in conf["ratio_litert_over_keras"][name]
+        if VARIANTS[name]["with_train"]:  # the on-device backward is measured too
+            assert lite["train_memory_mb"] > 0 and "backward_s_per_sample" in conf["ratio_litert_over_keras"][name]
+        else:
+            assert "train_memory_mb" not in lite and "backward_s_per_sample" not in conf["ratio_litert_over_keras"][name]
+        assert lite["tensorflow_imported"] is False
+    assert conf["keras"]["forward_s"] > 0 and conf["keras"]["num_threads"] == res["num_threads"]
+    # interleaved: every runtime timed once per round, the ratio also taken round by round
+    repeats = get_profile("tiny").benchmark_repeats
+    assert res["interleaved"] and len(conf["keras"]["forward_all_s"]) == len(conf["litert"]["forward_all_s"]) == repeats
+    paired = conf["ratio_litert_over_keras"][DEPLOYED]["forward_paired"]
+    ratios = [a / b for a, b in zip(conf["litert"]["forward_all_s"], conf["keras"]["forward_all_s"])]
+    assert paired["median"] == pytest.approx(float(np.median(ratios))) and paired["iqr"][0] <= paired["median"]
+    assert conf["ratio_litert_over_keras"][DEPLOYED]["forward_cpu"] == pytest.approx(
+        conf["litert"]["forward_cpu_s"] / conf["keras"]["forward_cpu_s"])
+    assert conf["variants"]["reference kernels, whole batch"]["rows_per_call"] == 32
+    assert res["bare_process_mb"] > 0 and "load_avg_start" in res
+    assert set(PAPER_NEXUS6P) == {"load_s", "forward_s", "backward_s_per_sample", "memory_mb"}
     enc = _metrics(base, "encoding")
     assert {(r["epsilon"], r["encoding"]) for r in enc["rows"]} == {(e, k) for e in EPSILONS
                                                                    for k in ("float32", "float16", "uint8")}
