@@ -126,7 +126,17 @@ def _max_q(lo: np.ndarray, hi: np.ndarray, colour: np.ndarray, zero: int, channe
     for k, g in enumerate(grids):
         if k != r:
             denom = denom + alpha * lo[g] * (colour[g] == colour[centre])
-    term = hi[centre] / denom ** (2 * beta)
+    # term = hi[centre] / denom ** (2 beta), in denom's buffer: on a virtual machine, page-faulting a fresh
+    # n^(2r+1)-float array costs more than the arithmetic on it.  The power as numpy's ``**`` computes it.
+    denom = np.array(np.broadcast_to(denom, (n,) * w), dtype=np.float64)
+    exponent = 2 * beta
+    if exponent == 0.5:
+        np.sqrt(denom, out=denom)
+    elif exponent == 2:
+        np.square(denom, out=denom)
+    elif exponent != 1:
+        np.power(denom, exponent, out=denom)
+    term = np.divide(hi[centre], denom, out=denom)
     # Positions p = 0 .. channels + 2r - 1; channel i sits at p = i + r; the first and last r are padding.
     # value[s] is the best sum of completed terms for the state s = (v_{p-2r+1}, ..., v_p) (r = 0: no state).
     total = channels + 2 * r
@@ -135,6 +145,8 @@ def _max_q(lo: np.ndarray, hi: np.ndarray, colour: np.ndarray, zero: int, channe
         return float(term[best] * channels), np.full(channels, best)
     value = np.full((n,) * (2 * r), -np.inf)
     value[(zero,) * r] = 0.0  # positions 0..r-1 padding, r..2r-1 free (channels 0..r-1)
+    if not trace:
+        return _max_q_value(value, term, zero, channels, r), np.zeros(0, int)
     back = []
     cand = np.empty((n,) * (2 * r + 1))  # one buffer for every position (n^(2r+1) floats: fresh ones page-fault)
     for p in range(2 * r, total):
@@ -143,18 +155,33 @@ def _max_q(lo: np.ndarray, hi: np.ndarray, colour: np.ndarray, zero: int, channe
         else:  # v_p is padding: only the zero value
             cand.fill(-np.inf)
             cand[..., zero] = value + term[..., zero]
-        if trace:
-            back.append(np.argmax(cand, axis=0))
+        back.append(np.argmax(cand, axis=0))
         value = np.max(cand, axis=0)
     state = list(np.unravel_index(int(np.argmax(value)), value.shape))
     best = float(np.max(value))
-    if not trace:
-        return best, np.zeros(0, int)
     seq = state  # v_{total-2r} .. v_{total-1}
     for p in range(total - 1, 2 * r - 1, -1):
         tail = seq[:2 * r]  # v_{p-2r+1} .. v_p
         seq = [int(back[p - 2 * r][tuple(tail)])] + seq
     return best, np.asarray(seq[r:r + channels], int)
+
+
+def _max_q_value(value: np.ndarray, term: np.ndarray, zero: int, channels: int, r: int) -> float:
+    """:func:`_max_q`'s programme without the argmax: the maximum over v_{p-2r} accumulated one value at a time in
+    two n^(2r)-float buffers, not in an n^(2r+1)-float one (max is exact in any order: the same result)."""
+    n = term.shape[0]
+    res, tmp = np.empty((n,) * (2 * r)), np.empty((n,) * (2 * r))
+    for p in range(2 * r, channels + 2 * r):
+        if p < channels + r:  # v_p free: res[v_{p-2r+1}, ..., v_p] = max_a value[a, ...] + term[a, ...]
+            np.add(value[0][..., None], term[0], out=res)
+            for a in range(1, n):
+                np.add(value[a][..., None], term[a], out=tmp)
+                np.maximum(res, tmp, out=res)
+        else:  # v_p is padding: only the zero value
+            res.fill(-np.inf)
+            res[..., zero] = np.max(value + term[..., zero], axis=0)
+        value, res = res, value
+    return float(np.max(value))
 
 
 @functools.lru_cache(maxsize=64)

@@ -73,6 +73,33 @@ def test_paper_size_bracket():
     assert not res.exact
 
 
+@pytest.mark.parametrize("beta", [0.25, 0.5, 0.75, 1.0])
+@pytest.mark.parametrize("r,channels", [(1, 1), (1, 4), (2, 1), (2, 3), (2, 9)])
+def test_the_programme_without_argmax_is_the_one_with_it(r, channels, beta):
+    """The upper bound's programme (max accumulated value by value, two small buffers) returns exactly the traced
+    programme's maximum (one buffer over the whole window), for every exponent numpy's power special-cases."""
+    rng = np.random.default_rng(r * 100 + channels)
+    lo = np.sort(rng.uniform(0, 1, 6))
+    lo[-1] = 0.0
+    hi = np.minimum(lo + rng.uniform(0, 0.3, 6), 1.0)
+    hi[-1] = 0.0
+    colour = rng.integers(0, 2, 6)
+    lrn = dict(bias=2.0, alpha=1.0, beta=beta)
+    fast, _ = sensitivity._max_q(lo, hi, colour, 5, channels, r, **lrn)
+    traced, seq = sensitivity._max_q(lo, hi, colour, 5, channels, r, trace=True, **lrn)
+    assert fast == traced and len(seq) == channels
+    if channels <= 4:  # and it is the maximum of its objective, by brute force over every value sequence
+        def q(v):
+            total = 0.0
+            for i, vi in enumerate(v):
+                window = sum(lo[v[j]] for j in range(max(0, i - r), min(channels, i + r + 1))
+                             if j != i and colour[v[j]] == colour[vi])
+                total += hi[vi] / (2.0 + hi[vi] + window) ** (2 * beta)
+            return total
+        best = max(q(v) for v in itertools.product(range(6), repeat=channels))
+        assert fast == pytest.approx(best, rel=1e-12) and q(tuple(seq)) == pytest.approx(best, rel=1e-12)
+
+
 def test_the_verified_table_is_what_the_dynamic_programme_computes():
     """The stored upper bounds are the programme's output to the bit, and are used only at the defaults."""
     assert sensitivity._VERIFIED_UPPER_SQ
