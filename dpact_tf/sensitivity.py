@@ -106,6 +106,31 @@ def _check(channels: int, depth_radius: int, bias: float, alpha: float, beta: fl
                          f"bias + alpha (1 - 2 beta) > 0 (got bias={bias}, alpha={alpha}, beta={beta})")
 
 
+def _window_terms(lo: np.ndarray, hi: np.ndarray, colour: np.ndarray, r: int, bias: float, alpha: float,
+                  beta: float) -> np.ndarray:
+    """term[v_0, ..., v_{2r}] (float64): the bound on the centre channel's term given its window (centre at index r),
+    hi[v_r] / (bias + alpha (hi[v_r] + sum_{k != r, same colour} lo[v_k]))^(2 beta), to the bit as numpy's ``**``
+    computes it (its special cases of the exponent included), in one n^(2r+1)-float buffer: on a virtual machine,
+    page-faulting a fresh array of that size costs more than the arithmetic on it."""
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    n, w = len(lo), 2 * r + 1
+    grids = np.meshgrid(*([np.arange(n)] * w), indexing="ij", sparse=True)
+    centre = grids[r]
+    denom = bias + alpha * hi[centre]
+    for k, g in enumerate(grids):
+        if k != r:
+            denom = denom + alpha * lo[g] * (colour[g] == colour[centre])
+    denom = np.array(np.broadcast_to(denom, (n,) * w), dtype=np.float64)
+    exponent = 2 * beta
+    if exponent == 0.5:
+        np.sqrt(denom, out=denom)
+    elif exponent == 2:
+        np.square(denom, out=denom)
+    elif exponent != 1:
+        np.power(denom, exponent, out=denom)
+    return np.divide(hi[centre], denom, out=denom)
+
+
 def _max_q(lo: np.ndarray, hi: np.ndarray, colour: np.ndarray, zero: int, channels: int, r: int, bias: float,
            alpha: float, beta: float, trace: bool = False) -> Tuple[float, np.ndarray]:
     """max_v sum_i hi[v_i] / (bias + alpha (hi[v_i] + sum_{j != i, |j-i|<=r, same colour} lo[v_j]))^(2 beta).
@@ -119,24 +144,7 @@ def _max_q(lo: np.ndarray, hi: np.ndarray, colour: np.ndarray, zero: int, channe
     if n ** w > _MAX_WINDOW:
         raise ValueError(f"{n} values per channel and depth_radius={r} need {n ** w:,} window entries; "
                          "use fewer cells")
-    # term[v_0, ..., v_{2r}]: the bound on the centre channel's term given its window (centre at index r).
-    grids = np.meshgrid(*([np.arange(n)] * w), indexing="ij", sparse=True)
-    centre = grids[r]
-    denom = bias + alpha * hi[centre]
-    for k, g in enumerate(grids):
-        if k != r:
-            denom = denom + alpha * lo[g] * (colour[g] == colour[centre])
-    # term = hi[centre] / denom ** (2 beta), in denom's buffer: on a virtual machine, page-faulting a fresh
-    # n^(2r+1)-float array costs more than the arithmetic on it.  The power as numpy's ``**`` computes it.
-    denom = np.array(np.broadcast_to(denom, (n,) * w), dtype=np.float64)
-    exponent = 2 * beta
-    if exponent == 0.5:
-        np.sqrt(denom, out=denom)
-    elif exponent == 2:
-        np.square(denom, out=denom)
-    elif exponent != 1:
-        np.power(denom, exponent, out=denom)
-    term = np.divide(hi[centre], denom, out=denom)
+    term = _window_terms(lo, hi, colour, r, bias, alpha, beta)
     # Positions p = 0 .. channels + 2r - 1; channel i sits at p = i + r; the first and last r are padding.
     # value[s] is the best sum of completed terms for the state s = (v_{p-2r+1}, ..., v_p) (r = 0: no state).
     total = channels + 2 * r

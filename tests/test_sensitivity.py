@@ -73,6 +73,25 @@ def test_paper_size_bracket():
     assert not res.exact
 
 
+@pytest.mark.parametrize("beta", [0.25, 0.5, 0.75, 1.0, 0.3, 1.5])
+@pytest.mark.parametrize("r", [0, 1, 2])
+def test_the_window_terms_are_numpys_power_to_the_bit(r, beta):
+    """The in-place terms equal hi[centre] / denom ** (2 beta) as numpy's ``**`` computes it, bit for bit."""
+    rng = np.random.default_rng(7 + r)
+    lo, hi = rng.uniform(0, 1, 9), rng.uniform(0, 1, 9)
+    colour = rng.integers(0, 2, 9)
+    bias, alpha = 1.7, 0.9
+    grids = np.meshgrid(*([np.arange(9)] * (2 * r + 1)), indexing="ij", sparse=True)
+    denom = bias + alpha * hi[grids[r]]
+    for k, g in enumerate(grids):
+        if k != r:
+            denom = denom + alpha * lo[g] * (colour[g] == colour[grids[r]])
+    expected = hi[grids[r]] / denom ** (2 * beta)
+    got = sensitivity._window_terms(lo, hi, colour, r, bias, alpha, beta)
+    assert got.shape == (9,) * (2 * r + 1) and got.dtype == np.float64
+    assert np.array_equal(got.view(np.int64), np.broadcast_to(expected, got.shape).view(np.int64))
+
+
 @pytest.mark.parametrize("beta", [0.25, 0.5, 0.75, 1.0])
 @pytest.mark.parametrize("r,channels", [(1, 1), (1, 4), (2, 1), (2, 3), (2, 9)])
 def test_the_programme_without_argmax_is_the_one_with_it(r, channels, beta):
