@@ -118,7 +118,7 @@ def test_partition_notebook(tiny_book):
 
 
 def test_mobile_notebook(tiny_book):
-    _, base = tiny_book
+    root, base = tiny_book
     res = _metrics(base, "mobile")
     (conf,) = res["configs"]
     assert conf["label"] == "tiny" and conf["litert"]["tensorflow_imported"] is False
@@ -141,6 +141,11 @@ def test_mobile_notebook(tiny_book):
             assert "train_memory_mb" not in lite and "backward_s_per_sample" not in conf["ratio_litert_over_keras"][name]
         assert lite["tensorflow_imported"] is False
     assert conf["keras"]["forward_s"] > 0 and conf["keras"]["num_threads"] == res["num_threads"]
+    # and called back to back (warm), in every process that releases
+    for name, lite in conf["variants"].items():
+        assert lite["forward_warm_s"] > 0 and conf["ratio_litert_over_keras"][name]["forward_warm"] == pytest.approx(
+            lite["forward_warm_s"] / conf["keras"]["forward_warm_s"])
+    assert "Called back to back" in _outputs_text(root, "05_mobile_cost")
     # interleaved: every runtime timed once per round, the ratio also taken round by round
     repeats = get_profile("tiny").benchmark_repeats
     assert res["interleaved"] and len(conf["keras"]["forward_all_s"]) == len(conf["litert"]["forward_all_s"]) == repeats

@@ -35,7 +35,7 @@ import sys
 
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -172,8 +172,9 @@ def litert_session(path: str, *, mode: str = "release", batch: int = 8, repeats:
         ops = {"backward": lambda: runner.train(images, grad, 1e-6)}
 
     def finish() -> Dict[str, Any]:
-        return {"peak_rss_mb_process": _status_mb("VmHWM"), "load_avg_after": os.getloadavg()[0],
-                "tensorflow_imported": "tensorflow" in sys.modules, "scipy_imported": "scipy" in sys.modules}
+        return {**_warm(ops), "peak_rss_mb_process": _status_mb("VmHWM"),
+                "load_avg_after": os.getloadavg()[0], "tensorflow_imported": "tensorflow" in sys.modules,
+                "scipy_imported": "scipy" in sys.modules}
 
     return info, ops, finish
 
@@ -239,7 +240,8 @@ def keras_session(client_path: str, *, batch: int = 8, epsilon: float = 5.0, num
             "conv1_1_gflop_per_batch": batch * 2 * h * w * 27 * c / 1e9 if h == shape[0] else None}
 
     def finish() -> Dict[str, Any]:
-        return {"peak_rss_mb_process": _status_mb("VmHWM"), "load_avg_after": os.getloadavg()[0]}
+        return {**_warm({"forward": fwd}), "peak_rss_mb_process": _status_mb("VmHWM"),
+                "load_avg_after": os.getloadavg()[0]}
 
     return info, {"forward": fwd, "backward": lambda: step(x, grad).numpy()}, finish
 
@@ -254,6 +256,16 @@ def measure_litert(path: str, *, mode: str = "release", batch: int = 8, repeats:
                                        whole_images=whole_images, jpeg_dir=jpeg_dir)
     (name, op), = ops.items()
     return {**info, **_summary(name, [_once(op) for _ in range(repeats)], batch), **finish()}
+
+
+def _warm(ops: Mapping[str, Callable[[], Any]], calls: int = 10) -> Dict[str, Any]:
+    """``forward_warm_s``: the median of ``calls`` forwards called back to back (the process's threads awake, its
+    caches its own), as an app releasing a stream of batches runs; none for a process without ``forward``.  Timed at
+    the end, while the other measuring processes wait: the interleaved rounds time every call after idle."""
+    if "forward" not in ops:
+        return {}
+    ops["forward"]()
+    return {"forward_warm_s": statistics.median([_once(ops["forward"]) for _ in range(calls)])}
 
 
 def _once(fn: Callable[[], Any]) -> float:
@@ -363,7 +375,8 @@ def run_mobile_benchmark(configs: Sequence[Tuple[str, int, float]], *, out_dir: 
         for name in names:
             info, meta = workers[f"{name}/release"].info, metas[name]
             lite = {**info, **_summary("forward", times[(f"{name}/release", "forward")], batch,
-                                       cpu[(f"{name}/release", "forward")])}
+                                       cpu[(f"{name}/release", "forward")]),
+                    "forward_warm_s": finals[f"{name}/release"]["forward_warm_s"]}
             lite["release_memory_mb"] = finals[f"{name}/release"]["peak_rss_mb_process"] - bare
             lite.update({k: finals[f"{name}/release"][k] for k in ("tensorflow_imported", "scipy_imported")})
             if f"{name}/train" in workers:
@@ -388,12 +401,13 @@ def run_mobile_benchmark(configs: Sequence[Tuple[str, int, float]], *, out_dir: 
             name: {**{k: lite[k] / keras[k] for k in ("forward_s", "backward_s_per_sample", "model_load_s")
                       if lite.get(k) and keras.get(k)},
                    "forward_paired": _paired(lite["forward_all_s"], keras["forward_all_s"]),
+                   "forward_warm": lite["forward_warm_s"] / keras["forward_warm_s"],
                    "forward_cpu": lite["forward_cpu_s"] / keras["forward_cpu_s"]}
             for name, lite in entry["variants"].items()}
         results["configs"].append(entry)
         for name, r in entry["ratio_litert_over_keras"].items():
             say(f"[{label}] {name}: LiteRT/Keras forward {r.get('forward_s', float('nan')):.2f} (paired "
-                f"{r['forward_paired']['median']:.2f}), backward {r.get('backward_s_per_sample', float('nan')):.2f}")
+                f"{r['forward_paired']['median']:.2f}, warm {r['forward_warm']:.2f}), backward {r.get('backward_s_per_sample', float('nan')):.2f}")
     results["load_avg_end"] = os.getloadavg()[0]
     write_json(os.path.join(out_dir, "mobile_cost.json"), results)
     return results

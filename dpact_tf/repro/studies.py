@@ -471,8 +471,14 @@ def mobile_summary(res: Mapping[str, Any], *, deployed: str, reference: str = "r
     words = (paper or res["configs"][0])["activation_shape"]
     target = ("**met** by every deployable variant, on every head size measured." if not slower else
               "**not met** for " + ", ".join(f"{head} {name} ({ratio:.2f})" for head, name, ratio in slower) + ".")
+    warm = [(c["label"], c["ratio_litert_over_keras"][deployed]["forward_warm"]) for c in res["configs"]
+            if c["ratio_litert_over_keras"].get(deployed, {}).get("forward_warm") is not None]
+    warm_text = ("" if not warm else " Called back to back, as an app releasing a stream of batches calls it, the "
+                 "deployed head's forward takes " + ", ".join(f"{ratio:.2f}× Keras' at {head}" for head, ratio in warm)
+                 + " (the interleaved rounds time each call after idle, with its threads asleep and its caches "
+                 "cold; `benchmarks/head_wakeup.py` times both kinds of call, after a sleep and back to back).")
     return ("Our target — the deployable LiteRT head at least as fast as the Keras client, both releasing on the grid "
-            f"— is {target} The noise is the costly part of the head: per {words[0]}×{words[1]} image it looks up "
+            f"— is {target}{warm_text} The noise is the costly part of the head: per {words[0]}×{words[1]} image it looks up "
             f"{words[0] * words[1] * words[2]:,} secret 64-bit words in the noise table with TFLite's single-threaded "
             "int64 kernels, against one 3×3 convolution with 3 input channels; two interpreters share that work. "
             + budget)
