@@ -258,13 +258,16 @@ def measure_litert(path: str, *, mode: str = "release", batch: int = 8, repeats:
     return {**info, **_summary(name, [_once(op) for _ in range(repeats)], batch), **finish()}
 
 
-def _warm(ops: Mapping[str, Callable[[], Any]], calls: int = 10) -> Dict[str, Any]:
+def _warm(ops: Mapping[str, Callable[[], Any]], calls: int = 20, warm_up_s: float = 0.3) -> Dict[str, Any]:
     """``forward_warm_s``: the median of ``calls`` forwards called back to back (the process's threads awake, its
-    caches its own), as an app releasing a stream of batches runs; none for a process without ``forward``.  Timed at
-    the end, while the other measuring processes wait: the interleaved rounds time every call after idle."""
+    caches its own), as an app releasing a stream of batches runs, after ``warm_up_s`` seconds of such calls; none for
+    a process without ``forward``.  Timed at the end, while the other measuring processes wait: the interleaved
+    rounds time every call after idle."""
     if "forward" not in ops:
         return {}
-    ops["forward"]()
+    start = time.perf_counter()
+    while time.perf_counter() - start < warm_up_s:
+        ops["forward"]()
     return {"forward_warm_s": statistics.median([_once(ops["forward"]) for _ in range(calls)])}
 
 
