@@ -120,8 +120,6 @@ def _window_terms(lo: np.ndarray, hi: np.ndarray, colour: np.ndarray, r: int, bi
     for k, g in enumerate(grids):
         if k != r:
             denom = denom + alpha * lo[g] * (colour[g] == colour[centre])
-    if denom.shape != (n,) * w:  # (a window without same-coloured neighbours is never the case; kept safe)
-        denom = np.array(np.broadcast_to(denom, (n,) * w), dtype=np.float64)
     exponent = 2 * beta
     if exponent == 0.5:
         np.sqrt(denom, out=denom)
