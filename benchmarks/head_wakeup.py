@@ -59,16 +59,13 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=0.05, help="seconds of sleep before each 'after idle' call")
     args = parser.parse_args()
     from dpact_tf.deploy.convert import client_for_export, convert_client_head
-    from dpact_tf.vggface import build_split_vggface
+    from dpact_tf.repro.mobile_cost import save_keras_twin
 
     with tempfile.TemporaryDirectory() as tmp:
-        # as the cost chapter: the head from the exported client, Keras from a noise-free copy (its release adds the
-        # grid noise once)
+        # as the cost chapter: the head from the exported client, Keras from its noise-free twin
         exported = client_for_export(image_size=args.side, width=args.width)
-        clean = build_split_vggface((args.side, args.side, 3), 2, width=args.width, fc_units=2, epsilon=None)
-        clean.client.set_weights(exported.get_weights())
-        client = os.path.join(tmp, "client.keras")
-        clean.client.save(client)
+        client = save_keras_twin(exported, os.path.join(tmp, "client.keras"), image_size=args.side,
+                                 width=args.width)
         heads = {}
         for name, with_train in (("deployed (with train)", True), ("inference only", False)):
             heads[name] = os.path.join(tmp, f"head_{with_train}.tflite")

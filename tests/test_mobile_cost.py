@@ -6,14 +6,27 @@ import pytest
 
 from dpact_tf import build_split_vggface, encoding
 from dpact_tf.deploy.convert import convert_client_head
-from dpact_tf.repro.mobile_cost import bare_process_mb, upload_bytes
-
+from dpact_tf.repro.mobile_cost import bare_process_mb, save_keras_twin, upload_bytes
 
 
 def test_upload_bytes():
     # the paper's conv1_1 activation: 224 * 224 * 64 = 3,211,264 values
     assert upload_bytes((224, 224, 64)) == {"float32": 12_845_056, "float16": 6_422_528, "uint8": 3_211_264}
     assert upload_bytes((8, 8, 4)) == {e: encoding.bytes_per_image((8, 8, 4), e) for e in encoding.ENCODINGS}
+
+
+def test_the_keras_twin_has_the_clients_weights_and_no_noise(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    noisy = build_split_vggface((32, 32, 3), 2, width=1 / 16, fc_units=2, epsilon=5.0).client
+    twin = tf.keras.models.load_model(save_keras_twin(noisy, str(tmp_path / "twin.keras"), image_size=32,
+                                                      width=1 / 16))
+    assert all(np.array_equal(a, b) for a, b in zip(twin.get_weights(), noisy.get_weights()))
+    x = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype(np.float32)
+    once, again = twin(x, training=True).numpy(), twin(x, training=True).numpy()
+    assert np.array_equal(once, again)  # no noise: the same output twice
+    assert not np.array_equal(noisy(x, training=True).numpy(), noisy(x, training=True).numpy())
 
 
 @pytest.fixture(scope="module")

@@ -306,6 +306,18 @@ def _paired(lite: Sequence[float], keras: Sequence[float]) -> Dict[str, Any]:
     return {"median": statistics.median(ratios), "iqr": [float(q[0]), float(q[1])]}
 
 
+def save_keras_twin(client: Any, path: str, *, image_size: int, width: float) -> str:
+    """Save, at ``path``, the Keras client that an exported head is timed against: a noise-free copy of ``client``
+    (the model given to the converter, which may carry a noise layer of its own) with its weights, so that
+    :func:`keras_session`, which adds the grid release, adds it exactly once.  Returns ``path``."""
+    from dpact_tf.vggface import build_split_vggface
+
+    clean = build_split_vggface((image_size, image_size, 3), 2, width=width, fc_units=2, epsilon=None)
+    clean.client.set_weights(client.get_weights())
+    clean.client.save(path)
+    return path
+
+
 def run_mobile_benchmark(configs: Sequence[Tuple[str, int, float]], *, out_dir: str, batch: int = 8,
                          repeats: int = 10, epsilon: float = 5.0, num_threads: Optional[int] = None,
                          variants: Optional[Sequence[str]] = None, jpeg_dir: Optional[str] = None,
@@ -356,15 +368,12 @@ def run_mobile_benchmark(configs: Sequence[Tuple[str, int, float]], *, out_dir: 
                     if metas[name]["train_optimizer"]:
                         workers[f"{name}/train"] = Worker(lite + ["--mode", "train"])
                         schedule.append((f"{name}/train", "backward"))
-                from dpact_tf.vggface import build_split_vggface
-
-                clean = build_split_vggface((size, size, 3), 2, width=width, fc_units=2, epsilon=None)
-                clean.client.set_weights(client.get_weights())
-                clean.client.save(os.path.join(tmp, "client.keras"))
+                keras_client = save_keras_twin(client, os.path.join(tmp, "client.keras"), image_size=size,
+                                               width=width)
                 say(f"[{label}] loading the Keras client (the grid release at epsilon {epsilon:g}, "
                     f"{num_threads} threads) ...")
                 workers["keras"] = Worker([sys.executable, "-m", "dpact_tf.repro.mobile_cost", "keras",
-                                           os.path.join(tmp, "client.keras")] + common)
+                                           keras_client] + common)
                 schedule += [("keras", "forward"), ("keras", "backward")]
                 say(f"[{label}] {repeats} interleaved rounds of {len(schedule)} timings ...")
                 times, cpu = interleave(workers, schedule, repeats)
