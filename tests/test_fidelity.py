@@ -193,3 +193,40 @@ def test_the_notes_name_seeds_only_where_there_are_several():
     note = f.cut_note(small, medium, paper)
     assert "one seed per run." in note and "96×96×8" in note and "at most 60 epochs" in note
     assert "The `medium` profile" not in f.cut_note(medium, medium, paper)
+    assert "Left out" not in f.cut_note(small, medium, paper, rows=[])  # small leaves nothing out of its own
+
+
+def _timed(size, channels, eps, seconds, epochs):
+    return {"image_size": size, "conv1_channels": channels, "epsilon": eps, "seconds": seconds,
+            "epochs_trained": epochs}
+
+
+def test_left_out_runs_are_estimated_from_the_same_channels_scaled_by_pixels():
+    rows = [_timed(64, 64, None, 600.0, 30), _timed(64, 64, 5.0, 1200.0, 40), _timed(64, 64, 10.0, 1800.0, 40),
+            _timed(64, 8, 5.0, 60.0, 20), _timed(96, 8, 5.0, 1.0, None)]
+    # no noise: 20 s/epoch at 64x64 -> x (112/64)^2 at 112x112, 30 epochs, 2 runs
+    assert f.left_out_minutes(rows, size=112, channels=64, noisy=False, runs=2) == pytest.approx(
+        2 * 20 * (112 / 64) ** 2 * 30 / 60)
+    # noisy: the median of 30 and 45 s/epoch, times 40 epochs
+    assert f.left_out_minutes(rows, size=64, channels=64, noisy=True) == pytest.approx(37.5 * 40 / 60)
+    assert f.left_out_minutes(rows, size=64, channels=16, noisy=True) is None  # nothing with 16 channels timed
+    with pytest.raises(ValueError, match="positive"):
+        f.left_out_minutes(rows, size=112, channels=64, noisy=True, runs=0)
+
+
+def test_the_medium_cut_note_names_what_it_leaves_out_and_its_estimated_cost():
+    from dpact_tf.repro.profiles import get_profile
+
+    small, medium, paper = (get_profile(n) for n in ("small", "medium", "paper"))
+    rows = [_timed(s, c, e, 600.0 * (s / 64) ** 2 * (2 if e else 1), 30) for s, c in medium.ladder_points
+            for e in medium.ladder_epsilons]
+    note = f.cut_note(medium, medium, paper, rows=rows)
+    # 112x112x64 at {none, 5, 10}, 2 seeds: 2 x (1 + 2 + 2) x 600 s x (112/64)^2 (the epochs cancel)
+    expected_h = 2 * (1 + 2 + 2) * 600 * (112 / 64) ** 2 / 3600
+    assert f"112×112×64: about {expected_h:.1f} h for 6 runs, ε ∈ {{no noise, 5, 10}} with 2 seeds" in note
+    # the convergence study trains epsilon 3 at the profile's own 64x64x8: the other points would need it
+    others = len(medium.ladder_points) - 1
+    assert f"ε = 3 at {others} of the ladder's points" in note and "trains it at 64×64×8" in note
+    assert "Left out" not in f.cut_note(medium, medium, paper)  # without the ladder's rows: nothing to estimate
+    no_64 = [r for r in rows if r["conv1_channels"] != 64]
+    assert "no run with as many channels was timed" in f.cut_note(medium, medium, paper, rows=no_64)

@@ -30,7 +30,7 @@ from dpact_tf.repro.runs import RunSpec, load_faces, run_training
 
 __all__ = ["ConvergenceStudy", "LadderStudy", "convergence_study", "convergence_spec", "ladder_study",
            "ladder_runs_spec", "ladder_trends", "ladder_note", "trend_lines", "cut_note", "ladder_table",
-           "convergence_text", "seeds_note", "above_chance", "fit_trend", "epochs_to_reach", "retained_gain",
+           "convergence_text", "seeds_note", "left_out_minutes", "LEFT_OUT", "above_chance", "fit_trend", "epochs_to_reach", "retained_gain",
            "training_flops_per_image", "gpu_estimates", "profile_workload", "PAPER_COORDINATES", "REACH_FRACTIONS",
            "PREDICTION_LEVEL", "CHANCE_LEVEL", "GPU_SUSTAINED_TFLOPS"]
 
@@ -45,6 +45,9 @@ CHANCE_LEVEL = 0.95
 #: an assumption, not a measurement: TFLOP/s that one modern data-centre GPU sustains when training VGG-16-sized
 #: convolutional networks in TF32/mixed precision (about a tenth of an A100's or H100's tensor-core peak)
 GPU_SUSTAINED_TFLOPS = 25.0
+#: what a profile's ladder leaves out for its time budget, so that its chapter can say what each would cost:
+#: ladder points (input side, conv1_1 channels) and epsilons (trained at every point)
+LEFT_OUT: Dict[str, Dict[str, tuple]] = {"medium": {"points": ((112, 64),), "epsilons": (3.0,)}}
 
 
 def _histories(runs) -> List[Dict[str, Any]]:
@@ -370,14 +373,68 @@ def ladder_note(prof, medium) -> str:
     return note
 
 
-def cut_note(prof, medium, paper) -> str:
-    """What the fidelity studies of ``prof`` leave to ``medium`` and ``paper`` (Markdown)."""
+def left_out_minutes(rows: Sequence[Mapping[str, Any]], *, size: int, channels: int, noisy: bool,
+                     runs: int = 1) -> Optional[float]:
+    """Estimated minutes of ``runs`` ladder runs at (``size``, ``channels``), with noise or without, from the
+    measured ``rows`` (:func:`ladder_study`'s) of the same conv1_1 channels and the same kind (noise or none): each
+    one's seconds per epoch scaled by the ratio of pixels (at fixed channels every layer's work grows with the
+    input's area), their median, times the median epochs those runs trained.  None when no such run was timed."""
+    if size <= 0 or channels <= 0 or runs < 1:
+        raise ValueError(f"size, channels and runs must be positive (got {size}, {channels}, {runs})")
+    same = [r for r in rows if r["conv1_channels"] == channels and (r["epsilon"] is not None) == noisy
+            and r.get("seconds") and r.get("epochs_trained")]
+    if not same:
+        return None
+    per_epoch = float(np.median([r["seconds"] / r["epochs_trained"] * (size / r["image_size"]) ** 2 for r in same]))
+    return runs * per_epoch * float(np.median([r["epochs_trained"] for r in same])) / 60
+
+
+def _hours(minutes: float) -> str:
+    return f"about {minutes / 60:.1f} h" if minutes >= 90 else f"about {minutes:.0f} min"
+
+
+def _left_out_note(prof, rows: Sequence[Mapping[str, Any]]) -> str:
+    """What ``prof``'s ladder leaves out for time (:data:`LEFT_OUT`) and what it would cost, estimated from ``rows``."""
+    from dpact_tf.vggface import layer_plan
+
+    left = LEFT_OUT.get(prof.name)
+    if not left:
+        return ""
+    eps = list(prof.ladder_epsilons)
+    largest = max(s * s * c for s, c in prof.ladder_points)
+    parts = []
+    for size, channels in left.get("points", ()):
+        seeds = prof.ladder_largest_seeds if size * size * channels > largest else 1
+        est = [left_out_minutes(rows, size=size, channels=channels, noisy=e is not None, runs=seeds) for e in eps]
+        cost = (f"{_hours(sum(est))} for {len(eps) * seeds} runs, ε ∈ {plots.eps_set(eps)} with {seeds} "
+                f"seed{'s' if seeds > 1 else ''}, scaled from the {channels}-channel runs by pixel count"
+                if None not in est else "no run with as many channels was timed to estimate its cost")
+        parts.append(f"{size}×{size}×{channels}: {cost}")
+    own = (prof.image_size, layer_plan(prof.width)[0][2])  # the convergence study trains this point at its ε
+    for e in left.get("epsilons", ()):
+        if e in eps:
+            continue
+        points = [p for p in prof.ladder_points if not (p == own and e in prof.convergence_epsilons)]
+        est = [left_out_minutes(rows, size=s, channels=c, noisy=True) for s, c in points]
+        parts.append(f"ε = {e:g} at {len(points)} of the ladder's points: {_hours(sum(m for m in est if m))} for "
+                     f"{len(points)} runs, scaled from the noisy runs of the same points"
+                     + (f" (the convergence study trains it at {own[0]}×{own[0]}×{own[1]})" if len(points) < len(
+                         prof.ladder_points) else ""))
+    return (f" Left out at `{prof.name}` for time, with estimates from this profile's timed runs — "
+            + "; ".join(parts) + ". The minutes of every run are in the ladder's table above.")
+
+
+def cut_note(prof, medium, paper, rows: Optional[Sequence[Mapping[str, Any]]] = None) -> str:
+    """What the fidelity studies of ``prof`` leave to ``medium`` and ``paper`` (Markdown); with the ladder's
+    ``rows``, also what ``prof`` leaves out for time (:data:`LEFT_OUT`) and its estimated cost."""
     text = (f"At `{prof.name}`: convergence runs for ε ∈ {plots.eps_set(prof.convergence_epsilons)} "
             f"with a {prof.convergence_max_epochs}-epoch budget; the ladder at {_shapes(prof.ladder_points)}, "
             f"ε ∈ {plots.eps_set(prof.ladder_epsilons)}, each run until it stops improving; {seeds_note(prof)}.")
     if _medium_adds(prof, medium):
         text += (f" The `medium` profile runs the convergence study (ε ∈ {plots.eps_set(medium.convergence_epsilons)}) "
                  f"and the ladder at {_medium_ladder(medium)}.")
+    if rows is not None:
+        text += _left_out_note(prof, rows)
     if prof.name != paper.name:
         text += (f" Larger points (the paper's {paper.image_size}×{paper.image_size} input) are the `paper` "
                  f"profile's ladder, {_shapes(paper.ladder_points)}, for a GPU.")
