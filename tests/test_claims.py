@@ -170,7 +170,8 @@ def test_fig3_eps20_uses_the_ladder_but_is_never_contradicted_by_noisier_runs():
     base = 0.6
     required = 1 - c.FIG3_GAP_AT_EPS20 / (base - _sweep()["majority_class_test_accuracy"])
     conv = _conv(base, 0.3, 0.4, rel10=0.5)
-    assert c.claim_fig3(_sweep(), conv, _ladder(0.5, required + 0.001))["verdict"] == c.CONSISTENT
+    assert c.claim_fig3(_sweep(), conv, _ladder(0.5, required + 0.101))["verdict"] == c.CONSISTENT
+    assert c.claim_fig3(_sweep(), conv, _ladder(0.5, required + 0.001))["verdict"] == c.CONSISTENT_UNDECIDED
     row = c.claim_fig3(_sweep(), conv, _ladder(0.5, required - 0.3))
     assert row["verdict"] == c.INCONCLUSIVE and "scale ladder" in row["why"]
     assert c.claim_fig3(_sweep(base=0.2, hi=0.2 - c.FIG3_GAP_AT_EPS20 + 0.001), conv,
@@ -191,7 +192,10 @@ def test_fig3_mid_ladder_consistent_contradicted_inconclusive():
     def ladder(p3, p5, half=0.1, epochs=30):
         return {**_ladder(p3, p5, half), "max_epochs": epochs}
 
-    assert c.claim_fig3_mid(conv, ladder(t + 0.01, t + 0.2))["verdict"] == c.CONSISTENT
+    assert c.claim_fig3_mid(conv, ladder(t + 0.11, t + 0.2))["verdict"] == c.CONSISTENT
+    # the predictions reach the bar but an interval's lower end does not: consistent, not decided
+    assert c.claim_fig3_mid(conv, ladder(t + 0.09, t + 0.2))["verdict"] == c.CONSISTENT_UNDECIDED
+    assert c.claim_fig3_mid(conv, ladder(t + 0.01, t + 0.2))["verdict"] == c.CONSISTENT_UNDECIDED
     assert c.claim_fig3_mid(conv, ladder(t - 0.11, t + 0.2, half=0.1))["verdict"] == c.CONTRADICTED
     assert c.claim_fig3_mid(conv, ladder(t - 0.09, t + 0.2, half=0.1))["verdict"] == c.INCONCLUSIVE
     # a ladder shorter than the baseline's convergence, or an unconverged baseline, cannot contradict
@@ -202,6 +206,9 @@ def test_fig3_mid_ladder_consistent_contradicted_inconclusive():
     for tr in no_interval["trends"].values():
         tr["lower"] = tr["upper"] = None
     assert c.claim_fig3_mid(conv, no_interval)["verdict"] == c.INCONCLUSIVE
+    for tr in no_interval["trends"].values():
+        tr["prediction"] = t + 0.3
+    assert c.claim_fig3_mid(conv, no_interval)["verdict"] == c.CONSISTENT_UNDECIDED  # no interval decides nothing
     floor = {"trends": {}, "no_trend": {"3": "at chance at every size (3 runs)", "5": "at chance at every size (3 runs)"},
              "max_epochs": 30}
     row = c.claim_fig3_mid(conv, floor)
