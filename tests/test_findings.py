@@ -28,3 +28,40 @@ def test_the_reasons_are_escaped_and_complete():
     html = findings.reasons_html(ROWS)
     assert html.count("<details>") == 2 and "budget &lt;and&gt; scale" in html and "<i>Why:</i> —" in html
     assert [r["claim"] for r in findings.verdict_table(ROWS)][1] == "Images are well preserved at ε ≈ 5"
+
+
+def _fig(fig, claim, verdict, ours="0.3", why=""):
+    return {"in the paper": fig, "paper's claim": claim, "ours": ours, "verdict": verdict, "rule": "r", "why": why}
+
+
+def test_the_profiles_are_set_side_by_side_only_where_they_differ():
+    small = [_fig("Fig. 3", "trains well at ε 3-5", "not reproduced", why="budget; scale ladder: no run at these ε"),
+             _fig("Fig. 4", "fine-tuning at ε 3", "not reproduced with the stand-in"),
+             _fig("Fig. 4 (setup)", "VGG-Face", "different setup"), _fig("Fig. 2", "images", "partly reproduced")]
+    medium = [_fig("Fig. 3", "trains well at ε 3-5", "consistent", ours="0.32",
+                   why="budget; scale ladder (needs ≥ 0.80): ε=5: predicted 0.84"),
+              _fig("Fig. 4", "fine-tuning at ε 3", "not reproduced with the stand-in"),
+              _fig("Fig. 4 (setup)", "VGG-Face", "different setup"), _fig("Fig. 2", "images", "partly reproduced")]
+    text = findings.profiles_markdown({"small": small, "medium": medium}, profile="medium")
+    assert "* `small`: *not reproduced* — 0.3; scale ladder: no run at these ε" in text
+    assert "* `medium`: *consistent* — 0.32; scale ladder (needs ≥ 0.80): ε=5: predicted 0.84" in text
+    assert "fine-tuning at ε 3: *not reproduced with the stand-in* at both (0.3)" in text
+    assert "Fig. 2" not in text and "setup" not in text  # Figs. 3 and 4's claims only
+    # the same verdict and number but another ladder: both lines
+    other = [dict(small[0], verdict="consistent", ours="0.32", why="scale ladder: ε=5: predicted 0.5")] + small[1:]
+    assert "* `small`: *consistent* — 0.32; scale ladder: ε=5: predicted 0.5" in findings.profiles_markdown(
+        {"small": other, "medium": medium}, profile="small")
+
+
+def test_an_unrecorded_profile_is_named_not_invented():
+    small = [_fig("Fig. 3", "trains well", "not reproduced")]
+    not_run = [_fig("Fig. 3", "trains well", "—")]
+    for medium in (None, [], not_run):
+        text = findings.profiles_markdown({"small": small, "medium": medium}, profile="small")
+        assert "(`make book PROFILE=medium`) is not recorded in this results directory" in text
+        assert "not reproduced" not in text
+    partial = [_fig("Fig. 3", "trains well", "not reproduced"), _fig("Fig. 4", "fine-tuning", "—")]
+    text = findings.profiles_markdown({"small": small + [_fig("Fig. 4", "fine-tuning", "reproduced")],
+                                       "medium": partial}, profile="small")
+    assert "* `medium`: not recorded" in text
+    assert findings.profiles_markdown({"tiny": small}, profile="tiny") == ""

@@ -3,14 +3,16 @@
 
 * :func:`findings_markdown` -- the intro's opening: one line per claim with its verdict, grouped by verdict;
 * :func:`verdict_table` -- the discussion's table with short cells (figure, claim, ours, verdict);
-* :func:`reasons_html` -- the reasoning behind each verdict (why and the rule), one collapsible block per claim.
+* :func:`reasons_html` -- the reasoning behind each verdict (why and the rule), one collapsible block per claim;
+* :func:`profiles_markdown` -- Figs. 3 and 4 at ``small`` beside ``medium`` when both are recorded: what the larger
+  budgets show that the default cannot.
 """
 from __future__ import annotations
 
 import html
 from typing import Any, Dict, List, Mapping, Sequence
 
-__all__ = ["findings_markdown", "verdict_table", "reasons_html", "short_claim"]
+__all__ = ["findings_markdown", "verdict_table", "reasons_html", "short_claim", "profiles_markdown", "COMPARED"]
 
 Row = Mapping[str, Any]
 
@@ -52,3 +54,57 @@ def reasons_html(rows: Sequence[Row]) -> str:
                 fig=html.escape(r["in the paper"]), verdict=html.escape(r["verdict"]),
                 claim=html.escape(r["paper's claim"]), why=html.escape(why), rule=html.escape(r["rule"])))
     return "\n".join(blocks)
+
+
+#: the verdict of a claim whose study was not run (:func:`dpact_tf.repro.claims.claims_table`)
+NOT_RUN_VERDICT = "—"
+#: the CPU profiles the intro sets side by side (the larger one's budgets are what the smaller one cannot afford)
+COMPARED = ("small", "medium")
+
+
+def _ladder_reason(row: Row) -> str:
+    """The scale ladder's part of a claim's reasons ("" when it has none)."""
+    why = row.get("why") or ""
+    return why[why.index("scale ladder"):] if "scale ladder" in why else ""
+
+
+def profiles_markdown(rows_by_profile: Mapping[str, Sequence[Row]], *, profile: str) -> str:
+    """Figs. 3 and 4's verdicts at each profile of :data:`COMPARED` whose claims are recorded (``rows_by_profile``:
+    profile -> :func:`~dpact_tf.repro.claims.claims_table`; a claim whose study was not run has the verdict "—"),
+    one bullet per claim, once when both profiles agree (verdict, number and the scale ladder's reasons), else one
+    line per profile; or, when the other profile has nothing recorded, how to run it (Markdown).  "" for a profile
+    outside :data:`COMPARED`."""
+    if profile not in COMPARED:
+        return ""
+    other = next(p for p in COMPARED if p != profile)
+    if not any(r["verdict"] != NOT_RUN_VERDICT for r in rows_by_profile.get(other) or ()):
+        return (f"The `{other}` profile (`make book PROFILE={other}`) is not recorded in this results directory; "
+                "its verdicts for Figs. 3 and 4 would appear here beside these.")
+    figs = [r for r in rows_by_profile[profile] if r["in the paper"].startswith(("Fig. 3", "Fig. 4"))
+            and not r["in the paper"].endswith("(setup)")]
+    theirs = {(r["in the paper"], r["paper's claim"]): r for r in rows_by_profile[other]}
+    lines = []
+    for r in figs:
+        o = theirs.get((r["in the paper"], r["paper's claim"]))
+        by = {profile: r, other: o if o and o["verdict"] != NOT_RUN_VERDICT else None}
+        if r["verdict"] == NOT_RUN_VERDICT:
+            by[profile] = None
+        claim = short_claim(r["paper's claim"])
+        head = f"* **{r['in the paper']}** — {claim}"
+        o = by[other]
+        if o and by[profile] and (o["verdict"], o["ours"], _ladder_reason(o)) == (r["verdict"], r["ours"],
+                                                                                 _ladder_reason(r)):
+            lines.append(f"{head}: *{r['verdict']}* at both ({r['ours']})")
+            continue
+        lines.append(head + ":")
+        for p in COMPARED:
+            row = by[p]
+            if not row:
+                lines.append(f"  * `{p}`: not recorded")
+                continue
+            ladder = _ladder_reason(row)
+            lines.append(f"  * `{p}`: *{row['verdict']}* — {row['ours']}" + (f"; {ladder}" if ladder else ""))
+    return ("Figs. 3 and 4 at both CPU profiles, both recorded in this results directory. `medium` trains the "
+            "fidelity chapter's convergence runs and scale ladder longer and larger; Fig. 3's ε sweep and Fig. 4's "
+            "fine-tuning keep `small`'s settings, so what differs below is what the longer, larger runs decide:\n\n"
+            + "\n".join(lines))
