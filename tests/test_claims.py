@@ -171,7 +171,7 @@ def test_fig3_eps20_uses_the_ladder_but_is_never_contradicted_by_noisier_runs():
     required = 1 - c.FIG3_GAP_AT_EPS20 / (base - _sweep()["majority_class_test_accuracy"])
     conv = _conv(base, 0.3, 0.4, rel10=0.5)
     assert c.claim_fig3(_sweep(), conv, _ladder(0.5, required + 0.101))["verdict"] == c.CONSISTENT
-    assert c.claim_fig3(_sweep(), conv, _ladder(0.5, required + 0.001))["verdict"] == c.CONSISTENT_UNDECIDED
+    assert c.claim_fig3(_sweep(), conv, _ladder(0.5, required + 0.001))["verdict"] == c.INCONCLUSIVE_REACHING
     row = c.claim_fig3(_sweep(), conv, _ladder(0.5, required - 0.3))
     assert row["verdict"] == c.INCONCLUSIVE and "scale ladder" in row["why"]
     assert c.claim_fig3(_sweep(base=0.2, hi=0.2 - c.FIG3_GAP_AT_EPS20 + 0.001), conv,
@@ -194,8 +194,19 @@ def test_fig3_mid_ladder_consistent_contradicted_inconclusive():
 
     assert c.claim_fig3_mid(conv, ladder(t + 0.11, t + 0.2))["verdict"] == c.CONSISTENT
     # the predictions reach the bar but an interval's lower end does not: consistent, not decided
-    assert c.claim_fig3_mid(conv, ladder(t + 0.09, t + 0.2))["verdict"] == c.CONSISTENT_UNDECIDED
-    assert c.claim_fig3_mid(conv, ladder(t + 0.01, t + 0.2))["verdict"] == c.CONSISTENT_UNDECIDED
+    assert c.claim_fig3_mid(conv, ladder(t + 0.09, t + 0.2))["verdict"] == c.INCONCLUSIVE_REACHING
+    assert c.claim_fig3_mid(conv, ladder(t + 0.01, t + 0.2))["verdict"] == c.INCONCLUSIVE_REACHING
+    at_the_bar = ladder(t + 0.3, t + 0.3)
+    at_the_bar["trends"]["3"]["lower"] = t  # an interval's lower end exactly at the bar decides
+    assert c.claim_fig3_mid(conv, at_the_bar)["verdict"] == c.CONSISTENT
+    # an epsilon of the claim that the ladder did not run cannot be consistent
+    only5 = ladder(t + 0.3, t + 0.3)
+    del only5["trends"]["3"]
+    row = c.claim_fig3_mid(conv, only5)
+    assert row["verdict"] == c.INCONCLUSIVE and "ε=3: not on the ladder" in row["why"]
+    # a prediction above 1 is the line's, and says so
+    assert "above 1, the straight line's value" in c.claim_fig3_mid(conv, ladder(1.2, 1.3))["why"]
+    assert "above 1" not in c.claim_fig3_mid(conv, ladder(0.95, 0.99))["why"]
     assert c.claim_fig3_mid(conv, ladder(t - 0.11, t + 0.2, half=0.1))["verdict"] == c.CONTRADICTED
     assert c.claim_fig3_mid(conv, ladder(t - 0.09, t + 0.2, half=0.1))["verdict"] == c.INCONCLUSIVE
     # a ladder shorter than the baseline's convergence, or an unconverged baseline, cannot contradict
@@ -208,7 +219,7 @@ def test_fig3_mid_ladder_consistent_contradicted_inconclusive():
     assert c.claim_fig3_mid(conv, no_interval)["verdict"] == c.INCONCLUSIVE
     for tr in no_interval["trends"].values():
         tr["prediction"] = t + 0.3
-    assert c.claim_fig3_mid(conv, no_interval)["verdict"] == c.CONSISTENT_UNDECIDED  # no interval decides nothing
+    assert c.claim_fig3_mid(conv, no_interval)["verdict"] == c.INCONCLUSIVE_REACHING  # no interval decides nothing
     floor = {"trends": {}, "no_trend": {"3": "at chance at every size (3 runs)", "5": "at chance at every size (3 runs)"},
              "max_epochs": 30}
     row = c.claim_fig3_mid(conv, floor)

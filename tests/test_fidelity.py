@@ -196,37 +196,69 @@ def test_the_notes_name_seeds_only_where_there_are_several():
     assert "Left out" not in f.cut_note(small, medium, paper, rows=[])  # small leaves nothing out of its own
 
 
-def _timed(size, channels, eps, seconds, epochs):
+def _timed(size, channels, eps, seconds, epochs, seed=0):
     return {"image_size": size, "conv1_channels": channels, "epsilon": eps, "seconds": seconds,
-            "epochs_trained": epochs}
+            "epochs_trained": epochs, "seed": seed}
 
 
-def test_left_out_runs_are_estimated_from_the_same_channels_scaled_by_pixels():
-    rows = [_timed(64, 64, None, 600.0, 30), _timed(64, 64, 5.0, 1200.0, 40), _timed(64, 64, 10.0, 1800.0, 40),
-            _timed(64, 8, 5.0, 60.0, 20), _timed(96, 8, 5.0, 1.0, None)]
+def test_left_out_runs_are_estimated_from_the_same_channels_scaled_by_area():
+    rows = [_timed(64, 64, None, 600.0, 30), _timed(64, 64, 5.0, 1200.0, 40), _timed(64, 64, 10.0, 1800.0, 20),
+            _timed(64, 64, 10.0, None, 60), _timed(64, 64, 5.0, 1e6, None),  # untimed: left out
+            _timed(64, 8, 5.0, 60.0, 20)]
     # no noise: 20 s/epoch at 64x64 -> x (112/64)^2 at 112x112, 30 epochs, 2 runs
     assert f.left_out_minutes(rows, size=112, channels=64, noisy=False, runs=2) == pytest.approx(
         2 * 20 * (112 / 64) ** 2 * 30 / 60)
-    # noisy: the median of 30 and 45 s/epoch, times 40 epochs
-    assert f.left_out_minutes(rows, size=64, channels=64, noisy=True) == pytest.approx(37.5 * 40 / 60)
+    # noisy: the median of 30 and 90 s/epoch, times the median of 40 and 20 epochs
+    assert f.left_out_minutes(rows, size=64, channels=64, noisy=True) == pytest.approx(60 * 30 / 60)
+    # an epoch's time growing as the area to the power 0.5
+    assert f.left_out_minutes(rows, size=128, channels=64, noisy=False, area_exponent=0.5) == pytest.approx(
+        20 * 2 * 30 / 60)
     assert f.left_out_minutes(rows, size=64, channels=16, noisy=True) is None  # nothing with 16 channels timed
     with pytest.raises(ValueError, match="positive"):
         f.left_out_minutes(rows, size=112, channels=64, noisy=True, runs=0)
+
+
+def test_the_size_exponent_is_measured_on_pairs_of_the_same_run_at_two_sizes():
+    rows = [_timed(64, 8, 5.0, 100.0, 10), _timed(128, 8, 5.0, 200.0, 10),  # twice the time for 4x the area: 0.5
+            _timed(64, 8, None, 100.0, 10), _timed(128, 8, None, 400.0, 10, seed=1),  # another seed: no pair
+            _timed(64, 16, 5.0, 100.0, 10)]
+    assert f.size_exponent(rows) == pytest.approx(0.5)
+    assert f.size_exponent(rows[2:]) is None
 
 
 def test_the_medium_cut_note_names_what_it_leaves_out_and_its_estimated_cost():
     from dpact_tf.repro.profiles import get_profile
 
     small, medium, paper = (get_profile(n) for n in ("small", "medium", "paper"))
-    rows = [_timed(s, c, e, 600.0 * (s / 64) ** 2 * (2 if e else 1), 30) for s, c in medium.ladder_points
+    # every epoch costs in proportion to the area: 10 s/epoch at 64x64 without noise, twice that with
+    rows = [_timed(s, c, e, 10.0 * 30 * (s / 64) ** 2 * (2 if e else 1), 30) for s, c in medium.ladder_points
             for e in medium.ladder_epsilons]
+    assert f.size_exponent(rows) == pytest.approx(1.0)
     note = f.cut_note(medium, medium, paper, rows=rows)
-    # 112x112x64 at {none, 5, 10}, 2 seeds: 2 x (1 + 2 + 2) x 600 s x (112/64)^2 (the epochs cancel)
-    expected_h = 2 * (1 + 2 + 2) * 600 * (112 / 64) ** 2 / 3600
-    assert f"112×112×64: about {expected_h:.1f} h for 6 runs, ε ∈ {{no noise, 5, 10}} with 2 seeds" in note
-    # the convergence study trains epsilon 3 at the profile's own 64x64x8: the other points would need it
+    # 96x96x64 at {none, 5, 10}, 2 seeds: 2 x (1 + 2 + 2) x 300 s x (96/64)^2
+    minutes = 2 * (1 + 2 + 2) * 300 * (96 / 64) ** 2 / 60
+    assert f"96×96×64 (about {minutes / 60:.1f} h for 6 runs: ε ∈ {{no noise, 5, 10}}, 2 seeds)" in note
+    assert "the lower end" not in note  # a measured growth in proportion to the area: one number
+    # epsilon 3 at the points without it (the convergence study trains it at 64x64x8), two seeds at the largest
+    eps3 = sum(600 * (s / 64) ** 2 * (2 if c == 64 else 1) for s, c in medium.ladder_points if c != 8 or s != 64) / 60
     others = len(medium.ladder_points) - 1
-    assert f"ε = 3 at {others} of the ladder's points" in note and "trains it at 64×64×8" in note
+    assert f"ε = 3 at {others} of the ladder's points (about {f._hours(eps3)} for {others + 1} runs" in note
+    assert "trains it at 64×64×8" in note
     assert "Left out" not in f.cut_note(medium, medium, paper)  # without the ladder's rows: nothing to estimate
     no_64 = [r for r in rows if r["conv1_channels"] != 64]
-    assert "no run with as many channels was timed" in f.cut_note(medium, medium, paper, rows=no_64)
+    assert "96×96×64 (not estimated: no run with 64 channels was timed)" in f.cut_note(medium, medium, paper,
+                                                                                         rows=no_64)
+    # an epoch that grows slower than the area gives a range
+    slower = [dict(r, seconds=r["seconds"] * (64 / r["image_size"])) for r in rows]
+    assert "the lower end" in f.cut_note(medium, medium, paper, rows=slower)
+
+
+def test_every_left_out_point_is_a_point_the_ladder_can_train():
+    from dpact_tf.repro.profiles import get_profile
+
+    for name, left in f.LEFT_OUT.items():
+        prof = get_profile(name)
+        for size, channels in left.get("points", ()):
+            assert (size, channels) not in prof.ladder_points
+            f.ladder_runs_spec(prof, size=size, channels=channels, epsilon=5.0, seed=0, dataset="lfw")
+        assert not set(left.get("epsilons", ())) & set(prof.ladder_epsilons)

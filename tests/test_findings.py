@@ -47,6 +47,10 @@ def test_the_profiles_are_set_side_by_side_only_where_they_differ():
     assert "* `medium`: *consistent* — 0.32; scale ladder (needs ≥ 0.80): ε=5: predicted 0.84" in text
     assert "fine-tuning at ε 3: *not reproduced with the stand-in* at both (0.3)" in text
     assert "Fig. 2" not in text and "setup" not in text  # Figs. 3 and 4's claims only
+    # the same verdict and ladder but another number: both lines
+    ours = [dict(small[0], verdict="consistent", ours="0.31", why=medium[0]["why"])] + small[1:]
+    assert "* `small`: *consistent* — 0.31" in findings.profiles_markdown({"small": ours, "medium": medium},
+                                                                          profile="small")
     # the same verdict and number but another ladder: both lines
     other = [dict(small[0], verdict="consistent", ours="0.32", why="scale ladder: ε=5: predicted 0.5")] + small[1:]
     assert "* `small`: *consistent* — 0.32; scale ladder: ε=5: predicted 0.5" in findings.profiles_markdown(
@@ -63,5 +67,12 @@ def test_an_unrecorded_profile_is_named_not_invented():
     partial = [_fig("Fig. 3", "trains well", "not reproduced"), _fig("Fig. 4", "fine-tuning", "—")]
     text = findings.profiles_markdown({"small": small + [_fig("Fig. 4", "fine-tuning", "reproduced")],
                                        "medium": partial}, profile="small")
-    assert "* `medium`: not recorded" in text
+    assert "* `medium`: not recorded" in text and "some of them recorded" in text and "both recorded" not in text
+    # a claim not run at the profile itself is not recorded either
+    own_not_run = findings.profiles_markdown({"small": [_fig("Fig. 3", "trains well", "—")],
+                                              "medium": [_fig("Fig. 3", "trains well", "not reproduced")]},
+                                             profile="small")
+    assert "* `small`: not recorded" in own_not_run and "*not reproduced* at both" not in own_not_run
+    with pytest.raises(ValueError, match="claims of the profile 'small' itself"):
+        findings.profiles_markdown({"medium": partial}, profile="small")
     assert findings.profiles_markdown({"tiny": small}, profile="tiny") == ""

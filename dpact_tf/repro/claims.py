@@ -17,7 +17,7 @@ from dpact_tf.repro.results import load_metrics
 __all__ = ["claims_table", "summary_text", "CLAIMS", "NOT_RUN", "NOT_MEASURED",
            "FIG2_MAX_SSIM_AT_SMALLEST_EPS", "FIG2_MONOTONE_SLACK", "FIG2_PRESERVED_SSIM", "FIG2_PRESERVED_EPSILON", "FIG3_GAP_AT_EPS20", "FIG4_TOLERANCE",
            "FIG4_FAIL_MARGIN", "ATTACK_CONFIDENCE", "FIG3_TRAINS_WELL_RELATIVE", "CONSISTENT",
-           "CONSISTENT_UNDECIDED", "INCONCLUSIVE", "CONTRADICTED", "BUDGET_ARTEFACT", "WEAK_PUBLIC_MODEL"]
+           "INCONCLUSIVE_REACHING", "INCONCLUSIVE", "CONTRADICTED", "BUDGET_ARTEFACT", "WEAK_PUBLIC_MODEL"]
 
 Row = Dict[str, str]
 NOT_RUN = "not run"
@@ -45,8 +45,8 @@ FIG3_TRAINS_WELL_RELATIVE = 0.8
 # Verdicts of a claim that does not reproduce here, by what the fidelity studies say about it.
 BUDGET_ARTEFACT = "not reproduced in the sweep's epochs; reproduced with a converged budget"
 CONSISTENT = "not reproduced at this scale; trend consistent with the paper"
-CONSISTENT_UNDECIDED = ("not reproduced at this scale; trend consistent with the paper, its interval too wide to "
-                        "decide")
+INCONCLUSIVE_REACHING = ("not reproduced at this scale; trend inconclusive (its prediction reaches the claim but is "
+                         "too uncertain to decide)")
 INCONCLUSIVE = "not reproduced at this scale; trend inconclusive"
 CONTRADICTED = "contradicted (the trend predicts it fails at the paper's size too)"
 WEAK_PUBLIC_MODEL = "not reproduced with the stand-in public model (VGG-Face itself not tested)"
@@ -64,9 +64,10 @@ def _ladder_outlook(ladder: Optional[Mapping[str, Any]], epsilons, required: flo
                     allow_contradiction: bool = True):
     """(verdict, text) from the scale ladder's predictions at the paper's size for ``epsilons`` (the ladder's
     largest when None) against the relative accuracy ``required``; (None, text) when the ladder was not run.
-    Consistent when every prediction meets ``required`` -- decided only if every prediction interval's lower end
-    does too (:data:`CONSISTENT`), else :data:`CONSISTENT_UNDECIDED`; contradicted when an interval's upper end
-    misses it.  An epsilon without a trend (its runs at chance at every size but one) leaves the verdict
+    Consistent (:data:`CONSISTENT`) when every prediction interval's lower end meets ``required``;
+    :data:`INCONCLUSIVE_REACHING` when every prediction does but not every interval (or there is none);
+    contradicted when an interval's upper end misses it; else inconclusive.  An epsilon of ``epsilons`` that the
+    ladder did not run, or one without a trend (its runs at chance at every size but one), leaves the verdict
     inconclusive."""
     if not ladder or not (ladder.get("trends") or ladder.get("no_trend")):
         return None, "scale ladder: not run"
@@ -78,6 +79,9 @@ def _ladder_outlook(ladder: Optional[Mapping[str, Any]], epsilons, required: flo
     if not keys:
         return None, "scale ladder: no run at these ε"
     parts, consistent, decided, contradicted = [], True, True, False
+    for k in ([] if epsilons is None else [f"{e:g}" for e in epsilons if f"{e:g}" not in known]):
+        parts.append(f"ε={k}: not on the ladder")
+        consistent = False
     for k in keys:
         if k not in trends:
             parts.append(f"ε={k}: no trend ({no_trend[k]})")
@@ -86,14 +90,16 @@ def _ladder_outlook(ladder: Optional[Mapping[str, Any]], epsilons, required: flo
         t = trends[k]
         interval = (f" ({round(100 * t['level'])}% interval {t['lower']:.2f}–{t['upper']:.2f})"
                     if t["lower"] is not None else " (no interval: fewer than 3 runs above chance)")
+        above = (" — above 1, the straight line's value, not a share a noisy run can keep"
+                 if t["prediction"] > 1 else "")
         parts.append(f"ε={k}: {t['slope_per_decade']:+.2f} per decade of coordinates, predicted "
-                     f"{t['prediction']:.2f}{interval} at the paper's size")
+                     f"{t['prediction']:.2f}{interval} at the paper's size{above}")
         consistent &= t["prediction"] >= required
         decided &= t["lower"] is not None and t["lower"] >= required
         contradicted |= t["upper"] is not None and t["upper"] < required
     text = f"scale ladder (share of the no-noise gain over chance kept, needs ≥ {required:.2f}): " + "; ".join(parts)
     if consistent:
-        return (CONSISTENT if decided else CONSISTENT_UNDECIDED), text
+        return (CONSISTENT if decided else INCONCLUSIVE_REACHING), text
     if contradicted and allow_contradiction:
         return CONTRADICTED, text
     if contradicted:
@@ -167,8 +173,7 @@ def claim_fig3(sc: Optional[Mapping[str, Any]], conv: Optional[Mapping[str, Any]
     rule = (f"acc(ε=20) ≥ acc(no noise) − {FIG3_GAP_AT_EPS20 * 100:g} points and acc(ε=1) < acc(ε=20) (final, the "
             f"sweep); if not: reproduced with a converged budget when the convergence study's largest ε is within "
             f"{FIG3_GAP_AT_EPS20 * 100:g} points of its baseline (best accuracies), else the scale ladder's largest ε "
-            "decides: consistent (its prediction reaches the gap; undecided if its interval's lower end does not) or "
-            "inconclusive")
+            "decides: consistent (its prediction interval's lower end reaches the gap) or inconclusive")
     if not sc:
         return _row("Fig. 3", claim, NOT_RUN, "—", rule)
     hs = sc["histories"]
@@ -200,8 +205,8 @@ def claim_fig3_mid(conv: Optional[Mapping[str, Any]], ladder: Optional[Mapping[s
     claim = "With ε between 2 and 5 the network still trains well, with more epochs as the noise grows"
     rule = (f"convergence study: final test accuracy at ε=3 and ε=5 keeps ≥ {FIG3_TRAINS_WELL_RELATIVE:g} of the "
             "baseline's gain over chance; if not, the scale ladder's prediction at the paper's size (ε=3 and 5) decides: "
-            f"consistent (every prediction ≥ {FIG3_TRAINS_WELL_RELATIVE:g}; undecided if an interval's lower end is "
-            "below it), contradicted (an interval's upper end below it) or inconclusive")
+            f"consistent (every ε on the ladder, every prediction interval's lower end ≥ "
+            f"{FIG3_TRAINS_WELL_RELATIVE:g}), contradicted (an interval's upper end below it) or inconclusive")
     if not conv:
         return _row("Fig. 3", claim, NOT_RUN, "—", rule)
     rows = {r["epsilon"]: r for r in conv["rows"]}

@@ -30,7 +30,7 @@ from dpact_tf.repro.runs import RunSpec, load_faces, run_training
 
 __all__ = ["ConvergenceStudy", "LadderStudy", "convergence_study", "convergence_spec", "ladder_study",
            "ladder_runs_spec", "ladder_trends", "ladder_note", "trend_lines", "cut_note", "ladder_table",
-           "convergence_text", "seeds_note", "left_out_minutes", "LEFT_OUT", "above_chance", "fit_trend", "epochs_to_reach", "retained_gain",
+           "convergence_text", "seeds_note", "left_out_minutes", "size_exponent", "LEFT_OUT", "above_chance", "fit_trend", "epochs_to_reach", "retained_gain",
            "training_flops_per_image", "gpu_estimates", "profile_workload", "PAPER_COORDINATES", "REACH_FRACTIONS",
            "PREDICTION_LEVEL", "CHANCE_LEVEL", "GPU_SUSTAINED_TFLOPS"]
 
@@ -46,8 +46,9 @@ CHANCE_LEVEL = 0.95
 #: convolutional networks in TF32/mixed precision (about a tenth of an A100's or H100's tensor-core peak)
 GPU_SUSTAINED_TFLOPS = 25.0
 #: what a profile's ladder leaves out for its time budget, so that its chapter can say what each would cost:
-#: ladder points (input side, conv1_1 channels) and epsilons (trained at every point)
-LEFT_OUT: Dict[str, Dict[str, tuple]] = {"medium": {"points": ((112, 64),), "epsilons": (3.0,)}}
+#: "points", (input side, conv1_1 channels) pairs (sides are multiples of 32: the network pools five times), and
+#: "epsilons", each trained at every point
+LEFT_OUT: Dict[str, Dict[str, Tuple[Any, ...]]] = {"medium": {"points": ((96, 64), (128, 64)), "epsilons": (3.0,)}}
 
 
 def _histories(runs) -> List[Dict[str, Any]]:
@@ -373,28 +374,50 @@ def ladder_note(prof, medium) -> str:
     return note
 
 
+def _per_epoch(row: Mapping[str, Any]) -> float:
+    return row["seconds"] / row["epochs_trained"]
+
+
+def _timed(rows: Sequence[Mapping[str, Any]]) -> List[Mapping[str, Any]]:
+    return [r for r in rows if r.get("seconds") and r.get("epochs_trained")]
+
+
+def size_exponent(rows: Sequence[Mapping[str, Any]]) -> Optional[float]:
+    """How an epoch's time grows with the input's area, measured on the ladder: the median over pairs of timed runs
+    of the same conv1_1 channels, epsilon and seed at two input sizes of log(time ratio) / log(area ratio) (1:
+    in proportion to the area; less where fixed costs weigh).  None without such a pair."""
+    timed = _timed(rows)
+    ks = [math.log(_per_epoch(b) / _per_epoch(a)) / math.log((b["image_size"] / a["image_size"]) ** 2)
+          for a in timed for b in timed
+          if (a["conv1_channels"], a["epsilon"], a["seed"]) == (b["conv1_channels"], b["epsilon"], b["seed"])
+          and b["image_size"] > a["image_size"]]
+    return float(np.median(ks)) if ks else None
+
+
 def left_out_minutes(rows: Sequence[Mapping[str, Any]], *, size: int, channels: int, noisy: bool,
-                     runs: int = 1) -> Optional[float]:
+                     runs: int = 1, area_exponent: float = 1.0) -> Optional[float]:
     """Estimated minutes of ``runs`` ladder runs at (``size``, ``channels``), with noise or without, from the
     measured ``rows`` (:func:`ladder_study`'s) of the same conv1_1 channels and the same kind (noise or none): each
-    one's seconds per epoch scaled by the ratio of pixels (at fixed channels every layer's work grows with the
-    input's area), their median, times the median epochs those runs trained.  None when no such run was timed."""
+    one's seconds per epoch scaled by the ratio of input areas to the power ``area_exponent`` (1: every layer's work
+    in proportion to the area; :func:`size_exponent` measures it), their median, times the median epochs those runs
+    trained.  None when no such run was timed."""
     if size <= 0 or channels <= 0 or runs < 1:
         raise ValueError(f"size, channels and runs must be positive (got {size}, {channels}, {runs})")
-    same = [r for r in rows if r["conv1_channels"] == channels and (r["epsilon"] is not None) == noisy
-            and r.get("seconds") and r.get("epochs_trained")]
+    same = [r for r in _timed(rows) if r["conv1_channels"] == channels and (r["epsilon"] is not None) == noisy]
     if not same:
         return None
-    per_epoch = float(np.median([r["seconds"] / r["epochs_trained"] * (size / r["image_size"]) ** 2 for r in same]))
+    per_epoch = float(np.median([_per_epoch(r) * ((size / r["image_size"]) ** 2) ** area_exponent for r in same]))
     return runs * per_epoch * float(np.median([r["epochs_trained"] for r in same])) / 60
 
 
 def _hours(minutes: float) -> str:
-    return f"about {minutes / 60:.1f} h" if minutes >= 90 else f"about {minutes:.0f} min"
+    return f"{minutes / 60:.1f} h" if minutes >= 90 else f"{minutes:.0f} min"
 
 
 def _left_out_note(prof, rows: Sequence[Mapping[str, Any]]) -> str:
-    """What ``prof``'s ladder leaves out for time (:data:`LEFT_OUT`) and what it would cost, estimated from ``rows``."""
+    """What ``prof``'s ladder leaves out for time (:data:`LEFT_OUT`) and what it would cost, estimated from ``rows``:
+    points larger than the measured ones between the area-proportional estimate (at most) and the ladder's own
+    measured growth with the input size (:func:`size_exponent`, at least), when it grows slower."""
     from dpact_tf.vggface import layer_plan
 
     left = LEFT_OUT.get(prof.name)
@@ -402,26 +425,47 @@ def _left_out_note(prof, rows: Sequence[Mapping[str, Any]]) -> str:
         return ""
     eps = list(prof.ladder_epsilons)
     largest = max(s * s * c for s, c in prof.ladder_points)
+    k = size_exponent(rows)
     parts = []
     for size, channels in left.get("points", ()):
         seeds = prof.ladder_largest_seeds if size * size * channels > largest else 1
-        est = [left_out_minutes(rows, size=size, channels=channels, noisy=e is not None, runs=seeds) for e in eps]
-        cost = (f"{_hours(sum(est))} for {len(eps) * seeds} runs, ε ∈ {plots.eps_set(eps)} with {seeds} "
-                f"seed{'s' if seeds > 1 else ''}, scaled from the {channels}-channel runs by pixel count"
-                if None not in est else "no run with as many channels was timed to estimate its cost")
-        parts.append(f"{size}×{size}×{channels}: {cost}")
+        est = {a: [left_out_minutes(rows, size=size, channels=channels, noisy=e is not None, runs=seeds,
+                                    area_exponent=a) for e in eps] for a in {1.0, k if k is not None and k < 1 else 1.0}}
+        if any(None in v for v in est.values()):
+            parts.append(f"{size}×{size}×{channels} (not estimated: no run with {channels} channels was timed)")
+            continue
+        hi, lo = sum(est[1.0]), min(sum(v) for v in est.values())
+        span = _hours(hi) if lo == hi else f"{_hours(lo)} to {_hours(hi)}"
+        parts.append(f"{size}×{size}×{channels} (about {span} for {len(eps) * seeds} runs: ε ∈ {plots.eps_set(eps)}, "
+                     f"{seeds} seed{'s' if seeds > 1 else ''})")
     own = (prof.image_size, layer_plan(prof.width)[0][2])  # the convergence study trains this point at its ε
     for e in left.get("epsilons", ()):
         if e in eps:
             continue
         points = [p for p in prof.ladder_points if not (p == own and e in prof.convergence_epsilons)]
-        est = [left_out_minutes(rows, size=s, channels=c, noisy=True) for s, c in points]
-        parts.append(f"ε = {e:g} at {len(points)} of the ladder's points: {_hours(sum(m for m in est if m))} for "
-                     f"{len(points)} runs, scaled from the noisy runs of the same points"
-                     + (f" (the convergence study trains it at {own[0]}×{own[0]}×{own[1]})" if len(points) < len(
-                         prof.ladder_points) else ""))
-    return (f" Left out at `{prof.name}` for time, with estimates from this profile's timed runs — "
-            + "; ".join(parts) + ". The minutes of every run are in the ladder's table above.")
+        runs = {p: prof.ladder_largest_seeds if p[0] * p[0] * p[1] == largest else 1 for p in points}
+        est = {p: left_out_minutes([r for r in rows if (r["image_size"], r["conv1_channels"]) == p], size=p[0],
+                                   channels=p[1], noisy=True, runs=n) for p, n in runs.items()}
+        missing = [p for p, m in est.items() if m is None]
+        text = f"ε = {e:g} at {len(points)} of the ladder's points ("
+        if len(missing) == len(points):
+            text += "not estimated: no noisy run was timed"
+        else:
+            text += (f"about {_hours(sum(m for m in est.values() if m is not None))} for "
+                     f"{sum(n for p, n in runs.items() if p not in missing)} runs")
+            if missing:
+                text += f", {_shapes(missing)} not estimated: no noisy run of theirs was timed"
+        if len(points) < len(prof.ladder_points):
+            text += f"; the convergence study trains it at {own[0]}×{own[0]}×{own[1]}"
+        parts.append(text + ")")
+    how = (" These are estimates from this profile's timed runs: seconds per epoch of the runs with the same "
+           "channels (for a new ε, the noisy runs of the same point) times their epochs; for a larger input, scaled "
+           "by its area")
+    if k is not None and k < 1:
+        how += (f" (the upper end) or as this ladder's larger input did cost (the lower end: an epoch's time grew "
+                f"as the area to the power {k:.2f})")
+    return (f" Left out at `{prof.name}` for time: " + ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "")
+            + parts[-1] + "." + how + ". The minutes of every run are in the ladder's table above.")
 
 
 def cut_note(prof, medium, paper, rows: Optional[Sequence[Mapping[str, Any]]] = None) -> str:

@@ -76,6 +76,9 @@ def profiles_markdown(rows_by_profile: Mapping[str, Sequence[Row]], *, profile: 
     outside :data:`COMPARED`."""
     if profile not in COMPARED:
         return ""
+    if profile not in rows_by_profile:
+        raise ValueError(f"rows_by_profile has no claims of the profile {profile!r} itself "
+                         f"(it has {sorted(rows_by_profile)}): pass claims_table(profile={profile!r}, ...) too")
     other = next(p for p in COMPARED if p != profile)
     if not any(r["verdict"] != NOT_RUN_VERDICT for r in rows_by_profile.get(other) or ()):
         return (f"The `{other}` profile (`make book PROFILE={other}`) is not recorded in this results directory; "
@@ -83,7 +86,7 @@ def profiles_markdown(rows_by_profile: Mapping[str, Sequence[Row]], *, profile: 
     figs = [r for r in rows_by_profile[profile] if r["in the paper"].startswith(("Fig. 3", "Fig. 4"))
             and not r["in the paper"].endswith("(setup)")]
     theirs = {(r["in the paper"], r["paper's claim"]): r for r in rows_by_profile[other]}
-    lines = []
+    lines, partial = [], False
     for r in figs:
         o = theirs.get((r["in the paper"], r["paper's claim"]))
         by = {profile: r, other: o if o and o["verdict"] != NOT_RUN_VERDICT else None}
@@ -101,10 +104,13 @@ def profiles_markdown(rows_by_profile: Mapping[str, Sequence[Row]], *, profile: 
             row = by[p]
             if not row:
                 lines.append(f"  * `{p}`: not recorded")
+                partial = True
                 continue
             ladder = _ladder_reason(row)
             lines.append(f"  * `{p}`: *{row['verdict']}* — {row['ours']}" + (f"; {ladder}" if ladder else ""))
-    return ("Figs. 3 and 4 at both CPU profiles, both recorded in this results directory. `medium` trains the "
+    recorded = ("some of them recorded (a claim whose study has not run at a profile says so)" if partial
+                else "both recorded")
+    return (f"Figs. 3 and 4 at both CPU profiles, {recorded} in this results directory. `medium` trains the "
             "fidelity chapter's convergence runs and scale ladder longer and larger; Fig. 3's ε sweep and Fig. 4's "
             "fine-tuning keep `small`'s settings, so what differs below is what the longer, larger runs decide:\n\n"
             + "\n".join(lines))

@@ -212,7 +212,8 @@ _SMALL = Profile(name="small", image_size=64, crop_fraction=0.6, width=1 / 8, fc
 # other field is small's
 # (tests/test_fidelity.py checks it); the frontier chapter's schedule at medium runs (d), DP-SGD from scratch,
 # with longer candidates and seeds of (b) (dpact_tf.repro.frontier.SCHEDULES).  So `make book PROFILE=medium` costs
-# small's chapters plus those studies (README).  Larger ladder points (96x96x64 trains ~8x slower than 64x64x8 here) are left to a GPU.
+# small's chapters plus those studies (README).  Larger ladder points are left to a GPU: the fidelity chapter
+# estimates their cost from the ladder's timed runs (dpact_tf.repro.fidelity.LEFT_OUT).
 MEDIUM_FIELDS: Tuple[str, ...] = ("convergence_max_epochs", "convergence_patience", "convergence_min_delta",
                                   "convergence_epsilons", "ladder_points", "ladder_epsilons", "ladder_largest_seeds",
                                   "attack_scale_points")
