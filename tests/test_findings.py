@@ -60,7 +60,8 @@ def test_the_profiles_are_set_side_by_side_only_where_they_differ():
 def test_an_unrecorded_profile_is_named_not_invented():
     small = [_fig("Fig. 3", "trains well", "not reproduced")]
     not_run = [_fig("Fig. 3", "trains well", "—")]
-    for medium in (None, [], not_run):
+    no_figure = not_run + [_fig("Sec. IV", "per coordinate", "holds per coordinate")]  # needs no run: not a record
+    for medium in (None, [], not_run, no_figure):
         text = findings.profiles_markdown({"small": small, "medium": medium}, profile="small")
         assert "(`make book PROFILE=medium`) is not recorded in this results directory" in text
         assert "not reproduced" not in text

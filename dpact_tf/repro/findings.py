@@ -68,6 +68,11 @@ def _ladder_reason(row: Row) -> str:
     return why[why.index("scale ladder"):] if "scale ladder" in why else ""
 
 
+def _figs_3_and_4(rows: Sequence[Row]) -> List[Row]:
+    return [r for r in rows if r["in the paper"].startswith(("Fig. 3", "Fig. 4"))
+            and not r["in the paper"].endswith("(setup)")]
+
+
 def profiles_markdown(rows_by_profile: Mapping[str, Sequence[Row]], *, profile: str) -> str:
     """Figs. 3 and 4's verdicts at each profile of :data:`COMPARED` whose claims are recorded (``rows_by_profile``:
     profile -> :func:`~dpact_tf.repro.claims.claims_table`; a claim whose study was not run has the verdict "—"),
@@ -80,11 +85,10 @@ def profiles_markdown(rows_by_profile: Mapping[str, Sequence[Row]], *, profile: 
         raise ValueError(f"rows_by_profile has no claims of the profile {profile!r} itself "
                          f"(it has {sorted(rows_by_profile)}): pass claims_table(profile={profile!r}, ...) too")
     other = next(p for p in COMPARED if p != profile)
-    if not any(r["verdict"] != NOT_RUN_VERDICT for r in rows_by_profile.get(other) or ()):
+    if not any(r["verdict"] != NOT_RUN_VERDICT for r in _figs_3_and_4(rows_by_profile.get(other) or ())):
         return (f"The `{other}` profile (`make book PROFILE={other}`) is not recorded in this results directory; "
                 "its verdicts for Figs. 3 and 4 would appear here beside these.")
-    figs = [r for r in rows_by_profile[profile] if r["in the paper"].startswith(("Fig. 3", "Fig. 4"))
-            and not r["in the paper"].endswith("(setup)")]
+    figs = _figs_3_and_4(rows_by_profile[profile])
     theirs = {(r["in the paper"], r["paper's claim"]): r for r in rows_by_profile[other]}
     lines, partial = [], False
     for r in figs:
