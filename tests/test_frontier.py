@@ -147,3 +147,15 @@ def test_schedule_refuses_bad_values():
     for bad in ({"image_epsilons": (0.0,)}, {"seeds": 0}, {"projection_dims": 0}, {"validation_fraction": 1.0}):
         with pytest.raises(ValueError):
             dataclasses.replace(small, **bad)
+
+
+def test_the_measured_time_separates_dpsgd_from_scratch_and_counts_its_candidates():
+    cands = [{"config": "a"}, {"config": "b"}]
+    metrics = {"seconds": {"scratch_dpsgd": 2 * 3600.0, "no noise": 30.0, "release": 90.0},
+               "points": [{"method": "scratch_dpsgd", "detail": {"candidates": cands}}] * 3
+               + [{"method": "features_once", "detail": {}}]}
+    text = frontier_text.measured_time(metrics)
+    assert "took 2 min together" in text and "(d)'s 6 candidate runs 2.0 h of training" in text
+    del metrics["seconds"]["scratch_dpsgd"]
+    assert "(d)" not in frontier_text.measured_time(metrics).split("together")[1]
+    assert frontier_text.measured_time({"points": []}) == ""

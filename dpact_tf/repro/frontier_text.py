@@ -15,7 +15,7 @@ from dpact_tf.repro.frontier import METHODS, SCHEDULES
 from dpact_tf.repro.frontier_scratch import estimated_seconds
 from dpact_tf.repro.profiles import get_profile
 
-__all__ = ["privacy_units", "method_choice", "method_choice_text", "choice_from_metrics", "frontier_summary",
+__all__ = ["privacy_units", "measured_time", "method_choice", "method_choice_text", "choice_from_metrics", "frontier_summary",
            "points_table", "describe_schedule", "scratch_schedule"]
 
 
@@ -197,6 +197,25 @@ def scratch_schedule(profile: str) -> str:
             "of several. `make book PROFILE=medium` runs "
             f"it at per-image ε ∈ {{{', '.join(f'{e:g}' for e in fuller.scratch_dpsgd_epsilons)}}} with "
             f"{len(cands)} candidates per ε and one seed, ~{total / 3600:.1f} h more on a 2-core CPU (estimated).")
+
+
+def measured_time(metrics: Dict[str, Any]) -> str:
+    """What the chapter's computations took on the machine that ran them, from the recorded wall seconds (of the
+    computation, not of a cache read): (d)'s candidate runs apart from the rest (Markdown; "" when not recorded)."""
+    seconds = metrics.get("seconds") or {}
+    if not seconds:
+        return ""
+    rest = sum(v for k, v in seconds.items() if k != "scratch_dpsgd")
+    text = (f"Measured where this chapter ran: (b), (c), (e), (f) and the no-noise references took {_minutes(rest)} "
+            "together")
+    if "scratch_dpsgd" in seconds:
+        runs = sum(len(p["detail"].get("candidates", [])) for p in metrics["points"] if p["method"] == "scratch_dpsgd")
+        text += f"; (d)'s {runs} candidate runs {_minutes(seconds['scratch_dpsgd'])} of training"
+    return text + " (wall time; the schedule's estimates above are from the `small` shape's speed)."
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{max(seconds / 60, 1):.0f} min"
 
 
 def choice_from_metrics(metrics: Optional[Dict[str, Any]], *, profile: str) -> str:
