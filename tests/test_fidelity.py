@@ -205,9 +205,9 @@ def test_left_out_runs_are_estimated_from_the_same_channels_scaled_by_area():
     rows = [_timed(64, 64, None, 600.0, 30), _timed(64, 64, 5.0, 1200.0, 40), _timed(64, 64, 10.0, 1800.0, 20),
             _timed(64, 64, 10.0, None, 60), _timed(64, 64, 5.0, 1e6, None),  # untimed: left out
             _timed(64, 8, 5.0, 60.0, 20)]
-    # no noise: 20 s/epoch at 64x64 -> x (112/64)^2 at 112x112, 30 epochs, 2 runs
-    assert f.left_out_minutes(rows, size=112, channels=64, noisy=False, runs=2) == pytest.approx(
-        2 * 20 * (112 / 64) ** 2 * 30 / 60)
+    # no noise: 20 s/epoch at 64x64 -> x (96/64)^2 at 96x96, 30 epochs, 2 runs
+    assert f.left_out_minutes(rows, size=96, channels=64, noisy=False, runs=2) == pytest.approx(
+        2 * 20 * (96 / 64) ** 2 * 30 / 60)
     # noisy: the median of 30 and 90 s/epoch, times the median of 40 and 20 epochs
     assert f.left_out_minutes(rows, size=64, channels=64, noisy=True) == pytest.approx(60 * 30 / 60)
     # an epoch's time growing as the area to the power 0.5
@@ -215,7 +215,7 @@ def test_left_out_runs_are_estimated_from_the_same_channels_scaled_by_area():
         20 * 2 * 30 / 60)
     assert f.left_out_minutes(rows, size=64, channels=16, noisy=True) is None  # nothing with 16 channels timed
     with pytest.raises(ValueError, match="positive"):
-        f.left_out_minutes(rows, size=112, channels=64, noisy=True, runs=0)
+        f.left_out_minutes(rows, size=96, channels=64, noisy=True, runs=0)
 
 
 def test_the_size_exponent_is_measured_on_pairs_of_the_same_run_at_two_sizes():
