@@ -50,6 +50,8 @@ def test_method_choice_both_sides():
     assert row["method"] == "release" and not row["clear"]
     text = frontier_text.method_choice_text([row], chance=0.3)
     assert "not a clear lead" in text and "majority class" not in text
+    assert text.startswith("Each method counts at its per-image ε *with its tuning composed*")
+    assert frontier_text.method_choice_text([], chance=0.3) == ""
     assert "no method beats the majority class (50.0 %)" in frontier_text.method_choice_text([row], chance=0.5)
 
 
@@ -159,3 +161,16 @@ def test_the_measured_time_separates_dpsgd_from_scratch_and_counts_its_candidate
     del metrics["seconds"]["scratch_dpsgd"]
     assert "(d)" not in frontier_text.measured_time(metrics).split("together")[1]
     assert frontier_text.measured_time({"points": []}) == ""
+
+
+def test_the_frontier_figure_zooms_on_the_epsilons_a_person_would_accept():
+    from dpact_tf.repro import plots
+
+    pts = [{"method": "release", "label": "(c)", "image_epsilon": e, "epsilon_with_tuning": e, "mean": 0.2,
+            "spread": 0.01} for e in (1.0, 16.0)]
+    pts += [{"method": "paper_scratch", "label": "(a)", "image_epsilon": 1e9, "epsilon_with_tuning": 1e9,
+             "mean": 0.3, "spread": float("nan")}]
+    fig = plots.frontier_plot(pts, {"no noise": 0.5}, chance=0.1, dataset="lfw", zoom=(0.5, 50.0))
+    every, near = fig.axes[:2]
+    assert every.get_xlim()[1] > 1e9 and near.get_xlim() == pytest.approx((0.5, 50.0))
+    assert len(fig.legends) == 1 and "(c)" in [t.get_text() for t in fig.legends[0].get_texts()]

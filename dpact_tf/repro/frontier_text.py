@@ -73,8 +73,9 @@ def method_choice(points: Sequence[Dict[str, Any]], targets: Sequence[float]) ->
 
 
 def method_choice_text(rows: Sequence[Dict[str, Any]], *, chance: float) -> str:
-    """The choice as prose, one sentence per target epsilon."""
-    out = []
+    """The choice as prose: how a point counts, then one sentence per target epsilon."""
+    out = ["Each method counts at its per-image ε *with its tuning composed* (the hollow markers): a point whose ε "
+           "with tuning exceeds a target does not count there."] if rows else []
     for r in rows:
         if r["method"] is None:
             out.append(f"At a per-image ε of {r['target']:g}, no method has a point.")

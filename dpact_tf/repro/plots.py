@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -527,34 +527,44 @@ def dssgd_plot(rows: List[Dict[str, Any]], *, centralized: Dict[str, Any], chanc
     return fig
 
 
-def frontier_plot(points: List[Dict[str, Any]], references: Dict[str, float], *, chance: float, dataset: str):
+def frontier_plot(points: List[Dict[str, Any]], references: Dict[str, float], *, chance: float, dataset: str,
+                  zoom: Tuple[float, float] = (0.5, 50.0)):
     """Test accuracy against per-image epsilon (log axis): one series per method (mean over seeds, bars: one
     standard deviation), hollow markers where the tuning's runs raise the epsilon, each setting's non-private
-    accuracy as a horizontal line."""
+    accuracy as a horizontal line; the left panel spans every point, the right one the per-image epsilons
+    ``zoom`` a person would accept."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 7))
+    fig, (ax, near) = plt.subplots(1, 2, figsize=(12, 7), gridspec_kw={"width_ratios": [3, 2]}, sharey=True)
     markers = {"release": "o", "activations_once": "D", "last_layer_dpsgd": "s", "scratch_dpsgd": "P",
                "paper_scratch": "^", "paper_finetune": "v"}
-    for i, method in enumerate(dict.fromkeys(p["method"] for p in points)):
-        pts = sorted((p for p in points if p["method"] == method), key=lambda p: p["image_epsilon"])
-        color = f"C{i}"
-        base = method.removesuffix("_dlib")  # the same method over another public model: same marker, dashed
-        ax.errorbar([p["image_epsilon"] for p in pts], [p["mean"] for p in pts],
-                    yerr=[0.0 if p["spread"] != p["spread"] else p["spread"] for p in pts],
-                    marker=markers.get(base, "o"), color=color, capsize=2, label=pts[0]["label"],
-                    ls="--" if base != method else "-")
-        tuned = [p for p in pts if p["epsilon_with_tuning"] > p["image_epsilon"] * (1 + 1e-6)]
-        for p in tuned:
-            ax.plot([p["image_epsilon"], p["epsilon_with_tuning"]], [p["mean"]] * 2, color=color, lw=0.8, ls=":")
-        if tuned:
-            ax.plot([p["epsilon_with_tuning"] for p in tuned], [p["mean"] for p in tuned], markers.get(base, "o"),
-                    mfc="white", color=color, label=f"{pts[0]['label']}, tuning included")
-    for j, (name, acc) in enumerate(references.items()):
-        ax.axhline(acc, color="black", ls=("--", "-.", ":")[j % 3], lw=1, label=f"no noise: {name}")
-    ax.axhline(chance, color="0.5", ls=":", lw=1, label="majority class")
-    ax.set_xscale("log")
-    ax.set_xlabel("per-image ε (log scale; δ = 1e-5)"), ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)  # below: the axes keep the width
-    ax.set_title(_title("Accuracy against the per-image ε of every method", dataset), fontsize=10)
-    fig.tight_layout()
+    for panel in (ax, near):
+        for i, method in enumerate(dict.fromkeys(p["method"] for p in points)):
+            pts = sorted((p for p in points if p["method"] == method), key=lambda p: p["image_epsilon"])
+            color = f"C{i}"
+            base = method.removesuffix("_dlib")  # the same method over another public model: same marker, dashed
+            panel.errorbar([p["image_epsilon"] for p in pts], [p["mean"] for p in pts],
+                           yerr=[0.0 if p["spread"] != p["spread"] else p["spread"] for p in pts],
+                           marker=markers.get(base, "o"), color=color, capsize=2, label=pts[0]["label"],
+                           ls="--" if base != method else "-")
+            tuned = [p for p in pts if p["epsilon_with_tuning"] > p["image_epsilon"] * (1 + 1e-6)]
+            for p in tuned:
+                panel.plot([p["image_epsilon"], p["epsilon_with_tuning"]], [p["mean"]] * 2, color=color, lw=0.8,
+                           ls=":")
+            if tuned:
+                panel.plot([p["epsilon_with_tuning"] for p in tuned], [p["mean"] for p in tuned],
+                           markers.get(base, "o"), mfc="white", color=color,
+                           label=f"{pts[0]['label']}, tuning included")
+        for j, (name, acc) in enumerate(references.items()):
+            panel.axhline(acc, color="black", ls=("--", "-.", ":")[j % 3], lw=1, label=f"no noise: {name}")
+        panel.axhline(chance, color="0.5", ls=":", lw=1, label="majority class")
+        panel.set_xscale("log")
+        panel.set_xlabel("per-image ε (log scale; δ = 1e-5)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("every point", fontsize=9)
+    near.set_xlim(*zoom)
+    near.set_title(f"per-image ε {zoom[0]:g} to {zoom[1]:g}", fontsize=9)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7.5, loc="lower center", ncol=3)  # below both panels
+    fig.suptitle(_title("Accuracy against the per-image ε of every method", dataset), fontsize=10)
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
     return fig
