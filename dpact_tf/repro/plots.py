@@ -534,7 +534,7 @@ def frontier_plot(points: List[Dict[str, Any]], references: Dict[str, float], *,
     accuracy as a horizontal line; the left panel spans every point, the right one the per-image epsilons
     ``zoom`` a person would accept."""
     plt = _plt()
-    fig, (ax, near) = plt.subplots(1, 2, figsize=(12, 7), gridspec_kw={"width_ratios": [3, 2]}, sharey=True)
+    fig, (ax, near) = plt.subplots(2, 1, figsize=(9, 12), gridspec_kw={"height_ratios": [1, 1]})
     markers = {"release": "o", "activations_once": "D", "last_layer_dpsgd": "s", "scratch_dpsgd": "P",
                "paper_scratch": "^", "paper_finetune": "v"}
     for panel in (ax, near):
@@ -559,12 +559,12 @@ def frontier_plot(points: List[Dict[str, Any]], references: Dict[str, float], *,
         panel.axhline(chance, color="0.5", ls=":", lw=1, label="majority class")
         panel.set_xscale("log")
         panel.set_xlabel("per-image ε (log scale; δ = 1e-5)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("every point", fontsize=9)
+        panel.set_ylabel("test accuracy")
+    ax.set_title("every point", fontsize=10)
     near.set_xlim(*zoom)
-    near.set_title(f"per-image ε {zoom[0]:g} to {zoom[1]:g}", fontsize=9)
+    near.set_title(f"per-image ε from {zoom[0]:g} to {zoom[1]:g}", fontsize=10)
     handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7.5, loc="lower center", ncol=3)  # below both panels
-    fig.suptitle(_title("Accuracy against the per-image ε of every method", dataset), fontsize=10)
-    fig.tight_layout(rect=(0, 0.17, 1, 1))
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2)  # below both panels
+    fig.suptitle(_title("Accuracy against the per-image ε of every method", dataset), fontsize=11)
+    fig.tight_layout(rect=(0, 0.15, 1, 1))
     return fig
