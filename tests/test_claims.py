@@ -204,6 +204,9 @@ def test_fig3_mid_ladder_consistent_contradicted_inconclusive():
     del only5["trends"]["3"]
     row = c.claim_fig3_mid(conv, only5)
     assert row["verdict"] == c.INCONCLUSIVE and "ε=3: not on the ladder" in row["why"]
+    # the ladder's part of the reasons, apart for the intro's side-by-side
+    assert row["ladder"].startswith("scale ladder (") and row["why"].endswith(row["ladder"])
+    assert c.claim_fig3_mid(_conv(0.5, 0.95, 0.95))["ladder"] == ""  # reproduced without the ladder
     # a prediction above 1 is the line's, and says so
     assert "above 1, the straight line's value" in c.claim_fig3_mid(conv, ladder(1.2, 1.3))["why"]
     assert "above 1" not in c.claim_fig3_mid(conv, ladder(0.95, 0.99))["why"]

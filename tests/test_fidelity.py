@@ -262,3 +262,18 @@ def test_every_left_out_point_is_a_point_the_ladder_can_train():
             assert (size, channels) not in prof.ladder_points
             f.ladder_runs_spec(prof, size=size, channels=channels, epsilon=5.0, seed=0, dataset="lfw")
         assert not set(left.get("epsilons", ())) & set(prof.ladder_epsilons)
+
+
+def test_the_earliest_stop_is_the_stopping_rule_on_a_run_that_never_moves():
+    # the convergence studies' epsilon-3 runs, at chance throughout, stopped at these epochs: 26 at medium, 24 at small
+    assert f.earliest_stop({"start_from_epoch": 15, "patience": 10, "min_delta": 0.005}) == 26
+    assert f.earliest_stop({"start_from_epoch": 15, "patience": 8, "min_delta": 0.005}) == 24
+    assert f.earliest_stop({"start_from_epoch": 0, "patience": 3, "min_delta": 0.0}) == 4
+
+
+def test_the_medium_note_names_what_medium_changes():
+    from dpact_tf.repro.profiles import get_profile
+
+    note = f.medium_note(get_profile("medium"))
+    assert "60-epoch convergence runs" in note and "up to 64 conv1 channels and 96×96 inputs" in note
+    assert "up to 128×128×64" in note

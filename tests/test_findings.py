@@ -30,16 +30,17 @@ def test_the_reasons_are_escaped_and_complete():
     assert [r["claim"] for r in findings.verdict_table(ROWS)][1] == "Images are well preserved at ε ≈ 5"
 
 
-def _fig(fig, claim, verdict, ours="0.3", why=""):
-    return {"in the paper": fig, "paper's claim": claim, "ours": ours, "verdict": verdict, "rule": "r", "why": why}
+def _fig(fig, claim, verdict, ours="0.3", ladder=""):
+    return {"in the paper": fig, "paper's claim": claim, "ours": ours, "verdict": verdict, "rule": "r",
+            "why": "budget; " + ladder, "ladder": ladder}
 
 
 def test_the_profiles_are_set_side_by_side_only_where_they_differ():
-    small = [_fig("Fig. 3", "trains well at ε 3-5", "not reproduced", why="budget; scale ladder: no run at these ε"),
+    small = [_fig("Fig. 3", "trains well at ε 3-5", "not reproduced", ladder="scale ladder: no run at these ε"),
              _fig("Fig. 4", "fine-tuning at ε 3", "not reproduced with the stand-in"),
              _fig("Fig. 4 (setup)", "VGG-Face", "different setup"), _fig("Fig. 2", "images", "partly reproduced")]
     medium = [_fig("Fig. 3", "trains well at ε 3-5", "consistent", ours="0.32",
-                   why="budget; scale ladder (needs ≥ 0.80): ε=5: predicted 0.84"),
+                   ladder="scale ladder (needs ≥ 0.80): ε=5: predicted 0.84"),
               _fig("Fig. 4", "fine-tuning at ε 3", "not reproduced with the stand-in"),
               _fig("Fig. 4 (setup)", "VGG-Face", "different setup"), _fig("Fig. 2", "images", "partly reproduced")]
     text = findings.profiles_markdown({"small": small, "medium": medium}, profile="medium")
@@ -48,11 +49,11 @@ def test_the_profiles_are_set_side_by_side_only_where_they_differ():
     assert "fine-tuning at ε 3: *not reproduced with the stand-in* at both (0.3)" in text
     assert "Fig. 2" not in text and "setup" not in text  # Figs. 3 and 4's claims only
     # the same verdict and ladder but another number: both lines
-    ours = [dict(small[0], verdict="consistent", ours="0.31", why=medium[0]["why"])] + small[1:]
+    ours = [dict(small[0], verdict="consistent", ours="0.31", ladder=medium[0]["ladder"])] + small[1:]
     assert "* `small`: *consistent* — 0.31" in findings.profiles_markdown({"small": ours, "medium": medium},
                                                                           profile="small")
     # the same verdict and number but another ladder: both lines
-    other = [dict(small[0], verdict="consistent", ours="0.32", why="scale ladder: ε=5: predicted 0.5")] + small[1:]
+    other = [dict(small[0], verdict="consistent", ours="0.32", ladder="scale ladder: ε=5: predicted 0.5")] + small[1:]
     assert "* `small`: *consistent* — 0.32; scale ladder: ε=5: predicted 0.5" in findings.profiles_markdown(
         {"small": other, "medium": medium}, profile="small")
 

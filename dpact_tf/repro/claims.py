@@ -14,13 +14,14 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from dpact_tf.repro.results import load_metrics
 
-__all__ = ["claims_table", "summary_text", "CLAIMS", "NOT_RUN", "NOT_MEASURED",
+__all__ = ["claims_table", "summary_text", "CLAIMS", "NOT_RUN", "NOT_RUN_VERDICT", "NOT_MEASURED",
            "FIG2_MAX_SSIM_AT_SMALLEST_EPS", "FIG2_MONOTONE_SLACK", "FIG2_PRESERVED_SSIM", "FIG2_PRESERVED_EPSILON", "FIG3_GAP_AT_EPS20", "FIG4_TOLERANCE",
            "FIG4_FAIL_MARGIN", "ATTACK_CONFIDENCE", "FIG3_TRAINS_WELL_RELATIVE", "CONSISTENT",
            "INCONCLUSIVE_REACHING", "INCONCLUSIVE", "CONTRADICTED", "BUDGET_ARTEFACT", "WEAK_PUBLIC_MODEL"]
 
 Row = Dict[str, str]
 NOT_RUN = "not run"
+NOT_RUN_VERDICT = "—"  # the verdict of a claim whose study has not run
 NOT_MEASURED = "not measured"
 
 # Fig. 2: the SSIM between released and clean maps grows with epsilon (up to this slack between neighbours) ...
@@ -55,9 +56,10 @@ PARTLY = "partly reproduced"
 WITHIN_BOUNDS = "within the bounds on a server CPU; not tested on a phone"
 
 
-def _row(figure: str, claim: str, ours: str, verdict: str, rule: str, why: str = "") -> Row:
+def _row(figure: str, claim: str, ours: str, verdict: str, rule: str, why: str = "", ladder: str = "") -> Row:
+    """One claim: ``why`` its verdict, of which ``ladder`` is the scale ladder's part ("" when it has none)."""
     return {"in the paper": figure, "paper's claim": claim, "ours": ours, "verdict": verdict, "rule": rule,
-            "why": why}
+            "why": why, "ladder": ladder}
 
 
 def _ladder_outlook(ladder: Optional[Mapping[str, Any]], epsilons, required: float, *,
@@ -147,7 +149,7 @@ def claim_fig2(act: Optional[Mapping[str, Any]]) -> Row:
             f"{FIG2_MAX_SSIM_AT_SMALLEST_EPS:g} at the smallest ε (the loss); ≥ {FIG2_PRESERVED_SSIM:g} at "
             f"ε = {FIG2_PRESERVED_EPSILON:g} (well preserved)")
     if not act:
-        return _row("Fig. 2", claim, NOT_RUN, "—", rule)
+        return _row("Fig. 2", claim, NOT_RUN, NOT_RUN_VERDICT, rule)
     t = sorted(act["table"], key=lambda r: r["epsilon"])
     ssim = [r["ssim"] for r in t]
     increasing = all(b - a > -FIG2_MONOTONE_SLACK for a, b in zip(ssim, ssim[1:]))
@@ -175,7 +177,7 @@ def claim_fig3(sc: Optional[Mapping[str, Any]], conv: Optional[Mapping[str, Any]
             f"{FIG3_GAP_AT_EPS20 * 100:g} points of its baseline (best accuracies), else the scale ladder's largest ε "
             "decides: consistent (its prediction interval's lower end reaches the gap) or inconclusive")
     if not sc:
-        return _row("Fig. 3", claim, NOT_RUN, "—", rule)
+        return _row("Fig. 3", claim, NOT_RUN, NOT_RUN_VERDICT, rule)
     hs = sc["histories"]
     base, hi, lo = _final(hs, None), _final(hs, 20.0), _final(hs, 1.0)
     if None in (base, hi, lo):
@@ -198,7 +200,7 @@ def claim_fig3(sc: Optional[Mapping[str, Any]], conv: Optional[Mapping[str, Any]
     verdict, text = _ladder_outlook(ladder, None, 1 - FIG3_GAP_AT_EPS20 / gain if gain > 0 else 1.0,
                                     allow_contradiction=False)  # the ladder's ε are noisier than 20
     why.append(text)
-    return _row("Fig. 3", claim, ours, verdict or "not reproduced", rule, "; ".join(why))
+    return _row("Fig. 3", claim, ours, verdict or "not reproduced", rule, "; ".join(why), ladder=text)
 
 
 def claim_fig3_mid(conv: Optional[Mapping[str, Any]], ladder: Optional[Mapping[str, Any]] = None) -> Row:
@@ -208,7 +210,7 @@ def claim_fig3_mid(conv: Optional[Mapping[str, Any]], ladder: Optional[Mapping[s
             f"consistent (every ε on the ladder, every prediction interval's lower end ≥ "
             f"{FIG3_TRAINS_WELL_RELATIVE:g}), contradicted (an interval's upper end below it) or inconclusive")
     if not conv:
-        return _row("Fig. 3", claim, NOT_RUN, "—", rule)
+        return _row("Fig. 3", claim, NOT_RUN, NOT_RUN_VERDICT, rule)
     rows = {r["epsilon"]: r for r in conv["rows"]}
     if None not in rows or 3.0 not in rows or 5.0 not in rows:
         return _row("Fig. 3", claim, "the convergence study did not include no noise, ε=3 and ε=5", NOT_MEASURED,
@@ -222,14 +224,14 @@ def claim_fig3_mid(conv: Optional[Mapping[str, Any]], ladder: Optional[Mapping[s
     verdict, text = _ladder_outlook(ladder, (3.0, 5.0), FIG3_TRAINS_WELL_RELATIVE,
                                     allow_contradiction=_ladder_can_contradict(conv, ladder))
     return _row("Fig. 3", claim, ours, verdict or "not reproduced", rule,
-                _convergence_text(conv) + "; " + text)
+                _convergence_text(conv) + "; " + text, ladder=text)
 
 
 def claim_fig4_eps3(ft: Optional[Mapping[str, Any]]) -> Row:
     claim = "Fine-tuning with ε = 3 reaches the baseline's accuracy within 5 epochs"
     rule = f"best test accuracy of epochs 1–5 at ε=3 ≥ baseline final − {FIG4_TOLERANCE * 100:g} points"
     if not ft:
-        return _row("Fig. 4", claim, NOT_RUN, "—", rule)
+        return _row("Fig. 4", claim, NOT_RUN, NOT_RUN_VERDICT, rule)
     base, e3 = _final(ft["histories"], None), next((h for h in ft["histories"] if h["epsilon"] == 3.0), None)
     if base is None or e3 is None:
         return _row("Fig. 4", claim, "the sweep did not include no noise and ε=3", NOT_MEASURED, rule)
@@ -259,7 +261,7 @@ def claim_fig4_low_eps(ft: Optional[Mapping[str, Any]]) -> Row:
     claim = "Fine-tuning with ε ≤ 1 fails to converge"
     rule = f"final test accuracy ≤ majority-class rate + {FIG4_FAIL_MARGIN * 100:g} points for every ε ≤ 1"
     if not ft:
-        return _row("Fig. 4", claim, NOT_RUN, "—", rule)
+        return _row("Fig. 4", claim, NOT_RUN, NOT_RUN_VERDICT, rule)
     chance = ft["majority_class_test_accuracy"]
     finals = {h["epsilon"]: h["history"]["test_accuracy"][-1] for h in ft["histories"]
               if h["epsilon"] is not None and h["epsilon"] <= 1.0}
@@ -280,7 +282,7 @@ def claim_fig4_low_eps(ft: Optional[Mapping[str, Any]]) -> Row:
 def claim_fig4_setup(ft: Optional[Mapping[str, Any]]) -> Row:
     claim = "The public model is VGG-Face trained on 2.6 M images of 2,622 people"
     if not ft:
-        return _row("Fig. 4 (setup)", claim, NOT_RUN, "—", "")
+        return _row("Fig. 4 (setup)", claim, NOT_RUN, NOT_RUN_VERDICT, "")
     p = ft["pretrain"]
     if p.get("source") == "vggface":
         return _row("Fig. 4 (setup)", claim, f"the public VGG-Face weights (sha256 {p['weights_sha256'][:12]}…)",
@@ -301,7 +303,7 @@ def claim_cost(mob: Optional[Mapping[str, Any]]) -> Row:
     claim = "The client runs on a phone: batch of 8 loads < 0.4 s, forward < 0.6 s, backward < 0.2 s/sample, < 500 MB"
     rule = "every quantity measured for the paper-size head and below the paper's bound; a server CPU, not a phone"
     if not mob:
-        return _row("Sec. VI (cost)", claim, NOT_RUN, "—", rule)
+        return _row("Sec. VI (cost)", claim, NOT_RUN, NOT_RUN_VERDICT, rule)
     paper = mob["paper_nexus6p"]
     conf = next((c for c in mob["configs"] if c["label"] == "paper"), None)
     if conf is None:
@@ -346,7 +348,7 @@ def claim_per_image(acc: Optional[Mapping[str, Any]]) -> Row:
             "over an image's own releases (conv1 frozen) or over every release after its first use (conv1 trained); "
             "labels are sent in the clear")
     if not acc:
-        return _row("Sec. IV", claim, NOT_RUN, "—", rule)
+        return _row("Sec. IV", claim, NOT_RUN, NOT_RUN_VERDICT, rule)
     label, rows_acc = next(iter(acc["tables"].items()))
     lo = rows_acc[0]
     return _row("Sec. IV", claim, f"per image ({label}), per-coordinate ε = {lo['epsilon_per_coordinate']:g}: "
@@ -378,7 +380,7 @@ def claim_reconstruction(att: Optional[Mapping[str, Any]]) -> Row:
             "guess that uses no release of the face (grey image, public mean face, the same decoder fed another "
             "face's releases) lies above 0; it must succeed without noise for the test to count")
     if not att:
-        return _row("Sec. III", claim, NOT_RUN, "—", rule)
+        return _row("Sec. III", claim, NOT_RUN, NOT_RUN_VERDICT, rule)
     rows = sorted(att["rows"], key=lambda r: float("inf") if r["epsilon"] is None else r["epsilon"])
     verdict = _attack_verdict(rows, lambda r: r["decoder_margin_lo"] > 0, what="beat every guess without the release",
                               none_ok="no better than a guess without the release at any ε")
@@ -394,7 +396,7 @@ def claim_membership(att: Optional[Mapping[str, Any]]) -> Row:
             f"candidates, Clopper–Pearson bounds on the other half (jointly {ATTACK_CONFIDENCE:.0%}): membership leaks "
             "at ε when the lower bound on TPR − FPR is above 0; it must leak without noise for the test to count")
     if not att:
-        return _row("Sec. III", claim, NOT_RUN, "—", rule)
+        return _row("Sec. III", claim, NOT_RUN, NOT_RUN_VERDICT, rule)
     rows = sorted(att["rows"], key=lambda r: float("inf") if r["epsilon"] is None else r["epsilon"])
     verdict = _attack_verdict(rows, lambda r: r["mia_advantage_lower"] > 0, what="tell members apart",
                               none_ok="no membership shown at any ε")

@@ -30,7 +30,8 @@ from dpact_tf.repro.runs import RunSpec, load_faces, run_training
 
 __all__ = ["ConvergenceStudy", "LadderStudy", "convergence_study", "convergence_spec", "ladder_study",
            "ladder_runs_spec", "ladder_trends", "ladder_note", "trend_lines", "cut_note", "ladder_table",
-           "convergence_text", "seeds_note", "left_out_minutes", "size_exponent", "LEFT_OUT", "above_chance", "fit_trend", "epochs_to_reach", "retained_gain",
+           "convergence_text", "seeds_note", "left_out_minutes", "size_exponent", "LEFT_OUT", "earliest_stop",
+           "medium_note", "above_chance", "fit_trend", "epochs_to_reach", "retained_gain",
            "training_flops_per_image", "gpu_estimates", "profile_workload", "PAPER_COORDINATES", "REACH_FRACTIONS",
            "PREDICTION_LEVEL", "CHANCE_LEVEL", "GPU_SUSTAINED_TFLOPS"]
 
@@ -246,13 +247,29 @@ def above_chance(accuracy: float, chance: float, n_test: int, *, level: float = 
     return bool(stats.binom.sf(correct - 1, n_test, chance) < 1 - level)
 
 
+def _own_channels(prof) -> int:
+    """conv1_1's channels at the profile's own width (the point the convergence study trains)."""
+    from dpact_tf.vggface import layer_plan
+
+    return layer_plan(prof.width)[0][2]
+
+
+def _largest(points: Sequence[Tuple[int, int]]) -> Tuple[int, int]:
+    """The ladder point with the most coordinates per image (the larger input on a tie): the one trained with
+    ``ladder_largest_seeds`` seeds."""
+    return max(points, key=lambda p: (p[0] * p[0] * p[1], p[0]))
+
+
+def _seeds(prof, point: Tuple[int, int], points: Sequence[Tuple[int, int]]) -> int:
+    """Seeds a ladder of ``points`` trains at ``point``."""
+    return prof.ladder_largest_seeds if tuple(point) == _largest(points) else 1
+
+
 def ladder_runs_spec(prof, *, size: int, channels: int, epsilon: Optional[float], seed: int, dataset: str) -> RunSpec:
     """The run of one ladder point: trained from scratch with the convergence study's early stopping and budget
     (so a point stops when it no longer improves, and the profile's own shape shares the convergence study's runs)."""
-    from dpact_tf.vggface import layer_plan
-
     patience, max_epochs = prof.convergence_patience, prof.convergence_max_epochs
-    default_channels = layer_plan(prof.width)[0][2]
+    default_channels = _own_channels(prof)
     return RunSpec(task="scratch", profile=prof.name, dataset=dataset, epsilon=epsilon, epochs=max_epochs, seed=seed,
                    patience=patience, min_delta=prof.convergence_min_delta,
                    start_from_epoch=max(0, min(prof.epochs, max_epochs - patience)),
@@ -304,7 +321,6 @@ def ladder_study(*, profile: str, dataset: str, points: Optional[Sequence[Tuple[
     if None not in eps_list or len(eps_list) < 2:
         raise ValueError("the ladder compares each epsilon with the no-noise run: epsilons must include None and "
                          "at least one epsilon")
-    largest = max(points, key=lambda p: (p[0] * p[0] * p[1], p[0]))
     faces_by_size: Dict[int, Any] = {}
     rows: List[Dict[str, Any]] = []
     for size, channels in points:
@@ -313,7 +329,7 @@ def ladder_study(*, profile: str, dataset: str, points: Optional[Sequence[Tuple[
             faces_by_size[size] = load_faces(spec0.profile_obj(), dataset, seed=seed, progress=progress)
         faces = faces_by_size[size]
         chance, n_test = faces.majority_class_rate, int(len(faces.test_labels))
-        seeds = range(seed, seed + (prof.ladder_largest_seeds if (size, channels) == largest else 1))
+        seeds = range(seed, seed + _seeds(prof, (size, channels), points))
         for s in seeds:
             point_rows = []
             for eps in eps_list:
@@ -418,54 +434,76 @@ def _left_out_note(prof, rows: Sequence[Mapping[str, Any]]) -> str:
     """What ``prof``'s ladder leaves out for time (:data:`LEFT_OUT`) and what it would cost, estimated from ``rows``:
     points larger than the measured ones between the area-proportional estimate (at most) and the ladder's own
     measured growth with the input size (:func:`size_exponent`, at least), when it grows slower."""
-    from dpact_tf.vggface import layer_plan
-
     left = LEFT_OUT.get(prof.name)
     if not left:
         return ""
     eps = list(prof.ladder_epsilons)
-    largest = max(s * s * c for s, c in prof.ladder_points)
     k = size_exponent(rows)
+    exponents = (1.0,) + ((k,) if k is not None and k < 1 else ())
     parts = []
-    for size, channels in left.get("points", ()):
-        seeds = prof.ladder_largest_seeds if size * size * channels > largest else 1
-        est = {a: [left_out_minutes(rows, size=size, channels=channels, noisy=e is not None, runs=seeds,
-                                    area_exponent=a) for e in eps] for a in {1.0, k if k is not None and k < 1 else 1.0}}
-        if any(None in v for v in est.values()):
+    for point in left.get("points", ()):
+        size, channels = point
+        seeds = _seeds(prof, point, [*prof.ladder_points, point])
+        totals = []
+        for a in exponents:
+            est = [left_out_minutes(rows, size=size, channels=channels, noisy=e is not None, runs=seeds,
+                                    area_exponent=a) for e in eps]
+            totals.append(None if None in est else sum(est))
+        if None in totals:
             parts.append(f"{size}×{size}×{channels} (not estimated: no run with {channels} channels was timed)")
             continue
-        hi, lo = sum(est[1.0]), min(sum(v) for v in est.values())
-        span = _hours(hi) if lo == hi else f"{_hours(lo)} to {_hours(hi)}"
+        span = _hours(totals[0]) if len(totals) == 1 else f"{_hours(totals[1])} to {_hours(totals[0])}"
         parts.append(f"{size}×{size}×{channels} (about {span} for {len(eps) * seeds} runs: ε ∈ {plots.eps_set(eps)}, "
                      f"{seeds} seed{'s' if seeds > 1 else ''})")
-    own = (prof.image_size, layer_plan(prof.width)[0][2])  # the convergence study trains this point at its ε
+    own = (prof.image_size, _own_channels(prof))  # the convergence study trains this point at its ε
     for e in left.get("epsilons", ()):
         if e in eps:
             continue
-        points = [p for p in prof.ladder_points if not (p == own and e in prof.convergence_epsilons)]
-        runs = {p: prof.ladder_largest_seeds if p[0] * p[0] * p[1] == largest else 1 for p in points}
+        runs = {p: _seeds(prof, p, prof.ladder_points) for p in prof.ladder_points
+                if not (p == own and e in prof.convergence_epsilons)}
         est = {p: left_out_minutes([r for r in rows if (r["image_size"], r["conv1_channels"]) == p], size=p[0],
                                    channels=p[1], noisy=True, runs=n) for p, n in runs.items()}
-        missing = [p for p, m in est.items() if m is None]
-        text = f"ε = {e:g} at {len(points)} of the ladder's points ("
-        if len(missing) == len(points):
+        timed = {p: m for p, m in est.items() if m is not None}
+        text = f"ε = {e:g} at {len(runs)} of the ladder's points ("
+        if not timed:
             text += "not estimated: no noisy run was timed"
         else:
-            text += (f"about {_hours(sum(m for m in est.values() if m is not None))} for "
-                     f"{sum(n for p, n in runs.items() if p not in missing)} runs")
-            if missing:
-                text += f", {_shapes(missing)} not estimated: no noisy run of theirs was timed"
-        if len(points) < len(prof.ladder_points):
+            text += f"about {_hours(sum(timed.values()))} for {sum(runs[p] for p in timed)} runs"
+            if len(timed) < len(runs):
+                text += f", {_shapes([p for p in runs if p not in timed])} not estimated: no noisy run of theirs was timed"
+        if len(runs) < len(prof.ladder_points):
             text += f"; the convergence study trains it at {own[0]}×{own[0]}×{own[1]}"
         parts.append(text + ")")
     how = (" These are estimates from this profile's timed runs: seconds per epoch of the runs with the same "
            "channels (for a new ε, the noisy runs of the same point) times their epochs; for a larger input, scaled "
            "by its area")
-    if k is not None and k < 1:
+    if len(exponents) > 1:
         how += (f" (the upper end) or as this ladder's larger input did cost (the lower end: an epoch's time grew "
                 f"as the area to the power {k:.2f})")
     return (f" Left out at `{prof.name}` for time: " + ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "")
             + parts[-1] + "." + how + ". The minutes of every run are in the ladder's table above.")
+
+
+def earliest_stop(metrics: Mapping[str, Any]) -> int:
+    """The first epoch at which the convergence study's stopping rule (``metrics``: its recorded ``patience``,
+    ``min_delta`` and ``start_from_epoch``) can end a run: a run whose monitored accuracy never moves, as one at
+    chance, stops there (:func:`dpact_tf.callbacks.stopping_epoch` on a constant history)."""
+    from dpact_tf.callbacks import stopping_epoch
+
+    never_moves = [0.0] * (metrics["start_from_epoch"] + metrics["patience"] + 2)
+    return stopping_epoch(never_moves, patience=metrics["patience"], min_delta=metrics["min_delta"],
+                          start_from_epoch=metrics["start_from_epoch"])
+
+
+def medium_note(medium) -> str:
+    """What the ``medium`` profile changes from ``small`` (Markdown, one sentence)."""
+    side = max(s for s, _ in medium.ladder_points)
+    attack = _largest(medium.attack_scale_points)
+    return (f"the `small` book with the budgets this chapter's questions want: {medium.convergence_max_epochs}-epoch "
+            f"convergence runs and a ladder up to {max(c for _, c in medium.ladder_points)} conv1 channels and "
+            f"{side}×{side} inputs; besides, the attacks' membership test runs up to "
+            f"{attack[0]}×{attack[0]}×{attack[1]} and the frontier chapter searches DP-SGD from scratch longer; "
+            "every other study is the `small` one")
 
 
 def cut_note(prof, medium, paper, rows: Optional[Sequence[Mapping[str, Any]]] = None) -> str:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import html
 from typing import Any, Dict, List, Mapping, Sequence
 
+from dpact_tf.repro.claims import NOT_RUN_VERDICT
+
 __all__ = ["findings_markdown", "verdict_table", "reasons_html", "short_claim", "profiles_markdown", "COMPARED"]
 
 Row = Mapping[str, Any]
@@ -56,16 +58,8 @@ def reasons_html(rows: Sequence[Row]) -> str:
     return "\n".join(blocks)
 
 
-#: the verdict of a claim whose study was not run (:func:`dpact_tf.repro.claims.claims_table`)
-NOT_RUN_VERDICT = "—"
 #: the CPU profiles the intro sets side by side (the larger one's budgets are what the smaller one cannot afford)
 COMPARED = ("small", "medium")
-
-
-def _ladder_reason(row: Row) -> str:
-    """The scale ladder's part of a claim's reasons ("" when it has none)."""
-    why = row.get("why") or ""
-    return why[why.index("scale ladder"):] if "scale ladder" in why else ""
 
 
 def _figs_3_and_4(rows: Sequence[Row]) -> List[Row]:
@@ -99,8 +93,7 @@ def profiles_markdown(rows_by_profile: Mapping[str, Sequence[Row]], *, profile: 
         claim = short_claim(r["paper's claim"])
         head = f"* **{r['in the paper']}** — {claim}"
         o = by[other]
-        if o and by[profile] and (o["verdict"], o["ours"], _ladder_reason(o)) == (r["verdict"], r["ours"],
-                                                                                 _ladder_reason(r)):
+        if o and by[profile] and all(o.get(k, "") == r.get(k, "") for k in ("verdict", "ours", "ladder")):
             lines.append(f"{head}: *{r['verdict']}* at both ({r['ours']})")
             continue
         lines.append(head + ":")
@@ -110,7 +103,7 @@ def profiles_markdown(rows_by_profile: Mapping[str, Sequence[Row]], *, profile: 
                 lines.append(f"  * `{p}`: not recorded")
                 partial = True
                 continue
-            ladder = _ladder_reason(row)
+            ladder = row.get("ladder", "")
             lines.append(f"  * `{p}`: *{row['verdict']}* — {row['ours']}" + (f"; {ladder}" if ladder else ""))
     recorded = ("some of them recorded (a claim whose study has not run at a profile says so)" if partial
                 else "both recorded")

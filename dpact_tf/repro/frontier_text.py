@@ -15,8 +15,8 @@ from dpact_tf.repro.frontier import METHODS, SCHEDULES
 from dpact_tf.repro.frontier_scratch import estimated_seconds
 from dpact_tf.repro.profiles import get_profile
 
-__all__ = ["privacy_units", "measured_time", "method_choice", "method_choice_text", "choice_from_metrics", "frontier_summary",
-           "points_table", "describe_schedule", "scratch_schedule"]
+__all__ = ["privacy_units", "measured_time", "method_choice", "method_choice_text", "choice_from_metrics",
+           "frontier_summary", "points_table", "describe_schedule", "scratch_schedule"]
 
 
 def privacy_units() -> List[Dict[str, str]]:
