@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from dpact_tf.repro import plots
+from dpact_tf.repro.oracle import evaluation_oracle_key
 from dpact_tf.repro.profiles import get_profile
 from dpact_tf.repro.results import TRAINING_MODULES, cache_key, record_metrics, resolve_results_dir, study_dir
 from dpact_tf.repro.runs import RunSpec, load_faces, run_training
@@ -35,7 +36,8 @@ __all__ = ["dpsgd_study", "privynet_study", "dssgd_study", "spnn_study", "summar
 
 #: the code behind the baselines' cached attack scores (their cache key includes its source)
 BASELINE_MODULES = (*TRAINING_MODULES, "dpact_tf.attacks", "dpact_tf.repro.baselines", "dpact_tf.repro.pretrain",
-                    "dpact_tf.repro.privacy_studies")
+                    "dpact_tf.repro.privacy_studies", "dpact_tf.repro.oracle", "dpact_tf.dlib_faces",
+                    "dpact_tf.dlib_resnet", "dpact_tf.dlib_keras")
 
 
 def client_step_flops(split, *, trains: bool) -> float:
@@ -57,15 +59,19 @@ def reconstruction_scores(attacker_client, victim_client, faces: np.ndarray, pub
 
 
 def _attack_context(prof, dataset: str, data, *, seed: int, n_faces: int, results_dir, force: bool, progress: bool):
-    """(pre-trained public model, public images, faces attacked, their identity oracle)."""
+    """(pre-trained public model, public images, faces attacked, a function building their identity scorer): the
+    attacks chapter's evaluation oracle (:func:`dpact_tf.repro.oracle.evaluation_oracle`), built only when an
+    attack runs."""
+    from dpact_tf.repro.oracle import evaluation_oracle
     from dpact_tf.repro.pretrain import pretrain
-    from dpact_tf.repro.privacy_studies import identity_oracle
 
     pre = pretrain(prof.name, dataset, results_dir=results_dir, seed=seed, force=force, progress=progress)
     public = load_faces(prof, dataset, public=True, seed=seed, progress=progress)
     face_idx = data.distinct_people_test_indices(n_faces)
     faces = data.test_images[face_idx].astype(np.float32) / 255.0
-    identity = identity_oracle(pre.load_split(epsilon=None), data, data.test_labels[face_idx])
+    labels = data.test_labels[face_idx]
+    identity = lambda: evaluation_oracle(prof.name, dataset, data, results_dir=results_dir, seed=seed,  # noqa: E731
+                                         progress=progress).for_labels(labels)
     return pre, public.train_images, faces, identity
 
 
@@ -92,9 +98,10 @@ def privynet_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
                          results_dir=results_dir, force=force, progress=progress, data=data)
             for cut in sched.cuts]
     cache = _cache(results_dir, prof, dataset, "privynet", {
-        "runs": [r.spec.key() for r in runs], "n_faces": n_faces, "attack_epochs": sched.attack_epochs, "seed": seed})
+        "runs": [r.spec.key() for r in runs], "n_faces": n_faces, "attack_epochs": sched.attack_epochs, "seed": seed,
+        "oracle": evaluation_oracle_key(prof.name, dataset, seed=seed)})
     if force or not (os.path.exists(cache + ".json") and os.path.exists(cache + ".npz")):
-        rows, shown = [], {}
+        rows, shown, identity = [], {}, identity()
         for run in runs:
             split = run.load_split()
             if progress:
@@ -298,7 +305,7 @@ def privynet_summary(study: Dict[str, Any]) -> str:
         lines.append(f"cut at `{r['cut']}`: {_pct(r['test_accuracy'])} test accuracy; the decoder's SSIM "
                      f"{r['decoder_ssim']:.2f} is {verdict} the best guess that looks at nothing "
                      f"({best_trivial:.2f}), and {_pct(r['decoder_identity_accuracy'])} of its reconstructions are "
-                     "recognised as the right person by the public model")
+                     "named as the right person by the attacks chapter's evaluation oracle")
     noisy = ", ".join(f"{_pct(v)} at ε = {k:g}" for k, v in ref.items() if k is not None)
     return ("Frozen public head, no noise — " + "; ".join(lines) + ". For comparison, training conv1_1 without "
             f"noise gives {_pct(ref[None])} and the DP activations {noisy}. Without noise the representation is "
@@ -440,10 +447,12 @@ def spnn_study(*, profile: str, dataset: str, results_dir: Optional[str] = None,
     run = run_training(RunSpec(task="scratch", profile=prof.name, dataset=dataset, epsilon=None,
                                epochs=sched.epochs, seed=seed), results_dir=results_dir, progress=progress, data=data)
     cache = _cache(results_dir, prof, dataset, "spnn", {"run": run.spec.key(), "seed": seed, "n_faces": n_faces,
-                                                        "attack_epochs": sched.attack_epochs})
+                                                        "attack_epochs": sched.attack_epochs,
+                                                        "oracle": evaluation_oracle_key(prof.name, dataset, seed=seed)})
     if force or not (os.path.exists(cache + ".json") and os.path.exists(cache + ".npz")):
         _, public_x, faces, identity = _attack_context(prof, dataset, data, seed=seed, n_faces=n_faces,
                                                        results_dir=results_dir, force=False, progress=progress)
+        identity = identity()
         split = run.load_split()
         conv = split.client.get_layer("conv1_1")
         kernel, bias = (w.numpy() for w in conv.weights)
@@ -537,4 +546,4 @@ def spnn_summary(study: Dict[str, Any]) -> str:
         f"no protection: z is conv1_1's clean output, and the decoder's reconstructions score SSIM "
         f"{study['decoder_ssim']:.2f} ({'above' if study['decoder_ssim'] > guess else 'not above'} the "
         f"{guess:.2f} of the best guess that looks at nothing), {_pct(study['decoder_identity_accuracy'])} of them "
-        "recognised as the right person. The pixels are hidden from the *other holder*, not from the server.")
+        "named as the right person by the attacks chapter's evaluation oracle. The pixels are hidden from the *other holder*, not from the server.")

@@ -42,7 +42,7 @@ NEEDS: Dict[str, Tuple[str, ...]] = {
     "05_mobile_cost": (),
     "06_accounting": (),
     "07_attacks": ("01_activations", "03_finetune"),  # the public model, the fine-tuning runs (server classifier)
-    "08_fidelity": ("02_scratch", "03_finetune", "07_attacks"),  # 07 trains the no-noise convergence run (its oracle)
+    "08_fidelity": ("02_scratch", "03_finetune"),
     "09_baselines": ("01_activations", "02_scratch", "03_finetune", "04_partition"),  # at tiny its references are 04's
     "10_discussion": tuple(NOTEBOOKS[:-2]),
     "00_intro": tuple(NOTEBOOKS[:-2]),

@@ -96,7 +96,8 @@ VALIDATION_FRACTION = 0.1
 def convergence_spec(prof, dataset: str, epsilon: Optional[float], *, seed: int = 0, max_epochs: Optional[int] = None,
                      patience: Optional[int] = None, min_delta: Optional[float] = None) -> RunSpec:
     """The convergence study's run at ``epsilon`` (the profile's budgets unless given); its no-noise run is the
-    book's best non-private model, which the attacks chapter uses as its identity oracle."""
+    paper's network at its best without noise (and the attacks chapter's identity oracle when dlib's model is
+    missing: :func:`dpact_tf.repro.oracle.evaluation_oracle`)."""
     prof = get_profile(prof)
     max_epochs = int(max_epochs or prof.convergence_max_epochs)
     patience = int(patience or prof.convergence_patience)

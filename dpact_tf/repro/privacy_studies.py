@@ -4,7 +4,7 @@ figures under ``<results_dir>/<profile>/<dataset>/``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from dpact_tf.repro.profiles import get_profile
 from dpact_tf.repro.results import record_metrics, study_dir
 from dpact_tf.repro.studies import resolve_epsilons
 
-__all__ = ["accounting_study", "attack_epsilons", "attack_scope", "identity_oracle", "accounting_summary",
+__all__ = ["accounting_study", "attack_epsilons", "attack_scope", "accounting_summary",
            "sensitivity_summary"]
 
 
@@ -82,21 +82,6 @@ def attack_scope(profile, epsilons=None) -> str:
     whole = [name for name in PROFILES if attack_epsilons(name) == list(DEFAULT_EPSILONS)]
     return (text + f"; the sweep's ε ∈ {plots.eps_set(left)} are left out to fit this profile's time budget "
             f"(`Profile.attack_epsilons`); the whole sweep is attacked at " + ", ".join(f"`{n}`" for n in whole) + ".")
-
-
-def identity_oracle(clean_split, data, face_labels: np.ndarray) -> Callable[[np.ndarray], float]:
-    """The evaluator's identity oracle: does an image look like the person?  The public model's fc7 embedding of
-    clean pixels, nearest neighbour among the private training faces; returns images -> accuracy on
-    ``face_labels``."""
-    import tensorflow as tf
-
-    from dpact_tf import attacks
-
-    fc7 = tf.keras.Model(clean_split.server.input, clean_split.server.get_layer("fc7").output)
-    image_embed = tf.keras.Model(clean_split.client.input, fc7(clean_split.client.output))
-    gallery = image_embed.predict(data.train_images.astype(np.float32) / 255.0, batch_size=256, verbose=0)
-    return lambda images: attacks.nearest_identity_accuracy(
-        gallery, data.train_labels, image_embed.predict(images, batch_size=256, verbose=0), face_labels)
 
 
 _PLD_TAGS = (("image", "one release"), ("frozen", "conv1 frozen"), ("trained", "conv1 trained"))
