@@ -102,7 +102,7 @@ def test_study_with_a_given_extractor(tmp_path, monkeypatch):
                                     extractor=extractor, progress=False)  # from the cache: the same numbers
     assert [p.accuracies for p in again.points] == [p.accuracies for p in study.points]
     assert not math.isnan(by["release"][0].spread)
-    # a second public model adds its own (c) and (e) points and reference; the labels study runs once
+    # a second public model adds its own (c) and (e) points, reference and labels study
     other = frontier.FeatureExtractor(name="other projection", key="proj-1", method_suffix="_dlib",
                                       features=lambda x: np.maximum(x.reshape(len(x), -1) @ proj[:, ::-1], 0))
     both = frontier.frontier_study(profile="tiny", dataset="synthetic", results_dir=str(tmp_path),
@@ -110,8 +110,9 @@ def test_study_with_a_given_extractor(tmp_path, monkeypatch):
     methods = {p.method for p in both.points}
     assert {"release_dlib", "last_layer_dpsgd_dlib"} <= methods and "activations_once_dlib" not in methods
     assert [p.accuracies for p in both.points if p.method == "release"] == [p.accuracies for p in by["release"]]
-    assert set(both.references) >= {"random projection + softmax", "other projection + softmax"}
-    assert both.labels == study.labels
+    assert set(both.references) >= {"random projection, no noise", "other projection, no noise"}
+    assert [r for r in both.labels if r["features"] == "random projection"] == study.labels
+    assert [r["features"] for r in both.labels].count("other projection") == len(frontier.SCHEDULES["tiny"].label_epsilons)
     assert all(frontier.METHODS[m] for m in methods)
 
 
@@ -174,3 +175,19 @@ def test_the_frontier_figure_zooms_on_the_epsilons_a_person_would_accept():
     every, near = fig.axes[:2]
     assert every.get_xlim()[1] > 1e9 and near.get_xlim() == pytest.approx((0.5, 50.0))
     assert len(fig.legends) == 1 and "(c)" in [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_class_means_is_the_nearest_mean_rule():
+    x = np.array([[0.0, 0.0], [0.2, 0.0], [2.0, 2.0], [2.2, 1.8]])
+    y = np.array([0, 0, 2, 2])  # class 1 has no example: its mean is 0
+    m = frontier.class_means(x, y, classes=3)
+    np.testing.assert_allclose(m.weights.T, [[0.1, 0.0], [0.0, 0.0], [2.1, 1.9]])
+    queries = np.array([[0.3, -0.1], [1.9, 2.1], [1.0, 0.9]])
+    nearest = np.argmin(((queries[:, None, :] - m.weights.T[None]) ** 2).sum(-1), axis=1)
+    np.testing.assert_array_equal(np.argmax(m.logits(queries), -1), nearest)
+
+
+def test_choose_says_when_candidates_tie():
+    assert frontier.choose([0.1, 0.3, 0.2]) == (1, "")
+    index, note = frontier.choose([0.2, 0.1, 0.2, 0.2])
+    assert index == 0 and "tied with 2 of 4 candidates" in note

@@ -246,16 +246,54 @@ def _fit(x, y, *, classes: int, batch: int, seed: int, **kw) -> linear_dpsgd.Sof
     return linear_dpsgd.train_softmax(x, y, num_classes=classes, batch_size=batch, seed=seed, **kw)
 
 
-def _server_tuned(train_x, train_y, fit, val, test_x, test_y, *, sched, classes, seed) -> Tuple[float, str]:
-    """Tune the server's softmax on (fit, val) of what it received, retrain on all of it, score on the test set."""
-    scores = []
-    for lr, epochs in sched.server_grid:
-        m = _fit(train_x[fit], train_y[fit], classes=classes, batch=sched.batch_size, seed=seed, epochs=epochs,
-                 learning_rate=lr)
-        scores.append(m.accuracy(train_x[val], train_y[val]))
-    lr, epochs = sched.server_grid[int(np.argmax(scores))]
-    m = _fit(train_x, train_y, classes=classes, batch=sched.batch_size, seed=seed, epochs=epochs, learning_rate=lr)
-    return m.accuracy(test_x, test_y), f"lr {lr:g}, {epochs} epochs"
+# The server's candidate besides its softmax grid: the class means of what it received (a linear classifier,
+# logits x . m_c - |m_c|^2 / 2): the release's Gaussian noise averages out of each mean, which a softmax trained
+# on a few noisy examples per person need not do.
+CLASS_MEANS = "class means"
+
+
+def class_means(x: np.ndarray, y: np.ndarray, *, classes: int) -> linear_dpsgd.SoftmaxModel:
+    """The nearest-class-mean classifier of (x, y) as a linear model (a class without examples has mean 0)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y)
+    means = np.zeros((classes, x.shape[1]))
+    counts = np.bincount(y, minlength=classes)
+    np.add.at(means, y, x)
+    means /= np.maximum(counts, 1)[:, None]
+    return linear_dpsgd.SoftmaxModel(means.T.copy(), -0.5 * np.sum(means ** 2, axis=1))
+
+
+def _server_candidates(sched) -> List[Any]:
+    return [*sched.server_grid, CLASS_MEANS]
+
+
+def _server_label(candidate) -> str:
+    return CLASS_MEANS if candidate == CLASS_MEANS else f"softmax, lr {candidate[0]:g}, {candidate[1]} epochs"
+
+
+def _train_server(candidate, x, y, *, sched, classes, seed) -> linear_dpsgd.SoftmaxModel:
+    if candidate == CLASS_MEANS:
+        return class_means(x, y, classes=classes)
+    lr, epochs = candidate
+    return _fit(x, y, classes=classes, batch=sched.batch_size, seed=seed, epochs=epochs, learning_rate=lr)
+
+
+def choose(scores: Sequence[float]) -> Tuple[int, str]:
+    """(index of the best validation score, "" or a note that it ties with others and the first is kept)."""
+    best = max(scores)
+    tied = [i for i, v in enumerate(scores) if v == best]
+    note = "" if len(tied) == 1 else f" (tied with {len(tied) - 1} of {len(scores)} candidates on validation; the first is kept)"
+    return tied[0], note
+
+
+def _server_tuned(train_x, train_y, fit, val, test_x, test_y, *, sched, classes, seed) -> Tuple[float, str, Any]:
+    """Tune the server's classifier on (fit, val) of what it received (its softmax grid and the class means),
+    retrain the chosen one on all of it, score on the test set: (accuracy, what was chosen, the candidate)."""
+    candidates = _server_candidates(sched)
+    scores = [_train_server(c, train_x[fit], train_y[fit], sched=sched, classes=classes, seed=seed)
+              .accuracy(train_x[val], train_y[val]) for c in candidates]
+    i, note = choose(scores)
+    m = _train_server(candidates[i], train_x, train_y, sched=sched, classes=classes, seed=seed)
+    return m.accuracy(test_x, test_y), _server_label(candidates[i]) + note, candidates[i]
 
 
 def _dpsgd_tuned(x, y, fit, val, test_x, test_y, *, target, sched, classes, delta, seed):
@@ -267,14 +305,15 @@ def _dpsgd_tuned(x, y, fit, val, test_x, test_y, *, target, sched, classes, delt
         m = _fit(x[fit], y[fit], classes=classes, batch=sched.batch_size, seed=seed, epochs=epochs,
                  learning_rate=lr, clip=clip, noise_multiplier=z)
         scores.append(m.accuracy(x[val], y[val]))
-    clip, lr, epochs = sched.dpsgd_grid[int(np.argmax(scores))]
+    best, note = choose(scores)
+    clip, lr, epochs = sched.dpsgd_grid[best]
     q, steps = min(1.0, sched.batch_size / len(x)), linear_dpsgd.steps_for(len(x), sched.batch_size, epochs)
     z = linear_dpsgd.calibrate_noise_multiplier(target, sampling_rate=q, steps=steps, delta=delta)
     m = _fit(x, y, classes=classes, batch=sched.batch_size, seed=seed, epochs=epochs, learning_rate=lr, clip=clip,
              noise_multiplier=z)
     final = linear_dpsgd.epsilon(z, sampling_rate=q, steps=steps, delta=delta)
     total = linear_dpsgd.composed_epsilon([*runs, (z, q, steps)], delta=delta)
-    return m.accuracy(test_x, test_y), f"clip {clip:g}, lr {lr:g}, {epochs} epochs", final, total, z
+    return m.accuracy(test_x, test_y), f"clip {clip:g}, lr {lr:g}, {epochs} epochs{note}", final, total, z
 
 
 def _grid_release_features(extractor: FeatureExtractor, images: np.ndarray, coord_eps: float, *, delta: float,
@@ -372,7 +411,7 @@ def frontier_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
             feats = _features(ex, data, public, cache=os.path.join(
                 base, f"features_{cache_key({'extractor': ex.key}, modules=PRETRAIN_MODULES)}.npz"))
             write_json(cache, _compute(ex, data, feats, prof=prof, sched=sched, delta=delta, seed=seed,
-                                       progress=progress, with_labels=i == 0))
+                                       progress=progress))
         with open(cache) as fh:
             runs.append(json.load(fh))
     saved = runs[0]
@@ -398,7 +437,7 @@ def frontier_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
     fig = plots.frontier_plot([{**dataclasses.asdict(p), "label": METHODS[p.method], "mean": p.mean,
                                 "spread": p.spread} for p in points],
                               {k: float(np.mean(v)) for k, v in references.items()}, chance=chance, dataset=dataset)
-    study = FrontierStudy(points=points, references=references, labels=saved["labels"],
+    study = FrontierStudy(points=points, references=references, labels=[row for run in runs for row in run["labels"]],
                           chance=chance, counts=saved["counts"],
                           extractor=", ".join(ex.name for ex in [extractor, *more_extractors]), delta=delta,
                           seconds=seconds,
@@ -408,7 +447,7 @@ def frontier_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
     return study
 
 
-def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress, with_labels: bool = True) -> Dict[str, Any]:
+def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> Dict[str, Any]:
     def say(msg):
         if progress:
             print(f"frontier: {msg}", file=sys.stderr, flush=True)
@@ -428,20 +467,20 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress, with
 
     t0 = time.perf_counter()
     clean = [_server_tuned(x, y, fit, val, test_x, test_y, sched=sched, classes=classes, seed=s) for s in seeds]
-    refs[f"{extractor.name} + softmax"] = [acc for acc, _ in clean]
+    refs[f"{extractor.name}, no noise"] = [acc for acc, _, _ in clean]
     seconds["no noise"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     say("(c) features released once per image")
-    chosen_c = {None: [cfg for _, cfg in clean]}
+    chosen_c = {None: [cand for _, _, cand in clean]}
     for eps in sched.image_epsilons:
-        accs, cfgs = [], []
+        accs, cfgs, cands = [], [], []
         for s in seeds:
             r = feature_release.release_features(project(feats["train"]), epsilon=eps, delta=delta, clip=1.0,
                                                  seed=1000 * s + 17)
-            acc, cfg = _server_tuned(r, y, fit, val, test_x, test_y, sched=sched, classes=classes, seed=s)
-            accs.append(acc), cfgs.append(cfg)
-        chosen_c[eps] = cfgs
+            acc, cfg, cand = _server_tuned(r, y, fit, val, test_x, test_y, sched=sched, classes=classes, seed=s)
+            accs.append(acc), cfgs.append(cfg), cands.append(cand)
+        chosen_c[eps] = cands
         points.append(dict(method="release" + extractor.method_suffix, image_epsilon=eps, epsilon_with_tuning=eps, accuracies=accs,
                            configs=cfgs, detail={"clip": 1.0, "noise_std": feature_release.release_std(
                                epsilon=eps, delta=delta, clip=1.0), "clip_in_feature_units": scale,
@@ -469,19 +508,18 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress, with
             accs, cfgs = [], []
             for s in seeds[:sched.activation_seeds]:
                 r = unit(_grid_release_features(extractor, data.train_images, coord, delta=delta, seed=1000 * s + 29))
-                acc, cfg = _server_tuned(r, y, fit, val, test_x, test_y, sched=sched, classes=classes, seed=s)
+                acc, cfg, _ = _server_tuned(r, y, fit, val, test_x, test_y, sched=sched, classes=classes, seed=s)
                 accs.append(acc), cfgs.append(cfg)
             points.append(dict(method="activations_once", image_epsilon=per_image, epsilon_with_tuning=per_image,
                                accuracies=accs, configs=cfgs, detail={"epsilon_per_coordinate": coord}))
     seconds["activations_once"] = time.perf_counter() - t0
 
-    labels = []
-    if with_labels:
-        t0 = time.perf_counter()
-        say("(f) labels by randomized response with a prior")
-        labels = _label_study(project(feats["train"]), y, test_x, test_y, sched=sched, classes=classes, delta=delta,
-                              seeds=seeds, chosen=chosen_c)
-        seconds["labels"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    say("(f) labels by randomized response with a prior")
+    labels = [{"features": extractor.name, **row} for row in _label_study(
+        project(feats["train"]), y, test_x, test_y, sched=sched, classes=classes, delta=delta, seeds=seeds,
+        chosen=chosen_c)]
+    seconds["labels"] = time.perf_counter() - t0
     counts = {"n_fit": int(len(fit)), "n_validation": int(len(val)), "n_train": int(len(y)),
               "n_test": int(len(test_y)), "classes": classes, "feature_dimensions": int(x.shape[1])}
     return {"points": points, "references": refs, "labels": labels, "counts": counts, "seconds": seconds}
@@ -490,8 +528,9 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress, with
 def _label_study(projected, y, test_x, test_y, *, sched, classes, delta, seeds, chosen):
     """(f): labels by RR with a prior, two stages (Ghazi et al. 2021), on (c) at ``label_feature_epsilon`` (None:
     the clean projected features, so the cost is the labels' alone): half the images' labels by plain randomized
-    response (a uniform prior); a softmax trained on them gives the prior of the other half from its features;
-    the model is trained on all noisy labels with the configuration the validation split chose for the features."""
+    response (a uniform prior); the server's classifier (the one the validation split chose for these features)
+    trained on them gives the prior of the other half from its features (a softmax of its logits); the same
+    classifier is then trained on all noisy labels."""
     eps_f = sched.label_feature_epsilon
     rows = []
     for eps_l in sched.label_epsilons:
@@ -504,21 +543,15 @@ def _label_study(projected, y, test_x, test_y, *, sched, classes, delta, seeds, 
             noisy = np.empty_like(y)
             noisy[first] = feature_release.rr_with_prior(y[first], np.full((first.sum(), classes), 1.0 / classes),
                                                          epsilon=eps_l, seed=1000 * s + 43)
-            lr, epochs = _parse(chosen[eps_f][i]) if eps_f in chosen else sched.server_grid[0]
-            stage1 = _fit(r[first], noisy[first], classes=classes, batch=sched.batch_size, seed=s, epochs=epochs,
-                          learning_rate=lr)
+            candidate = chosen[eps_f][i] if eps_f in chosen else sched.server_grid[0]
+            stage1 = _train_server(candidate, r[first], noisy[first], sched=sched, classes=classes, seed=s)
             logits = stage1.logits(r[~first])
             prior = np.exp(logits - logits.max(axis=1, keepdims=True))
             prior /= prior.sum(axis=1, keepdims=True)
             noisy[~first] = feature_release.rr_with_prior(y[~first], prior, epsilon=eps_l, seed=1000 * s + 47)
             kept.append(float(np.mean(noisy == y)))
-            m = _fit(r, noisy, classes=classes, batch=sched.batch_size, seed=s, epochs=epochs, learning_rate=lr)
+            m = _train_server(candidate, r, noisy, sched=sched, classes=classes, seed=s)
             accs.append(m.accuracy(test_x, test_y))
         rows.append({"label_epsilon": eps_l, "feature_epsilon": eps_f, "accuracies": accs,
                      "mean": float(np.mean(accs)), "labels_correct": float(np.mean(kept))})
     return rows
-
-
-def _parse(config: str) -> Tuple[float, int]:
-    lr, epochs = config.split(", ")
-    return float(lr.split()[1]), int(epochs.split()[0])

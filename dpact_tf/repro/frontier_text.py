@@ -153,7 +153,7 @@ def describe_schedule(profile: str) -> str:
     text = (f"Profile **{prof.name}**: per-image ε ∈ {{{eps}}} at δ = 1e-5; {sched.seeds} seeds per point for "
             f"(c) and (e), {sched.activation_seeds} for (b) (one grid release of every training image per seed "
             f"and ε); {round(100 * sched.validation_fraction)} % of each person's training images held out for "
-            f"tuning; {len(sched.server_grid)} server configurations and {len(sched.dpsgd_grid)} configurations of "
+            f"tuning; {len(sched.server_grid) + 1} server configurations (a softmax grid and the class means) and {len(sched.dpsgd_grid)} configurations of "
             f"(e)'s DP-SGD tried per point. The features are projected on the {sched.projection_dims} principal "
             "directions of the public images' features, centred and scaled to a median norm of 1 there; the "
             "release clips them to norm C = 1.")
