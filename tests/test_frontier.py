@@ -191,3 +191,13 @@ def test_choose_says_when_candidates_tie():
     assert frontier.choose([0.1, 0.3, 0.2]) == (1, "")
     index, note = frontier.choose([0.2, 0.1, 0.2, 0.2])
     assert index == 0 and "tied with 2 of 4 candidates" in note
+
+
+def test_oracle_note_compares_the_attack_oracle_with_the_best_reference():
+    m = {"references": {"stand-in, no noise": [0.5, 0.7], "dlib, no noise": [0.88, 0.9]}}
+    strong = {"oracle": {"description": "dlib + softmax", "test_accuracy": 0.93}}
+    assert "at least as accurate as the best non-private model here (dlib, no noise, 89.0 %)" in \
+        frontier_text.oracle_note(m, strong)
+    weak = {"oracle": {"description": "the network", "test_accuracy": 0.6}}
+    assert "**less accurate than**" in frontier_text.oracle_note(m, weak)
+    assert "not run at this profile" in frontier_text.oracle_note(m, None)

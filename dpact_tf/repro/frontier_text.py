@@ -234,3 +234,19 @@ def choice_from_metrics(metrics: Optional[Dict[str, Any]], *, profile: str) -> s
         f" {METHODS['scratch_dpsgd']} is not compared: the `{get_profile(profile).name}` profile does not run it "
         "(`medium` does).")
     return method_choice_text(rows, chance=metrics["chance"]) + family + missing
+
+
+def oracle_note(metrics: Dict[str, Any], attacks: Optional[Dict[str, Any]]) -> str:
+    """The attacks chapter's identity oracle against this chapter's best non-private reference (the issue the
+    oracle answers: a judge that recognizes the true faces at least as well as the book's best model)."""
+    refs = {name: sum(v) / len(v) for name, v in metrics["references"].items() if v}
+    if not refs:
+        return ""
+    name, best = max(refs.items(), key=lambda kv: kv[1])
+    if not attacks or "oracle" not in attacks:
+        return (f"The best non-private model here is {name} at {100 * best:.1f} %; the attacks chapter, not run at "
+                "this profile, would judge identity with an oracle compared against it.")
+    o = attacks["oracle"]
+    verdict = ("at least as accurate as" if o["test_accuracy"] >= best else "**less accurate than**")
+    return (f"The attacks chapter's identity oracle ({o['description']}) names {100 * o['test_accuracy']:.1f} % of "
+            f"the test images: {verdict} the best non-private model here ({name}, {100 * best:.1f} %).")
