@@ -48,8 +48,11 @@ def test_method_choice_both_sides():
     close = [_p("release", 1.0, [0.30, 0.35, 0.40]), _p("last_layer_dpsgd", 1.0, [0.29, 0.34, 0.39])]
     (row,) = frontier_text.method_choice(close, [1.0])
     assert row["method"] == "release" and not row["clear"]
-    text = frontier_text.method_choice_text([row], chance=0.3)
+    text = frontier_text.method_choice_text([row], chance=0.25)
     assert "not a clear lead" in text and "majority class" not in text
+    # 0.35 is above 0.3, but not by more than its spread over seeds (0.05)
+    assert "no method beats the majority class (30.0 %) by more than its spread" in \
+        frontier_text.method_choice_text([row], chance=0.3)
     assert text.startswith("Each method counts at its per-image ε *with its tuning composed*")
     assert frontier_text.method_choice_text([], chance=0.3) == ""
     assert "no method beats the majority class (50.0 %)" in frontier_text.method_choice_text([row], chance=0.5)
@@ -137,8 +140,10 @@ def test_summary_and_table_read_the_numbers():
         p["accuracies"], p["configs"] = [p["mean"]], ["c"]
     text = frontier_text.frontier_summary(m)
     assert "at best 22.1 %" in text and "4.8e+09" in text and "smallest per-image ε above the majority class" in text
-    assert "beats the majority class is 2.1: (e) DP-SGD on the last layer" in text and "17.0 % (± 1.0" in text
-    assert "At the majority class at every per-image ε up to 16: (c) features released once per image." in text
+    assert "beats the majority class (by more than one standard deviation over seeds) is 2.1: (e) DP-SGD on the " \
+        "last layer" in text and "17.0 % (± 1.0" in text
+    assert ("Not above the majority class by more than one standard deviation over seeds at any per-image ε up to "
+            "16: (c) features released once per image.") in text
     rows = frontier_text.points_table(m)
     assert [r["test accuracy"] for r in rows] == [0.17, 0.124, 0.221, 0.124]  # sorted by method, then ε
     assert "`medium`" in frontier_text.describe_schedule("small")
@@ -201,3 +206,10 @@ def test_oracle_note_compares_the_attack_oracle_with_the_best_reference():
     weak = {"oracle": {"description": "the network", "test_accuracy": 0.6}}
     assert "**less accurate than**" in frontier_text.oracle_note(m, weak)
     assert "not run at this profile" in frontier_text.oracle_note(m, None)
+
+
+def test_beats_needs_more_than_one_spread():
+    assert frontier_text.beats({"mean": 0.2, "spread": 0.05}, 0.14)
+    assert not frontier_text.beats({"mean": 0.2, "spread": 0.07}, 0.14)
+    assert frontier_text.beats({"mean": 0.2, "spread": float("nan")}, 0.19)  # one run: its mean
+    assert not frontier_text.beats({"mean": 0.19}, 0.19)
