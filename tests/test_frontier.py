@@ -113,7 +113,7 @@ def test_study_with_a_given_extractor(tmp_path, monkeypatch):
     methods = {p.method for p in both.points}
     assert {"release_dlib", "last_layer_dpsgd_dlib"} <= methods and "activations_once_dlib" not in methods
     assert [p.accuracies for p in both.points if p.method == "release"] == [p.accuracies for p in by["release"]]
-    assert set(both.references) >= {"random projection, no noise", "other projection, no noise"}
+    assert set(both.references) >= {f"{name} projection + the server's classifier" for name in ("random", "other")}
     assert [r for r in both.labels if r["features"] == "random projection"] == study.labels
     assert [r["features"] for r in both.labels].count("other projection") == len(frontier.SCHEDULES["tiny"].label_epsilons)
     assert all(frontier.METHODS[m] for m in methods)
@@ -182,14 +182,21 @@ def test_the_frontier_figure_zooms_on_the_epsilons_a_person_would_accept():
     assert len(fig.legends) == 1 and "(c)" in [t.get_text() for t in fig.legends[0].get_texts()]
 
 
-def test_class_means_is_the_nearest_mean_rule():
+def test_class_means_is_the_nearest_mean_rule_with_posterior_logits():
     x = np.array([[0.0, 0.0], [0.2, 0.0], [2.0, 2.0], [2.2, 1.8]])
-    y = np.array([0, 0, 2, 2])  # class 1 has no example: its mean is 0
+    y = np.array([0, 0, 2, 2])  # class 1 has no example
     m = frontier.class_means(x, y, classes=3)
-    np.testing.assert_allclose(m.weights.T, [[0.1, 0.0], [0.0, 0.0], [2.1, 1.9]])
-    queries = np.array([[0.3, -0.1], [1.9, 2.1], [1.0, 0.9]])
-    nearest = np.argmin(((queries[:, None, :] - m.weights.T[None]) ** 2).sum(-1), axis=1)
-    np.testing.assert_array_equal(np.argmax(m.logits(queries), -1), nearest)
+    means = np.array([[0.1, 0.0], [0.0, 0.0], [2.1, 1.9]])
+    s2 = (4 * 0.01 + 2 * 0.01) / (2 * (4 - 2))  # squared residuals over d (n - classes present)
+    np.testing.assert_allclose(m.weights.T * s2, means, atol=1e-12)
+    queries = np.array([[0.3, -0.1], [1.9, 2.1], [1.0, 0.9], [-0.05, 0.0]])
+    nearest = np.argmin(((queries[:, None, :] - means[[0, 2]][None]) ** 2).sum(-1), axis=1) * 2
+    np.testing.assert_array_equal(np.argmax(m.logits(queries), -1), nearest)  # never the empty class
+    # the logits are the posterior's: a point at a mean is that class's with near certainty here
+    logits = m.logits(means[[0, 2]])
+    prior = np.exp(logits - logits.max(axis=1, keepdims=True))
+    prior /= prior.sum(axis=1, keepdims=True)
+    assert prior[0, 0] > 0.99 and prior[1, 2] > 0.99
 
 
 def test_choose_says_when_candidates_tie():
@@ -198,18 +205,43 @@ def test_choose_says_when_candidates_tie():
     assert index == 0 and "tied with 2 of 4 candidates" in note
 
 
-def test_oracle_note_compares_the_attack_oracle_with_the_best_reference():
-    m = {"references": {"stand-in, no noise": [0.5, 0.7], "dlib, no noise": [0.88, 0.9]}}
-    strong = {"oracle": {"description": "dlib + softmax", "test_accuracy": 0.93}}
-    assert "at least as accurate as the best non-private model here (dlib, no noise, 89.0 %)" in \
-        frontier_text.oracle_note(m, strong)
-    weak = {"oracle": {"description": "the network", "test_accuracy": 0.6}}
-    assert "**less accurate than**" in frontier_text.oracle_note(m, weak)
-    assert "not run at this profile" in frontier_text.oracle_note(m, None)
-
-
 def test_beats_needs_more_than_one_spread():
     assert frontier_text.beats({"mean": 0.2, "spread": 0.05}, 0.14)
     assert not frontier_text.beats({"mean": 0.2, "spread": 0.07}, 0.14)
     assert frontier_text.beats({"mean": 0.2, "spread": float("nan")}, 0.19)  # one run: its mean
     assert not frontier_text.beats({"mean": 0.19}, 0.19)
+
+
+def _clusters(k=10, n=30, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)) * 3
+    y, ty = np.repeat(np.arange(k), n), np.repeat(np.arange(k), 5)
+    return (centres[y] + rng.normal(size=(len(y), d)) * 0.3, y,
+            centres[ty] + rng.normal(size=(len(ty), d)) * 0.3, ty)
+
+
+def test_server_retrains_what_validates_best_and_says_ties(monkeypatch):
+    x, y, tx, ty = _clusters()
+    fit, val = frontier.validation_split(y, 0.2, seed=0)
+    sched = frontier.SCHEDULES["tiny"]  # one softmax configuration and the class means
+    acc, cfg, cand = frontier._server_tuned(x, y, fit, val, tx, ty, sched=sched, classes=10, seed=0)
+    assert acc == 1.0 and "tied with 1 of 2 candidates on validation; the first is kept" in cfg
+    assert cand == sched.server_grid[0] and cfg.startswith("softmax, lr 0.5, 10 epochs")
+    # a softmax that always names person 0 loses to the class means, which are then trained on every image
+    always_0 = lambda *a, classes, **kw: frontier.linear_dpsgd.SoftmaxModel(  # noqa: E731
+        np.zeros((x.shape[1], classes)), np.eye(classes)[0])
+    monkeypatch.setattr(frontier, "_fit", always_0)
+    acc, cfg, cand = frontier._server_tuned(x, y, fit, val, tx, ty, sched=sched, classes=10, seed=0)
+    assert cand == frontier.CLASS_MEANS and cfg == "class means"
+    assert acc == frontier.class_means(x, y, classes=10).accuracy(tx, ty) == 1.0
+
+
+def test_label_prior_from_the_class_means_keeps_more_labels_than_plain_rr():
+    """(f) with the class means chosen: the first half's labels by plain RR keep e^eps / (e^eps + k - 1) of them
+    correct; the posterior prior of the class means trained on them keeps far more of the second half's."""
+    x, y, tx, ty = _clusters()
+    sched = dataclasses.replace(frontier.SCHEDULES["tiny"], label_epsilons=(2.0,), label_feature_epsilon=None)
+    (row,) = frontier._label_study(x, y, tx, ty, sched=sched, classes=10, delta=1e-5, seeds=[0],
+                                   chosen={None: [frontier.CLASS_MEANS]})
+    plain = math.exp(2.0) / (math.exp(2.0) + 9)
+    assert row["labels_correct"] > plain + 0.15 and row["mean"] > 0.8

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+from pathlib import Path
 import shutil
 
 import numpy as np
@@ -417,6 +418,23 @@ def test_needs_name_only_earlier_chapters():
         assert all(NOTEBOOKS.index(d) < NOTEBOOKS.index(name) for d in needs), name
     studies = [n for n in NOTEBOOKS if n not in ("10_discussion", "00_intro")]
     assert set(NEEDS["10_discussion"]) == set(NEEDS["00_intro"]) == set(studies)
+
+
+def test_chapters_wait_for_the_earlier_metrics_they_read():
+    """A chapter that reads an earlier chapter's metrics (``load_metrics(..., "name")``, or the oracle's
+    comparison, which reads the from-scratch, fine-tuning and convergence metrics) needs that chapter, so the
+    parallel runner never lets it read them half-written or missing."""
+    produced = {"scratch": "02_scratch", "finetune": "03_finetune", "attacks": "07_attacks",
+                "convergence": "08_fidelity", "ladder": "08_fidelity", "frontier": "09_baselines"}
+    for name in NOTEBOOKS:
+        text = Path(REPO, "notebooks", f"{name}.md").read_text()
+        read = set(re.findall(r'load_metrics\([^)]*?"(\w+)"\)', text))
+        if "non_private_references" in text:
+            read |= {"scratch", "finetune", "convergence"}
+        for metrics in read & set(produced):
+            producer = produced[metrics]
+            if NOTEBOOKS.index(producer) < NOTEBOOKS.index(name):
+                assert producer in NEEDS[name], f"{name} reads {metrics!r} but does not wait for {producer}"
 
 
 def test_every_notebook_ran(tiny_book):

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from dpact_tf.repro import plots
-from dpact_tf.repro.oracle import evaluation_oracle_key
+from dpact_tf.repro.oracle import ORACLE_MODULES, evaluation_oracle_key
 from dpact_tf.repro.profiles import get_profile
 from dpact_tf.repro.results import TRAINING_MODULES, cache_key, record_metrics, resolve_results_dir, study_dir
 from dpact_tf.repro.runs import RunSpec, load_faces, run_training
@@ -36,8 +36,7 @@ __all__ = ["dpsgd_study", "privynet_study", "dssgd_study", "spnn_study", "summar
 
 #: the code behind the baselines' cached attack scores (their cache key includes its source)
 BASELINE_MODULES = (*TRAINING_MODULES, "dpact_tf.attacks", "dpact_tf.repro.baselines", "dpact_tf.repro.pretrain",
-                    "dpact_tf.repro.privacy_studies", "dpact_tf.repro.oracle", "dpact_tf.dlib_faces",
-                    "dpact_tf.dlib_resnet", "dpact_tf.dlib_keras")
+                    "dpact_tf.repro.privacy_studies", *ORACLE_MODULES)
 
 
 def client_step_flops(split, *, trains: bool) -> float:
@@ -59,9 +58,9 @@ def reconstruction_scores(attacker_client, victim_client, faces: np.ndarray, pub
 
 
 def _attack_context(prof, dataset: str, data, *, seed: int, n_faces: int, results_dir, force: bool, progress: bool):
-    """(pre-trained public model, public images, faces attacked, a function building their identity scorer): the
-    attacks chapter's evaluation oracle (:func:`dpact_tf.repro.oracle.evaluation_oracle`), built only when an
-    attack runs."""
+    """(pre-trained public model, public images, faces attacked, a function building (their identity scorer, the
+    oracle's summary)): the attacks chapter's evaluation oracle (:func:`dpact_tf.repro.oracle.evaluation_oracle`),
+    built only when an attack runs."""
     from dpact_tf.repro.oracle import evaluation_oracle
     from dpact_tf.repro.pretrain import pretrain
 
@@ -70,8 +69,9 @@ def _attack_context(prof, dataset: str, data, *, seed: int, n_faces: int, result
     face_idx = data.distinct_people_test_indices(n_faces)
     faces = data.test_images[face_idx].astype(np.float32) / 255.0
     labels = data.test_labels[face_idx]
-    identity = lambda: evaluation_oracle(prof.name, dataset, data, results_dir=results_dir, seed=seed,  # noqa: E731
-                                         progress=progress).for_labels(labels)
+    def identity():
+        judge = evaluation_oracle(prof.name, dataset, data, results_dir=results_dir, seed=seed, progress=progress)
+        return judge.for_labels(labels), judge.summary()
     return pre, public.train_images, faces, identity
 
 
@@ -101,7 +101,8 @@ def privynet_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
         "runs": [r.spec.key() for r in runs], "n_faces": n_faces, "attack_epochs": sched.attack_epochs, "seed": seed,
         "oracle": evaluation_oracle_key(prof.name, dataset, seed=seed)})
     if force or not (os.path.exists(cache + ".json") and os.path.exists(cache + ".npz")):
-        rows, shown, identity = [], {}, identity()
+        rows, shown = [], {}
+        identity, oracle = identity()
         for run in runs:
             split = run.load_split()
             if progress:
@@ -116,10 +117,11 @@ def privynet_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
                          "upload_bytes_per_image": split.activation_bytes,
                          **{f"decoder_{k}": v for k, v in scores.items()}, "run": run.spec.key(),
                          "wall_seconds": run.info.get("wall_seconds")})
-        write_json(cache + ".json", {"rows": rows})
+        write_json(cache + ".json", {"rows": rows, "oracle": oracle})
         np.savez_compressed(cache + ".npz", **{cut: rec for cut, rec in shown.items()})
     with open(cache + ".json") as fh:
-        rows = json.load(fh)["rows"]
+        saved = json.load(fh)
+    rows, oracle = saved["rows"], saved["oracle"]
     arrays = np.load(cache + ".npz")
     shown = {cut: arrays[cut] for cut in arrays.files}
     from dpact_tf import attacks
@@ -135,7 +137,7 @@ def privynet_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
                               dataset=dataset)
     plots.save_figure(fig, study_dir(results_dir, prof.name, dataset, "figures"), "baseline_privynet",
                       {"rows": rows, "trivial": trivial, "dp_activations": reference})
-    metrics = {"rows": rows, "trivial": trivial, "dp_activations": reference,
+    metrics = {"rows": rows, "trivial": trivial, "dp_activations": reference, "oracle": oracle,
                "majority_class_test_accuracy": data.majority_class_rate, "pretrain": pre.spec.key()}
     record_metrics(results_dir, prof.name, dataset, "baseline_privynet", metrics)
     return {**metrics, "faces": faces[:4], "shown": shown, "figures": [fig]}
@@ -294,6 +296,14 @@ def dpsgd_summary(study: Dict[str, Any]) -> str:
     return " ".join(lines)
 
 
+def oracle_words(oracle: Dict[str, Any]) -> str:
+    """The identity oracle in a few words for the summaries: what it is, in bold with the reason when it is the
+    fallback."""
+    if oracle.get("fallback"):
+        return f"**{oracle['fallback']}, so the oracle is {oracle['description']}**"
+    return f"the attacks chapter's: {oracle['description']}"
+
+
 def privynet_summary(study: Dict[str, Any]) -> str:
     rows = study["rows"]
     trivial = study["trivial"]
@@ -305,9 +315,10 @@ def privynet_summary(study: Dict[str, Any]) -> str:
         lines.append(f"cut at `{r['cut']}`: {_pct(r['test_accuracy'])} test accuracy; the decoder's SSIM "
                      f"{r['decoder_ssim']:.2f} is {verdict} the best guess that looks at nothing "
                      f"({best_trivial:.2f}), and {_pct(r['decoder_identity_accuracy'])} of its reconstructions are "
-                     "named as the right person by the attacks chapter's evaluation oracle")
+                     "named as the right person by the evaluation oracle")
     noisy = ", ".join(f"{_pct(v)} at ε = {k:g}" for k, v in ref.items() if k is not None)
-    return ("Frozen public head, no noise — " + "; ".join(lines) + ". For comparison, training conv1_1 without "
+    return ("Frozen public head, no noise — " + "; ".join(lines) + f" ({oracle_words(study['oracle'])}). For "
+            "comparison, training conv1_1 without "
             f"noise gives {_pct(ref[None])} and the DP activations {noisy}. Without noise the representation is "
             "the only protection: whatever the decoder recovers, the server recovers.")
 
@@ -452,7 +463,7 @@ def spnn_study(*, profile: str, dataset: str, results_dir: Optional[str] = None,
     if force or not (os.path.exists(cache + ".json") and os.path.exists(cache + ".npz")):
         _, public_x, faces, identity = _attack_context(prof, dataset, data, seed=seed, n_faces=n_faces,
                                                        results_dir=results_dir, force=False, progress=progress)
-        identity = identity()
+        identity, oracle = identity()
         split = run.load_split()
         conv = split.client.get_layer("conv1_1")
         kernel, bias = (w.numpy() for w in conv.weights)
@@ -516,7 +527,8 @@ def spnn_study(*, profile: str, dataset: str, results_dir: Optional[str] = None,
                  "dp_activation_upload_bytes_per_image": split.activation_bytes,
                  # per holder: two ring matrix products forward (Beaver), one backward, of [HW, 27] x [27, C]
                  "client_mflop_per_image": round(3 * 2 * h * w * 27 * kernel.shape[-1] / 1e6, 2),
-                 **{f"decoder_{k}": v for k, v in scores.items()}, "trivial": trivial, "run": run.spec.key()}
+                 **{f"decoder_{k}": v for k, v in scores.items()}, "trivial": trivial, "run": run.spec.key(),
+                 "oracle": oracle}
         write_json(cache + ".json", saved)
         np.savez_compressed(cache + ".npz", shown=shown, faces=faces[:4])
     with open(cache + ".json") as fh:
@@ -546,4 +558,4 @@ def spnn_summary(study: Dict[str, Any]) -> str:
         f"no protection: z is conv1_1's clean output, and the decoder's reconstructions score SSIM "
         f"{study['decoder_ssim']:.2f} ({'above' if study['decoder_ssim'] > guess else 'not above'} the "
         f"{guess:.2f} of the best guess that looks at nothing), {_pct(study['decoder_identity_accuracy'])} of them "
-        "named as the right person by the attacks chapter's evaluation oracle. The pixels are hidden from the *other holder*, not from the server.")
+        f"named as the right person by the evaluation oracle ({oracle_words(study['oracle'])}). The pixels are hidden from the *other holder*, not from the server.")

@@ -41,9 +41,13 @@ NEEDS: Dict[str, Tuple[str, ...]] = {
     "04_partition": ("02_scratch",),       # at the paper profile its conv1_1 runs are 02's
     "05_mobile_cost": (),
     "06_accounting": (),
-    "07_attacks": ("01_activations", "03_finetune"),  # the public model, the fine-tuning runs (server classifier)
-    "08_fidelity": ("02_scratch", "03_finetune"),
-    "09_baselines": ("01_activations", "02_scratch", "03_finetune", "04_partition"),  # at tiny its references are 04's
+    # the public model, the fine-tuning runs (server classifier); the oracle's comparison reads 02's metrics
+    "07_attacks": ("01_activations", "02_scratch", "03_finetune"),
+    # without dlib's model the attacks' identity oracle is 08's no-noise convergence run, trained by whichever comes
+    # first: 07, else 08, else 09's reconstructions
+    "08_fidelity": ("02_scratch", "03_finetune", "07_attacks"),
+    # at tiny its references are 04's; the oracle's comparison reads 02, 03 and 08's metrics
+    "09_baselines": ("01_activations", "02_scratch", "03_finetune", "04_partition", "07_attacks", "08_fidelity"),
     "10_discussion": tuple(NOTEBOOKS[:-2]),
     "00_intro": tuple(NOTEBOOKS[:-2]),
 }

@@ -6,12 +6,13 @@ never on the test images, and the tuning's privacy cost is stated (Papernot & St
 
 * ``release`` (c) -- a public model's feature vector, centred and clipped, released once per image with
   Gaussian noise for a per-image epsilon (:mod:`dpact_tf.baselines.feature_release`); the server trains a
-  softmax on the releases.  Tuning the server's training on released validation images is post-processing: free.
+  classifier on the releases: a softmax or the class means (:func:`class_means`), whichever scores best on the
+  released validation images.  Tuning on released validation images is post-processing: free.
 * ``activations_once`` (b) -- the paper's mechanism, released once per image: the public model's conv1 (frozen)
   on the client, each training image's activation released once on the exact grid (:mod:`dpact_tf.grid`) at a
   per-coordinate epsilon chosen so that one release has the per-image epsilon asked for
   (:func:`coordinate_epsilon_for_image`); the server passes the releases through the rest of the public model
-  and trains a softmax on them (post-processing).
+  and trains a classifier on them as in (c) (post-processing).
 * ``last_layer_dpsgd`` (e) -- DP-SGD on a softmax over the public features, Poisson-sampled as accounted
   (:mod:`dpact_tf.baselines.linear_dpsgd`); every candidate of the tuning grid is a DP-SGD run on the private
   images, so the tuning's epsilon composes them all (:func:`dpact_tf.baselines.linear_dpsgd.composed_epsilon`).
@@ -21,8 +22,8 @@ never on the test images, and the tuning's privacy cost is stated (Papernot & St
 * ``paper_scratch`` / ``paper_finetune`` (a) -- the paper's own runs (Figs 3 and 4), read from the metrics of the
   from-scratch and fine-tuning chapters, at their per-image epsilon over the run (:mod:`dpact_tf.accounting`).
 
-The feature extractor is a parameter (:class:`FeatureExtractor`: a callable images -> features with a name for
-the legend); the default is the public stand-in's ``fc7`` (:func:`standin_extractor`).  Features are cached.
+The feature extractor is a parameter (:class:`dpact_tf.repro.extractors.FeatureExtractor`: a callable images ->
+features with a name for the legend); the default is the public stand-in's ``fc7`` (:func:`standin_extractor`).  Features are cached.
 :mod:`dpact_tf.repro.frontier_text` says, from the recorded numbers, which method to choose at which per-image
 epsilon.
 """
@@ -42,6 +43,7 @@ from dpact_tf.baselines import feature_release, linear_dpsgd
 from dpact_tf.data import validation_split
 from dpact_tf.jsonio import write_json
 from dpact_tf.repro import frontier_scratch, plots
+from dpact_tf.repro.extractors import FeatureExtractor, cached_features, dlib_extractor
 from dpact_tf.repro.profiles import get_profile
 from dpact_tf.repro.results import (PRETRAIN_MODULES, cache_key, load_metrics, record_metrics,
                                     resolve_results_dir, study_dir)
@@ -51,7 +53,8 @@ __all__ = ["FrontierSchedule", "SCHEDULES", "FeatureExtractor", "standin_extract
            "FRONTIER_MODULES"]
 
 FRONTIER_MODULES = (*PRETRAIN_MODULES, "dpact_tf.accounting", "dpact_tf.sensitivity",
-                    "dpact_tf.baselines.feature_release", "dpact_tf.baselines.linear_dpsgd", "dpact_tf.repro.frontier")
+                    "dpact_tf.baselines.feature_release", "dpact_tf.baselines.linear_dpsgd", "dpact_tf.repro.frontier",
+                    "dpact_tf.repro.extractors")
 
 #: method key -> legend label
 METHODS: Dict[str, str] = {
@@ -129,22 +132,6 @@ SCHEDULES["medium"] = dataclasses.replace(SCHEDULES["small"], activation_seeds=3
 SCHEDULES["paper"] = SCHEDULES["medium"]
 
 
-@dataclasses.dataclass(frozen=True)
-class FeatureExtractor:
-    """A public feature extractor: ``features(images)`` maps float images in [0, 1] to [n, d] features.
-
-    ``head`` / ``tail`` (optional) split it at the activation the paper releases (``features = tail(head(x))``):
-    (b) needs them; an extractor without them runs (c) and (e) only."""
-
-    name: str                                           # legend name, e.g. "stand-in fc7"
-    key: str                                            # identifies the weights (part of the feature cache key)
-    features: Callable[[np.ndarray], np.ndarray]
-    head: Optional[Callable[[np.ndarray], np.ndarray]] = None
-    tail: Optional[Callable[[np.ndarray], np.ndarray]] = None
-    activation_shape: Optional[Tuple[int, int, int]] = None
-    method_suffix: str = ""                             # appended to the method keys of its points ("" or "_dlib")
-
-
 def standin_extractor(pretrained) -> FeatureExtractor:
     """The public stand-in (:func:`dpact_tf.repro.pretrain.pretrain`'s run): conv1 (clean, normalized) as the head,
     the rest of the network up to ``fc7`` as the tail."""
@@ -163,20 +150,6 @@ def standin_extractor(pretrained) -> FeatureExtractor:
     return FeatureExtractor(name="public stand-in, fc7", key=f"standin-{pretrained.spec.key()}",
                             features=lambda x: tail(head(x)), head=head, tail=tail,
                             activation_shape=tuple(int(n) for n in split.activation_shape))
-
-
-def dlib_extractor(profile: str) -> FeatureExtractor:
-    """dlib's public face ResNet (:mod:`dpact_tf.dlib_faces`: 128-d descriptors of a crop of the profile's images;
-    trained by its author on ~3 million faces of 7,485 identities chosen to avoid LFW's): a strong public feature
-    extractor for (c) and (e).  ``FileNotFoundError`` with the command that fetches it when the model is absent."""
-    from dpact_tf import dlib_faces, dlib_resnet
-
-    path = dlib_resnet.find_model_file()
-    prof = get_profile(profile)
-    embed = dlib_faces.face_extractor(source_crop_fraction=prof.crop_fraction)
-    return FeatureExtractor(name="dlib face ResNet (public), 128-d",
-                            key=f"dlib-{dlib_resnet.MODEL_SHA256[:16]}-{dlib_faces.LFW_CROP}-{prof.crop_fraction}",
-                            features=lambda x: embed(np.asarray(x, np.float32) * 255.0), method_suffix="_dlib")
 
 
 def coordinate_epsilon_for_image(image_epsilon: float, activation_shape: Sequence[int], *,
@@ -246,20 +219,27 @@ def _fit(x, y, *, classes: int, batch: int, seed: int, **kw) -> linear_dpsgd.Sof
     return linear_dpsgd.train_softmax(x, y, num_classes=classes, batch_size=batch, seed=seed, **kw)
 
 
-# The server's candidate besides its softmax grid: the class means of what it received (a linear classifier,
-# logits x . m_c - |m_c|^2 / 2): the release's Gaussian noise averages out of each mean, which a softmax trained
-# on a few noisy examples per person need not do.
+# The server's candidate besides its softmax grid: the class means of what it received.  For (c) the release's
+# Gaussian noise averages out of each mean, which a softmax trained on a few noisy examples per person need not do.
 CLASS_MEANS = "class means"
+_NO_EXAMPLES_LOGIT = -1e30
 
 
 def class_means(x: np.ndarray, y: np.ndarray, *, classes: int) -> linear_dpsgd.SoftmaxModel:
-    """The nearest-class-mean classifier of (x, y) as a linear model (a class without examples has mean 0)."""
+    """The nearest-class-mean classifier of (x, y) as a linear model whose logits are the Gaussian posterior's
+    under one isotropic within-class variance s^2 pooled over the classes: (x . m_c - |m_c|^2 / 2) / s^2, so their
+    softmax is a prior a label release can use (:func:`_label_study`), and their argmax the nearest mean.  A class
+    without examples gets a logit far below every other."""
     x, y = np.asarray(x, np.float64), np.asarray(y)
-    means = np.zeros((classes, x.shape[1]))
+    n, d = x.shape
     counts = np.bincount(y, minlength=classes)
+    means = np.zeros((classes, d))
     np.add.at(means, y, x)
     means /= np.maximum(counts, 1)[:, None]
-    return linear_dpsgd.SoftmaxModel(means.T.copy(), -0.5 * np.sum(means ** 2, axis=1))
+    present = counts > 0
+    s2 = max(float(np.sum((x - means[y]) ** 2)) / (d * max(n - int(present.sum()), 1)), 1e-12)
+    bias = np.where(present, -0.5 * np.sum(means ** 2, axis=1) / s2, _NO_EXAMPLES_LOGIT)
+    return linear_dpsgd.SoftmaxModel(means.T / s2, bias)
 
 
 def _server_candidates(sched) -> List[Any]:
@@ -334,14 +314,8 @@ def _grid_release_features(extractor: FeatureExtractor, images: np.ndarray, coor
 
 
 def _features(extractor: FeatureExtractor, data, public, *, cache: str) -> Dict[str, np.ndarray]:
-    if not os.path.exists(cache):
-        feats = {name: np.asarray(extractor.features(imgs.astype(np.float32) / 255.0), np.float32)
-                 for name, imgs in (("train", data.train_images), ("test", data.test_images),
-                                    ("public", public.train_images))}
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
-        np.savez_compressed(cache, **feats)
-    with np.load(cache) as f:
-        return {k: f[k] for k in f.files}
+    return cached_features(extractor, {"train": data.train_images, "test": data.test_images,
+                                       "public": public.train_images}, cache)
 
 
 def _paper_points(results_dir, prof, dataset: str, *, delta: float) -> List[FrontierPoint]:
@@ -403,8 +377,8 @@ def frontier_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
                 "train_files": len(data.train_files), "test_files": len(data.test_files)}
     public = None
     runs = []
-    for i, ex in enumerate([extractor, *more_extractors]):
-        cache = os.path.join(base, f"study_{cache_key({**settings, 'extractor': ex.key, 'main': i == 0}, modules=FRONTIER_MODULES)}.json")
+    for ex in [extractor, *more_extractors]:
+        cache = os.path.join(base, f"study_{cache_key({**settings, 'extractor': ex.key}, modules=FRONTIER_MODULES)}.json")
         if force or not os.path.exists(cache):
             if public is None:
                 public = load_faces(prof, dataset, public=True, seed=seed, progress=progress)
@@ -467,7 +441,7 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> D
 
     t0 = time.perf_counter()
     clean = [_server_tuned(x, y, fit, val, test_x, test_y, sched=sched, classes=classes, seed=s) for s in seeds]
-    refs[f"{extractor.name}, no noise"] = [acc for acc, _, _ in clean]
+    refs[f"{extractor.name} + the server's classifier"] = [acc for acc, _, _ in clean]
     seconds["no noise"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -15,7 +15,7 @@ from dpact_tf.repro.frontier import METHODS, SCHEDULES
 from dpact_tf.repro.frontier_scratch import estimated_seconds
 from dpact_tf.repro.profiles import get_profile
 
-__all__ = ["privacy_units", "measured_time", "method_choice", "method_choice_text", "choice_from_metrics",
+__all__ = ["privacy_units", "measured_time", "beats", "method_choice", "method_choice_text", "choice_from_metrics",
            "frontier_summary", "points_table", "describe_schedule", "scratch_schedule"]
 
 
@@ -161,8 +161,9 @@ def describe_schedule(profile: str) -> str:
     text = (f"Profile **{prof.name}**: per-image ε ∈ {{{eps}}} at δ = 1e-5; {sched.seeds} seeds per point for "
             f"(c) and (e), {sched.activation_seeds} for (b) (one grid release of every training image per seed "
             f"and ε); {round(100 * sched.validation_fraction)} % of each person's training images held out for "
-            f"tuning; {len(sched.server_grid) + 1} server configurations (a softmax grid and the class means) and {len(sched.dpsgd_grid)} configurations of "
-            f"(e)'s DP-SGD tried per point. The features are projected on the {sched.projection_dims} principal "
+            f"tuning; the server tries {len(sched.server_grid)} softmax "
+            f"configuration{'s' if len(sched.server_grid) > 1 else ''} and the class means, and (e) "
+            f"{len(sched.dpsgd_grid)} DP-SGD configurations, per point. The features are projected on the {sched.projection_dims} principal "
             "directions of the public images' features, centred and scaled to a median norm of 1 there; the "
             "release clips them to norm C = 1.")
     text += f" (b) runs at per-image ε ∈ {{{', '.join(f'{e:g}' for e in sched.activation_epsilons)}}}."
@@ -243,18 +244,3 @@ def choice_from_metrics(metrics: Optional[Dict[str, Any]], *, profile: str) -> s
         "(`medium` does).")
     return method_choice_text(rows, chance=metrics["chance"]) + family + missing
 
-
-def oracle_note(metrics: Dict[str, Any], attacks: Optional[Dict[str, Any]]) -> str:
-    """The attacks chapter's identity oracle against this chapter's best non-private reference (the issue the
-    oracle answers: a judge that recognizes the true faces at least as well as the book's best model)."""
-    refs = {name: sum(v) / len(v) for name, v in metrics["references"].items() if v}
-    if not refs:
-        return ""
-    name, best = max(refs.items(), key=lambda kv: kv[1])
-    if not attacks or "oracle" not in attacks:
-        return (f"The best non-private model here is {name} at {100 * best:.1f} %; the attacks chapter, not run at "
-                "this profile, would judge identity with an oracle compared against it.")
-    o = attacks["oracle"]
-    verdict = ("at least as accurate as" if o["test_accuracy"] >= best else "**less accurate than**")
-    return (f"The attacks chapter's identity oracle ({o['description']}) names {100 * o['test_accuracy']:.1f} % of "
-            f"the test images: {verdict} the best non-private model here ({name}, {100 * best:.1f} %).")
