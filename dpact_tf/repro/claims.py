@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from dpact_tf.repro.results import load_metrics
 
@@ -390,6 +390,41 @@ def claim_reconstruction(att: Optional[Mapping[str, Any]]) -> Row:
     return _row("Sec. III", claim, ours, verdict, rule)
 
 
+def _rate_bounds(rate: float, n: int) -> Tuple[float, float]:
+    """One-sided Clopper--Pearson bounds on a share of ``n`` faces, each at 1 - (1 - ATTACK_CONFIDENCE) / 2 (so a
+    lower and an upper bound hold jointly at ATTACK_CONFIDENCE)."""
+    from dpact_tf.audit import clopper_pearson
+
+    return clopper_pearson(int(round(rate * n)), n, confidence=1 - (1 - ATTACK_CONFIDENCE) / 2)
+
+
+def claim_identity(att: Optional[Mapping[str, Any]]) -> Row:
+    claim = "A curious server cannot tell who is in the images from the noisy activations"
+    rule = ("empirical, public conv1, the decoder on the mean of E releases, judged by the evaluation oracle (a face "
+            "model trained on the clean training split): identity leaks at ε when the one-sided Clopper–Pearson "
+            "lower bound on the share of reconstructions it names correctly lies above the upper bound on the best "
+            "share of a guess without the release (grey image, public mean face, the same decoder fed another "
+            f"face's releases), jointly {ATTACK_CONFIDENCE:.0%}; it must leak without noise for the test to count")
+    if not att or "oracle" not in att:
+        return _row("Sec. III", claim, NOT_RUN, NOT_RUN_VERDICT, rule)
+    n = int(att["n_faces"])
+    rows = sorted(att["rows"], key=lambda r: float("inf") if r["epsilon"] is None else r["epsilon"])
+    guesses = [att["baselines"]["grey"]["identity"], att["baselines"]["mean_face"]["identity"]]
+
+    def leaks(r) -> bool:
+        best_guess = max(guesses + [r["null_decoder_identity"]])
+        return _rate_bounds(r["decoder_identity"], n)[0] > _rate_bounds(best_guess, n)[1]
+    verdict = _attack_verdict(rows, leaks, what="name the person above every guess without the release",
+                              none_ok="no better than a guess without the release at any ε")
+    oracle = att["oracle"]
+    weaker = f"; {oracle['fallback']}" if oracle.get("fallback") else ""
+    ours = (f"reconstructions named by the oracle ({n} faces; it names {oracle['ceiling']:.0%} of the true faces, "
+            f"test accuracy {oracle['test_accuracy']:.3f}{weaker}): "
+            + ", ".join(f"{_eps(r['epsilon'])}: {r['decoder_identity']:.0%}" for r in rows)
+            + f"; best guess without the release ≤ {max(guesses + [r['null_decoder_identity'] for r in rows]):.0%}")
+    return _row("Sec. III", claim, ours, verdict, rule)
+
+
 def claim_membership(att: Optional[Mapping[str, Any]]) -> Row:
     claim = "The server cannot tell which images it was trained on"
     rule = ("the server's likelihood test on the releases it received (public conv1), threshold chosen on half the "
@@ -412,7 +447,7 @@ CLAIMS: List[tuple] = [(("activations",), claim_fig2), (("scratch", "convergence
                        (("finetune",), claim_fig4_low_eps), (("finetune",), claim_fig4_setup),
                        (("mobile",), claim_cost), (("accounting",), claim_per_coordinate),
                        (("accounting",), claim_per_image), (("attacks",), claim_reconstruction),
-                       (("attacks",), claim_membership)]
+                       (("attacks",), claim_identity), (("attacks",), claim_membership)]
 
 
 def claims_table(*, results_dir: Optional[str] = None, profile: str, dataset: str) -> List[Row]:
