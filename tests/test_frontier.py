@@ -92,7 +92,10 @@ def test_study_with_a_given_extractor(tmp_path, monkeypatch):
     assert "scratch_dpsgd" not in study.seconds
     for p in by["release"] + by["last_layer_dpsgd"]:
         assert len(p.accuracies) == sched.seeds and all(0 <= a <= 1 for a in p.accuracies)
-    assert [p.image_epsilon for p in by["release"]] == list(sched.image_epsilons)
+    # the release spends 1 - selection_share of each per-image epsilon, the private choice of classifier the rest
+    assert [p.image_epsilon for p in by["release"]] == pytest.approx([0.9 * e for e in sched.image_epsilons])
+    assert [p.epsilon_with_tuning for p in by["release"]] == pytest.approx(list(sched.image_epsilons))
+    assert all("report-noisy-max at ε" in c for p in by["release"] for c in p.configs)
     for p in by["last_layer_dpsgd"]:  # the final run meets its target; the tuning's runs raise the total
         assert p.image_epsilon <= max(sched.image_epsilons) and p.epsilon_with_tuning > p.image_epsilon
     (scratch,) = by["paper_scratch"]
@@ -224,15 +227,21 @@ def test_server_retrains_what_validates_best_and_says_ties(monkeypatch):
     x, y, tx, ty = _clusters()
     fit, val = frontier.validation_split(y, 0.2, seed=0)
     sched = frontier.SCHEDULES["tiny"]  # one softmax configuration and the class means
-    acc, cfg, cand = frontier._server_tuned(x, y, fit, val, tx, ty, sched=sched, classes=10, seed=0)
+    acc, cfg, cand = frontier._server_tuned(x, y, fit, val, x[val], tx, ty, sched=sched, classes=10, seed=0,
+                                            select_epsilon=None)
     assert acc == 1.0 and "tied with 1 of 2 candidates on validation; the first is kept" in cfg
     assert cand == sched.server_grid[0] and cfg.startswith("softmax, lr 0.5, 10 epochs")
     # a softmax that always names person 0 loses to the class means, which are then trained on every image
     always_0 = lambda *a, classes, **kw: frontier.linear_dpsgd.SoftmaxModel(  # noqa: E731
         np.zeros((x.shape[1], classes)), np.eye(classes)[0])
     monkeypatch.setattr(frontier, "_fit", always_0)
-    acc, cfg, cand = frontier._server_tuned(x, y, fit, val, tx, ty, sched=sched, classes=10, seed=0)
+    acc, cfg, cand = frontier._server_tuned(x, y, fit, val, x[val], tx, ty, sched=sched, classes=10, seed=0,
+                                            select_epsilon=None)
     assert cand == frontier.CLASS_MEANS and cfg == "class means"
+    # chosen privately (a count apart of 48 validation images, Gumbel noise of scale 2 / 10): the same choice
+    acc, cfg, cand = frontier._server_tuned(x, y, fit, val, x[val], tx, ty, sched=sched, classes=10, seed=0,
+                                            select_epsilon=10.0)
+    assert cand == frontier.CLASS_MEANS and cfg == "class means (report-noisy-max at ε 10)"
     assert acc == frontier.class_means(x, y, classes=10).accuracy(tx, ty) == 1.0
 
 
@@ -245,3 +254,13 @@ def test_label_prior_from_the_class_means_keeps_more_labels_than_plain_rr():
                                    chosen={None: [frontier.CLASS_MEANS]})
     plain = math.exp(2.0) / (math.exp(2.0) + 9)
     assert row["labels_correct"] > plain + 0.15 and row["mean"] > 0.8
+
+
+def test_noisy_max_is_the_exponential_mechanism():
+    """P(index) is proportional to exp(epsilon * count / 2): for counts (0, 1) at epsilon 2, e / (1 + e)."""
+    picks = np.array([frontier.noisy_max([0, 1], epsilon=2.0, seed=s) for s in range(4000)])
+    expected = math.e / (1 + math.e)
+    assert abs(picks.mean() - expected) < 4 * math.sqrt(expected * (1 - expected) / 4000)
+    assert frontier.noisy_max([0, 500, 3], epsilon=1.0, seed=0) == 1
+    with pytest.raises(ValueError, match="epsilon"):
+        frontier.noisy_max([1, 2], epsilon=0.0, seed=0)

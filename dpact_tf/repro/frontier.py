@@ -5,9 +5,11 @@ images; each is tuned on a **validation split carved from the training images** 
 never on the test images, and the tuning's privacy cost is stated (Papernot & Steinke, ICLR 2022):
 
 * ``release`` (c) -- a public model's feature vector, centred and clipped, released once per image with
-  Gaussian noise for a per-image epsilon (:mod:`dpact_tf.baselines.feature_release`); the server trains a
-  classifier on the releases: a softmax or the class means (:func:`class_means`), whichever scores best on the
-  released validation images.  Tuning on released validation images is post-processing: free.
+  Gaussian noise for (1 - ``selection_share``) of a per-image epsilon (:mod:`dpact_tf.baselines.feature_release`);
+  the server trains candidate classifiers on the releases of the fit images (a softmax grid and the class means,
+  :func:`class_means`), and the data holder chooses one by its count of clean validation images named correctly,
+  privately (:func:`noisy_max` at ``selection_share`` of the epsilon; the test images are classified from clean
+  features, which noisy validation releases do not resemble).
 * ``activations_once`` (b) -- the paper's mechanism, released once per image: the public model's conv1 (frozen)
   on the client, each training image's activation released once on the exact grid (:mod:`dpact_tf.grid`) at a
   per-coordinate epsilon chosen so that one release has the per-image epsilon asked for
@@ -86,6 +88,8 @@ class FrontierSchedule:
     label_feature_epsilon: Optional[float]               # (f): RR labels on (c) at this per-image feature
                                                          # epsilon (None: clean features, the labels' cost alone)
     label_epsilons: Tuple[float, ...]                    # (f): label epsilons of randomized response with a prior
+    selection_share: float = 0.1                         # (b), (c): share of the per-image epsilon spent choosing
+                                                         # the server's classifier on the clean validation images
     scratch_dpsgd_epsilons: Tuple[float, ...] = ()       # (d): per-image epsilons (empty: (d) left out)
     scratch_dpsgd_grid: Tuple[Tuple[float, float, int, int], ...] = ()  # (d): (clip, learning rate, expected
                                                          # batch size, epochs) candidates, one seed each
@@ -100,6 +104,8 @@ class FrontierSchedule:
         if self.seeds < 1 or self.activation_seeds < 0 or self.projection_dims < 1:
             raise ValueError(f"seeds and projection_dims must be >= 1 and activation_seeds >= 0 (got {self.seeds}, "
                              f"{self.projection_dims}, {self.activation_seeds})")
+        if not 0 < self.selection_share < 1:
+            raise ValueError(f"selection_share must be in (0, 1) (got {self.selection_share})")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1) (got {self.validation_fraction})")
 
@@ -265,13 +271,31 @@ def choose(scores: Sequence[float]) -> Tuple[int, str]:
     return tied[0], note
 
 
-def _server_tuned(train_x, train_y, fit, val, test_x, test_y, *, sched, classes, seed) -> Tuple[float, str, Any]:
-    """Tune the server's classifier on (fit, val) of what it received (its softmax grid and the class means),
-    retrain the chosen one on all of it, score on the test set: (accuracy, what was chosen, the candidate)."""
+def noisy_max(counts: Sequence[int], *, epsilon: float, seed: int) -> int:
+    """Report-noisy-max (the exponential mechanism for counts of sensitivity 1, by the Gumbel trick): the index of
+    the largest ``count + Gumbel(2 / epsilon)``, epsilon-DP in the images the counts are taken over."""
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0 (got {epsilon})")
+    rng = np.random.default_rng(seed)
+    return int(np.argmax(np.asarray(counts, np.float64) + rng.gumbel(scale=2.0 / epsilon, size=len(counts))))
+
+
+def _server_tuned(train_x, train_y, fit, val, clean_val_x, test_x, test_y, *, sched, classes, seed,
+                  select_epsilon: Optional[float]) -> Tuple[float, str, Any]:
+    """Train each of the server's classifiers (its softmax grid and the class means) on the fit images' part of
+    ``train_x`` (what the server received), count how many validation images each names correctly from their
+    *clean* features ``clean_val_x`` (the test condition, computed by the data holder), choose by
+    :func:`noisy_max` at ``select_epsilon`` (None: the plain argmax, for data without privacy), retrain the chosen
+    one on all of ``train_x`` and score it on the test set: (accuracy, what was chosen, the candidate)."""
     candidates = _server_candidates(sched)
-    scores = [_train_server(c, train_x[fit], train_y[fit], sched=sched, classes=classes, seed=seed)
-              .accuracy(train_x[val], train_y[val]) for c in candidates]
-    i, note = choose(scores)
+    counts = [int(np.sum(np.argmax(_train_server(c, train_x[fit], train_y[fit], sched=sched, classes=classes,
+                                                  seed=seed).logits(clean_val_x), -1) == train_y[val]))
+              for c in candidates]
+    if select_epsilon is None:
+        i, note = choose(counts)
+    else:
+        i = noisy_max(counts, epsilon=select_epsilon, seed=1000 * seed + 53)
+        note = f" (report-noisy-max at ε {select_epsilon:.3g})"
     m = _train_server(candidates[i], train_x, train_y, sched=sched, classes=classes, seed=seed)
     return m.accuracy(test_x, test_y), _server_label(candidates[i]) + note, candidates[i]
 
@@ -440,7 +464,8 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> D
     points, seconds, refs = [], {}, {}
 
     t0 = time.perf_counter()
-    clean = [_server_tuned(x, y, fit, val, test_x, test_y, sched=sched, classes=classes, seed=s) for s in seeds]
+    clean = [_server_tuned(x, y, fit, val, x[val], test_x, test_y, sched=sched, classes=classes, seed=s,
+                           select_epsilon=None) for s in seeds]
     refs[f"{extractor.name} + the server's classifier"] = [acc for acc, _, _ in clean]
     seconds["no noise"] = time.perf_counter() - t0
 
@@ -448,17 +473,20 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> D
     say("(c) features released once per image")
     chosen_c = {None: [cand for _, _, cand in clean]}
     for eps in sched.image_epsilons:
+        release_eps, select_eps = (1 - sched.selection_share) * eps, sched.selection_share * eps
         accs, cfgs, cands = [], [], []
         for s in seeds:
-            r = feature_release.release_features(project(feats["train"]), epsilon=eps, delta=delta, clip=1.0,
-                                                 seed=1000 * s + 17)
-            acc, cfg, cand = _server_tuned(r, y, fit, val, test_x, test_y, sched=sched, classes=classes, seed=s)
+            r = feature_release.release_features(project(feats["train"]), epsilon=release_eps, delta=delta,
+                                                 clip=1.0, seed=1000 * s + 17)
+            acc, cfg, cand = _server_tuned(r, y, fit, val, x[val], test_x, test_y, sched=sched, classes=classes,
+                                           seed=s, select_epsilon=select_eps)
             accs.append(acc), cfgs.append(cfg), cands.append(cand)
         chosen_c[eps] = cands
-        points.append(dict(method="release" + extractor.method_suffix, image_epsilon=eps, epsilon_with_tuning=eps, accuracies=accs,
-                           configs=cfgs, detail={"clip": 1.0, "noise_std": feature_release.release_std(
-                               epsilon=eps, delta=delta, clip=1.0), "clip_in_feature_units": scale,
-                               "dimensions": int(x.shape[1])}))
+        points.append(dict(method="release" + extractor.method_suffix, image_epsilon=release_eps,
+                           epsilon_with_tuning=release_eps + select_eps, accuracies=accs, configs=cfgs,
+                           detail={"clip": 1.0, "noise_std": feature_release.release_std(
+                               epsilon=release_eps, delta=delta, clip=1.0), "clip_in_feature_units": scale,
+                               "dimensions": int(x.shape[1]), "selection_epsilon": select_eps}))
     seconds["release"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -477,15 +505,18 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> D
     t0 = time.perf_counter()
     if extractor.head is not None and sched.activation_seeds:
         for eps in sched.activation_epsilons:
-            coord, per_image = coordinate_epsilon_for_image(eps, extractor.activation_shape, delta=delta)
+            select_eps = sched.selection_share * eps
+            coord, per_image = coordinate_epsilon_for_image(eps - select_eps, extractor.activation_shape, delta=delta)
             say(f"(b) conv1 released once at ε = {coord:.3g} per coordinate ({per_image:.3g} per image)")
             accs, cfgs = [], []
             for s in seeds[:sched.activation_seeds]:
                 r = unit(_grid_release_features(extractor, data.train_images, coord, delta=delta, seed=1000 * s + 29))
-                acc, cfg, _ = _server_tuned(r, y, fit, val, test_x, test_y, sched=sched, classes=classes, seed=s)
+                acc, cfg, _ = _server_tuned(r, y, fit, val, x[val], test_x, test_y, sched=sched, classes=classes,
+                                            seed=s, select_epsilon=select_eps)
                 accs.append(acc), cfgs.append(cfg)
-            points.append(dict(method="activations_once", image_epsilon=per_image, epsilon_with_tuning=per_image,
-                               accuracies=accs, configs=cfgs, detail={"epsilon_per_coordinate": coord}))
+            points.append(dict(method="activations_once", image_epsilon=per_image,
+                               epsilon_with_tuning=per_image + select_eps, accuracies=accs, configs=cfgs,
+                               detail={"epsilon_per_coordinate": coord, "selection_epsilon": select_eps}))
     seconds["activations_once"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

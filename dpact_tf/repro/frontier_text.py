@@ -30,13 +30,16 @@ def privacy_units() -> List[Dict[str, str]]:
          "labels": "uploaded in the clear (not covered)", "releases per image": "one per epoch (conv1 frozen)",
          "accounted as implemented": "yes: exact Gaussian composition"},
         {"method": METHODS["activations_once"], "adjacency": "replace one image",
-         "labels": "uploaded in the clear (not covered)", "releases per image": "one",
-         "accounted as implemented": "yes: the grid release, its rounding added to the sensitivity"},
+         "labels": "uploaded in the clear (not covered)",
+         "releases per image": "one, plus the private choice of classifier (report-noisy-max)",
+         "accounted as implemented": "the grid release yes, its rounding added to the sensitivity; the choice "
+                                     "idealized (float64 Gumbel noise); composed"},
         {"method": METHODS["release"], "adjacency": "replace one image (sensitivity 2C)",
          "labels": "uploaded in the clear (not covered); randomized response with a prior can cover them with "
                    "an ε of its own (section 3)",
-         "releases per image": "one",
-         "accounted as implemented": "idealized: float64 Gaussian noise, no exact sampler"},
+         "releases per image": "one, plus the private choice of classifier (report-noisy-max)",
+         "accounted as implemented": "idealized: float64 Gaussian noise and Gumbel choice, no exact sampler; "
+                                     "composed with the choice"},
         {"method": METHODS["last_layer_dpsgd"], "adjacency": "add or remove one example (image and label)",
          "labels": "covered (never leave the data holder)", "releases per image": "every step's noisy gradient",
          "accounted as implemented": "yes: Poisson sampling implemented and accounted (RDP)"},
@@ -162,7 +165,9 @@ def describe_schedule(profile: str) -> str:
             f"(c) and (e), {sched.activation_seeds} for (b) (one grid release of every training image per seed "
             f"and ε); {round(100 * sched.validation_fraction)} % of each person's training images held out for "
             f"tuning; the server tries {len(sched.server_grid)} softmax "
-            f"configuration{'s' if len(sched.server_grid) > 1 else ''} and the class means, and (e) "
+            f"configuration{'s' if len(sched.server_grid) > 1 else ''} and the class means for (b) and (c), chosen "
+            f"on the clean validation images by report-noisy-max at {sched.selection_share:.0%} of the per-image ε, "
+            "and (e) "
             f"{len(sched.dpsgd_grid)} DP-SGD configurations, per point. The features are projected on the {sched.projection_dims} principal "
             "directions of the public images' features, centred and scaled to a median norm of 1 there; the "
             "release clips them to norm C = 1.")
