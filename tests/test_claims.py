@@ -246,7 +246,7 @@ def test_every_row_has_a_why_column():
         assert "why" in fn(None)
 
 
-def _identity(named, null=(0.01, 0.01, 0.01), guess=1 / 128, fallback=None):
+def _identity(named, null=(0.0, 0.0, 0.0), guess=1 / 128, fallback=None):
     """Attack metrics with the decoder's and the null decoder's identification rates per epsilon (none, 1, 3)."""
     rows = [{"epsilon": e, "decoder_identity": d, "null_decoder_identity": z}
             for e, d, z in zip((None, 1.0, 3.0), named, null)]
@@ -255,7 +255,9 @@ def _identity(named, null=(0.01, 0.01, 0.01), guess=1 / 128, fallback=None):
 
 
 @pytest.mark.parametrize("named, verdict", [
-    ((0.9, 0.047, 0.352), "the attack succeeds at ε ∈ {3}"),   # 6 of 128 is not above a guess's 1 of 128
+    # 6 of 128: lower bound 0.017, above a fixed guess's 1 of 128 but not the null decoder's 0 of 128 (upper 0.028)
+    ((0.9, 0.047, 0.352), "the attack succeeds at ε ∈ {3}"),
+    ((0.9, 0.1, 0.352), "the attack succeeds at every ε"),
     ((0.9, 0.02, 0.03), "no better than a guess"),
     ((0.9, 0.5, 0.6), "the attack succeeds at every ε"),
     ((0.02, 0.5, 0.6), "inconclusive"),                         # the oracle names no reconstruction without noise
@@ -267,9 +269,15 @@ def test_identity_rule_compares_exact_bounds(named, verdict):
 def test_identity_rule_bounds_against_the_best_guess_and_says_a_fallback():
     # a null decoder that names 30 % makes 35 % no leak; with the guesses at 1 of 128 it is one
     assert c.claim_identity(_identity((0.9, 0.02, 0.35), null=(0.3, 0.3, 0.3)))["verdict"].startswith("no better")
+    # the null decoder's share is an estimate (bounded above), a fixed guess's a fixed share
+    assert c.claim_identity(_identity((0.9, 0.02, 0.10), null=(0.0, 0.0, 0.04)))["verdict"].startswith("no better")
+    assert c.claim_identity(_identity((0.9, 0.02, 0.10), guess=0.04))["verdict"].startswith("the attack succeeds")
+    no_base = _identity((0.9, 0.5, 0.6))
+    no_base["rows"] = no_base["rows"][1:]
+    assert c.claim_identity(no_base)["verdict"].startswith("inconclusive: no run without noise")
     lo, hi = c._rate_bounds(0.35, 128)
     assert lo < 0.35 < hi and hi - lo < 0.2
     row = c.claim_identity(_identity((0.9, 0.02, 0.35), fallback="dlib's face ResNet was not found"))
-    assert "dlib's face ResNet was not found" in row["ours"] and "95%" in row["ours"]
+    assert "dlib's face ResNet was not found" in row["ours"] and "95%" in row["ours"] and "a fixed guess 1%" in row["ours"]
     assert c.claim_identity(None)["verdict"] == c.NOT_RUN_VERDICT
     assert f"{c.ATTACK_CONFIDENCE:.0%}" in c.claim_identity(None)["rule"]

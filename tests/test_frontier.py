@@ -145,7 +145,8 @@ def test_summary_and_table_read_the_numbers():
     assert "at best 22.1 %" in text and "4.8e+09" in text and "smallest per-image ε above the majority class" in text
     assert "beats the majority class (by more than one standard deviation over seeds) is 2.1: (e) DP-SGD on the " \
         "last layer" in text and "17.0 % (± 1.0" in text
-    assert ("Not above the majority class by more than one standard deviation over seeds at any per-image ε up to "
+    assert ("Not above the majority class by more than one standard deviation over seeds at any per-image ε (tuning "
+            "included) up to "
             "16: (c) features released once per image.") in text
     rows = frontier_text.points_table(m)
     assert [r["test accuracy"] for r in rows] == [0.17, 0.124, 0.221, 0.124]  # sorted by method, then ε
@@ -246,12 +247,11 @@ def test_server_retrains_what_validates_best_and_says_ties(monkeypatch):
 
 
 def test_label_prior_from_the_class_means_keeps_more_labels_than_plain_rr():
-    """(f) with the class means chosen: the first half's labels by plain RR keep e^eps / (e^eps + k - 1) of them
+    """(f) with the class means (fixed in advance): the first half's labels by plain RR keep e^eps / (e^eps + k - 1) of them
     correct; the posterior prior of the class means trained on them keeps far more of the second half's."""
     x, y, tx, ty = _clusters()
     sched = dataclasses.replace(frontier.SCHEDULES["tiny"], label_epsilons=(2.0,), label_feature_epsilon=None)
-    (row,) = frontier._label_study(x, y, tx, ty, sched=sched, classes=10, delta=1e-5, seeds=[0],
-                                   chosen={None: [frontier.CLASS_MEANS]})
+    (row,) = frontier._label_study(x, y, tx, ty, sched=sched, classes=10, delta=1e-5, seeds=[0])
     plain = math.exp(2.0) / (math.exp(2.0) + 9)
     assert row["labels_correct"] > plain + 0.15 and row["mean"] > 0.8
 
@@ -264,3 +264,16 @@ def test_noisy_max_is_the_exponential_mechanism():
     assert frontier.noisy_max([0, 500, 3], epsilon=1.0, seed=0) == 1
     with pytest.raises(ValueError, match="epsilon"):
         frontier.noisy_max([1, 2], epsilon=0.0, seed=0)
+
+
+def test_noisy_max_follows_the_exponential_mechanism_over_three_candidates():
+    counts, eps = [0, 1, 3], 1.0
+    weights = np.exp(eps * np.array(counts) / 2)
+    picks = np.bincount([frontier.noisy_max(counts, epsilon=eps, seed=s) for s in range(6000)], minlength=3) / 6000
+    np.testing.assert_allclose(picks, weights / weights.sum(), atol=4 * math.sqrt(0.25 / 6000))
+
+
+def test_method_choice_takes_each_methods_largest_epsilon_not_its_best_test_score():
+    pts = [_p("release", 2.0, [0.50, 0.50]), _p("release", 3.0, [0.30, 0.30])]
+    (row,) = frontier_text.method_choice(pts, [4.0])
+    assert row["mean"] == pytest.approx(0.30)

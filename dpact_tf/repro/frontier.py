@@ -14,7 +14,7 @@ never on the test images, and the tuning's privacy cost is stated (Papernot & St
   on the client, each training image's activation released once on the exact grid (:mod:`dpact_tf.grid`) at a
   per-coordinate epsilon chosen so that one release has the per-image epsilon asked for
   (:func:`coordinate_epsilon_for_image`); the server passes the releases through the rest of the public model
-  and trains a classifier on them as in (c) (post-processing).
+  and trains candidate classifiers on them, one chosen privately as in (c).
 * ``last_layer_dpsgd`` (e) -- DP-SGD on a softmax over the public features, Poisson-sampled as accounted
   (:mod:`dpact_tf.baselines.linear_dpsgd`); every candidate of the tuning grid is a DP-SGD run on the private
   images, so the tuning's epsilon composes them all (:func:`dpact_tf.baselines.linear_dpsgd.composed_epsilon`).
@@ -54,9 +54,11 @@ __all__ = ["FrontierSchedule", "SCHEDULES", "FeatureExtractor", "standin_extract
            "coordinate_epsilon_for_image", "FrontierPoint", "FrontierStudy", "frontier_study", "METHODS",
            "FRONTIER_MODULES"]
 
+# The extractors' code (dlib's network and crop among them), in the features' and the study's keys.
+_EXTRACTOR_MODULES = ("dpact_tf.repro.extractors", "dpact_tf.dlib_faces", "dpact_tf.dlib_resnet", "dpact_tf.dlib_keras")
 FRONTIER_MODULES = (*PRETRAIN_MODULES, "dpact_tf.accounting", "dpact_tf.sensitivity",
                     "dpact_tf.baselines.feature_release", "dpact_tf.baselines.linear_dpsgd", "dpact_tf.repro.frontier",
-                    "dpact_tf.repro.extractors")
+                    *_EXTRACTOR_MODULES)
 
 #: method key -> legend label
 METHODS: Dict[str, str] = {
@@ -308,15 +310,17 @@ def _dpsgd_tuned(x, y, fit, val, test_x, test_y, *, target, sched, classes, delt
         runs.append((z, q, steps))
         m = _fit(x[fit], y[fit], classes=classes, batch=sched.batch_size, seed=seed, epochs=epochs,
                  learning_rate=lr, clip=clip, noise_multiplier=z)
-        scores.append(m.accuracy(x[val], y[val]))
-    best, note = choose(scores)
+        scores.append(int(np.sum(np.argmax(m.logits(x[val]), -1) == y[val])))
+    select_eps = sched.selection_share * target
+    best = noisy_max(scores, epsilon=select_eps, seed=1000 * seed + 59)
+    note = f" (report-noisy-max at ε {select_eps:.3g})"
     clip, lr, epochs = sched.dpsgd_grid[best]
     q, steps = min(1.0, sched.batch_size / len(x)), linear_dpsgd.steps_for(len(x), sched.batch_size, epochs)
     z = linear_dpsgd.calibrate_noise_multiplier(target, sampling_rate=q, steps=steps, delta=delta)
     m = _fit(x, y, classes=classes, batch=sched.batch_size, seed=seed, epochs=epochs, learning_rate=lr, clip=clip,
              noise_multiplier=z)
     final = linear_dpsgd.epsilon(z, sampling_rate=q, steps=steps, delta=delta)
-    total = linear_dpsgd.composed_epsilon([*runs, (z, q, steps)], delta=delta)
+    total = linear_dpsgd.composed_epsilon([*runs, (z, q, steps)], delta=delta) + select_eps
     return m.accuracy(test_x, test_y), f"clip {clip:g}, lr {lr:g}, {epochs} epochs{note}", final, total, z
 
 
@@ -406,8 +410,10 @@ def frontier_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
         if force or not os.path.exists(cache):
             if public is None:
                 public = load_faces(prof, dataset, public=True, seed=seed, progress=progress)
-            feats = _features(ex, data, public, cache=os.path.join(
-                base, f"features_{cache_key({'extractor': ex.key}, modules=PRETRAIN_MODULES)}.npz"))
+            files = {"train": list(data.train_files), "test": list(data.test_files),
+                     "public": list(public.train_files)}
+            feats = _features(ex, data, public, cache=os.path.join(base, "features_" + cache_key(
+                {"extractor": ex.key, **files}, modules=(*PRETRAIN_MODULES, *_EXTRACTOR_MODULES)) + ".npz"))
             write_json(cache, _compute(ex, data, feats, prof=prof, sched=sched, delta=delta, seed=seed,
                                        progress=progress))
         with open(cache) as fh:
@@ -471,17 +477,15 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> D
 
     t0 = time.perf_counter()
     say("(c) features released once per image")
-    chosen_c = {None: [cand for _, _, cand in clean]}
     for eps in sched.image_epsilons:
         release_eps, select_eps = (1 - sched.selection_share) * eps, sched.selection_share * eps
-        accs, cfgs, cands = [], [], []
+        accs, cfgs = [], []
         for s in seeds:
             r = feature_release.release_features(project(feats["train"]), epsilon=release_eps, delta=delta,
                                                  clip=1.0, seed=1000 * s + 17)
-            acc, cfg, cand = _server_tuned(r, y, fit, val, x[val], test_x, test_y, sched=sched, classes=classes,
-                                           seed=s, select_epsilon=select_eps)
-            accs.append(acc), cfgs.append(cfg), cands.append(cand)
-        chosen_c[eps] = cands
+            acc, cfg, _ = _server_tuned(r, y, fit, val, x[val], test_x, test_y, sched=sched, classes=classes,
+                                        seed=s, select_epsilon=select_eps)
+            accs.append(acc), cfgs.append(cfg)
         points.append(dict(method="release" + extractor.method_suffix, image_epsilon=release_eps,
                            epsilon_with_tuning=release_eps + select_eps, accuracies=accs, configs=cfgs,
                            detail={"clip": 1.0, "noise_std": feature_release.release_std(
@@ -522,25 +526,24 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> D
     t0 = time.perf_counter()
     say("(f) labels by randomized response with a prior")
     labels = [{"features": extractor.name, **row} for row in _label_study(
-        project(feats["train"]), y, test_x, test_y, sched=sched, classes=classes, delta=delta, seeds=seeds,
-        chosen=chosen_c)]
+        project(feats["train"]), y, test_x, test_y, sched=sched, classes=classes, delta=delta, seeds=seeds)]
     seconds["labels"] = time.perf_counter() - t0
     counts = {"n_fit": int(len(fit)), "n_validation": int(len(val)), "n_train": int(len(y)),
               "n_test": int(len(test_y)), "classes": classes, "feature_dimensions": int(x.shape[1])}
     return {"points": points, "references": refs, "labels": labels, "counts": counts, "seconds": seconds}
 
 
-def _label_study(projected, y, test_x, test_y, *, sched, classes, delta, seeds, chosen):
+def _label_study(projected, y, test_x, test_y, *, sched, classes, delta, seeds):
     """(f): labels by RR with a prior, two stages (Ghazi et al. 2021), on (c) at ``label_feature_epsilon`` (None:
     the clean projected features, so the cost is the labels' alone): half the images' labels by plain randomized
-    response (a uniform prior); the server's classifier (the one the validation split chose for these features)
-    trained on them gives the prior of the other half from its features (a softmax of its logits); the same
-    classifier is then trained on all noisy labels."""
+    response (a uniform prior); the class means (:func:`class_means`, fixed in advance: a classifier chosen on the
+    true labels would leak them) trained on them give the prior of the other half from its features (the softmax of
+    their posterior logits); the class means are then trained on all noisy labels."""
     eps_f = sched.label_feature_epsilon
     rows = []
     for eps_l in sched.label_epsilons:
         accs, kept = [], []
-        for i, s in enumerate(seeds):
+        for s in seeds:
             r = feature_release.release_features(projected, epsilon=eps_f, delta=delta, clip=1.0,
                                                  seed=1000 * s + 17)
             rng = np.random.default_rng(1000 * s + 41)
@@ -548,7 +551,7 @@ def _label_study(projected, y, test_x, test_y, *, sched, classes, delta, seeds, 
             noisy = np.empty_like(y)
             noisy[first] = feature_release.rr_with_prior(y[first], np.full((first.sum(), classes), 1.0 / classes),
                                                          epsilon=eps_l, seed=1000 * s + 43)
-            candidate = chosen[eps_f][i] if eps_f in chosen else sched.server_grid[0]
+            candidate = CLASS_MEANS
             stage1 = _train_server(candidate, r[first], noisy[first], sched=sched, classes=classes, seed=s)
             logits = stage1.logits(r[~first])
             prior = np.exp(logits - logits.max(axis=1, keepdims=True))
