@@ -96,8 +96,10 @@ def test_study_with_a_given_extractor(tmp_path, monkeypatch):
     assert [p.image_epsilon for p in by["release"]] == pytest.approx([0.9 * e for e in sched.image_epsilons])
     assert [p.epsilon_with_tuning for p in by["release"]] == pytest.approx(list(sched.image_epsilons))
     assert all("report-noisy-max at ε" in c for p in by["release"] for c in p.configs)
-    for p in by["last_layer_dpsgd"]:  # the final run meets its target; the tuning's runs raise the total
+    for p in by["last_layer_dpsgd"]:  # the final run meets its target; the tuning's runs and choice raise the total
         assert p.image_epsilon <= max(sched.image_epsilons) and p.epsilon_with_tuning > p.image_epsilon
+        assert p.detail["selection_epsilon"] == pytest.approx(sched.selection_share * max(sched.image_epsilons))
+        assert all("report-noisy-max at ε" in c for c in p.configs)
     (scratch,) = by["paper_scratch"]
     assert scratch.accuracies == (0.125,) and scratch.image_epsilon > 1e3
     assert study.counts["n_fit"] + study.counts["n_validation"] == study.counts["n_train"]
@@ -146,8 +148,7 @@ def test_summary_and_table_read_the_numbers():
     assert "beats the majority class (by more than one standard deviation over seeds) is 2.1: (e) DP-SGD on the " \
         "last layer" in text and "17.0 % (± 1.0" in text
     assert ("Not above the majority class by more than one standard deviation over seeds at any per-image ε (tuning "
-            "included) up to "
-            "16: (c) features released once per image.") in text
+            "included) they were run at: (c) features released once per image (up to 16).") in text
     rows = frontier_text.points_table(m)
     assert [r["test accuracy"] for r in rows] == [0.17, 0.124, 0.221, 0.124]  # sorted by method, then ε
     assert "`medium`" in frontier_text.describe_schedule("small")
@@ -277,3 +278,26 @@ def test_method_choice_takes_each_methods_largest_epsilon_not_its_best_test_scor
     pts = [_p("release", 2.0, [0.50, 0.50]), _p("release", 3.0, [0.30, 0.30])]
     (row,) = frontier_text.method_choice(pts, [4.0])
     assert row["mean"] == pytest.approx(0.30)
+
+
+def test_each_private_choice_draws_its_own_noise():
+    seeds = {frontier.choice_seed(0, e, tag) for e in (0.1, 0.2) for tag in ("release", "release_dlib")}
+    assert len(seeds) == 4 and frontier.choice_seed(0, 0.1, "release") == frontier.choice_seed(0, 0.1, "release")
+    assert frontier.choice_seed(1, 0.1, "release") not in seeds
+
+
+def test_last_layer_total_adds_the_choice_to_the_composed_runs():
+    x, y, tx, ty = _clusters()
+    fit, val = frontier.validation_split(y, 0.2, seed=0)
+    sched = frontier.SCHEDULES["tiny"]
+    acc, cfg, final, total, z, select_eps = frontier._dpsgd_tuned(x, y, fit, val, tx, ty, target=4.0, sched=sched,
+                                                                  classes=10, delta=1e-5, seed=0, tag="t")
+    lin = frontier.linear_dpsgd
+    runs = []
+    for clip, lr, epochs in sched.dpsgd_grid:
+        q, steps = min(1.0, sched.batch_size / len(fit)), lin.steps_for(len(fit), sched.batch_size, epochs)
+        runs.append((lin.calibrate_noise_multiplier(4.0, sampling_rate=q, steps=steps, delta=1e-5), q, steps))
+    chosen = next(g for g in sched.dpsgd_grid if cfg.startswith(f"clip {g[0]:g}, lr {g[1]:g}, {g[2]} epochs"))
+    q, steps = min(1.0, sched.batch_size / len(x)), lin.steps_for(len(x), sched.batch_size, chosen[2])
+    runs.append((z, q, steps))
+    assert select_eps == pytest.approx(0.4) and total == pytest.approx(lin.composed_epsilon(runs, delta=1e-5) + 0.4)

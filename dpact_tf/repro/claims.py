@@ -424,8 +424,8 @@ def claim_identity(att: Optional[Mapping[str, Any]]) -> Row:
     ours = (f"reconstructions named by the oracle ({n} faces; it names {oracle['ceiling']:.0%} of the true faces, "
             f"test accuracy {oracle['test_accuracy']:.3f}{weaker}): "
             + ", ".join(f"{_eps(r['epsilon'])}: {r['decoder_identity']:.0%}" for r in rows)
-            + f"; a fixed guess {fixed:.0%}, the null decoder at most "
-            f"{max(r['null_decoder_identity'] for r in rows):.0%}")
+            + f"; a fixed guess {fixed:.0%}, the null decoder's upper bound at most "
+            f"{max(_rate_bounds(r['null_decoder_identity'], n)[1] for r in rows):.1%}")
     return _row("Sec. III", claim, ours, verdict, rule)
 
 

@@ -17,7 +17,8 @@ never on the test images, and the tuning's privacy cost is stated (Papernot & St
   and trains candidate classifiers on them, one chosen privately as in (c).
 * ``last_layer_dpsgd`` (e) -- DP-SGD on a softmax over the public features, Poisson-sampled as accounted
   (:mod:`dpact_tf.baselines.linear_dpsgd`); every candidate of the tuning grid is a DP-SGD run on the private
-  images, so the tuning's epsilon composes them all (:func:`dpact_tf.baselines.linear_dpsgd.composed_epsilon`).
+  images, so the tuning's epsilon composes them all (:func:`dpact_tf.baselines.linear_dpsgd.composed_epsilon`)
+  and adds the private choice among them (:func:`noisy_max` at ``selection_share`` of the target, on top of it).
 * ``scratch_dpsgd`` (d) -- DP-SGD on the whole network from scratch, Poisson-sampled as accounted, tuned over a grid
   of (clip, learning rate, batch, epochs); the tuning's epsilon composes every candidate
   (:mod:`dpact_tf.repro.frontier_scratch`, each candidate run cached on its own).  ``small`` leaves it out.
@@ -32,6 +33,7 @@ epsilon.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -90,8 +92,8 @@ class FrontierSchedule:
     label_feature_epsilon: Optional[float]               # (f): RR labels on (c) at this per-image feature
                                                          # epsilon (None: clean features, the labels' cost alone)
     label_epsilons: Tuple[float, ...]                    # (f): label epsilons of randomized response with a prior
-    selection_share: float = 0.1                         # (b), (c): share of the per-image epsilon spent choosing
-                                                         # the server's classifier on the clean validation images
+    selection_share: float = 0.1                         # share of the per-image epsilon spent on the private
+                                                         # choice among candidates: (b), (c) within it, (e) on top
     scratch_dpsgd_epsilons: Tuple[float, ...] = ()       # (d): per-image epsilons (empty: (d) left out)
     scratch_dpsgd_grid: Tuple[Tuple[float, float, int, int], ...] = ()  # (d): (clip, learning rate, expected
                                                          # batch size, epochs) candidates, one seed each
@@ -273,6 +275,12 @@ def choose(scores: Sequence[float]) -> Tuple[int, str]:
     return tied[0], note
 
 
+def choice_seed(seed: int, epsilon: float, tag: str) -> int:
+    """The Gumbel noise's seed of one private choice: its own per (seed, epsilon, method), so the choices of
+    different points are independent."""
+    return int(np.random.SeedSequence([seed, int(round(epsilon * 1e6)), *tag.encode()]).generate_state(1)[0])
+
+
 def noisy_max(counts: Sequence[int], *, epsilon: float, seed: int) -> int:
     """Report-noisy-max (the exponential mechanism for counts of sensitivity 1, by the Gumbel trick): the index of
     the largest ``count + Gumbel(2 / epsilon)``, epsilon-DP in the images the counts are taken over."""
@@ -283,7 +291,7 @@ def noisy_max(counts: Sequence[int], *, epsilon: float, seed: int) -> int:
 
 
 def _server_tuned(train_x, train_y, fit, val, clean_val_x, test_x, test_y, *, sched, classes, seed,
-                  select_epsilon: Optional[float]) -> Tuple[float, str, Any]:
+                  select_epsilon: Optional[float], tag: str = "") -> Tuple[float, str, Any]:
     """Train each of the server's classifiers (its softmax grid and the class means) on the fit images' part of
     ``train_x`` (what the server received), count how many validation images each names correctly from their
     *clean* features ``clean_val_x`` (the test condition, computed by the data holder), choose by
@@ -296,13 +304,17 @@ def _server_tuned(train_x, train_y, fit, val, clean_val_x, test_x, test_y, *, sc
     if select_epsilon is None:
         i, note = choose(counts)
     else:
-        i = noisy_max(counts, epsilon=select_epsilon, seed=1000 * seed + 53)
+        i = noisy_max(counts, epsilon=select_epsilon, seed=choice_seed(seed, select_epsilon, tag))
         note = f" (report-noisy-max at ε {select_epsilon:.3g})"
     m = _train_server(candidates[i], train_x, train_y, sched=sched, classes=classes, seed=seed)
     return m.accuracy(test_x, test_y), _server_label(candidates[i]) + note, candidates[i]
 
 
-def _dpsgd_tuned(x, y, fit, val, test_x, test_y, *, target, sched, classes, delta, seed):
+def _dpsgd_tuned(x, y, fit, val, test_x, test_y, *, target, sched, classes, delta, seed, tag: str = ""):
+    """(e): every candidate of the DP-SGD grid trained on the fit images at ``target``, one chosen by
+    :func:`noisy_max` on its count of validation images named at ``selection_share * target`` (spent on top of the
+    target: the composed epsilon adds it), retrained on all images; (accuracy, choice, final run's epsilon,
+    composed epsilon, noise multiplier, the choice's epsilon)."""
     runs, scores, z_of = [], [], {}
     for clip, lr, epochs in sched.dpsgd_grid:
         q, steps = min(1.0, sched.batch_size / len(fit)), linear_dpsgd.steps_for(len(fit), sched.batch_size, epochs)
@@ -312,7 +324,7 @@ def _dpsgd_tuned(x, y, fit, val, test_x, test_y, *, target, sched, classes, delt
                  learning_rate=lr, clip=clip, noise_multiplier=z)
         scores.append(int(np.sum(np.argmax(m.logits(x[val]), -1) == y[val])))
     select_eps = sched.selection_share * target
-    best = noisy_max(scores, epsilon=select_eps, seed=1000 * seed + 59)
+    best = noisy_max(scores, epsilon=select_eps, seed=choice_seed(seed, select_eps, tag))
     note = f" (report-noisy-max at ε {select_eps:.3g})"
     clip, lr, epochs = sched.dpsgd_grid[best]
     q, steps = min(1.0, sched.batch_size / len(x)), linear_dpsgd.steps_for(len(x), sched.batch_size, epochs)
@@ -321,7 +333,7 @@ def _dpsgd_tuned(x, y, fit, val, test_x, test_y, *, target, sched, classes, delt
              noise_multiplier=z)
     final = linear_dpsgd.epsilon(z, sampling_rate=q, steps=steps, delta=delta)
     total = linear_dpsgd.composed_epsilon([*runs, (z, q, steps)], delta=delta) + select_eps
-    return m.accuracy(test_x, test_y), f"clip {clip:g}, lr {lr:g}, {epochs} epochs{note}", final, total, z
+    return m.accuracy(test_x, test_y), f"clip {clip:g}, lr {lr:g}, {epochs} epochs{note}", final, total, z, select_eps
 
 
 def _grid_release_features(extractor: FeatureExtractor, images: np.ndarray, coord_eps: float, *, delta: float,
@@ -402,7 +414,7 @@ def frontier_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
     base = os.path.join(resolve_results_dir(results_dir), prof.name, dataset, "frontier")
     settings = {"schedule": {k: v for k, v in dataclasses.asdict(sched).items() if not k.startswith("scratch_")},
                 "extractor": extractor.key, "seed": seed, "delta": delta,
-                "train_files": len(data.train_files), "test_files": len(data.test_files)}
+                "split": hashlib.sha256("\n".join((*data.train_files, "", *data.test_files)).encode()).hexdigest()}
     public = None
     runs = []
     for ex in [extractor, *more_extractors]:
@@ -484,7 +496,7 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> D
             r = feature_release.release_features(project(feats["train"]), epsilon=release_eps, delta=delta,
                                                  clip=1.0, seed=1000 * s + 17)
             acc, cfg, _ = _server_tuned(r, y, fit, val, x[val], test_x, test_y, sched=sched, classes=classes,
-                                        seed=s, select_epsilon=select_eps)
+                                        seed=s, select_epsilon=select_eps, tag="release" + extractor.method_suffix)
             accs.append(acc), cfgs.append(cfg)
         points.append(dict(method="release" + extractor.method_suffix, image_epsilon=release_eps,
                            epsilon_with_tuning=release_eps + select_eps, accuracies=accs, configs=cfgs,
@@ -498,12 +510,14 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> D
     for eps in sched.image_epsilons:
         accs, cfgs, finals, totals, zs = [], [], [], [], []
         for s in seeds:
-            acc, cfg, final, total, z = _dpsgd_tuned(x, y, fit, val, test_x, test_y, target=eps, sched=sched,
-                                                     classes=classes, delta=delta, seed=s)
+            acc, cfg, final, total, z, select_eps = _dpsgd_tuned(
+                x, y, fit, val, test_x, test_y, target=eps, sched=sched, classes=classes, delta=delta, seed=s,
+                tag="last_layer_dpsgd" + extractor.method_suffix)
             accs.append(acc), cfgs.append(cfg), finals.append(final), totals.append(total), zs.append(z)
         points.append(dict(method="last_layer_dpsgd" + extractor.method_suffix, image_epsilon=max(finals), epsilon_with_tuning=max(totals),
                            accuracies=accs, configs=cfgs,
-                           detail={"noise_multipliers": zs, "candidates": len(sched.dpsgd_grid)}))
+                           detail={"noise_multipliers": zs, "candidates": len(sched.dpsgd_grid),
+                                   "selection_epsilon": select_eps}))
     seconds["last_layer_dpsgd"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -516,7 +530,7 @@ def _compute(extractor, data, feats, *, prof, sched, delta, seed, progress) -> D
             for s in seeds[:sched.activation_seeds]:
                 r = unit(_grid_release_features(extractor, data.train_images, coord, delta=delta, seed=1000 * s + 29))
                 acc, cfg, _ = _server_tuned(r, y, fit, val, x[val], test_x, test_y, sched=sched, classes=classes,
-                                            seed=s, select_epsilon=select_eps)
+                                            seed=s, select_epsilon=select_eps, tag="activations_once")
                 accs.append(acc), cfgs.append(cfg)
             points.append(dict(method="activations_once", image_epsilon=per_image,
                                epsilon_with_tuning=per_image + select_eps, accuracies=accs, configs=cfgs,
