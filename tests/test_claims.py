@@ -275,6 +275,11 @@ def test_identity_rule_bounds_against_the_best_guess_and_says_a_fallback():
     no_base = _identity((0.9, 0.5, 0.6))
     no_base["rows"] = no_base["rows"][1:]
     assert c.claim_identity(no_base)["verdict"].startswith("inconclusive: no run without noise")
+    # the same for every attack rule: without a run without noise, nothing shows the attack could succeed
+    no_base = _attacks((0.1, 0.2, 0.3), (0.5, 0.1, 0.1))
+    no_base["rows"] = no_base["rows"][1:]
+    for claim in (c.claim_reconstruction, c.claim_membership):
+        assert claim(no_base)["verdict"].startswith("inconclusive: no run without noise")
     lo, hi = c._rate_bounds(0.35, 128)
     assert lo < 0.35 < hi and hi - lo < 0.2
     row = c.claim_identity(_identity((0.9, 0.02, 0.35), fallback="dlib's face ResNet was not found"))

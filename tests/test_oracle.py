@@ -114,10 +114,10 @@ def test_the_chapters_say_when_the_oracle_is_the_fallback():
 
     study = _study()
     assert "was not found" not in attack_study.attack_summary(study)
-    study.oracle = {**study.oracle, "fallback": "dlib's face ResNet is was not found"}
+    study.oracle = {**study.oracle, "fallback": "dlib's face ResNet was not found"}
     text = attack_study.attack_summary(study)
-    assert "**Identity.** **dlib's face ResNet is was not found, so the oracle is an oracle.**" in text
-    assert baselines.oracle_words(study.oracle).startswith("**dlib's face ResNet is was not found")
+    assert "**Identity.** **dlib's face ResNet was not found, so the oracle is an oracle.**" in text
+    assert baselines.oracle_words(study.oracle).startswith("**dlib's face ResNet was not found")
     assert baselines.oracle_words({"description": "dlib + softmax", "fallback": None}) == \
         "the attacks chapter's: dlib + softmax"
 

@@ -28,7 +28,8 @@ import numpy as np
 
 from dpact_tf import privacy
 
-__all__ = ["clip_rows", "release_std", "release_epsilon", "release_features", "rr_keep", "rr_with_prior"]
+__all__ = ["clip_rows", "release_std", "release_epsilon", "release_features", "rr_correct_probability", "rr_keep",
+           "rr_with_prior"]
 
 
 def clip_rows(features: np.ndarray, clip: float) -> np.ndarray:
@@ -70,11 +71,17 @@ def release_features(features: np.ndarray, *, epsilon: Optional[float], delta: f
     return clipped + np.random.default_rng(seed).normal(0.0, std, clipped.shape)
 
 
+def rr_correct_probability(epsilon: float, k):
+    """Randomized response over ``k`` classes: the probability that the true label comes out, e^eps / (e^eps + k - 1)
+    (with k the number of classes, what plain randomized response keeps correct)."""
+    return math.exp(epsilon) / (math.exp(epsilon) + np.asarray(k) - 1)
+
+
 def rr_keep(prior: np.ndarray, epsilon: float) -> int:
     """k of RR-with-prior: the number of most likely classes kept, maximizing e^eps / (e^eps + k - 1) * p(top k)."""
     p = np.sort(np.asarray(prior, np.float64))[::-1]
     k = np.arange(1, len(p) + 1)
-    score = math.exp(epsilon) / (math.exp(epsilon) + k - 1) * np.cumsum(p)
+    score = rr_correct_probability(epsilon, k) * np.cumsum(p)
     return int(k[np.argmax(score)])
 
 
@@ -88,11 +95,10 @@ def rr_with_prior(labels: np.ndarray, priors: np.ndarray, *, epsilon: float, see
         raise ValueError(f"priors must be [len(labels), classes] (got {priors.shape} for {len(y)} labels)")
     rng = np.random.default_rng(seed)
     out = np.empty_like(y)
-    e = math.exp(epsilon)
     for i, (label, prior) in enumerate(zip(y, priors)):
         k = rr_keep(prior, epsilon)
         top = np.argsort(-prior, kind="stable")[:k]
-        if label in top and rng.random() < e / (e + k - 1):
+        if label in top and rng.random() < rr_correct_probability(epsilon, k):
             out[i] = label
         elif label in top:
             others = top[top != label]

@@ -358,11 +358,18 @@ def claim_per_image(acc: Optional[Mapping[str, Any]]) -> Row:
                 "not as a DP guarantee", rule)
 
 
+def _attack_rows(att: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """The attack study's rows, noisy ones by epsilon, the run without noise last."""
+    return sorted(att["rows"], key=lambda r: float("inf") if r["epsilon"] is None else r["epsilon"])
+
+
 def _attack_verdict(rows, passed, *, what: str, none_ok: str) -> str:
-    """The verdict of an attack rule over the noisy rows, refused when the attack fails without noise (a test that
-    cannot detect the leak with nothing hidden cannot show that noise hides it)."""
+    """The verdict of an attack rule over the noisy rows, refused when the attack fails without noise, or was not
+    run without noise (a test that cannot detect the leak with nothing hidden cannot show that noise hides it)."""
     base = next((r for r in rows if r["epsilon"] is None), None)
-    if base is not None and not passed(base):
+    if base is None:
+        return f"inconclusive: no run without noise shows that the attack can {what}"
+    if not passed(base):
         return f"inconclusive: the attack does not {what} even without noise"
     noisy = sorted((r for r in rows if r["epsilon"] is not None), key=lambda r: r["epsilon"])
     hits = [r["epsilon"] for r in noisy if passed(r)]
@@ -381,7 +388,7 @@ def claim_reconstruction(att: Optional[Mapping[str, Any]]) -> Row:
             "face's releases) lies above 0; it must succeed without noise for the test to count")
     if not att:
         return _row("Sec. III", claim, NOT_RUN, NOT_RUN_VERDICT, rule)
-    rows = sorted(att["rows"], key=lambda r: float("inf") if r["epsilon"] is None else r["epsilon"])
+    rows = _attack_rows(att)
     verdict = _attack_verdict(rows, lambda r: r["decoder_margin_lo"] > 0, what="beat every guess without the release",
                               none_ok="no better than a guess without the release at any ε")
     ours = (f"SSIM margin over the best guess without the release ({att['n_faces']} faces): "
@@ -409,16 +416,13 @@ def claim_identity(att: Optional[Mapping[str, Any]]) -> Row:
     if not att or "oracle" not in att:
         return _row("Sec. III", claim, NOT_RUN, NOT_RUN_VERDICT, rule)
     n = int(att["n_faces"])
-    rows = sorted(att["rows"], key=lambda r: float("inf") if r["epsilon"] is None else r["epsilon"])
+    rows = _attack_rows(att)
     fixed = max(att["baselines"]["grey"]["identity"], att["baselines"]["mean_face"]["identity"])
 
     def leaks(r) -> bool:
         return _rate_bounds(r["decoder_identity"], n)[0] > max(fixed, _rate_bounds(r["null_decoder_identity"], n)[1])
-    if all(r["epsilon"] is not None for r in rows):
-        verdict = "inconclusive: no run without noise shows that the oracle can name a reconstruction"
-    else:
-        verdict = _attack_verdict(rows, leaks, what="name the person above every guess without the release",
-                                  none_ok="no better than a guess without the release at any ε")
+    verdict = _attack_verdict(rows, leaks, what="name the person above every guess without the release",
+                              none_ok="no better than a guess without the release at any ε")
     oracle = att["oracle"]
     weaker = f"; {oracle['fallback']}" if oracle.get("fallback") else ""
     ours = (f"reconstructions named by the oracle ({n} faces; it names {oracle['ceiling']:.0%} of the true faces, "
@@ -436,7 +440,7 @@ def claim_membership(att: Optional[Mapping[str, Any]]) -> Row:
             "at ε when the lower bound on TPR − FPR is above 0; it must leak without noise for the test to count")
     if not att:
         return _row("Sec. III", claim, NOT_RUN, NOT_RUN_VERDICT, rule)
-    rows = sorted(att["rows"], key=lambda r: float("inf") if r["epsilon"] is None else r["epsilon"])
+    rows = _attack_rows(att)
     verdict = _attack_verdict(rows, lambda r: r["mia_advantage_lower"] > 0, what="tell members apart",
                               none_ok="no membership shown at any ε")
     ours = (f"held-out TPR ≥ / FPR ≤ ({rows[0]['mia_heldout']} per class), per-image ε ≥: "

@@ -49,7 +49,7 @@ from dpact_tf.jsonio import write_json
 from dpact_tf.repro import frontier_scratch, plots
 from dpact_tf.repro.extractors import FeatureExtractor, cached_features, dlib_extractor
 from dpact_tf.repro.profiles import get_profile
-from dpact_tf.repro.results import (PRETRAIN_MODULES, cache_key, load_metrics, record_metrics,
+from dpact_tf.repro.results import (PRETRAIN_MODULES, cache_key, load_metrics, no_noise_final, record_metrics,
                                     resolve_results_dir, study_dir)
 
 __all__ = ["FrontierSchedule", "SCHEDULES", "FeatureExtractor", "standin_extractor", "dlib_extractor", "validation_split",
@@ -61,6 +61,9 @@ _EXTRACTOR_MODULES = ("dpact_tf.repro.extractors", "dpact_tf.dlib_faces", "dpact
 FRONTIER_MODULES = (*PRETRAIN_MODULES, "dpact_tf.accounting", "dpact_tf.sensitivity",
                     "dpact_tf.baselines.feature_release", "dpact_tf.baselines.linear_dpsgd", "dpact_tf.repro.frontier",
                     *_EXTRACTOR_MODULES)
+
+# The from-scratch chapter's no-noise run among the figure's references (read from its metrics, not computed here).
+SCRATCH_REFERENCE = "the paper's network from scratch (one run)"
 
 #: method key -> legend label
 METHODS: Dict[str, str] = {
@@ -275,6 +278,11 @@ def choose(scores: Sequence[float]) -> Tuple[int, str]:
     return tied[0], note
 
 
+def _named(model: linear_dpsgd.SoftmaxModel, x: np.ndarray, y: np.ndarray) -> int:
+    """How many of ``x`` the model names as ``y`` (the count a private choice reads: sensitivity 1)."""
+    return int(np.sum(np.argmax(model.logits(x), -1) == np.asarray(y)))
+
+
 def choice_seed(seed: int, epsilon: float, tag: str) -> int:
     """The Gumbel noise's seed of one private choice: its own per (seed, epsilon, method), so the choices of
     different points are independent."""
@@ -298,9 +306,8 @@ def _server_tuned(train_x, train_y, fit, val, clean_val_x, test_x, test_y, *, sc
     :func:`noisy_max` at ``select_epsilon`` (None: the plain argmax, for data without privacy), retrain the chosen
     one on all of ``train_x`` and score it on the test set: (accuracy, what was chosen, the candidate)."""
     candidates = _server_candidates(sched)
-    counts = [int(np.sum(np.argmax(_train_server(c, train_x[fit], train_y[fit], sched=sched, classes=classes,
-                                                  seed=seed).logits(clean_val_x), -1) == train_y[val]))
-              for c in candidates]
+    counts = [_named(_train_server(c, train_x[fit], train_y[fit], sched=sched, classes=classes, seed=seed),
+                     clean_val_x, train_y[val]) for c in candidates]
     if select_epsilon is None:
         i, note = choose(counts)
     else:
@@ -322,7 +329,7 @@ def _dpsgd_tuned(x, y, fit, val, test_x, test_y, *, target, sched, classes, delt
         runs.append((z, q, steps))
         m = _fit(x[fit], y[fit], classes=classes, batch=sched.batch_size, seed=seed, epochs=epochs,
                  learning_rate=lr, clip=clip, noise_multiplier=z)
-        scores.append(int(np.sum(np.argmax(m.logits(x[val]), -1) == y[val])))
+        scores.append(_named(m, x[val], y[val]))
     select_eps = sched.selection_share * target
     best = noisy_max(scores, epsilon=select_eps, seed=choice_seed(seed, select_eps, tag))
     note = f" (report-noisy-max at ε {select_eps:.3g})"
@@ -389,12 +396,6 @@ def _paper_points(results_dir, prof, dataset: str, *, delta: float) -> List[Fron
     return points
 
 
-def _reference(results_dir, prof, dataset: str) -> Optional[float]:
-    m = load_metrics(results_dir, prof.name, dataset, "scratch")
-    rows = [r for r in (m or {}).get("table", []) if r["epsilon"] is None]
-    return rows[0]["final_test_accuracy"] if rows else None
-
-
 # --- the study ------------------------------------------------------------------------------------------------
 def frontier_study(*, profile: str, dataset: str, results_dir: Optional[str] = None, seed: int = 0,
                    extractor: Optional[FeatureExtractor] = None, more_extractors: Sequence[FeatureExtractor] = (),
@@ -446,9 +447,9 @@ def frontier_study(*, profile: str, dataset: str, results_dir: Optional[str] = N
     seconds.update({f"{k}{'' if i == 0 else ' (' + ex.name + ')'}": v
                     for i, (ex, run) in enumerate(zip([extractor, *more_extractors], runs))
                     for k, v in run["seconds"].items()})
-    scratch = _reference(results_dir, prof, dataset)
+    scratch = no_noise_final(results_dir, prof.name, dataset, "scratch")
     if scratch is not None:
-        references["the paper's network from scratch (one run)"] = [scratch]
+        references[SCRATCH_REFERENCE] = [scratch]
     chance = float(data.majority_class_rate)
     fig = plots.frontier_plot([{**dataclasses.asdict(p), "label": METHODS[p.method], "mean": p.mean,
                                 "spread": p.spread} for p in points],

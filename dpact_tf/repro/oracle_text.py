@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from dpact_tf.repro.results import load_metrics
+from dpact_tf.repro.results import load_metrics, no_noise_final
 
 __all__ = ["non_private_references", "oracle_note"]
 
@@ -13,19 +13,20 @@ def non_private_references(results_dir: Optional[str], profile: str, dataset: st
     """Final test accuracy of every non-private model the book has recorded at ``profile``: the from-scratch and
     fine-tuning chapters' no-noise runs, the fidelity chapter's no-noise run trained to convergence, and the
     frontier chapter's no-noise references (mean over seeds).  Chapters not yet run are left out."""
+    from dpact_tf.repro.frontier import SCRATCH_REFERENCE
+
     out: Dict[str, float] = {}
     for study, label in (("scratch", "the paper's network from scratch, no noise"),
                          ("finetune", "the public model fine-tuned, no noise")):
-        rows = [r for r in (load_metrics(results_dir, profile, dataset, study) or {}).get("table", [])
-                if r["epsilon"] is None]
-        if rows:
-            out[label] = float(rows[0]["final_test_accuracy"])
+        acc = no_noise_final(results_dir, profile, dataset, study)
+        if acc is not None:
+            out[label] = acc
     conv = load_metrics(results_dir, profile, dataset, "convergence")
     if conv and conv.get("baseline_final") is not None:
         out["the paper's network trained to convergence, no noise"] = float(conv["baseline_final"])
     frontier = load_metrics(results_dir, profile, dataset, "frontier") or {}
     for name, values in frontier.get("references", {}).items():
-        if values and not name.startswith("the paper's network"):
+        if values and name != SCRATCH_REFERENCE:  # the from-scratch run, already above
             out[f"{name}, no noise (frontier chapter)"] = float(sum(values) / len(values))
     return out
 

@@ -23,7 +23,7 @@ from dpact_tf.jsonio import write_json
 from dpact_tf.repro.profiles import get_profile
 
 __all__ = ["REPO", "resolve_results_dir", "study_dir", "record_metrics", "load_metrics",
-           "code_fingerprint", "cache_key", "TRAINING_MODULES", "PRETRAIN_MODULES", "relative_to_repo"]
+           "no_noise_final", "code_fingerprint", "cache_key", "TRAINING_MODULES", "PRETRAIN_MODULES", "relative_to_repo"]
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 
@@ -77,6 +77,14 @@ def load_metrics(results_dir: Optional[str], profile: str, dataset: str, name: s
         return None
     with open(path) as fh:
         return json.load(fh)
+
+
+def no_noise_final(results_dir: Optional[str], profile: str, dataset: str, name: str) -> Optional[float]:
+    """The final test accuracy of the no-noise run in the recorded ``table`` of study ``name`` (``scratch``,
+    ``finetune``); None when the study is not recorded or has no such run."""
+    rows = [r for r in (load_metrics(results_dir, profile, dataset, name) or {}).get("table", [])
+            if r["epsilon"] is None]
+    return float(rows[0]["final_test_accuracy"]) if rows else None
 
 
 @functools.lru_cache(maxsize=None)
